@@ -1,0 +1,251 @@
+//! Gateway presence (with its device inventory) and the periodic heartbeat.
+//!
+//! Presence is published retained on `{root}/v1/gw/{gateway}/state`: `online` with the inventory when
+//! the agent connects, and `offline` as the MQTT last will. The inventory tells the hub which asset
+//! each device serves, its kind and where it stands, so a new gateway needs no registration step.
+//! The heartbeat goes to `{root}/v1/gw/{gateway}/status` every few seconds.
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::ClockState;
+use crate::error::{Violation, ViolationKind};
+use crate::id::{AssetId, BootId, DeviceId, GatewayId, ZoneId};
+use crate::timestamp::Timestamp;
+
+/// Most devices one gateway may declare.
+pub const MAX_DEVICES: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PresenceState {
+    Online,
+    Offline,
+}
+
+/// What kind of city asset a device serves; decides which rules apply to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum AssetKind {
+    Streetlight,
+    Waterlogging,
+    DustMonitor,
+    SmartBin,
+    ParkingCamera,
+    EncroachmentCamera,
+    RainGauge,
+    Other,
+}
+
+impl AssetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssetKind::Streetlight => "streetlight",
+            AssetKind::Waterlogging => "waterlogging",
+            AssetKind::DustMonitor => "dustMonitor",
+            AssetKind::SmartBin => "smartBin",
+            AssetKind::ParkingCamera => "parkingCamera",
+            AssetKind::EncroachmentCamera => "encroachmentCamera",
+            AssetKind::RainGauge => "rainGauge",
+            AssetKind::Other => "other",
+        }
+    }
+}
+
+/// A GeoJSON point (WGS 84), as FIWARE's `location`: `{"type":"Point","coordinates":[lon, lat]}`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "Point")]
+pub struct Point {
+    /// `[longitude, latitude]` in degrees.
+    pub coordinates: [f64; 2],
+}
+
+impl Point {
+    pub fn new(lon: f64, lat: f64) -> Self {
+        Self {
+            coordinates: [lon, lat],
+        }
+    }
+    pub fn lon(&self) -> f64 {
+        self.coordinates[0]
+    }
+    pub fn lat(&self) -> f64 {
+        self.coordinates[1]
+    }
+    pub fn problem(&self) -> Option<String> {
+        let (lon, lat) = (self.lon(), self.lat());
+        if !(lon.is_finite() && (-180.0..=180.0).contains(&lon)) {
+            return Some(format!("longitude {lon} is outside -180..180"));
+        }
+        if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
+            return Some(format!("latitude {lat} is outside -90..90"));
+        }
+        None
+    }
+}
+
+/// One device in a gateway's inventory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeviceInfo {
+    pub device: DeviceId,
+    pub asset: AssetId,
+    pub kind: AssetKind,
+    /// The device profile (register map) name, for display.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Point>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub road_segment: Option<ZoneId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grid: Option<ZoneId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<ZoneId>,
+    /// Expected seconds between reports (the poll interval); the hub's offline rule uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_interval_s: Option<u32>,
+}
+
+/// Retained presence of a gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Presence {
+    pub v: u32,
+    pub gateway: GatewayId,
+    pub boot: BootId,
+    pub state: PresenceState,
+    /// When the agent connected (for `offline`, the last will, also the connect time).
+    pub sent_at: Timestamp,
+    pub clock: ClockState,
+    /// Agent name and version, e.g. `edge-agent 0.1.0`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Content hash of the configuration the agent runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceInfo>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LinkState {
+    Up,
+    Down,
+}
+
+/// Link state of one device as its gateway sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeviceLink {
+    pub device: DeviceId,
+    pub link: LinkState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success: Option<Timestamp>,
+    /// Failed requests since the agent started.
+    #[serde(default)]
+    pub failures: u64,
+}
+
+/// Store-and-forward state of the gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpoolStats {
+    /// Envelopes waiting to be sent.
+    pub depth: u64,
+    pub bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_age_s: Option<u64>,
+    /// Items dropped since the agent started, because a budget was full.
+    pub dropped: u64,
+}
+
+/// Periodic health report of a gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Heartbeat {
+    pub v: u32,
+    pub gateway: GatewayId,
+    pub boot: BootId,
+    pub sent_at: Timestamp,
+    pub clock: ClockState,
+    pub uptime_s: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_temp_c: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_used_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_free_bytes: Option<u64>,
+    #[serde(default)]
+    pub spool: SpoolStats,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DeviceLink>,
+}
+
+pub(crate) fn check_version(v: u32) -> Result<(), Violation> {
+    if v != crate::PROTOCOL_VERSION {
+        return Err(Violation::new(
+            "v",
+            ViolationKind::UnsupportedVersion { found: v },
+        ));
+    }
+    Ok(())
+}
+
+impl Presence {
+    pub fn validate(&self) -> Result<(), Violation> {
+        check_version(self.v)?;
+        if self.devices.len() > MAX_DEVICES {
+            return Err(Violation::new(
+                "devices",
+                ViolationKind::TooMany {
+                    found: self.devices.len(),
+                    max: MAX_DEVICES,
+                },
+            ));
+        }
+        for (i, d) in self.devices.iter().enumerate() {
+            if let Some(p) = d.location.and_then(|l| l.problem()) {
+                return Err(Violation::new(
+                    format!("devices[{i}].location"),
+                    ViolationKind::BadValue(p),
+                ));
+            }
+        }
+        for (field, s) in [
+            ("agent", &self.agent),
+            ("configVersion", &self.config_version),
+        ] {
+            if s.as_ref().is_some_and(|s| s.chars().count() > 128) {
+                return Err(Violation::new(
+                    field,
+                    ViolationKind::BadValue("longer than 128 characters".into()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Heartbeat {
+    pub fn validate(&self) -> Result<(), Violation> {
+        check_version(self.v)?;
+        if self.cpu_temp_c.is_some_and(|t| !t.is_finite()) {
+            return Err(Violation::new(
+                "cpuTempC",
+                ViolationKind::BadValue("not finite".into()),
+            ));
+        }
+        if self.devices.len() > MAX_DEVICES {
+            return Err(Violation::new(
+                "devices",
+                ViolationKind::TooMany {
+                    found: self.devices.len(),
+                    max: MAX_DEVICES,
+                },
+            ));
+        }
+        Ok(())
+    }
+}
