@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::command::{Command, Reply};
 use crate::envelope::Envelope;
-use crate::error::{DecodeError, EncodeError, Violation};
+use crate::error::{DecodeError, EncodeError, Violation, ViolationKind};
 use crate::status::{Heartbeat, Presence};
 
 /// Size limits. The defaults are what every program uses; tests may shrink them.
@@ -86,8 +86,17 @@ pub fn decode<M: Message>(bytes: &[u8], limits: &Limits) -> Result<M, DecodeErro
         Ok(m) => m,
         Err(e) => return Err(version_error(bytes).unwrap_or_else(|| json_error(&e))),
     };
-    msg.check(limits)?;
-    Ok(msg)
+    match msg.check(limits) {
+        Ok(()) => Ok(msg),
+        Err(Violation {
+            kind: ViolationKind::UnsupportedVersion { found },
+            ..
+        }) => Err(DecodeError::UnsupportedVersion {
+            found: u64::from(found),
+            supported: crate::PROTOCOL_VERSION,
+        }),
+        Err(v) => Err(DecodeError::Invalid(v)),
+    }
 }
 
 /// On a parse failure, a message from a newer protocol version deserves a clearer error than the

@@ -1,0 +1,58 @@
+//! Shared health state of the agent: per-device link state and counters, read by the heartbeat.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use protocol::{DeviceId, DeviceLink, LinkState, Timestamp};
+
+#[derive(Debug, Default)]
+pub struct Health {
+    links: Mutex<BTreeMap<DeviceId, DeviceLink>>,
+    pub readings_collected: AtomicU64,
+    pub envelopes_published: AtomicU64,
+    pub publish_errors: AtomicU64,
+}
+
+impl Health {
+    pub fn register(&self, device: &DeviceId) {
+        self.lock()
+            .entry(device.clone())
+            .or_insert_with(|| DeviceLink {
+                device: device.clone(),
+                link: LinkState::Down,
+                last_success: None,
+                failures: 0,
+            });
+    }
+
+    pub fn success(&self, device: &DeviceId, at: Timestamp) {
+        let mut links = self.lock();
+        if let Some(l) = links.get_mut(device) {
+            l.link = LinkState::Up;
+            l.last_success = Some(at);
+        }
+    }
+
+    pub fn failure(&self, device: &DeviceId, down: bool) {
+        let mut links = self.lock();
+        if let Some(l) = links.get_mut(device) {
+            l.failures += 1;
+            if down {
+                l.link = LinkState::Down;
+            }
+        }
+    }
+
+    pub fn links(&self) -> Vec<DeviceLink> {
+        self.lock().values().cloned().collect()
+    }
+
+    pub fn count_readings(&self, n: u64) {
+        self.readings_collected.fetch_add(n, Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<DeviceId, DeviceLink>> {
+        self.links.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

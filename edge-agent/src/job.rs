@@ -1,0 +1,243 @@
+//! What the agent runs, resolved from the gateway file: one [`BusSetup`] per bus with its link and
+//! device jobs, and the uplink settings. Also turns a device's responses into readings (decode per
+//! profile, derived values, quality).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use firmware_config::{Device, GatewayConfig, Link, ProfileSet, Raw, ReadRequest};
+use protocol::{BadReason, Item, Quality, Reading, Timestamp, TopicScheme};
+
+use crate::AgentOptions;
+use crate::modbus::link::{LinkError, Registers};
+use crate::modbus::tcp::TcpLink;
+use crate::uplink::UplinkConfig;
+
+/// One device's polling job.
+#[derive(Debug, Clone)]
+pub struct DeviceJob {
+    pub device: protocol::DeviceId,
+    pub unit: u8,
+    pub poll: Duration,
+    pub requests: Vec<ReadRequest>,
+    resolved: Arc<Device>,
+}
+
+/// The link of one bus.
+#[derive(Debug)]
+pub enum BusLink {
+    Tcp(TcpLink),
+}
+
+#[derive(Debug)]
+pub struct BusSetup {
+    pub name: String,
+    pub link: BusLink,
+    pub pause: Duration,
+    pub jobs: Vec<DeviceJob>,
+}
+
+#[derive(Debug)]
+pub struct Setup {
+    pub buses: Vec<BusSetup>,
+    pub uplink: UplinkConfig,
+}
+
+/// Loads the built-in profiles plus `dir`, reporting every problem as file:line:column.
+pub fn profiles(dir: Option<&std::path::Path>) -> anyhow::Result<ProfileSet> {
+    let set = ProfileSet::builtin().map_err(diagnostics)?;
+    match dir {
+        Some(d) => set.with_dir(d).map_err(diagnostics),
+        None => Ok(set),
+    }
+}
+
+/// Formats diagnostics one per line, for errors that stop the program.
+pub fn diagnostics(d: Vec<firmware_config::Diagnostic>) -> anyhow::Error {
+    let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
+    anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+}
+
+impl Setup {
+    pub fn load(opts: &AgentOptions) -> anyhow::Result<Setup> {
+        let profiles = profiles(opts.profiles.as_deref())?;
+        let config = firmware_config::load_gateway(&opts.config, &profiles).map_err(diagnostics)?;
+        for w in &config.warnings {
+            tracing::warn!("{w}");
+        }
+        Self::from_config(config, opts)
+    }
+
+    fn from_config(config: GatewayConfig, opts: &AgentOptions) -> anyhow::Result<Setup> {
+        let broker = match &opts.broker {
+            Some(url) => firmware_config::Broker::parse(url).map_err(anyhow::Error::msg)?,
+            None => config.uplink.broker.clone(),
+        };
+        anyhow::ensure!(
+            !broker.tls && config.uplink.tls.is_none(),
+            "{}: TLS to the broker (mqtts://, [uplink.tls]) is not supported by this build yet",
+            config.file.display()
+        );
+        let password = match (&config.uplink.password, &config.uplink.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("cannot read uplink.password_file {}", f.display()))?
+                    .trim_end()
+                    .to_owned(),
+            ),
+            (None, None) => None,
+        };
+        let mut buses = Vec::new();
+        for bus in &config.buses {
+            let link = match &bus.link {
+                Link::Tcp { addr } => BusLink::Tcp(TcpLink::new(
+                    addr.clone(),
+                    Duration::from_millis(u64::from(bus.timeout_ms)),
+                )),
+                other => anyhow::bail!(
+                    "{}: bus {:?} ({other}): serial RTU and RTU-over-TCP links are not supported by this build yet; use type = \"tcp\"",
+                    config.file.display(),
+                    bus.name
+                ),
+            };
+            let jobs = bus
+                .devices
+                .iter()
+                .map(|d| DeviceJob {
+                    device: d.id.clone(),
+                    unit: d.unit,
+                    poll: Duration::from_millis(u64::from(d.poll_ms)),
+                    requests: d.requests.clone(),
+                    resolved: Arc::new(d.clone()),
+                })
+                .collect();
+            buses.push(BusSetup {
+                name: bus.name.clone(),
+                link,
+                pause: Duration::from_millis(u64::from(bus.pause_ms)),
+                jobs,
+            });
+        }
+        let uplink = UplinkConfig {
+            host: broker.host.clone(),
+            port: broker.port,
+            client_id: config.uplink.client_id.clone(),
+            username: config.uplink.username.clone(),
+            password,
+            keep_alive: Duration::from_secs(u64::from(config.uplink.keep_alive_s.max(5))),
+            topics: TopicScheme::new(&config.uplink.topic_root)?,
+            gateway: config.gateway.clone(),
+            batch_max_items: config.agent.batch_max_items.max(1) as usize,
+            batch_max_wait: Duration::from_millis(u64::from(config.agent.batch_max_wait_ms)),
+            heartbeat: Duration::from_secs(u64::from(config.agent.heartbeat_s.max(1))),
+            clock: opts.clock,
+            devices: config.inventory(),
+            config_version: Some(config_version(&opts.config)),
+        };
+        Ok(Setup { buses, uplink })
+    }
+}
+
+/// A short content hash of the gateway file, reported in the presence message so the hub can tell
+/// which configuration each gateway runs.
+fn config_version(path: &std::path::Path) -> String {
+    let bytes = std::fs::read(path).unwrap_or_default();
+    // FNV-1a: a fingerprint, not a security measure.
+    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("fnv1a:{h:016x}")
+}
+
+impl DeviceJob {
+    /// Readings from one poll: `responses[i]` answers `requests[i]` (fewer responses than requests
+    /// means the rest were not attempted after a link failure).
+    pub fn readings(&self, responses: &[Result<Registers, LinkError>], at: Timestamp) -> Vec<Item> {
+        let mut decoded = Vec::new();
+        let mut items = Vec::new();
+        let last_err = responses
+            .iter()
+            .rev()
+            .find_map(|r| r.as_ref().err())
+            .cloned();
+        for (i, req) in self.requests.iter().enumerate() {
+            match responses.get(i) {
+                Some(Ok(regs)) => {
+                    let raw = match regs {
+                        Registers::Words(w) => Raw::Words(w),
+                        Registers::Bits(b) => Raw::Bits(b),
+                    };
+                    decoded.extend(self.resolved.decode(req, raw));
+                }
+                other => {
+                    // The request failed (or was not attempted): its fields are bad with the link's reason.
+                    let err = match other {
+                        Some(Err(e)) => e.clone(),
+                        _ => last_err
+                            .clone()
+                            .unwrap_or(LinkError::Down("not attempted".into())),
+                    };
+                    for slot in &req.fields {
+                        if let Some(field) = self.resolved.profile.fields.get(slot.field) {
+                            items.push(self.bad(
+                                field.metric.clone(),
+                                field.unit.clone(),
+                                at,
+                                err.bad_reason(),
+                                err.to_string(),
+                                None,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let derived = self.resolved.derive(&decoded);
+        for d in decoded.into_iter().chain(derived) {
+            let item = match d.outcome {
+                Ok(value) => Item::Reading(Reading {
+                    device: self.device.clone(),
+                    metric: d.metric,
+                    observed_at: at,
+                    value: Some(value),
+                    unit: d.unit,
+                    quality: Quality::Good,
+                }),
+                Err(problem) => self.bad(
+                    d.metric,
+                    d.unit,
+                    at,
+                    problem.reason(),
+                    problem.to_string(),
+                    problem.value(),
+                ),
+            };
+            items.push(item);
+        }
+        items
+    }
+
+    fn bad(
+        &self,
+        metric: protocol::MetricId,
+        unit: Option<protocol::Unit>,
+        at: Timestamp,
+        reason: BadReason,
+        detail: String,
+        value: Option<protocol::Value>,
+    ) -> Item {
+        Item::Reading(Reading {
+            device: self.device.clone(),
+            metric,
+            observed_at: at,
+            value,
+            unit,
+            quality: Quality::Bad {
+                reason,
+                detail: Some(detail.chars().take(200).collect()),
+            },
+        })
+    }
+}

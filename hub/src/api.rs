@@ -1,0 +1,175 @@
+//! The HTTP API (JSON under `/api/v1`), health and metrics. Reads from the store only.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use protocol::Timestamp;
+use serde::Deserialize;
+
+use crate::metrics::Metrics;
+use crate::store::{ReadingsQuery, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn router(state: ApiState) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/assets", get(assets))
+        .route("/api/v1/assets/{id}/readings", get(readings))
+        .route("/api/v1/gateways", get(gateways))
+        .route("/api/v1/dead-letters", get(dead_letters))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see /api/v1/assets",
+            )
+        })
+        .with_state(state)
+}
+
+/// An error answered as `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownAsset(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            other => {
+                tracing::error!(error = %other, "store read failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
+            }
+        }
+    }
+}
+
+async fn healthz(State(s): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    // A health check that touches the database: a hub whose store cannot be read is not healthy.
+    let gateways = s.store.gateways().await?.len();
+    Ok(Json(
+        serde_json::json!({ "status": "ok", "gateways": gateways }),
+    ))
+}
+
+async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+async fn assets(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(s.store.assets().await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadingsParams {
+    metric: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    max_points: Option<usize>,
+}
+
+/// Default and largest number of points one readings request returns.
+const DEFAULT_POINTS: usize = 2_000;
+const MAX_POINTS: usize = 20_000;
+
+async fn readings(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    params: Result<Query<ReadingsParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let metric = p.metric.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing query parameter metric (e.g. ?metric=activePower)",
+        )
+    })?;
+    let time = |name: &str, v: Option<String>| -> Result<Option<Timestamp>, ApiError> {
+        v.map(|s| {
+            Timestamp::parse_rfc3339(&s).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("query parameter {name}: {e}"),
+                )
+            })
+        })
+        .transpose()
+    };
+    let to = time("to", p.to)?.unwrap_or_else(Timestamp::now);
+    let from = time("from", p.from)?.unwrap_or_else(|| to.add_millis(-3_600_000));
+    if from > to {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("from ({from}) is after to ({to})"),
+        ));
+    }
+    let max_points = p.max_points.unwrap_or(DEFAULT_POINTS);
+    if max_points == 0 || max_points > MAX_POINTS {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("max_points must be 1..={MAX_POINTS}"),
+        ));
+    }
+    let q = ReadingsQuery {
+        asset: id,
+        metric,
+        from_ms: from.unix_millis(),
+        to_ms: to.unix_millis(),
+        max_points,
+    };
+    Ok(Json(s.store.readings(q).await?))
+}
+
+async fn gateways(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(s.store.gateways().await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct LimitParams {
+    limit: Option<usize>,
+}
+
+async fn dead_letters(
+    State(s): State<ApiState>,
+    Query(p): Query<LimitParams>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        s.store
+            .dead_letters(p.limit.unwrap_or(100).min(1000))
+            .await?,
+    ))
+}

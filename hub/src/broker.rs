@@ -1,0 +1,63 @@
+//! The embedded MQTT broker (rumqttd): what a one-machine town runs so it needs nothing else.
+//!
+//! It runs on its own threads (rumqttd brings its own runtimes) and lives as long as the process.
+//! rumqttd 0.20 has no topic ACL, so the broker alone cannot stop a gateway from publishing on
+//! another's topics; see docs/PROTOCOL.md for how authentication is layered on top.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+/// Starts the broker listening on `listen`. Fails if the address cannot be bound.
+pub fn start(listen: SocketAddr, max_payload: usize) -> anyhow::Result<()> {
+    // rumqttd reports a failed bind only in its log, from its own thread: bind here first so the
+    // operator gets a clear error (the listener is released again before rumqttd binds).
+    drop(
+        std::net::TcpListener::bind(listen)
+            .with_context(|| format!("cannot listen for MQTT on {listen}"))?,
+    );
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: max_payload + 4096,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "v4-gateways".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 10_010,
+            max_outgoing_packet_count: 500,
+            // The router keeps a commit log per subscription filter: 8 segments of 16 MiB bounds the
+            // memory a slow subscriber can pin.
+            max_segment_size: 16 * 1024 * 1024,
+            max_segment_count: 8,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("1".to_owned(), server)])),
+        ..Default::default()
+    };
+    let mut broker = Broker::new(config);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded MQTT broker stopped");
+            }
+        })
+        .context("cannot start the broker thread")?;
+    tracing::info!(%listen, "embedded MQTT broker listening");
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! `hub demo`: a town in a box. Starts simulated field devices served over Modbus TCP on loopback
+//! (as the example gateway files describe them), the hub on embedded defaults, and one real
+//! `edge-agent` process per gateway file — the same binary and code path a Raspberry Pi runs.
+
+pub mod agents;
+pub mod modbus_sim;
+pub mod town;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use firmware_config::{GatewayConfig, Link, ProfileSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{HubConfig, MqttMode};
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub gateways_dir: PathBuf,
+    pub agent_bin: Option<PathBuf>,
+    /// Simulated seconds per real second.
+    pub speed: f64,
+    /// Simulated hour of day at start.
+    pub start_hour: f64,
+    pub seed: u64,
+}
+
+/// Loads every `*.toml` gateway file of `dir`, in name order.
+pub fn load_gateways(dir: &std::path::Path) -> anyhow::Result<Vec<GatewayConfig>> {
+    let profiles = ProfileSet::builtin().map_err(diagnostics)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read gateway directory {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no gateway files (*.toml) in {}",
+        dir.display()
+    );
+    files
+        .iter()
+        .map(|f| firmware_config::load_gateway(f, &profiles).map_err(diagnostics))
+        .collect()
+}
+
+fn diagnostics(d: Vec<firmware_config::Diagnostic>) -> anyhow::Error {
+    let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
+    anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+}
+
+/// Builds the simulated buses for `gateways`: one per TCP bus, keyed by its address.
+pub fn simulate(
+    gateways: &[GatewayConfig],
+    speed: f64,
+    start_hour: f64,
+    seed: u64,
+) -> anyhow::Result<Vec<(SocketAddr, modbus_sim::SimBus)>> {
+    let clock = town::SimClock::new(start_hour, speed);
+    let mut per_kind: BTreeMap<protocol::AssetKind, u32> = BTreeMap::new();
+    let mut buses = Vec::new();
+    for gw in gateways {
+        for bus in &gw.buses {
+            let Link::Tcp { addr } = &bus.link else {
+                anyhow::bail!(
+                    "{}: bus {:?}: the demo simulates Modbus TCP buses only",
+                    gw.file.display(),
+                    bus.name
+                );
+            };
+            let addr: SocketAddr = addr
+                .parse()
+                .ok()
+                .filter(|a: &SocketAddr| a.ip().is_loopback())
+                .with_context(|| format!("{}: bus {:?}: the demo serves devices on loopback; host must be 127.0.0.1:PORT, not {addr}", gw.file.display(), bus.name))?;
+            let mut units = BTreeMap::new();
+            for d in &bus.devices {
+                let index = per_kind.entry(d.kind).or_default();
+                let model = town::SimDevice::new(d.kind, *index, d.params.clone(), seed);
+                *index += 1;
+                units.insert(d.unit, modbus_sim::SimUnit::new(d.clone(), model));
+            }
+            buses.push((
+                addr,
+                modbus_sim::SimBus {
+                    units,
+                    clock: clock.clone(),
+                },
+            ));
+        }
+    }
+    Ok(buses)
+}
+
+/// Runs the demo until `shutdown` resolves, then stops agents, hub and devices in that order.
+pub async fn run(
+    cfg: HubConfig,
+    opts: DemoOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let MqttMode::Embedded { listen } = cfg.mqtt else {
+        anyhow::bail!("the demo runs the embedded broker");
+    };
+    let bin = agents::locate(opts.agent_bin.as_deref())?;
+    let gateways = load_gateways(&opts.gateways_dir)?;
+    let devices_stop = CancellationToken::new();
+    let buses = simulate(&gateways, opts.speed, opts.start_hour, opts.seed)?;
+    let (n_buses, n_units) = (
+        buses.len(),
+        buses.iter().map(|(_, b)| b.units.len()).sum::<usize>(),
+    );
+    for (addr, bus) in buses {
+        modbus_sim::serve(addr, Arc::new(bus), devices_stop.clone()).await?;
+    }
+    tracing::info!(
+        buses = n_buses,
+        devices = n_units,
+        speed = opts.speed,
+        "simulated field devices listening"
+    );
+
+    let hub = crate::start(cfg).await?;
+    let host = if listen.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        listen.ip().to_string()
+    };
+    let broker = format!("mqtt://{host}:{}", listen.port());
+    let mut procs = Vec::new();
+    for gw in &gateways {
+        procs.push(agents::spawn(&bin, &gw.file, &broker)?);
+    }
+    tracing::info!(agents = procs.len(), api = %format!("http://{}/api/v1/assets", hub.http_addr()), "demo town running; Ctrl-C stops it");
+
+    tokio::pin!(shutdown);
+    let mut check = tokio::time::interval(Duration::from_secs(2));
+    let mut reported = vec![false; procs.len()];
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = check.tick() => {
+                for (p, done) in procs.iter_mut().zip(reported.iter_mut()) {
+                    if let (Some(status), false) = (p.exited(), *done) {
+                        tracing::error!(file = %p.gateway_file.display(), %status, "an edge agent exited");
+                        *done = true;
+                    }
+                }
+            }
+        }
+    }
+    futures_join(procs.into_iter().map(|p| p.stop(Duration::from_secs(8)))).await;
+    hub.stop().await;
+    devices_stop.cancel();
+    Ok(())
+}
+
+async fn futures_join<F: Future<Output = ()> + Send + 'static>(futs: impl Iterator<Item = F>) {
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    for h in handles {
+        let _ = h.await;
+    }
+}

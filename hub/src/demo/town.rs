@@ -1,0 +1,314 @@
+//! The demo town's physics: what each simulated field device would measure at a given time of day.
+//!
+//! Pure and deterministic for a given seed and time: a day with dusk and dawn (lamps on from 17:15 to
+//! 06:36, dimmed to 60 % after midnight), a rainstorm from 18:00 that floods the waterlogging points
+//! and recedes by 21:30, a dust episode at the building site from 09:00 to 11:00, and bins that fill
+//! with foot traffic and are emptied by rounds at 06:00 and 15:00. One lamp fails at the first dusk and
+//! one burns by day, so the hub has something to find.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use protocol::{AssetKind, Value};
+
+/// Simulated time of day, advancing `speed` times faster than real time from a starting hour.
+#[derive(Debug, Clone)]
+pub struct SimClock {
+    started: Instant,
+    start_s: f64,
+    speed: f64,
+}
+
+impl SimClock {
+    /// `start_hour` in 0..24 local time; `speed` simulated seconds per real second.
+    pub fn new(start_hour: f64, speed: f64) -> Self {
+        Self {
+            started: Instant::now(),
+            start_s: start_hour * 3600.0,
+            speed: speed.max(0.0),
+        }
+    }
+
+    /// Simulated seconds since the simulation's first midnight.
+    pub fn now_s(&self) -> f64 {
+        self.start_s + self.started.elapsed().as_secs_f64() * self.speed
+    }
+}
+
+/// Hour of day (0..24) of a simulated time.
+pub fn hour_of_day(sim_s: f64) -> f64 {
+    (sim_s / 3600.0).rem_euclid(24.0)
+}
+
+/// When lamps should be lit: from 17:15 to 06:36 (Nanjing in late November, near enough).
+pub fn lamps_scheduled_on(hour: f64) -> bool {
+    !(6.6..17.25).contains(&hour)
+}
+
+/// Deterministic noise in -1..1 from a seed, a device and a time step.
+fn noise(seed: u64, device: u32, step: u64) -> f64 {
+    let mut x = seed ^ (u64::from(device) << 32) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^= x >> 33;
+    (x as f64 / u64::MAX as f64) * 2.0 - 1.0
+}
+
+/// Integrating state of a device (energy, bin fill), advanced on every observation.
+#[derive(Debug, Default)]
+struct Integrals {
+    last_s: Option<f64>,
+    energy_kwh: f64,
+    fill: f64,
+}
+
+/// One simulated field device.
+#[derive(Debug)]
+pub struct SimDevice {
+    pub kind: AssetKind,
+    /// Distinct number of the device within its kind, choosing its personality (which lamp fails).
+    pub index: u32,
+    /// Installation parameters from the gateway file (e.g. `mounting_height_mm`).
+    pub params: BTreeMap<String, f64>,
+    seed: u64,
+    state: Mutex<Integrals>,
+}
+
+impl SimDevice {
+    pub fn new(kind: AssetKind, index: u32, params: BTreeMap<String, f64>, seed: u64) -> Self {
+        let fill = 0.1 + 0.3 * (noise(seed, index, 7) + 1.0) / 2.0;
+        let state = Integrals {
+            last_s: None,
+            energy_kwh: 1200.0 + f64::from(index) * 37.0,
+            fill,
+        };
+        Self {
+            kind,
+            index,
+            params,
+            seed,
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Everything this device measures at simulated time `sim_s`, by FIWARE metric name.
+    pub fn observe(&self, sim_s: f64) -> BTreeMap<&'static str, Value> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let dt_h = st
+            .last_s
+            .map_or(0.0, |last| ((sim_s - last) / 3600.0).max(0.0));
+        st.last_s = Some(sim_s);
+        let hour = hour_of_day(sim_s);
+        let step = (sim_s / 10.0) as u64;
+        let n = |k: u32| noise(self.seed, self.index * 16 + k, step);
+        let mut out = BTreeMap::new();
+        match self.kind {
+            AssetKind::Streetlight => {
+                let rated = 150.0;
+                let scheduled = lamps_scheduled_on(hour);
+                // Lamp 2 fails at the first dusk (scheduled on, draws nothing); lamp 3 burns by day.
+                let failed = self.index == 2 && sim_s >= 17.25 * 3600.0;
+                let on = scheduled || self.index == 3;
+                let dim = if (0.0..5.0).contains(&hour) {
+                    60.0
+                } else {
+                    100.0
+                };
+                let power = if on && !failed {
+                    rated * dim / 100.0 * (0.97 + 0.02 * n(1))
+                } else {
+                    0.4
+                };
+                let voltage =
+                    221.0 + 3.0 * (hour / 24.0 * std::f64::consts::TAU).sin() + 1.5 * n(2);
+                let pf = if on && !failed {
+                    0.95 + 0.02 * n(3)
+                } else {
+                    0.5
+                };
+                st.energy_kwh += power / 1000.0 * dt_h;
+                out.insert("powerState", Value::Bool(on));
+                out.insert("dimLevel", Value::Number(dim));
+                out.insert("voltage", Value::Number(voltage));
+                out.insert("intensity", Value::Number(power / (voltage * pf)));
+                out.insert("activePower", Value::Number(power));
+                out.insert("powerFactor", Value::Number(pf));
+                out.insert("activeEnergy", Value::Number(st.energy_kwh));
+                out.insert("ratedPower", Value::Number(rated));
+                out.insert("lampFailure", Value::Bool(failed));
+            }
+            AssetKind::Waterlogging => {
+                // A storm from 18:00; points flood to different peaks (28, 18, 12 cm, ...).
+                let peak = [28.0, 18.0, 12.0, 22.0][self.index as usize % 4];
+                let depth = storm_depth(hour, peak).max(0.0);
+                let height = self
+                    .params
+                    .get("mounting_height_mm")
+                    .copied()
+                    .unwrap_or(3500.0);
+                let distance = (height - depth * 10.0 + 3.0 * n(1)).clamp(0.0, height);
+                out.insert("measuredDistance", Value::Number(distance.round()));
+                out.insert("waterDepth", Value::Number(depth));
+                out.insert(
+                    "temperature",
+                    Value::Number(11.0 + 4.0 * day_wave(hour) + 0.3 * n(2)),
+                );
+            }
+            AssetKind::DustMonitor => {
+                let episode = if (9.0..11.0).contains(&hour) {
+                    110.0 * (((hour - 9.0) / 2.0) * std::f64::consts::PI).sin()
+                } else {
+                    0.0
+                };
+                let pm10 = 55.0 + 12.0 * day_wave(hour) + episode + 4.0 * n(1);
+                let working = (7.0..18.0).contains(&hour);
+                out.insert("pm10", Value::Number(pm10));
+                out.insert("pm25", Value::Number(pm10 * 0.55 + 2.0 * n(2)));
+                out.insert("tsp", Value::Number(pm10 * 1.6));
+                out.insert(
+                    "LAeq",
+                    Value::Number(if working {
+                        66.0 + 4.0 * n(3)
+                    } else {
+                        47.0 + 3.0 * n(3)
+                    }),
+                );
+                out.insert("windSpeed", Value::Number((2.2 + 1.2 * n(4)).max(0.0)));
+                out.insert(
+                    "windDirection",
+                    Value::Number((135.0 + 40.0 * n(5)).rem_euclid(360.0)),
+                );
+                out.insert(
+                    "temperature",
+                    Value::Number(11.0 + 5.0 * day_wave(hour) + 0.3 * n(6)),
+                );
+                out.insert(
+                    "relativeHumidity",
+                    Value::Number(if (18.0..21.5).contains(&hour) {
+                        0.92
+                    } else {
+                        0.63 + 0.05 * n(7)
+                    }),
+                );
+            }
+            AssetKind::SmartBin => {
+                let rate = traffic(hour) * (0.06 + 0.02 * f64::from(self.index % 3)); // fill per hour
+                let before = hour_of_day(sim_s - dt_h * 3600.0);
+                // The collection round came by at 06:00 or 15:00: empty, then refill since then.
+                let round = [6.0, 15.0]
+                    .into_iter()
+                    .find(|m| dt_h > 0.0 && crossed(before, hour, *m));
+                st.fill = match round {
+                    Some(mark) => 0.03 + rate * (hour - mark).rem_euclid(24.0),
+                    None => st.fill + rate * dt_h,
+                }
+                .min(1.0);
+                out.insert("fillingLevel", Value::Number(st.fill));
+                out.insert(
+                    "temperature",
+                    Value::Number(12.0 + 3.0 * day_wave(hour) + 0.3 * n(1)),
+                );
+                out.insert("batteryLevel", Value::Number(86.0 - f64::from(self.index)));
+                out.insert("tilt", Value::Bool(false));
+                out.insert("lidOpen", Value::Bool(false));
+            }
+            _ => {}
+        }
+        out
+    }
+}
+
+/// Water depth in cm at `hour` for a storm from 18:00 peaking at 19:30 and gone by 21:30.
+fn storm_depth(hour: f64, peak: f64) -> f64 {
+    match hour {
+        h if (18.0..19.5).contains(&h) => peak * (h - 18.0) / 1.5,
+        h if (19.5..21.5).contains(&h) => peak * (21.5 - h) / 2.0,
+        _ => 0.0,
+    }
+}
+
+/// -1 before dawn .. +1 mid-afternoon.
+fn day_wave(hour: f64) -> f64 {
+    ((hour - 9.0) / 24.0 * std::f64::consts::TAU).sin()
+}
+
+/// Relative foot traffic (0.2 at night .. 1.5 at rush hours).
+fn traffic(hour: f64) -> f64 {
+    match hour {
+        h if (7.0..9.0).contains(&h) || (11.0..13.0).contains(&h) || (17.0..20.0).contains(&h) => {
+            1.5
+        }
+        h if (6.0..22.0).contains(&h) => 0.8,
+        _ => 0.2,
+    }
+}
+
+/// Whether the clock passed `mark` (an hour of day) going from `before` to `after`.
+fn crossed(before: f64, after: f64, mark: f64) -> bool {
+    if before <= after {
+        before < mark && mark <= after
+    } else {
+        before < mark || mark <= after
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn num(v: &Value) -> f64 {
+        v.as_f64().unwrap()
+    }
+
+    #[test]
+    fn lamps_follow_the_day() {
+        let lamp = SimDevice::new(AssetKind::Streetlight, 0, BTreeMap::new(), 1);
+        assert_eq!(
+            lamp.observe(12.0 * 3600.0)["powerState"],
+            Value::Bool(false)
+        );
+        let night = lamp.observe(22.0 * 3600.0);
+        assert_eq!(night["powerState"], Value::Bool(true));
+        assert!(num(&night["activePower"]) > 100.0);
+        let failed =
+            SimDevice::new(AssetKind::Streetlight, 2, BTreeMap::new(), 1).observe(22.0 * 3600.0);
+        assert!(num(&failed["activePower"]) < 1.0);
+        let by_day =
+            SimDevice::new(AssetKind::Streetlight, 3, BTreeMap::new(), 1).observe(12.0 * 3600.0);
+        assert_eq!(by_day["powerState"], Value::Bool(true));
+    }
+
+    #[test]
+    fn water_rises_in_the_storm_and_recedes() {
+        let params = BTreeMap::from([("mounting_height_mm".to_owned(), 3500.0)]);
+        let p = SimDevice::new(AssetKind::Waterlogging, 0, params, 1);
+        assert!(num(&p.observe(12.0 * 3600.0)["waterDepth"]) == 0.0);
+        let peak = p.observe(19.5 * 3600.0 - 1.0);
+        assert!(num(&peak["waterDepth"]) > 25.0);
+        assert!((num(&peak["measuredDistance"]) - (3500.0 - 280.0)).abs() < 10.0);
+        assert!(num(&p.observe(22.0 * 3600.0)["waterDepth"]) == 0.0);
+    }
+
+    #[test]
+    fn bins_fill_and_are_emptied() {
+        let bin = SimDevice::new(AssetKind::SmartBin, 0, BTreeMap::new(), 1);
+        let a = num(&bin.observe(7.0 * 3600.0)["fillingLevel"]);
+        let b = num(&bin.observe(13.0 * 3600.0)["fillingLevel"]);
+        assert!(b > a, "{a} -> {b}");
+        let c = num(&bin.observe(15.5 * 3600.0)["fillingLevel"]);
+        assert!(c < 0.1, "emptied at 15:00: {c}");
+    }
+
+    #[test]
+    fn deterministic() {
+        let a =
+            SimDevice::new(AssetKind::DustMonitor, 0, BTreeMap::new(), 9).observe(10.0 * 3600.0);
+        let b =
+            SimDevice::new(AssetKind::DustMonitor, 0, BTreeMap::new(), 9).observe(10.0 * 3600.0);
+        assert_eq!(a, b);
+        assert!(num(&a["pm10"]) > 150.0);
+    }
+}

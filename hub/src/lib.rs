@@ -1,0 +1,184 @@
+//! The hub: takes in every gateway's data over MQTT, stores it, and serves it over HTTP.
+//!
+//! ```text
+//! MQTT (embedded rumqttd, or an external broker) ─▶ ingest (decode, check, dedupe) ─▶ store (SQLite)
+//!                                                                        HTTP API ◀─┘
+//! ```
+//! [`start`] wires the stages and returns a handle whose [`RunningHub::stop`] shuts them down in
+//! pipeline order: stop taking messages, stop serving, then write and acknowledge what was taken.
+
+pub mod api;
+pub mod broker;
+pub mod demo;
+pub mod ingest;
+pub mod metrics;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use protocol::{Limits, TopicScheme};
+use tokio_util::sync::CancellationToken;
+
+pub use firmware_config::Broker;
+
+/// Where the hub's MQTT broker is.
+#[derive(Debug, Clone)]
+pub enum MqttMode {
+    /// Run rumqttd inside the hub, listening here.
+    Embedded { listen: SocketAddr },
+    /// Be a client of an existing broker (Mosquitto, EMQX).
+    External {
+        url: Broker,
+        username: Option<String>,
+        password: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// HTTP API address; port 0 picks a free port (see [`RunningHub::http_addr`]).
+    pub http: SocketAddr,
+    pub data_dir: PathBuf,
+    pub mqtt: MqttMode,
+    pub topic_root: String,
+    /// MQTT client id of the ingest session; keep it stable so the broker keeps the session.
+    pub client_id: String,
+}
+
+/// A started hub.
+#[derive(Debug)]
+pub struct RunningHub {
+    http_addr: SocketAddr,
+    mqtt_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    http_stop: CancellationToken,
+    ingest: tokio::task::JoinHandle<()>,
+    http: tokio::task::JoinHandle<()>,
+    writer: std::thread::JoinHandle<()>,
+    store: store::Store,
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+pub(crate) fn now_ms() -> i64 {
+    protocol::Timestamp::now().unix_millis()
+}
+
+/// Starts the broker (embedded mode), the store, ingest and the HTTP API.
+pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
+    let topics = TopicScheme::new(&cfg.topic_root)?;
+    let limits = Limits::default();
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (store, writer) = store::Store::open(&cfg.data_dir, metrics.clone())?;
+
+    let (ingest_cfg, mqtt_addr) = match &cfg.mqtt {
+        MqttMode::Embedded { listen } => {
+            broker::start(*listen, limits.max_payload)?;
+            let host = if listen.ip().is_unspecified() {
+                "127.0.0.1".to_owned()
+            } else {
+                listen.ip().to_string()
+            };
+            let ingest = ingest::IngestConfig {
+                host,
+                port: listen.port(),
+                client_id: cfg.client_id.clone(),
+                username: None,
+                password: None,
+                topics: topics.clone(),
+                limits,
+            };
+            (ingest, Some(*listen))
+        }
+        MqttMode::External {
+            url,
+            username,
+            password,
+        } => {
+            let ingest = ingest::IngestConfig {
+                host: url.host.clone(),
+                port: url.port,
+                client_id: cfg.client_id.clone(),
+                username: username.clone(),
+                password: password.clone(),
+                topics: topics.clone(),
+                limits,
+            };
+            (ingest, None)
+        }
+    };
+
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", cfg.http))?;
+    let http_addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let http_stop = CancellationToken::new();
+    let ingest = tokio::spawn(ingest::run(
+        ingest_cfg,
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let app = api::router(api::ApiState {
+        store: store.clone(),
+        metrics: metrics.clone(),
+    });
+    let stop = http_stop.clone();
+    let http = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(%http_addr, data_dir = %cfg.data_dir.display(), "hub started");
+    Ok(RunningHub {
+        http_addr,
+        mqtt_addr,
+        shutdown,
+        http_stop,
+        ingest,
+        http,
+        writer,
+        store,
+        metrics,
+    })
+}
+
+impl RunningHub {
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The embedded broker's address, if the hub runs one.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
+    }
+
+    pub fn store(&self) -> &store::Store {
+        &self.store
+    }
+
+    /// Ordered shutdown: ingest stops taking messages, the HTTP server stops (it holds store
+    /// handles), then the store writes and acknowledges everything queued and its writer exits.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.ingest.await;
+        let RunningHub {
+            store,
+            writer,
+            http_stop,
+            http,
+            ..
+        } = self;
+        http_stop.cancel();
+        let _ = http.await;
+        drop(store);
+        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        tracing::info!("hub stopped");
+    }
+}

@@ -1,0 +1,170 @@
+//! `hub`: the central program. See `hub --help`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use firmware_config::Broker;
+use hub::{HubConfig, MqttMode};
+
+#[derive(Parser)]
+#[command(
+    name = "hub",
+    version,
+    about = "City IoT hub: MQTT ingest, storage and HTTP API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the hub.
+    Serve(ServeArgs),
+    /// Run the hub with a simulated town: field devices served over Modbus TCP on loopback and edge
+    /// agents (the edge-agent binary) using the example gateway files.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Use this external broker (mqtt://host:port) instead of the embedded one.
+    #[arg(long, value_name = "URL", value_parser = parse_broker)]
+    broker: Option<Broker>,
+    #[arg(long, requires = "broker", env = "HUB_BROKER_USERNAME")]
+    broker_username: Option<String>,
+    /// File holding the broker password (kept out of the process list).
+    #[arg(long, requires = "broker_username", value_name = "FILE")]
+    broker_password_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// HTTP API address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: SocketAddr,
+    /// Where the hub keeps its database.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Address of the embedded MQTT broker.
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    mqtt_listen: SocketAddr,
+    /// First level(s) of every topic.
+    #[arg(long, default_value = protocol::topic::DEFAULT_ROOT)]
+    topic_root: String,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// The edge-agent binary; by default the one next to this program.
+    #[arg(long, value_name = "PATH")]
+    agent_bin: Option<PathBuf>,
+    /// Directory of gateway files to run agents for.
+    #[arg(long, default_value = "firmware-config/gateways")]
+    gateways: PathBuf,
+    /// Simulated seconds of town life per real second (120: a day in 12 minutes; 1: real time).
+    #[arg(long, default_value_t = 120.0)]
+    speed: f64,
+    /// Simulated hour of day at start (17 = an hour before the storm, shortly before dusk).
+    #[arg(long, default_value_t = 17.0)]
+    start_hour: f64,
+    /// Random seed of the simulation.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // rumqttd logs every ordinary client disconnect at ERROR level; those two targets stay quiet
+    // unless RUST_LOG asks for them.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        "info,rumqttd=warn,rumqttd::server::broker=off,rumqttd::router::routing=off".into()
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match Cli::parse().command {
+        Command::Serve(a) => {
+            let password = match &a.broker_password_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("cannot read {}", f.display()))?
+                        .trim_end()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            let mqtt = match a.broker {
+                Some(url) => MqttMode::External {
+                    url,
+                    username: a.broker_username,
+                    password,
+                },
+                None => MqttMode::Embedded {
+                    listen: a.common.mqtt_listen,
+                },
+            };
+            let hub = hub::start(config(&a.common, mqtt)).await?;
+            shutdown_signal().await;
+            hub.stop().await;
+        }
+        Command::Demo(a) => {
+            let mqtt = MqttMode::Embedded {
+                listen: a.common.mqtt_listen,
+            };
+            let opts = hub::demo::DemoOptions {
+                gateways_dir: a.gateways,
+                agent_bin: a.agent_bin,
+                speed: a.speed,
+                start_hour: a.start_hour,
+                seed: a.seed,
+            };
+            hub::demo::run(config(&a.common, mqtt), opts, shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_broker(s: &str) -> Result<Broker, String> {
+    let b = Broker::parse(s)?;
+    if b.tls {
+        return Err(
+            "TLS to an external broker (mqtts://) is not supported by this build yet".into(),
+        );
+    }
+    Ok(b)
+}
+
+fn config(c: &CommonArgs, mqtt: MqttMode) -> HubConfig {
+    HubConfig {
+        http: c.http,
+        data_dir: c.data_dir.clone(),
+        mqtt,
+        topic_root: c.topic_root.clone(),
+        client_id: "hub-ingest".into(),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,172 @@
+//! The embedded store (SQLite): one writer thread fed by a bounded queue, plus a reader connection
+//! for the API. Sits after ingest in the hub's flow: ingest ─▶ store ─▶ API.
+
+mod query;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use protocol::{Envelope, Heartbeat, Presence, Timestamp};
+use rusqlite::Connection;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+pub use query::{AssetView, DeadLetterView, GatewayView, ReadingPoint, ReadingsQuery};
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database query failed: {0}")]
+    Query(#[from] rusqlite::Error),
+    #[error("no asset {0:?}")]
+    UnknownAsset(String),
+    #[error("the store has shut down")]
+    Closed,
+}
+
+/// Called once the write it belongs to is committed (the ingest acknowledges the MQTT message then).
+pub type Ack = Box<dyn FnOnce() + Send>;
+
+/// One write, in the order ingest received it.
+pub enum WriteOp {
+    Envelope {
+        env: Envelope,
+        received: Timestamp,
+    },
+    Presence {
+        presence: Presence,
+        received: Timestamp,
+    },
+    Heartbeat {
+        heartbeat: Heartbeat,
+        received: Timestamp,
+    },
+    DeadLetter {
+        received: Timestamp,
+        topic: String,
+        gateway: Option<String>,
+        code: String,
+        reason: String,
+        payload: Vec<u8>,
+    },
+}
+
+impl std::fmt::Debug for WriteOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteOp::Envelope { env, .. } => {
+                write!(f, "Envelope({} {} #{})", env.gateway, env.boot, env.seq)
+            }
+            WriteOp::Presence { presence, .. } => write!(f, "Presence({})", presence.gateway),
+            WriteOp::Heartbeat { heartbeat, .. } => write!(f, "Heartbeat({})", heartbeat.gateway),
+            WriteOp::DeadLetter { topic, code, .. } => write!(f, "DeadLetter({topic}, {code})"),
+        }
+    }
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    writes: mpsc::Sender<(WriteOp, Option<Ack>)>,
+    reader: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+/// Capacity of the write queue. When it is full, ingest waits, stops reading from the broker and so
+/// stops acknowledging: a slow disk slows the gateways' uplink instead of growing the hub's memory.
+pub const WRITE_QUEUE: usize = 4096;
+
+impl Store {
+    /// Opens (creating and migrating) `hub.sqlite3` under `data_dir` and starts the writer thread.
+    /// The writer stops when every `Store` handle is dropped, after writing what was queued.
+    pub fn open(
+        data_dir: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join("hub.sqlite3");
+        let open = |path: &Path| -> Result<Connection, StoreError> {
+            let conn = Connection::open(path).map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+            schema::configure(&conn).map_err(|source| StoreError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+            Ok(conn)
+        };
+        let mut wconn = open(&path)?;
+        schema::migrate(&mut wconn).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let reader = open(&path)?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer::run(wconn, rx, metrics))
+            .map_err(|e| StoreError::DataDir {
+                path: data_dir.to_owned(),
+                source: e,
+            })?;
+        Ok((
+            Store {
+                writes: tx,
+                reader: Arc::new(Mutex::new(reader)),
+                path,
+            },
+            handle,
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a write, waiting while the queue is full.
+    pub async fn write(&self, op: WriteOp, ack: Option<Ack>) -> Result<(), StoreError> {
+        self.writes
+            .send((op, ack))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Runs a read on the reader connection off the async runtime.
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+}

@@ -1,0 +1,279 @@
+//! Reads for the HTTP API: assets with their latest values, reading history, gateways, dead letters.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use super::{Store, StoreError};
+
+/// An asset as the API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AssetView {
+    pub id: String,
+    pub kind: String,
+    pub gateway: String,
+    pub device: String,
+    pub profile: Option<String>,
+    pub location: Option<Location>,
+    pub road_segment: Option<String>,
+    pub grid: Option<String>,
+    pub zone: Option<String>,
+    /// When the hub last received data from the asset's device (RFC 3339), if ever.
+    pub last_seen: Option<String>,
+    /// Latest value of each metric.
+    pub latest: BTreeMap<String, serde_json::Value>,
+    /// Metrics whose latest reading is of bad quality, with the reason.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub bad: BTreeMap<String, String>,
+    pub units: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Location {
+    pub lon: f64,
+    pub lat: f64,
+}
+
+/// One point of a reading series.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadingPoint {
+    pub ts: String,
+    pub value: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReadingsQuery {
+    pub asset: String,
+    pub metric: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// More points than this in the range are averaged into this many time buckets.
+    pub max_points: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayView {
+    pub id: String,
+    pub state: String,
+    pub boot: Option<String>,
+    pub clock: Option<String>,
+    pub agent: Option<String>,
+    pub config_version: Option<String>,
+    pub connected_at: Option<String>,
+    pub last_seen: String,
+    pub last_heartbeat: Option<serde_json::Value>,
+    pub assets: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterView {
+    pub id: i64,
+    pub received: String,
+    pub topic: String,
+    pub gateway: Option<String>,
+    pub code: String,
+    pub reason: String,
+    pub size: i64,
+    /// The payload as text (lossy), cut to 4 KiB.
+    pub payload: String,
+}
+
+fn rfc3339(ms: i64) -> String {
+    protocol::Timestamp::from_unix_millis(ms).to_rfc3339()
+}
+
+fn json_value(value: Option<f64>, text: Option<String>, vtype: Option<&str>) -> serde_json::Value {
+    match (value, text) {
+        (_, Some(t)) => serde_json::Value::String(t),
+        (Some(v), None) if vtype == Some("bool") => serde_json::Value::Bool(v != 0.0),
+        (Some(v), None) => serde_json::Number::from_f64(v)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
+        (None, None) => serde_json::Value::Null,
+    }
+}
+
+impl Store {
+    pub async fn assets(&self) -> Result<Vec<AssetView>, StoreError> {
+        self.read(list_assets).await
+    }
+
+    pub async fn readings(&self, q: ReadingsQuery) -> Result<Vec<ReadingPoint>, StoreError> {
+        self.read(move |c| readings(c, &q)).await
+    }
+
+    pub async fn gateways(&self) -> Result<Vec<GatewayView>, StoreError> {
+        self.read(list_gateways).await
+    }
+
+    pub async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetterView>, StoreError> {
+        self.read(move |c| list_dead_letters(c, limit)).await
+    }
+}
+
+fn list_assets(c: &Connection) -> Result<Vec<AssetView>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT a.id, a.kind, a.gateway, a.device, a.profile, a.lon, a.lat, a.road_segment, a.grid, a.zone,
+                s.metric, s.unit, s.last_value, s.last_text, s.last_quality, s.last_received, s.vtype
+         FROM assets a LEFT JOIN series s ON s.gateway = a.gateway AND s.device = a.device
+         ORDER BY a.id, s.metric",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out: Vec<AssetView> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        if out.last().is_none_or(|a| a.id != id) {
+            let (lon, lat): (Option<f64>, Option<f64>) = (r.get(5)?, r.get(6)?);
+            out.push(AssetView {
+                id,
+                kind: r.get(1)?,
+                gateway: r.get(2)?,
+                device: r.get(3)?,
+                profile: r.get(4)?,
+                location: lon.zip(lat).map(|(lon, lat)| Location { lon, lat }),
+                road_segment: r.get(7)?,
+                grid: r.get(8)?,
+                zone: r.get(9)?,
+                last_seen: None,
+                latest: BTreeMap::new(),
+                bad: BTreeMap::new(),
+                units: BTreeMap::new(),
+            });
+        }
+        let Some(asset) = out.last_mut() else {
+            continue;
+        };
+        let Some(metric) = r.get::<_, Option<String>>(10)? else {
+            continue;
+        };
+        let received: Option<i64> = r.get(15)?;
+        if let Some(ms) = received {
+            let seen = rfc3339(ms);
+            if asset.last_seen.as_ref().is_none_or(|s| *s < seen) {
+                asset.last_seen = Some(seen);
+            }
+        }
+        if let Some(unit) = r.get::<_, Option<String>>(11)? {
+            asset.units.insert(metric.clone(), unit);
+        }
+        if let Some(q) = r.get::<_, Option<String>>(14)? {
+            asset.bad.insert(metric.clone(), q);
+        }
+        let vtype: Option<String> = r.get(16)?;
+        let v = json_value(r.get(12)?, r.get(13)?, vtype.as_deref());
+        if !v.is_null() {
+            asset.latest.insert(metric, v);
+        }
+    }
+    Ok(out)
+}
+
+fn readings(c: &Connection, q: &ReadingsQuery) -> Result<Vec<ReadingPoint>, StoreError> {
+    let series: Option<(i64, Option<String>)> = c
+        .query_row(
+            "SELECT s.id, s.vtype FROM assets a JOIN series s ON s.gateway = a.gateway AND s.device = a.device
+             WHERE a.id = ?1 AND s.metric = ?2",
+            params![q.asset, q.metric],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((series, vtype)) = series else {
+        let known: bool = c.query_row(
+            "SELECT EXISTS (SELECT 1 FROM assets WHERE id = ?1)",
+            [&q.asset],
+            |r| r.get(0),
+        )?;
+        return if known {
+            Ok(Vec::new())
+        } else {
+            Err(StoreError::UnknownAsset(q.asset.clone()))
+        };
+    };
+    let count: i64 = c.query_row(
+        "SELECT COUNT(*) FROM readings WHERE series = ?1 AND ts >= ?2 AND ts <= ?3",
+        params![series, q.from_ms, q.to_ms],
+        |r| r.get(0),
+    )?;
+    let mut out = Vec::new();
+    if count as usize <= q.max_points {
+        let mut stmt = c.prepare_cached(
+            "SELECT ts, value, text, quality FROM readings
+             WHERE series = ?1 AND ts >= ?2 AND ts <= ?3 AND (value IS NOT NULL OR text IS NOT NULL) ORDER BY ts",
+        )?;
+        let mut rows = stmt.query(params![series, q.from_ms, q.to_ms])?;
+        while let Some(r) = rows.next()? {
+            out.push(ReadingPoint {
+                ts: rfc3339(r.get(0)?),
+                value: json_value(r.get(1)?, r.get(2)?, vtype.as_deref()),
+                quality: r.get(3)?,
+            });
+        }
+    } else {
+        // Server-side downsampling: the mean of each of `max_points` equal time buckets, stamped at
+        // the bucket's first reading. Text values are not averaged; they are left out here.
+        let bucket = ((q.to_ms - q.from_ms) / q.max_points as i64).max(1);
+        let mut stmt = c.prepare_cached(
+            "SELECT MIN(ts), AVG(value) FROM readings
+             WHERE series = ?1 AND ts >= ?2 AND ts <= ?3 AND value IS NOT NULL
+             GROUP BY (ts - ?2) / ?4 ORDER BY 1",
+        )?;
+        let mut rows = stmt.query(params![series, q.from_ms, q.to_ms, bucket])?;
+        while let Some(r) = rows.next()? {
+            // Averaged booleans become the fraction of time true (0..1), which is what a chart wants.
+            out.push(ReadingPoint {
+                ts: rfc3339(r.get(0)?),
+                value: json_value(r.get(1)?, None, None),
+                quality: None,
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn list_gateways(c: &Connection) -> Result<Vec<GatewayView>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT g.id, g.state, g.boot, g.clock, g.agent, g.config_version, g.connected_at, g.last_seen, g.last_heartbeat,
+                (SELECT COUNT(*) FROM assets a WHERE a.gateway = g.id)
+         FROM gateways g ORDER BY g.id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(GatewayView {
+            id: r.get(0)?,
+            state: r.get(1)?,
+            boot: r.get(2)?,
+            clock: r.get(3)?,
+            agent: r.get(4)?,
+            config_version: r.get(5)?,
+            connected_at: r.get::<_, Option<i64>>(6)?.map(rfc3339),
+            last_seen: rfc3339(r.get(7)?),
+            last_heartbeat: r
+                .get::<_, Option<String>>(8)?
+                .and_then(|s| serde_json::from_str(&s).ok()),
+            assets: r.get(9)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn list_dead_letters(c: &Connection, limit: usize) -> Result<Vec<DeadLetterView>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, received, topic, gateway, code, reason, size, payload FROM dead_letters ORDER BY id DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map([limit as i64], |r| {
+        let payload: Vec<u8> = r.get(7)?;
+        let text = String::from_utf8_lossy(&payload[..payload.len().min(4096)]).into_owned();
+        Ok(DeadLetterView {
+            id: r.get(0)?,
+            received: rfc3339(r.get(1)?),
+            topic: r.get(2)?,
+            gateway: r.get(3)?,
+            code: r.get(4)?,
+            reason: r.get(5)?,
+            size: r.get(6)?,
+            payload: text,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,390 @@
+//! The store's writer thread: drains the write queue in batches, one transaction per batch, and
+//! acknowledges each message only after its batch is committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use protocol::{Envelope, Item, Presence, Quality, Value};
+use rusqlite::{Connection, params};
+use tokio::sync::mpsc;
+
+use super::{Ack, WriteOp};
+use crate::metrics::Metrics;
+
+/// Most operations in one transaction.
+const MAX_BATCH: usize = 512;
+/// Dead letters kept; older ones are deleted.
+const DEAD_LETTERS_KEPT: i64 = 10_000;
+/// Payload bytes kept per dead letter.
+const DEAD_LETTER_PAYLOAD_MAX: usize = 64 * 1024;
+
+pub(super) fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<(WriteOp, Option<Ack>)>,
+    metrics: Arc<Metrics>,
+) {
+    let mut series = SeriesCache::default();
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        // A failed commit (disk full, I/O error) is retried: the batch is not acknowledged, so nothing
+        // is lost, and the queue in front of us fills up and slows the broker down meanwhile.
+        loop {
+            match write_batch(&mut conn, &mut series, &batch, &metrics) {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    series.clear();
+                    metrics.store_errors.fetch_add(1, Relaxed);
+                    let wait = Duration::from_millis((100u64 << attempt.min(6)).min(5_000));
+                    tracing::error!(error = %e, attempt, ops = batch.len(), "store batch failed; retrying in {wait:?}");
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        metrics.store_batches.fetch_add(1, Relaxed);
+        metrics
+            .store_batch_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        for (_, ack) in batch.drain(..) {
+            if let Some(ack) = ack {
+                ack();
+            }
+        }
+    }
+    tracing::info!("store writer stopped: queue closed and drained");
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    series: &mut SeriesCache,
+    batch: &[(WriteOp, Option<Ack>)],
+    metrics: &Metrics,
+) -> rusqlite::Result<()> {
+    let mut tx = conn.transaction()?;
+    let mut dead_letters = 0;
+    for (op, _) in batch {
+        // Each operation in a savepoint: one that the database refuses is set aside as a dead letter
+        // instead of failing the whole batch forever.
+        let sp = tx.savepoint()?;
+        let result = apply(&sp, series, op, metrics);
+        match result {
+            Ok(()) => sp.commit()?,
+            Err(e) if is_io_error(&e) => return Err(e),
+            Err(e) => {
+                drop(sp);
+                series.clear();
+                tracing::warn!(error = %e, op = ?op, "write refused by the database; set aside as a dead letter");
+                metrics.rejected("store_refused");
+                insert_dead_letter(
+                    &tx,
+                    crate::now_ms(),
+                    "",
+                    None,
+                    "store_refused",
+                    &e.to_string(),
+                    format!("{op:?}").as_bytes(),
+                )?;
+                dead_letters += 1;
+            }
+        }
+        if let WriteOp::DeadLetter { .. } = op {
+            dead_letters += 1;
+        }
+    }
+    if dead_letters > 0 {
+        tx.execute(
+            "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?1",
+            [DEAD_LETTERS_KEPT],
+        )?;
+    }
+    tx.commit()
+}
+
+fn is_io_error(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            SystemIoFailure
+                | DiskFull
+                | DatabaseBusy
+                | DatabaseLocked
+                | CannotOpen
+                | ReadOnly
+                | OutOfMemory
+        )
+    )
+}
+
+fn apply(
+    tx: &Connection,
+    series: &mut SeriesCache,
+    op: &WriteOp,
+    metrics: &Metrics,
+) -> rusqlite::Result<()> {
+    match op {
+        WriteOp::Envelope { env, received } => {
+            write_envelope(tx, series, env, received.unix_millis(), metrics)
+        }
+        WriteOp::Presence { presence, received } => {
+            write_presence(tx, presence, received.unix_millis())
+        }
+        WriteOp::Heartbeat {
+            heartbeat,
+            received,
+        } => {
+            let json = serde_json::to_string(heartbeat).unwrap_or_default();
+            tx.execute(
+                "INSERT INTO gateways (id, boot, state, clock, last_seen, last_heartbeat) VALUES (?1, ?2, 'online', ?3, ?4, ?5)
+                 ON CONFLICT (id) DO UPDATE SET boot = ?2, clock = ?3, last_seen = ?4, last_heartbeat = ?5,
+                   state = CASE WHEN gateways.boot = ?2 THEN gateways.state ELSE 'online' END",
+                params![heartbeat.gateway.as_str(), heartbeat.boot.to_string(), clock_str(heartbeat.clock), received.unix_millis(), json],
+            )?;
+            Ok(())
+        }
+        WriteOp::DeadLetter {
+            received,
+            topic,
+            gateway,
+            code,
+            reason,
+            payload,
+        } => insert_dead_letter(
+            tx,
+            received.unix_millis(),
+            topic,
+            gateway.as_deref(),
+            code,
+            reason,
+            payload,
+        ),
+    }
+}
+
+fn clock_str(c: protocol::ClockState) -> &'static str {
+    match c {
+        protocol::ClockState::Synced => "synced",
+        protocol::ClockState::Unsynced => "unsynced",
+    }
+}
+
+fn insert_dead_letter(
+    tx: &Connection,
+    received: i64,
+    topic: &str,
+    gateway: Option<&str>,
+    code: &str,
+    reason: &str,
+    payload: &[u8],
+) -> rusqlite::Result<()> {
+    let kept = &payload[..payload.len().min(DEAD_LETTER_PAYLOAD_MAX)];
+    tx.execute(
+        "INSERT INTO dead_letters (received, topic, gateway, code, reason, payload, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![received, topic, gateway, code, reason, kept, payload.len() as i64],
+    )?;
+    Ok(())
+}
+
+fn write_envelope(
+    tx: &Connection,
+    series: &mut SeriesCache,
+    env: &Envelope,
+    received: i64,
+    metrics: &Metrics,
+) -> rusqlite::Result<()> {
+    let gw = env.gateway.as_str();
+    let fresh = tx.execute(
+        "INSERT OR IGNORE INTO envelopes (gateway, boot, seq, received, items) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![gw, env.boot.to_string(), env.seq as i64, received, env.items.len() as i64],
+    )?;
+    if fresh == 0 {
+        metrics.envelopes_duplicate.fetch_add(1, Relaxed);
+        return Ok(());
+    }
+    tx.execute(
+        "INSERT INTO gateways (id, boot, state, clock, last_seen) VALUES (?1, ?2, 'online', ?3, ?4)
+         ON CONFLICT (id) DO UPDATE SET last_seen = MAX(gateways.last_seen, ?4)",
+        params![gw, env.boot.to_string(), clock_str(env.clock), received],
+    )?;
+    let mut insert_reading = tx.prepare_cached(
+        "INSERT OR REPLACE INTO readings (series, ts, value, text, quality) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut update_latest = tx.prepare_cached(
+        "UPDATE series SET last_received = MAX(COALESCE(last_received, 0), ?2),
+            last_ts = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?3 ELSE last_ts END,
+            last_value = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?4 ELSE last_value END,
+            last_text = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?5 ELSE last_text END,
+            last_quality = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?7 ELSE last_quality END,
+            vtype = COALESCE(?8, vtype)
+         WHERE id = ?1",
+    )?;
+    let mut insert_event = tx.prepare_cached(
+        "INSERT OR IGNORE INTO events (gateway, device, event, ts, phase, attributes, evidence, received)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let (mut readings, mut events) = (0u64, 0u64);
+    for item in &env.items {
+        match item {
+            Item::Reading(r) => {
+                let id = series.id(
+                    tx,
+                    gw,
+                    r.device.as_str(),
+                    r.metric.as_str(),
+                    r.unit.as_ref().map(|u| u.as_str()),
+                )?;
+                let (value, text) = match &r.value {
+                    Some(Value::Text(t)) => (None, Some(t.as_str())),
+                    Some(v) => (v.as_f64(), None),
+                    None => (None, None),
+                };
+                let quality = match &r.quality {
+                    Quality::Good => None,
+                    Quality::Bad { reason, .. } => Some(reason.as_str()),
+                };
+                let ts = r.observed_at.unix_millis();
+                insert_reading.execute(params![id, ts, value, text, quality])?;
+                let vtype = r.value.as_ref().map(|v| match v {
+                    Value::Bool(_) => "bool",
+                    Value::Number(_) => "number",
+                    Value::Text(_) => "text",
+                });
+                update_latest.execute(params![
+                    id,
+                    received,
+                    ts,
+                    value,
+                    text,
+                    r.value.is_some(),
+                    quality,
+                    vtype
+                ])?;
+                readings += 1;
+            }
+            Item::Event(e) => {
+                let attributes =
+                    serde_json::to_string(&e.attributes).unwrap_or_else(|_| "{}".into());
+                let evidence = serde_json::to_string(&e.evidence).unwrap_or_else(|_| "[]".into());
+                let phase = serde_json::to_value(e.phase)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                insert_event.execute(params![
+                    gw,
+                    e.device.as_str(),
+                    e.event.as_str(),
+                    e.observed_at.unix_millis(),
+                    phase,
+                    attributes,
+                    evidence,
+                    received
+                ])?;
+                events += 1;
+            }
+        }
+    }
+    metrics.readings_stored.fetch_add(readings, Relaxed);
+    metrics.events_stored.fetch_add(events, Relaxed);
+    metrics.envelopes_stored.fetch_add(1, Relaxed);
+    Ok(())
+}
+
+fn write_presence(tx: &Connection, p: &Presence, received: i64) -> rusqlite::Result<()> {
+    let state = match p.state {
+        protocol::PresenceState::Online => "online",
+        protocol::PresenceState::Offline => "offline",
+    };
+    let boot = p.boot.to_string();
+    // A retained `offline` from an earlier boot must not mark a gateway that has since reconnected.
+    tx.execute(
+        "INSERT INTO gateways (id, boot, state, clock, agent, config_version, connected_at, last_seen)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (id) DO UPDATE SET
+            state = CASE WHEN ?3 = 'offline' AND gateways.boot IS NOT ?2 THEN gateways.state ELSE ?3 END,
+            boot = CASE WHEN ?3 = 'offline' THEN gateways.boot ELSE ?2 END,
+            clock = ?4, agent = COALESCE(?5, gateways.agent), config_version = COALESCE(?6, gateways.config_version),
+            connected_at = CASE WHEN ?3 = 'online' THEN ?7 ELSE gateways.connected_at END,
+            last_seen = MAX(gateways.last_seen, ?8)",
+        params![p.gateway.as_str(), boot, state, clock_str(p.clock), p.agent, p.config_version, p.sent_at.unix_millis(), received],
+    )?;
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO assets (id, kind, gateway, device, profile, lon, lat, road_segment, grid, zone, report_interval_s, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (id) DO UPDATE SET kind = ?2, gateway = ?3, device = ?4, profile = ?5, lon = ?6, lat = ?7,
+            road_segment = ?8, grid = ?9, zone = ?10, report_interval_s = ?11, updated_at = ?12",
+    )?;
+    for d in &p.devices {
+        upsert.execute(params![
+            d.asset.as_str(),
+            d.kind.as_str(),
+            p.gateway.as_str(),
+            d.device.as_str(),
+            d.profile,
+            d.location.map(|l| l.lon()),
+            d.location.map(|l| l.lat()),
+            d.road_segment.as_ref().map(|z| z.as_str()),
+            d.grid.as_ref().map(|z| z.as_str()),
+            d.zone.as_ref().map(|z| z.as_str()),
+            d.report_interval_s,
+            received
+        ])?;
+    }
+    Ok(())
+}
+
+/// Series ids by gateway, device and metric, so a reading costs a lookup in memory, not a query
+/// (nested maps so a hit needs no allocation).
+#[derive(Default)]
+struct SeriesCache {
+    ids: HashMap<String, HashMap<String, HashMap<String, i64>>>,
+}
+
+impl SeriesCache {
+    fn clear(&mut self) {
+        // After a rollback, ids created inside it no longer exist.
+        self.ids.clear();
+    }
+
+    fn id(
+        &mut self,
+        tx: &Connection,
+        gw: &str,
+        device: &str,
+        metric: &str,
+        unit: Option<&str>,
+    ) -> rusqlite::Result<i64> {
+        if let Some(id) = self
+            .ids
+            .get(gw)
+            .and_then(|d| d.get(device))
+            .and_then(|m| m.get(metric))
+        {
+            return Ok(*id);
+        }
+        let id = tx.query_row(
+            "INSERT INTO series (gateway, device, metric, unit) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (gateway, device, metric) DO UPDATE SET unit = COALESCE(?4, series.unit)
+             RETURNING id",
+            params![gw, device, metric, unit],
+            |r| r.get(0),
+        )?;
+        self.ids
+            .entry(gw.to_owned())
+            .or_default()
+            .entry(device.to_owned())
+            .or_default()
+            .insert(metric.to_owned(), id);
+        Ok(id)
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs the real test peers when they are missing: Mosquitto and its clients, socat (serial pty
+# pairs), and pymodbus in a project-local virtualenv (.venv). Safe to run again; does nothing when all
+# are present. Used by ./test.sh; see ../shared/PEERS.md for why each peer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYMODBUS_VERSION="3.6.9"   # classic ModbusSlaveContext API; answers pipelined requests (3.16 does not)
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
+command -v socat >/dev/null 2>&1 || need_apt+=(socat)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "install-peers: installing ${need_apt[*]} from Debian" >&2
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! .venv/bin/python -c "import pymodbus, serial; assert pymodbus.__version__ == '$PYMODBUS_VERSION'" >/dev/null 2>&1; then
+  echo "install-peers: installing pymodbus $PYMODBUS_VERSION into .venv" >&2
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check "pymodbus[serial]==$PYMODBUS_VERSION"
+fi

@@ -1,0 +1,166 @@
+//! Shared helpers of the system tests: free ports, real peers (Mosquitto, pymodbus) as child processes
+//! that die with the test, and polling the hub's HTTP API.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
+    let end = Instant::now() + timeout;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            Instant::now() < end,
+            "nothing listens on {addr} after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed when dropped.
+#[derive(Debug)]
+pub struct Peer {
+    pub name: String,
+    child: Child,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Finds a real peer program: the variable set by ./test.sh, else well-known places. Panics with the
+/// way to install it: a missing peer is a failed test, never a skipped one.
+fn peer_program(var: &str, candidates: &[&str]) -> PathBuf {
+    if let Ok(p) = std::env::var(var) {
+        return PathBuf::from(p);
+    }
+    for c in candidates {
+        let p = if c.starts_with('/') {
+            PathBuf::from(c)
+        } else {
+            workspace_root().join(c)
+        };
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("test peer not found (set {var}, or run ./test.sh, which installs the peers)");
+}
+
+/// Starts Mosquitto on `port` (loopback, anonymous, no persistence).
+pub fn mosquitto(port: u16, dir: &Path) -> Peer {
+    let bin = peer_program(
+        "CITY_PEER_MOSQUITTO",
+        &["/usr/sbin/mosquitto", "/usr/bin/mosquitto"],
+    );
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start mosquitto");
+    let peer = Peer {
+        name: "mosquitto".into(),
+        child,
+    };
+    wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(10),
+    );
+    peer
+}
+
+/// Starts the pymodbus device script serving `spec` (see tests/peers/modbus_device.py) over TCP.
+pub fn pymodbus_tcp(port: u16, spec: &serde_json::Value, dir: &Path) -> Peer {
+    let python = peer_program("CITY_PEER_PYTHON", &[".venv/bin/python"]);
+    let spec_file = dir.join(format!("modbus-{port}.json"));
+    std::fs::write(&spec_file, serde_json::to_vec(spec).unwrap()).unwrap();
+    let script = workspace_root().join("tests/peers/modbus_device.py");
+    let child = Command::new(python)
+        .arg(script)
+        .arg("tcp")
+        .arg(port.to_string())
+        .arg(&spec_file)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start pymodbus");
+    let peer = Peer {
+        name: "pymodbus".into(),
+        child,
+    };
+    wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(20),
+    );
+    peer
+}
+
+/// GET `url` and parse JSON; `None` on any failure.
+pub fn get_json(url: &str) -> Option<serde_json::Value> {
+    let mut resp = ureq::get(url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .ok()?;
+    resp.body_mut().read_json().ok()
+}
+
+/// Status code and JSON body of a GET.
+pub fn get_status(url: &str) -> (u16, serde_json::Value) {
+    let mut resp = ureq::get(url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        resp.body_mut()
+            .read_json()
+            .unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,240 @@
+//! The hub against bad and repeated input, over its embedded broker: a malformed message is counted
+//! and set aside, never a crash; an envelope delivered twice is stored once, even across a hub restart.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use protocol::{BootId, ClockState, Envelope, GatewayId, Item, Limits, Reading, Timestamp, Value};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tests::{eventually, free_addr, get_json};
+
+fn envelope(gateway: &str, boot: BootId, seq: u64, value: f64) -> Vec<u8> {
+    let now = Timestamp::now();
+    let env = Envelope {
+        v: 1,
+        gateway: GatewayId::new(gateway).unwrap(),
+        boot,
+        seq,
+        sent_at: now,
+        clock: ClockState::Synced,
+        items: vec![Item::Reading(Reading {
+            device: "dev-1".parse().unwrap(),
+            metric: "pm10".parse().unwrap(),
+            observed_at: now.add_millis(-(seq as i64) - 1),
+            value: Some(Value::Number(value)),
+            unit: Some(protocol::Unit::new("ug/m3").unwrap()),
+            quality: Default::default(),
+        })],
+    };
+    protocol::encode(&env, &Limits::default()).unwrap()
+}
+
+fn presence(gateway: &str, boot: BootId) -> Vec<u8> {
+    let p = protocol::Presence {
+        v: 1,
+        gateway: GatewayId::new(gateway).unwrap(),
+        boot,
+        state: protocol::PresenceState::Online,
+        sent_at: Timestamp::now(),
+        clock: ClockState::Synced,
+        agent: None,
+        config_version: None,
+        devices: vec![protocol::DeviceInfo {
+            device: "dev-1".parse().unwrap(),
+            asset: "dust-1".parse().unwrap(),
+            kind: protocol::AssetKind::DustMonitor,
+            profile: None,
+            location: None,
+            road_segment: None,
+            grid: None,
+            zone: None,
+            report_interval_s: None,
+        }],
+    };
+    protocol::encode(&p, &Limits::default()).unwrap()
+}
+
+/// Publishes each (topic, payload) at QoS 1 and waits for every PUBACK.
+async fn publish_all(port: u16, msgs: Vec<(String, Vec<u8>)>) {
+    let mut opts = MqttOptions::new(format!("test-pub-{}", fastrand_id()), "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut ev) = AsyncClient::new(opts, 100);
+    let n = msgs.len();
+    tokio::spawn(async move {
+        for (t, p) in msgs {
+            client.publish(t, QoS::AtLeastOnce, false, p).await.unwrap();
+        }
+    });
+    let mut acked = 0;
+    while acked < n {
+        let event = tokio::time::timeout(Duration::from_secs(10), ev.poll())
+            .await
+            .expect("broker answers")
+            .unwrap();
+        if let Event::Incoming(Packet::PubAck(_)) = event {
+            acked += 1;
+        }
+    }
+}
+
+fn fastrand_id() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+fn config(
+    dir: &std::path::Path,
+    http: std::net::SocketAddr,
+    mqtt: std::net::SocketAddr,
+) -> hub::HubConfig {
+    hub::HubConfig {
+        http,
+        data_dir: dir.to_owned(),
+        mqtt: hub::MqttMode::Embedded { listen: mqtt },
+        topic_root: "city".into(),
+        client_id: "hub-ingest".into(),
+    }
+}
+
+#[test]
+fn bad_input_is_set_aside_and_redelivery_is_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (http, mqtt) = (free_addr(), free_addr());
+    let hub = rt
+        .block_on(hub::start(config(dir.path(), http, mqtt)))
+        .unwrap();
+    let base = format!("http://{http}");
+    tests::wait_for_port(mqtt, Duration::from_secs(10));
+    // Let the ingest client subscribe before publishing (messages before that have no subscriber).
+    eventually(Duration::from_secs(10), "ingest connected", || {
+        (hub.metrics
+            .mqtt_connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0)
+        .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    let boot = BootId::from_uuid(uuid_v(1));
+    let up = "city/v1/gw/gw-a/up".to_owned();
+    let mut too_new =
+        serde_json::from_slice::<serde_json::Value>(&envelope("gw-a", boot, 9, 1.0)).unwrap();
+    too_new["v"] = 2.into();
+    rt.block_on(publish_all(
+        mqtt.port(),
+        vec![
+            ("city/v1/gw/gw-a/state".into(), presence("gw-a", boot)),
+            (up.clone(), b"{not json".to_vec()),
+            (up.clone(), br#"{"v":1,"gateway":"gw-a"}"#.to_vec()),
+            (up.clone(), serde_json::to_vec(&too_new).unwrap()),
+            // gw-b pretending to be gw-a: the topic says gw-a, the message says gw-b.
+            (up.clone(), envelope("gw-b", boot, 0, 666.0)),
+            // A topic level that is no valid gateway id.
+            ("city/v1/gw/gw a!/up".into(), envelope("gw-a", boot, 0, 1.0)),
+            (up.clone(), envelope("gw-a", boot, 0, 10.0)),
+            (up.clone(), envelope("gw-a", boot, 0, 10.0)), // redelivered
+            (up.clone(), envelope("gw-a", boot, 1, 11.0)),
+        ],
+    ));
+
+    let letters = eventually(Duration::from_secs(10), "five dead letters", || {
+        let d = get_json(&format!("{base}/api/v1/dead-letters"))?;
+        (d.as_array()?.len() == 5).then_some(d)
+    });
+    let codes: Vec<&str> = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["code"].as_str().unwrap())
+        .collect();
+    for code in [
+        "syntax",
+        "schema",
+        "unsupported_version",
+        "gateway_mismatch",
+        "topic",
+    ] {
+        assert!(codes.contains(&code), "{code} missing from {codes:?}");
+    }
+    let syntax = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["code"] == "syntax")
+        .unwrap();
+    assert_eq!(syntax["payload"], "{not json");
+    assert!(
+        syntax["reason"].as_str().unwrap().contains("line 1"),
+        "{syntax}"
+    );
+
+    let readings = eventually(Duration::from_secs(10), "two stored readings", || {
+        let r = get_json(&format!("{base}/api/v1/assets/dust-1/readings?metric=pm10"))?;
+        (r.as_array()?.len() == 2).then_some(r)
+    });
+    let mut values: Vec<f64> = readings
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .collect();
+    values.sort_by(f64::total_cmp);
+    assert_eq!(
+        values,
+        vec![10.0, 11.0],
+        "each envelope once, the impostor's 666 nowhere"
+    );
+    let metrics = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    assert!(
+        metrics.contains("hub_envelopes_duplicate_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hub_messages_rejected_total{reason=\"gateway_mismatch\"} 1"),
+        "{metrics}"
+    );
+    rt.block_on(hub.stop());
+
+    // After a restart on the same data directory, the same envelope is still recognised.
+    let (http2, mqtt2) = (free_addr(), free_addr());
+    let hub = rt
+        .block_on(hub::start(config(dir.path(), http2, mqtt2)))
+        .unwrap();
+    eventually(Duration::from_secs(10), "ingest connected", || {
+        (hub.metrics
+            .mqtt_connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0)
+        .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    rt.block_on(publish_all(
+        mqtt2.port(),
+        vec![(up.clone(), envelope("gw-a", boot, 1, 11.0))],
+    ));
+    eventually(Duration::from_secs(10), "the duplicate counted", || {
+        (hub.metrics
+            .envelopes_duplicate
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1)
+            .then_some(())
+    });
+    let r = get_json(&format!(
+        "http://{http2}/api/v1/assets/dust-1/readings?metric=pm10"
+    ))
+    .unwrap();
+    assert_eq!(r.as_array().unwrap().len(), 2);
+    rt.block_on(hub.stop());
+}
+
+fn uuid_v(n: u128) -> uuid::Uuid {
+    uuid::Uuid::from_u128(n)
+}
