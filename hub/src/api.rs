@@ -74,12 +74,25 @@ impl From<StoreError> for ApiError {
     }
 }
 
-async fn healthz(State(s): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
-    // A health check that touches the database: a hub whose store cannot be read is not healthy.
+async fn healthz(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    // Healthy means: the store answers and ingest is connected and subscribed. Otherwise 503, so a
+    // load balancer or systemd watchdog sees a hub that cannot take data in.
     let gateways = s.store.gateways().await?.len();
-    Ok(Json(
-        serde_json::json!({ "status": "ok", "gateways": gateways }),
-    ))
+    let ready = s
+        .metrics
+        .ingest_ready
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let body = serde_json::json!({
+        "status": if ready { "ok" } else { "degraded" },
+        "mqtt": if ready { "subscribed" } else { "connecting" },
+        "gateways": gateways,
+    });
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    Ok((code, Json(body)).into_response())
 }
 
 async fn metrics(State(s): State<ApiState>) -> impl IntoResponse {

@@ -58,6 +58,23 @@ pub fn start(listen: SocketAddr, max_payload: usize) -> anyhow::Result<()> {
             }
         })
         .context("cannot start the broker thread")?;
+    // rumqttd binds from its own thread; wait until it accepts connections so that clients started
+    // next (ingest, the demo's agents) do not begin with a refused connection.
+    let probe = if listen.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], listen.port()))
+    } else {
+        listen
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(100))
+        .is_err()
+    {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the embedded broker did not start listening on {listen}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     tracing::info!(%listen, "embedded MQTT broker listening");
     Ok(())
 }

@@ -75,6 +75,11 @@ pub async fn run(
                         }
                     }
                 }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if !metrics.ingest_ready.swap(true, Relaxed) {
+                        tracing::info!("ingest subscribed to every gateway's topics");
+                    }
+                }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let tx = ack_tx.clone();
                     let needs_ack = p.qos != QoS::AtMostOnce;
@@ -93,6 +98,7 @@ pub async fn run(
                 Ok(_) => {}
                 Err(e) => {
                     failures += 1;
+                    metrics.ingest_ready.store(false, Relaxed);
                     metrics.mqtt_errors.fetch_add(1, Relaxed);
                     if failures == 1 {
                         tracing::warn!(error = %e, host = %cfg.host, port = cfg.port, "ingest lost the broker; reconnecting");
@@ -110,6 +116,7 @@ pub async fn run(
     while let Ok(p) = ack_rx.try_recv() {
         let _ = client.try_ack(&p);
     }
+    metrics.ingest_ready.store(false, Relaxed);
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
         while let Ok(ev) = eventloop.poll().await {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -20,6 +20,8 @@ pub struct Metrics {
     pub store_errors: AtomicU64,
     pub mqtt_connections: AtomicU64,
     pub mqtt_errors: AtomicU64,
+    /// Ingest is connected and its subscriptions are acknowledged.
+    pub ingest_ready: AtomicBool,
     rejected: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -114,6 +116,11 @@ impl Metrics {
                 c.load(Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP hub_ingest_ready 1 when ingest is connected and subscribed\n# TYPE hub_ingest_ready gauge\nhub_ingest_ready {}",
+            u8::from(self.ingest_ready.load(Relaxed))
+        );
         let _ = writeln!(
             out,
             "# HELP hub_messages_rejected_total Messages set aside as dead letters, by reason\n# TYPE hub_messages_rejected_total counter"

@@ -7,6 +7,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Logs to stderr when RUST_LOG is set (`RUST_LOG=debug cargo test -p tests -- --nocapture`).
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// A loopback address with a port that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -148,6 +158,14 @@ pub fn get_status(url: &str) -> (u16, serde_json::Value) {
             .read_json()
             .unwrap_or(serde_json::Value::Null),
     )
+}
+
+/// Waits until the hub at `http` reports itself healthy (store answers, ingest subscribed).
+pub fn wait_hub_ready(http: SocketAddr) {
+    eventually(Duration::from_secs(15), "the hub healthy", || {
+        let (code, _) = get_status(&format!("http://{http}/healthz"));
+        (code == 200).then_some(())
+    });
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` with `what`.

@@ -100,6 +100,7 @@ fn config(
 
 #[test]
 fn bad_input_is_set_aside_and_redelivery_is_stored_once() {
+    tests::init_logs();
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (http, mqtt) = (free_addr(), free_addr());
@@ -107,16 +108,8 @@ fn bad_input_is_set_aside_and_redelivery_is_stored_once() {
         .block_on(hub::start(config(dir.path(), http, mqtt)))
         .unwrap();
     let base = format!("http://{http}");
-    tests::wait_for_port(mqtt, Duration::from_secs(10));
+    tests::wait_hub_ready(http);
     // Let the ingest client subscribe before publishing (messages before that have no subscriber).
-    eventually(Duration::from_secs(10), "ingest connected", || {
-        (hub.metrics
-            .mqtt_connections
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0)
-        .then_some(())
-    });
-    std::thread::sleep(Duration::from_millis(300));
 
     let boot = BootId::from_uuid(uuid_v(1));
     let up = "city/v1/gw/gw-a/up".to_owned();
@@ -208,14 +201,7 @@ fn bad_input_is_set_aside_and_redelivery_is_stored_once() {
     let hub = rt
         .block_on(hub::start(config(dir.path(), http2, mqtt2)))
         .unwrap();
-    eventually(Duration::from_secs(10), "ingest connected", || {
-        (hub.metrics
-            .mqtt_connections
-            .load(std::sync::atomic::Ordering::Relaxed)
-            > 0)
-        .then_some(())
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    tests::wait_hub_ready(http2);
     rt.block_on(publish_all(
         mqtt2.port(),
         vec![(up.clone(), envelope("gw-a", boot, 1, 11.0))],

@@ -64,6 +64,7 @@ type = "bool"
 
 #[test]
 fn modbus_device_to_hub_api_through_mosquitto() {
+    tests::init_logs();
     let dir = tempfile::tempdir().unwrap();
     let mqtt = free_addr();
     let _broker = mosquitto(mqtt.port(), dir.path());
@@ -141,6 +142,7 @@ poll_ms = 500
             client_id: "hub-test".into(),
         }))
         .unwrap();
+    tests::wait_hub_ready(http);
     let stop_agent = tokio_util::sync::CancellationToken::new();
     let agent = rt.spawn(edge_agent::run(
         edge_agent::AgentOptions {
