@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite: installs the real peers it needs when missing, then runs every test.
+# The whole test suite: installs the real peers it needs when missing, then runs every test and ends
+# with one summary line of all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")"
 ./scripts/install-peers.sh
 export CITY_PEER_PYTHON="$PWD/.venv/bin/python"
 export CITY_PEER_MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+# The system tests run the real binaries (hub demo, edge-agent), so build them first.
 cargo build --workspace --bins
-cargo test --workspace --no-fail-fast
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$log" || status=$?
+summary=$(awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { printf "%d passed, %d failed", p, f }' "$log")
+echo "tests: $summary"
+exit "$status"

@@ -20,7 +20,7 @@ impl Health {
             .entry(device.clone())
             .or_insert_with(|| DeviceLink {
                 device: device.clone(),
-                link: LinkState::Down,
+                link: LinkState::Unknown,
                 last_success: None,
                 failures: 0,
             });

@@ -10,8 +10,8 @@ use firmware_config::{Device, GatewayConfig, Link, ProfileSet, Raw, ReadRequest}
 use protocol::{BadReason, Item, Quality, Reading, Timestamp, TopicScheme};
 
 use crate::AgentOptions;
+use crate::modbus::client::{ClientLink, Transport};
 use crate::modbus::link::{LinkError, Registers};
-use crate::modbus::tcp::TcpLink;
 use crate::uplink::UplinkConfig;
 
 /// One device's polling job.
@@ -24,16 +24,10 @@ pub struct DeviceJob {
     resolved: Arc<Device>,
 }
 
-/// The link of one bus.
-#[derive(Debug)]
-pub enum BusLink {
-    Tcp(TcpLink),
-}
-
 #[derive(Debug)]
 pub struct BusSetup {
     pub name: String,
-    pub link: BusLink,
+    pub link: ClientLink,
     pub pause: Duration,
     pub jobs: Vec<DeviceJob>,
 }
@@ -53,10 +47,9 @@ pub fn profiles(dir: Option<&std::path::Path>) -> anyhow::Result<ProfileSet> {
     }
 }
 
-/// Formats diagnostics one per line, for errors that stop the program.
+/// Diagnostics as one error, one per line.
 pub fn diagnostics(d: Vec<firmware_config::Diagnostic>) -> anyhow::Error {
-    let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
-    anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+    anyhow::Error::msg(firmware_config::report(&d))
 }
 
 impl Setup {
@@ -91,17 +84,29 @@ impl Setup {
         };
         let mut buses = Vec::new();
         for bus in &config.buses {
-            let link = match &bus.link {
-                Link::Tcp { addr } => BusLink::Tcp(TcpLink::new(
-                    addr.clone(),
-                    Duration::from_millis(u64::from(bus.timeout_ms)),
-                )),
-                other => anyhow::bail!(
-                    "{}: bus {:?} ({other}): serial RTU and RTU-over-TCP links are not supported by this build yet; use type = \"tcp\"",
-                    config.file.display(),
-                    bus.name
-                ),
+            let transport = match &bus.link {
+                Link::Tcp { addr } => Transport::Tcp { host: addr.clone() },
+                Link::Rtu { port, line } => Transport::RtuSerial {
+                    port: port.clone(),
+                    line: *line,
+                },
+                Link::RtuOverTcp { addr, line } => Transport::RtuOverTcp {
+                    host: addr.clone(),
+                    line: *line,
+                },
             };
+            // A link opens once for all devices of its bus: wait as long as the slowest needs.
+            let pause_after_connect = bus
+                .devices
+                .iter()
+                .map(|d| d.knobs.pause_after_connect_ms)
+                .max()
+                .unwrap_or(0);
+            let link = ClientLink::new(
+                transport,
+                Duration::from_millis(u64::from(bus.timeout_ms)),
+                Duration::from_millis(u64::from(pause_after_connect)),
+            );
             let jobs = bus
                 .devices
                 .iter()

@@ -45,13 +45,9 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
     let mut pollers = Vec::new();
     for bus in setup.buses {
         let (tx, health, shutdown) = (tx.clone(), health.clone(), shutdown.clone());
-        pollers.push(tokio::spawn(async move {
-            match bus.link {
-                job::BusLink::Tcp(link) => {
-                    poller::run(link, bus.pause, bus.jobs, tx, health, shutdown).await
-                }
-            }
-        }));
+        pollers.push(tokio::spawn(poller::run(
+            bus.link, bus.pause, bus.jobs, tx, health, shutdown,
+        )));
     }
     drop(tx);
     tracing::info!(gateway = %setup.uplink.gateway, buses = pollers.len(), broker = %format!("{}:{}", setup.uplink.host, setup.uplink.port), "edge agent started");

@@ -175,20 +175,23 @@ fn labelled(field: &Field, code: i128) -> Option<Result<Value, DecodeProblem>> {
 }
 
 fn scaled(field: &Field, raw: f64) -> Result<Value, DecodeProblem> {
-    let value = if field.scale == 1.0 && field.offset == 0.0 {
-        raw
+    in_range(apply_scale(raw, field.scale, field.offset), field.range())
+}
+
+/// `raw * scale + offset`, where decimal scales (0.1, 0.01, ...) divide by their integer reciprocal:
+/// 142 / 10 is exactly the double nearest 14.2, where 142 * 0.1 gives 14.200000000000001 on every
+/// dashboard.
+pub(crate) fn apply_scale(raw: f64, scale: f64, offset: f64) -> f64 {
+    if scale == 1.0 && offset == 0.0 {
+        return raw;
+    }
+    let recip = 1.0 / scale;
+    let scaled = if scale.abs() < 1.0 && (recip - recip.round()).abs() < 1e-9 {
+        raw / recip.round()
     } else {
-        // Decimal scales (0.1, 0.01, ...) divide by their integer reciprocal: 142 / 10 is exactly the
-        // double nearest 14.2, where 142 * 0.1 gives 14.200000000000001 on every dashboard.
-        let recip = 1.0 / field.scale;
-        let scaled = if field.scale.abs() < 1.0 && (recip - recip.round()).abs() < 1e-9 {
-            raw / recip.round()
-        } else {
-            raw * field.scale
-        };
-        scaled + field.offset
+        raw * scale
     };
-    in_range(value, field.range())
+    scaled + offset
 }
 
 /// An f32 as the f64 with the same shortest decimal form: the device meant 229.1, not

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use protocol::Value;
 
-use crate::decode::{DecodeProblem, Decoded, in_range};
+use crate::decode::{DecodeProblem, Decoded, apply_scale, in_range};
 use crate::field::{Derived, Formula};
 use crate::profile::Profile;
 
@@ -60,7 +60,7 @@ pub fn compute(
         Formula::Ratio => from / param,
         Formula::Product => from * param,
     };
-    in_range(base * d.scale + d.offset, d.range())
+    in_range(apply_scale(base, d.scale, d.offset), d.range())
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub mod timing;
 pub use config::{Bus, Device, GatewayConfig};
 pub use decode::{DecodeProblem, Decoded, decode, decode_response};
 pub use derive::derive;
-pub use diagnostic::{Diagnostic, Severity};
+pub use diagnostic::{Diagnostic, Severity, report};
 pub use encode::{EncodeError, Encoded, encode};
 pub use field::{Derived, Field, Formula};
 pub use gateway::{

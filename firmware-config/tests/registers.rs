@@ -399,3 +399,20 @@ fn decimal_scales_give_the_nearest_double() {
         Ok(Value::Number(-12.5))
     );
 }
+
+#[test]
+fn derived_depth_has_no_float_noise() {
+    let profiles = firmware_config::ProfileSet::builtin().unwrap();
+    let wl = profiles.get("wl-ultra").unwrap();
+    let d = wl
+        .derived
+        .iter()
+        .find(|d| d.metric.as_str() == "waterDepth")
+        .unwrap();
+    let params = std::collections::BTreeMap::from([(d.param.clone(), 3500.0)]);
+    // (3500 - 3493) mm * 0.1 = 0.7 cm, not 0.7000000000000001.
+    assert_eq!(
+        firmware_config::derive::compute(d, 3493.0, &params),
+        Ok(Value::Number(0.7))
+    );
+}

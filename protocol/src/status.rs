@@ -131,7 +131,11 @@ pub struct Presence {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum LinkState {
+    /// Not polled yet, or failing but not yet long enough to count as down.
+    Unknown,
+    /// The device answered its last poll.
     Up,
+    /// The device failed enough consecutive polls to count as down.
     Down,
 }
 

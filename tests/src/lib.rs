@@ -75,6 +75,66 @@ fn peer_program(var: &str, candidates: &[&str]) -> PathBuf {
     panic!("test peer not found (set {var}, or run ./test.sh, which installs the peers)");
 }
 
+/// The directory of device profiles made for the system tests (`test-meter`).
+pub fn test_profiles() -> PathBuf {
+    workspace_root().join("tests/peers/profiles")
+}
+
+/// Register values for unit `unit` of the `test-meter` profile, as pymodbus serves them.
+pub fn test_meter_registers(voltage: f64) -> serde_json::Value {
+    serde_json::json!({
+        "input": [
+            {"addr": 0, "type": "f32", "order": "CDAB", "value": voltage},
+            {"addr": 2, "type": "i16", "value": -125},
+            {"addr": 3, "type": "u32", "order": "DCBA", "value": 123_456_789}
+        ],
+        "holding": [
+            {"addr": 10, "type": "u16", "value": 1500},
+            {"addr": 11, "type": "u16", "value": 2}
+        ],
+        "coils": {"0": true}
+    })
+}
+
+/// A pair of connected pseudo-terminals made by socat: a serial line without hardware. Returns the
+/// peer and the two device paths.
+pub fn socat_pty_pair(dir: &Path) -> (Peer, PathBuf, PathBuf) {
+    let (a, b) = (dir.join("ttyA"), dir.join("ttyB"));
+    let child = Command::new("socat")
+        .arg(format!("pty,raw,echo=0,link={}", a.display()))
+        .arg(format!("pty,raw,echo=0,link={}", b.display()))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start socat (run ./test.sh, which installs it)");
+    let peer = Peer {
+        name: "socat".into(),
+        child,
+    };
+    eventually(Duration::from_secs(10), "socat's pty links", || {
+        (a.exists() && b.exists()).then_some(())
+    });
+    (peer, a, b)
+}
+
+/// Starts the pymodbus device script serving `spec` as Modbus RTU on the serial device `tty`.
+pub fn pymodbus_rtu(tty: &Path, spec: &serde_json::Value, dir: &Path) -> Peer {
+    let python = peer_program("CITY_PEER_PYTHON", &[".venv/bin/python"]);
+    let spec_file = dir.join("modbus-rtu.json");
+    std::fs::write(&spec_file, serde_json::to_vec(spec).unwrap()).unwrap();
+    let child = Command::new(python)
+        .arg(workspace_root().join("tests/peers/modbus_device.py"))
+        .arg("rtu")
+        .arg(tty)
+        .arg(&spec_file)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start pymodbus");
+    Peer {
+        name: "pymodbus-rtu".into(),
+        child,
+    }
+}
+
 /// Starts Mosquitto on `port` (loopback, anonymous, no persistence).
 pub fn mosquitto(port: u16, dir: &Path) -> Peer {
     let bin = peer_program(

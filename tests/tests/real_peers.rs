@@ -7,61 +7,6 @@ use std::time::Duration;
 use serde_json::json;
 use tests::{eventually, free_addr, get_json, get_status, mosquitto, pymodbus_tcp};
 
-const PROFILE: &str = r#"
-name = "test-meter"
-description = "A meter exercising every byte order and table"
-kind = "other"
-[request]
-max_gap = 2
-
-[[field]]
-metric = "voltage"
-table = "input"
-address = 0
-type = "f32"
-byte_order = "CDAB"
-unit = "V"
-range = [0, 300]
-
-[[field]]
-metric = "temperature"
-table = "input"
-address = 2
-type = "i16"
-scale = 0.1
-unit = "Cel"
-
-[[field]]
-metric = "activeEnergy"
-table = "input"
-address = 3
-type = "u32"
-byte_order = "DCBA"
-scale = 0.01
-unit = "kWh"
-
-[[field]]
-metric = "pm10"
-table = "holding"
-address = 10
-type = "u16"
-unit = "ug/m3"
-range = [0, 1000]
-
-[[field]]
-metric = "mode"
-table = "holding"
-address = 11
-type = "u16"
-enum = { 0 = "off", 1 = "auto", 2 = "manual" }
-
-[[field]]
-metric = "powerState"
-table = "coil"
-address = 0
-type = "bool"
-"#;
-
 #[test]
 fn modbus_device_to_hub_api_through_mosquitto() {
     tests::init_logs();
@@ -71,24 +16,11 @@ fn modbus_device_to_hub_api_through_mosquitto() {
     let modbus = free_addr();
     let _device = pymodbus_tcp(
         modbus.port(),
-        &json!({"7": {
-            "input": [
-                {"addr": 0, "type": "f32", "order": "CDAB", "value": 229.5},
-                {"addr": 2, "type": "i16", "value": -125},
-                {"addr": 3, "type": "u32", "order": "DCBA", "value": 123_456_789}
-            ],
-            "holding": [
-                {"addr": 10, "type": "u16", "value": 1500},
-                {"addr": 11, "type": "u16", "value": 2}
-            ],
-            "coils": {"0": true}
-        }}),
+        &json!({ "7": tests::test_meter_registers(229.5) }),
         dir.path(),
     );
 
-    let profiles = dir.path().join("profiles");
-    std::fs::create_dir(&profiles).unwrap();
-    std::fs::write(profiles.join("test-meter.toml"), PROFILE).unwrap();
+    let profiles = tests::test_profiles();
     let gw_file = dir.path().join("gw-test-01.toml");
     std::fs::write(
         &gw_file,

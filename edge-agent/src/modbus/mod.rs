@@ -1,6 +1,7 @@
-//! Modbus links: the transport-neutral [`link::ModbusLink`] and its Modbus TCP implementation.
+//! Modbus links: the transport-neutral [`link::ModbusLink`] and its tokio-modbus implementation
+//! for TCP, serial RTU and RTU over TCP.
 
+pub mod client;
 pub mod link;
-pub mod tcp;
 
 pub use firmware_config::profile::Table;

@@ -51,8 +51,7 @@ pub fn load_gateways(dir: &std::path::Path) -> anyhow::Result<Vec<GatewayConfig>
 }
 
 fn diagnostics(d: Vec<firmware_config::Diagnostic>) -> anyhow::Error {
-    let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
-    anyhow::anyhow!("invalid configuration:\n{}", lines.join("\n"))
+    anyhow::Error::msg(firmware_config::report(&d))
 }
 
 /// Builds the simulated buses for `gateways`: one per TCP bus, keyed by its address.

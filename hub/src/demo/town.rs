@@ -139,6 +139,12 @@ impl SimDevice {
                 out.insert("activeEnergy", Value::Number(st.energy_kwh));
                 out.insert("ratedPower", Value::Number(rated));
                 out.insert("lampFailure", Value::Bool(failed));
+                out.insert(
+                    "temperature",
+                    Value::Number(
+                        14.0 + 4.0 * day_wave(hour) + if on { 9.0 } else { 0.0 } + 0.3 * n(4),
+                    ),
+                );
             }
             AssetKind::Waterlogging => {
                 // A storm from 18:00; points flood to different peaks (28, 18, 12 cm, ...).
@@ -212,7 +218,12 @@ impl SimDevice {
                     Value::Number(12.0 + 3.0 * day_wave(hour) + 0.3 * n(1)),
                 );
                 out.insert("batteryLevel", Value::Number(86.0 - f64::from(self.index)));
-                out.insert("tilt", Value::Bool(false));
+                // An ultrasonic sensor under the lid of a 1.1 m bin: distance to the rubbish surface.
+                out.insert(
+                    "measuredDistance",
+                    Value::Number((60.0 + 1100.0 * (1.0 - st.fill)).round()),
+                );
+                out.insert("tilted", Value::Bool(false));
                 out.insert("lidOpen", Value::Bool(false));
             }
             _ => {}

@@ -1,0 +1,155 @@
+//! Modbus RTU on a serial line, against a real peer: pymodbus serving RTU on one end of a socat pty
+//! pair, the edge agent polling the other end, then the embedded broker and the hub's API. One of
+//! the three configured units is absent — a dead sensor on the shared RS-485 bus — and must be
+//! reported down without stopping the others.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use serde_json::json;
+use tests::{eventually, free_addr, get_json};
+
+#[test]
+fn rtu_bus_with_a_dead_sensor() {
+    tests::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let (_socat, device_end, agent_end) = tests::socat_pty_pair(dir.path());
+    let _device = tests::pymodbus_rtu(
+        &device_end,
+        &json!({ "1": tests::test_meter_registers(231.25), "2": tests::test_meter_registers(219.5) }),
+        dir.path(),
+    );
+    let (http, mqtt) = (free_addr(), free_addr());
+    let gw_file = dir.path().join("gw-rtu-01.toml");
+    std::fs::write(
+        &gw_file,
+        format!(
+            r#"
+gateway = "gw-rtu-01"
+[location]
+lon = 118.78
+lat = 32.04
+road_segment = "rtu-rd-s1"
+grid = "grid-1"
+[uplink]
+broker = "mqtt://{mqtt}"
+[agent]
+batch_max_wait_ms = 200
+heartbeat_s = 1
+
+[[bus]]
+name = "rs485-1"
+type = "rtu"
+port = "{port}"
+baud = 9600
+parity = "none"
+data_bits = 8
+stop_bits = 1
+timeout_ms = 300
+pause_ms = 5
+
+[[bus.device]]
+id = "meter-1"
+unit = 1
+profile = "test-meter"
+asset = "meter-a1"
+poll_ms = 1000
+
+[[bus.device]]
+id = "meter-2"
+unit = 2
+profile = "test-meter"
+asset = "meter-a2"
+poll_ms = 1000
+
+[[bus.device]]
+id = "meter-dead"
+unit = 9
+profile = "test-meter"
+asset = "meter-a9"
+poll_ms = 1000
+"#,
+            port = agent_end.display()
+        ),
+    )
+    .unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hub = rt
+        .block_on(hub::start(hub::HubConfig {
+            http,
+            data_dir: dir.path().join("hub"),
+            mqtt: hub::MqttMode::Embedded { listen: mqtt },
+            topic_root: "city".into(),
+            client_id: "hub-ingest".into(),
+        }))
+        .unwrap();
+    tests::wait_hub_ready(http);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let agent = rt.spawn(edge_agent::run(
+        edge_agent::AgentOptions {
+            config: gw_file,
+            profiles: Some(tests::test_profiles()),
+            broker: None,
+            clock: edge_agent::clock::ClockSource::Auto,
+        },
+        stop.clone(),
+    ));
+
+    let base = format!("http://{http}");
+    let latest = |id: &str| -> Option<serde_json::Value> {
+        let assets = get_json(&format!("{base}/api/v1/assets"))?;
+        let a = assets.as_array()?.iter().find(|a| a["id"] == id)?.clone();
+        (a["latest"].as_object()?.len() == 6).then(|| a["latest"].clone())
+    };
+    let one = eventually(Duration::from_secs(20), "unit 1 over RTU", || {
+        latest("meter-a1")
+    });
+    let two = eventually(Duration::from_secs(20), "unit 2 over RTU", || {
+        latest("meter-a2")
+    });
+    assert_eq!(one["voltage"], 231.25);
+    assert_eq!(two["voltage"], 219.5);
+    assert_eq!(one["temperature"], -12.5);
+    assert_eq!(one["activeEnergy"], 1_234_567.89);
+    assert_eq!(one["mode"], "manual");
+    assert_eq!(one["powerState"], true);
+
+    // The dead unit is reported down in the heartbeat; the live ones stay up.
+    let links = eventually(
+        Duration::from_secs(20),
+        "the dead unit reported down",
+        || {
+            let gws = get_json(&format!("{base}/api/v1/gateways"))?;
+            let devices = gws[0]["last_heartbeat"]["devices"].as_array()?.clone();
+            devices
+                .iter()
+                .any(|d| d["device"] == "meter-dead" && d["link"] == "down")
+                .then_some(devices)
+        },
+    );
+    for d in &links {
+        let want = if d["device"] == "meter-dead" {
+            "down"
+        } else {
+            "up"
+        };
+        assert_eq!(d["link"], want, "{d}");
+    }
+    // And polling of the live units goes on after that.
+    let before = get_json(&format!(
+        "{base}/api/v1/assets/meter-a1/readings?metric=voltage"
+    ))
+    .unwrap();
+    let n = before.as_array().unwrap().len();
+    eventually(Duration::from_secs(10), "more readings of unit 1", || {
+        let r = get_json(&format!(
+            "{base}/api/v1/assets/meter-a1/readings?metric=voltage"
+        ))?;
+        (r.as_array()?.len() >= n + 2).then_some(())
+    });
+
+    stop.cancel();
+    rt.block_on(agent).unwrap().unwrap();
+    rt.block_on(hub.stop());
+}
