@@ -38,6 +38,33 @@ pub struct Setup {
     pub uplink: UplinkConfig,
 }
 
+/// The Modbus link of a configured bus.
+pub fn link_for(bus: &firmware_config::Bus) -> ClientLink {
+    let transport = match &bus.link {
+        Link::Tcp { addr } => Transport::Tcp { host: addr.clone() },
+        Link::Rtu { port, line } => Transport::RtuSerial {
+            port: port.clone(),
+            line: *line,
+        },
+        Link::RtuOverTcp { addr, line } => Transport::RtuOverTcp {
+            host: addr.clone(),
+            line: *line,
+        },
+    };
+    // A link opens once for all devices of its bus: wait as long as the slowest needs.
+    let pause_after_connect = bus
+        .devices
+        .iter()
+        .map(|d| d.knobs.pause_after_connect_ms)
+        .max()
+        .unwrap_or(0);
+    ClientLink::new(
+        transport,
+        Duration::from_millis(u64::from(bus.timeout_ms)),
+        Duration::from_millis(u64::from(pause_after_connect)),
+    )
+}
+
 /// Loads the built-in profiles plus `dir`, reporting every problem as file:line:column.
 pub fn profiles(dir: Option<&std::path::Path>) -> anyhow::Result<ProfileSet> {
     let set = ProfileSet::builtin().map_err(diagnostics)?;
@@ -84,29 +111,7 @@ impl Setup {
         };
         let mut buses = Vec::new();
         for bus in &config.buses {
-            let transport = match &bus.link {
-                Link::Tcp { addr } => Transport::Tcp { host: addr.clone() },
-                Link::Rtu { port, line } => Transport::RtuSerial {
-                    port: port.clone(),
-                    line: *line,
-                },
-                Link::RtuOverTcp { addr, line } => Transport::RtuOverTcp {
-                    host: addr.clone(),
-                    line: *line,
-                },
-            };
-            // A link opens once for all devices of its bus: wait as long as the slowest needs.
-            let pause_after_connect = bus
-                .devices
-                .iter()
-                .map(|d| d.knobs.pause_after_connect_ms)
-                .max()
-                .unwrap_or(0);
-            let link = ClientLink::new(
-                transport,
-                Duration::from_millis(u64::from(bus.timeout_ms)),
-                Duration::from_millis(u64::from(pause_after_connect)),
-            );
+            let link = link_for(bus);
             let jobs = bus
                 .devices
                 .iter()

@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod commands;
+pub mod commission;
 pub mod health;
 pub mod job;
 pub mod modbus;
