@@ -12,6 +12,7 @@ use protocol::{BadReason, Item, Quality, Reading, Timestamp, TopicScheme};
 use crate::AgentOptions;
 use crate::modbus::client::{ClientLink, Transport};
 use crate::modbus::link::{LinkError, Registers};
+use crate::report::ReportFilter;
 use crate::uplink::UplinkConfig;
 
 /// One device's polling job.
@@ -22,6 +23,7 @@ pub struct DeviceJob {
     pub poll: Duration,
     pub requests: Vec<ReadRequest>,
     resolved: Arc<Device>,
+    report: ReportFilter,
 }
 
 #[derive(Debug)]
@@ -112,6 +114,7 @@ impl Setup {
         let mut buses = Vec::new();
         for bus in &config.buses {
             let link = link_for(bus);
+            let max_silent = Duration::from_secs(u64::from(config.agent.max_silent_s));
             let jobs = bus
                 .devices
                 .iter()
@@ -121,6 +124,7 @@ impl Setup {
                     poll: Duration::from_millis(u64::from(d.poll_ms)),
                     requests: d.requests.clone(),
                     resolved: Arc::new(d.clone()),
+                    report: ReportFilter::new(deadbands(d), max_silent),
                 })
                 .collect();
             buses.push(BusSetup {
@@ -161,10 +165,34 @@ fn config_version(path: &std::path::Path) -> String {
     format!("fnv1a:{h:016x}")
 }
 
+/// The deadband of each metric of `d` that has one (fields and derived values).
+fn deadbands(d: &Device) -> std::collections::HashMap<protocol::MetricId, f64> {
+    let fields = d
+        .profile
+        .fields
+        .iter()
+        .filter_map(|f| f.deadband.map(|b| (f.metric.clone(), b)));
+    let derived = d
+        .profile
+        .derived
+        .iter()
+        .filter_map(|x| x.deadband.map(|b| (x.metric.clone(), b)));
+    fields.chain(derived).collect()
+}
+
 impl DeviceJob {
+    /// Forgets what was reported, so that every value is sent again (after the device was down).
+    pub fn reset_reports(&mut self) {
+        self.report.reset();
+    }
+
     /// Readings from one poll: `responses[i]` answers `requests[i]` (fewer responses than requests
     /// means the rest were not attempted after a link failure).
-    pub fn readings(&self, responses: &[Result<Registers, LinkError>], at: Timestamp) -> Vec<Item> {
+    pub fn readings(
+        &mut self,
+        responses: &[Result<Registers, LinkError>],
+        at: Timestamp,
+    ) -> Vec<Item> {
         let mut decoded = Vec::new();
         let mut items = Vec::new();
         let last_err = responses
@@ -226,6 +254,13 @@ impl DeviceJob {
             };
             items.push(item);
         }
+        let now = std::time::Instant::now();
+        items.retain(|item| match item {
+            Item::Reading(r) => self
+                .report
+                .admit(&r.metric, r.value.as_ref(), &r.quality, now),
+            Item::Event(_) => true,
+        });
         items
     }
 

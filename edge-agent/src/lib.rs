@@ -13,6 +13,7 @@ pub mod health;
 pub mod job;
 pub mod modbus;
 pub mod poller;
+pub mod report;
 pub mod sysinfo;
 pub mod uplink;
 

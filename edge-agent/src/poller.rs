@@ -114,6 +114,7 @@ pub async fn run<L: ModbusLink>(
                 .unwrap_or_default();
             if newly_down {
                 slot.down = true;
+                slot.job.reset_reports();
                 tracing::warn!(device = %slot.job.device, unit = slot.job.unit, bus = %link.describe(), %error, "device is down");
                 out.push(link_event(
                     &slot.job,

@@ -45,6 +45,11 @@ pub struct Field {
     /// Labels of raw codes, e.g. `{ 0 = "off", 1 = "on", 2 = "fault" }`; an unknown code is undecodable.
     #[serde(default, rename = "enum", skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<i64, String>>,
+    /// Report on change: after a reading is sent, the next is sent only when the value moved by more
+    /// than this (in the field's unit; for booleans and labels, when it changed at all), when its
+    /// quality changed, or after `agent.max_silent_s`. Absent: every poll is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadband: Option<f64>,
     /// The hub may command this field (coils and holding registers only).
     #[serde(default, skip_serializing_if = "is_false")]
     pub writable: bool,
@@ -124,6 +129,11 @@ pub struct Derived {
     pub unit: Option<Unit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub range: Option<[f64; 2]>,
+    /// Report on change: after a reading is sent, the next is sent only when the value moved by more
+    /// than this (in the field's unit; for booleans and labels, when it changed at all), when its
+    /// quality changed, or after `agent.max_silent_s`. Absent: every poll is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadband: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
 }

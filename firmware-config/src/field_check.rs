@@ -10,6 +10,15 @@ pub fn check_field(f: &Field, base: u16, at: &Path, out: &mut Vec<Problem>) {
     let err =
         |out: &mut Vec<Problem>, key: &str, msg: String| out.push(Problem::error(at.key(key), msg));
     let ty = f.data_type;
+    if let Some(d) = f.deadband
+        && !(d.is_finite() && d >= 0.0)
+    {
+        err(
+            out,
+            "deadband",
+            format!("deadband is {d}; expected a number >= 0 in the field's unit"),
+        );
+    }
     if f.table.is_bits() && ty != DataType::Bool {
         err(
             out,

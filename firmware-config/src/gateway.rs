@@ -96,6 +96,9 @@ pub struct AgentSpec {
     pub batch_max_wait_ms: u32,
     /// Seconds between heartbeats.
     pub heartbeat_s: u32,
+    /// With report on change (a field's `deadband`), a reading is sent at least this often even when
+    /// the value has not moved, so the hub can tell "steady" from "silent".
+    pub max_silent_s: u32,
     /// Where the spool and state live (on the SD card).
     pub data_dir: PathBuf,
 }
@@ -106,6 +109,7 @@ impl Default for AgentSpec {
             batch_max_items: 500,
             batch_max_wait_ms: 1000,
             heartbeat_s: 30,
+            max_silent_s: 300,
             data_dir: PathBuf::from("/var/lib/edge-agent"),
         }
     }

@@ -122,6 +122,7 @@ fn check_agent(a: &AgentSpec, at: &Path, out: &mut Vec<Problem>) {
     );
     range("batch_max_wait_ms", a.batch_max_wait_ms, 10, 600_000);
     range("heartbeat_s", a.heartbeat_s, 1, 3600);
+    range("max_silent_s", a.max_silent_s, 1, 86_400);
 }
 
 fn check_bus(bus: &BusSpec, at: &Path, out: &mut Vec<Problem>) {

@@ -176,6 +176,14 @@ fn check_metrics_unique(profile: &Profile, out: &mut Vec<Problem>) {
 }
 
 fn check_derived(profile: &Profile, d: &Derived, at: &Path, out: &mut Vec<Problem>) {
+    if let Some(band) = d.deadband
+        && !(band.is_finite() && band >= 0.0)
+    {
+        out.push(Problem::error(
+            at.key("deadband"),
+            format!("deadband is {band}; expected a number >= 0 in the value's unit"),
+        ));
+    }
     match profile.field(d.from.as_str()) {
         None => {
             let known: Vec<&str> = profile

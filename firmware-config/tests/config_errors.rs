@@ -461,3 +461,20 @@ fn enum_codes_must_be_integers() {
     );
     assert_one(&path, &d, 9, 20, &["expected an integer"]);
 }
+
+#[test]
+fn negative_deadband() {
+    // Line 20 of the profile is `address = 12` of `energy`; the deadband goes right after it (line 21).
+    let (_dir, path, d) = profile_with("address = 12", "address = 12\ndeadband = -0.5");
+    assert_one(&path, &d, 21, 1, &["deadband is -0.5", ">= 0"]);
+}
+
+#[test]
+fn max_silent_out_of_range() {
+    let (_dir, path, d) = gateway_with("pause_ms = 20", "pause_ms = 20\n[agent]\nmax_silent_s = 0");
+    assert!(
+        d.iter()
+            .any(|x| x.file == path && x.message.contains("max_silent_s")),
+        "{d:#?}"
+    );
+}

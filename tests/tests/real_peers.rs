@@ -128,6 +128,13 @@ poll_ms = 500
         assert_eq!(p["value"], 229.5);
         protocol::Timestamp::parse_rfc3339(p["ts"].as_str().unwrap()).unwrap();
     }
+    // Report on change: temperature has a deadband and never moves, so it was sent once while the
+    // voltage (no deadband) arrived every poll.
+    let temps = get_json(&format!(
+        "{base}/api/v1/assets/meter-asset-7/readings?metric=temperature"
+    ))
+    .unwrap();
+    assert_eq!(temps.as_array().unwrap().len(), 1, "{temps}");
     // Precise errors from the API.
     assert_eq!(
         get_status(&format!(

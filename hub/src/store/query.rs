@@ -167,6 +167,43 @@ fn list_assets(c: &Connection) -> Result<Vec<AssetView>, StoreError> {
             asset.latest.insert(metric, v);
         }
     }
+    // With report on change a steady device sends few readings, but its gateway's heartbeat still
+    // says when it last answered a poll: that counts as seen too (when the gateway's clock is synced).
+    let answered = last_answered(c)?;
+    for a in &mut out {
+        if let Some(ms) = answered.get(&(a.gateway.clone(), a.device.clone())) {
+            let seen = rfc3339(*ms);
+            if a.last_seen.as_ref().is_none_or(|s| *s < seen) {
+                a.last_seen = Some(seen);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// When each device last answered a poll, by (gateway, device), from the latest heartbeats.
+fn last_answered(
+    c: &Connection,
+) -> Result<std::collections::HashMap<(String, String), i64>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, last_heartbeat FROM gateways WHERE last_heartbeat IS NOT NULL",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = std::collections::HashMap::new();
+    while let Some(r) = rows.next()? {
+        let (gw, json): (String, String) = (r.get(0)?, r.get(1)?);
+        let Ok(hb) = serde_json::from_str::<protocol::Heartbeat>(&json) else {
+            continue;
+        };
+        if hb.clock != protocol::ClockState::Synced {
+            continue;
+        }
+        for d in hb.devices {
+            if let (protocol::LinkState::Up, Some(t)) = (d.link, d.last_success) {
+                out.insert((gw.clone(), d.device.to_string()), t.unix_millis());
+            }
+        }
+    }
     Ok(out)
 }
 
