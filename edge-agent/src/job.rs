@@ -181,6 +181,11 @@ fn deadbands(d: &Device) -> std::collections::HashMap<protocol::MetricId, f64> {
 }
 
 impl DeviceJob {
+    /// The device as configured (profile, unit, knobs).
+    pub fn device(&self) -> &Device {
+        &self.resolved
+    }
+
     /// Forgets what was reported, so that every value is sent again (after the device was down).
     pub fn reset_reports(&mut self) {
         self.report.reset();

@@ -7,6 +7,7 @@
 //! pollers first; the uplink then flushes what they produced and marks the gateway offline.
 
 pub mod clock;
+pub mod command;
 pub mod commands;
 pub mod commission;
 pub mod health;
@@ -45,16 +46,51 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
     let health = Arc::new(health::Health::default());
     let (tx, rx) = mpsc::channel(ITEM_QUEUE);
     let mut pollers = Vec::new();
+    // Commands: uplink ─▶ router ─▶ the poller owning the device's bus ─▶ replies ─▶ uplink.
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<protocol::Command>(64);
+    let (reply_tx, reply_rx) = mpsc::channel::<protocol::Reply>(64);
+    let mut routes = std::collections::HashMap::new();
+    let gateway = setup.uplink.gateway.clone();
     for bus in setup.buses {
+        let (bus_tx, bus_rx) = mpsc::channel(16);
+        for job in &bus.jobs {
+            routes.insert(job.device.clone(), bus_tx.clone());
+        }
+        let commands = poller::Commands {
+            gateway: gateway.clone(),
+            rx: bus_rx,
+            replies: reply_tx.clone(),
+        };
         let (tx, health, shutdown) = (tx.clone(), health.clone(), shutdown.clone());
         pollers.push(tokio::spawn(poller::run(
-            bus.link, bus.pause, bus.jobs, tx, health, shutdown,
+            bus.link, bus.pause, bus.jobs, tx, commands, health, shutdown,
         )));
     }
+    let router = tokio::spawn(async move {
+        while let Some(cmd) = cmd_rx.recv().await {
+            match routes.get(&cmd.device) {
+                Some(bus) => {
+                    let _ = bus.send(cmd).await;
+                }
+                None => {
+                    let detail = format!("gateway {gateway} has no device {}", cmd.device);
+                    let reply = command::reply(
+                        &gateway,
+                        &cmd,
+                        protocol::CommandOutcome::Rejected,
+                        Some(detail),
+                        None,
+                    );
+                    let _ = reply_tx.send(reply).await;
+                }
+            }
+        }
+    });
     drop(tx);
     tracing::info!(gateway = %setup.uplink.gateway, buses = pollers.len(), broker = %format!("{}:{}", setup.uplink.host, setup.uplink.port), "edge agent started");
     // The uplink ends when every poller has stopped and the channel is drained.
-    uplink::run(setup.uplink, rx, health).await;
+    uplink::run(setup.uplink, rx, health, cmd_tx, reply_rx).await;
+    router.abort();
     for p in pollers {
         let _ = p.await;
     }

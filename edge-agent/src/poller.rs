@@ -24,6 +24,14 @@ pub const DOWN_AFTER: u32 = 3;
 /// Longest wait between retries of a device that is down.
 pub const MAX_RETRY: Duration = Duration::from_secs(300);
 
+/// Commands for the devices of one bus, and where their replies go.
+#[derive(Debug)]
+pub struct Commands {
+    pub gateway: protocol::GatewayId,
+    pub rx: mpsc::Receiver<protocol::Command>,
+    pub replies: mpsc::Sender<protocol::Reply>,
+}
+
 struct Slot {
     job: DeviceJob,
     next_due: Instant,
@@ -37,6 +45,7 @@ pub async fn run<L: ModbusLink>(
     pause: Duration,
     jobs: Vec<DeviceJob>,
     items: mpsc::Sender<Item>,
+    mut commands: Commands,
     health: Arc<Health>,
     shutdown: CancellationToken,
 ) {
@@ -68,6 +77,15 @@ pub async fn run<L: ModbusLink>(
     {
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            Some(cmd) = commands.rx.recv() => {
+                // Between polls: the bus is ours and idle.
+                let reply = match slots.iter().find(|s| s.job.device == cmd.device) {
+                    Some(slot) => crate::command::perform(&mut link, slot.job.device(), &commands.gateway, &cmd).await,
+                    None => crate::command::reply(&commands.gateway, &cmd, protocol::CommandOutcome::Rejected, Some("device is not on this bus".into()), None),
+                };
+                let _ = commands.replies.send(reply).await;
+                continue;
+            }
             _ = tokio::time::sleep_until(slots[i].next_due) => {}
         }
         let slot = &mut slots[i];

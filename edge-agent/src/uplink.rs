@@ -10,8 +10,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use protocol::{
-    BootId, Channel, DeviceInfo, EncodeError, Envelope, GatewayId, Heartbeat, Item, Limits,
-    Presence, PresenceState, Timestamp, TopicScheme,
+    BootId, Channel, Command, DeviceInfo, EncodeError, Envelope, GatewayId, Heartbeat, Item,
+    Limits, Presence, PresenceState, Reply, Timestamp, TopicScheme,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
@@ -52,7 +52,13 @@ struct Publisher {
 }
 
 /// Runs the uplink until `items` closes.
-pub async fn run(cfg: UplinkConfig, mut items: mpsc::Receiver<Item>, health: Arc<Health>) {
+pub async fn run(
+    cfg: UplinkConfig,
+    mut items: mpsc::Receiver<Item>,
+    health: Arc<Health>,
+    commands: mpsc::Sender<Command>,
+    mut replies: mpsc::Receiver<Reply>,
+) {
     let boot = BootId::from_uuid(uuid::Uuid::new_v4());
     let limits = Limits::default();
     let connected_at = Timestamp::now();
@@ -96,14 +102,15 @@ pub async fn run(cfg: UplinkConfig, mut items: mpsc::Receiver<Item>, health: Arc
     }
     let (client, eventloop) = AsyncClient::new(opts, 1024);
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let conn = tokio::spawn(drive(
-        eventloop,
-        client.clone(),
-        state_topic.clone(),
+    let cmd_topic = cfg.topics.topic(&cfg.gateway, Channel::Cmd);
+    let link = Link {
+        state_topic: state_topic.clone(),
         online,
-        health.clone(),
-        done_rx,
-    ));
+        cmd_topic,
+        commands,
+        health: health.clone(),
+    };
+    let conn = tokio::spawn(drive(eventloop, client.clone(), link, done_rx));
 
     let mut p = Publisher {
         client,
@@ -140,6 +147,7 @@ pub async fn run(cfg: UplinkConfig, mut items: mpsc::Receiver<Item>, health: Arc
                 deadline = None;
             }
             _ = heartbeat.tick() => p.publish_heartbeat().await,
+            Some(reply) = replies.recv() => p.publish_reply(&reply).await,
         }
     }
     if !batch.is_empty() {
@@ -204,6 +212,24 @@ impl Publisher {
         }
     }
 
+    async fn publish_reply(&mut self, reply: &Reply) {
+        match protocol::encode(reply, &self.limits) {
+            Ok(bytes) => {
+                let topic = self.cfg.topics.topic(&self.cfg.gateway, Channel::Reply);
+                if let Err(e) = self
+                    .client
+                    .publish(topic, QoS::AtLeastOnce, false, bytes)
+                    .await
+                {
+                    tracing::error!(error = %e, command = %reply.id, "cannot publish a command reply");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, command = %reply.id, "cannot encode a command reply")
+            }
+        }
+    }
+
     async fn publish_heartbeat(&mut self) {
         let hb = Heartbeat {
             v: protocol::PROTOCOL_VERSION,
@@ -231,18 +257,27 @@ impl Publisher {
     }
 }
 
-/// Polls the MQTT event loop: reconnects with backoff, re-announces presence on every connect, and at
-/// shutdown keeps going until everything queued is acknowledged (or the flush deadline passes).
+/// What the connection driver needs besides the event loop.
+struct Link {
+    state_topic: String,
+    online: Vec<u8>,
+    cmd_topic: String,
+    commands: mpsc::Sender<Command>,
+    health: Arc<Health>,
+}
+
+/// Polls the MQTT event loop: reconnects with backoff, re-announces presence and subscribes to the
+/// command topic on every connect, hands commands on, and at shutdown keeps going until everything
+/// queued is acknowledged (or the flush deadline passes).
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    state_topic: String,
-    online: Vec<u8>,
-    health: Arc<Health>,
+    link: Link,
     mut done: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut failures = 0u32;
     let mut stopping: Option<tokio::time::Instant> = None;
+    let limits = Limits::default();
     loop {
         if let Some(deadline) = stopping {
             let idle = eventloop.state.inflight() == 0 && eventloop.pending.is_empty();
@@ -274,13 +309,30 @@ async fn drive(
                     tracing::info!("uplink connected");
                 }
                 failures = 0;
-                let _ =
-                    client.try_publish(state_topic.clone(), QoS::AtLeastOnce, true, online.clone());
+                let _ = client.try_publish(
+                    link.state_topic.clone(),
+                    QoS::AtLeastOnce,
+                    true,
+                    link.online.clone(),
+                );
+                let _ = client.try_subscribe(link.cmd_topic.clone(), QoS::AtLeastOnce);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == link.cmd_topic => {
+                match protocol::decode::<Command>(&p.payload, &limits) {
+                    Ok(cmd) => {
+                        if link.commands.try_send(cmd).is_err() {
+                            tracing::warn!(
+                                "command queue full; command dropped (the hub sees no reply)"
+                            );
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "malformed command ignored"),
+                }
             }
             Ok(_) => {}
             Err(e) => {
                 failures += 1;
-                health.publish_errors.fetch_add(1, Relaxed);
+                link.health.publish_errors.fetch_add(1, Relaxed);
                 if failures == 1 {
                     tracing::warn!(error = %e, "uplink lost the broker; reconnecting");
                 }
