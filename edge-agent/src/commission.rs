@@ -1,6 +1,7 @@
-//! Commissioning tools for installers on site: `probe` reads one device once (or a few times) and
-//! shows every request with its raw registers and the decoded values; `scan` finds which unit ids
-//! answer on a bus. Both use the same links and decoders as the running agent.
+//! Commissioning tools for installers on site: `probe` reads one device of a gateway file and shows
+//! every request with its raw registers and the decoded values; `modbus read` shows registers decoded
+//! in all four byte orders; `modbus write` writes and reads back; `modbus scan` finds which unit ids
+//! answer on a bus. All use the same links, decoders and encoders as the running agent.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -200,17 +201,19 @@ pub enum ScanResult {
 }
 
 /// Asks each unit in `units` for one register of `table` at `address`; returns those that answered.
-/// A unit that stays silent within `timeout` is absent.
+/// A unit that stays silent within `timeout` is absent. `progress` is told each unit before it is asked.
 pub async fn scan(
     transport: Transport,
     units: std::ops::RangeInclusive<u8>,
     table: Table,
     address: u16,
     timeout: Duration,
+    mut progress: impl FnMut(u8, usize),
 ) -> Vec<(u8, ScanResult)> {
     let mut link = ClientLink::new(transport, timeout, Duration::ZERO);
     let mut found = Vec::new();
     for unit in units {
+        progress(unit, found.len());
         match link.read(unit, table, address, 1).await {
             Ok(regs) => found.push((unit, ScanResult::Answered(regs))),
             Err(e @ LinkError::Exception { .. }) => {
@@ -236,6 +239,151 @@ pub fn scan_report(found: &[(u8, ScanResult)]) -> String {
         let _ = writeln!(out, "unit {unit:>3}  {what}");
     }
     out
+}
+
+/// Parses a table, data type or byte order as the profile files write it (`holding`, `f32`, `CDAB`).
+pub fn parse_name<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|e| format!("{what} {s:?}: {e}"))
+}
+
+/// A field for ad-hoc reads and writes, or the profile's field when one is named.
+pub fn adhoc_field(
+    table: Table,
+    address: u16,
+    data_type: firmware_config::DataType,
+    count: Option<u16>,
+) -> firmware_config::Field {
+    firmware_config::Field {
+        metric: protocol::MetricId::new("value").unwrap_or_else(|_| unreachable!("valid literal")),
+        table,
+        address: u32::from(address),
+        data_type,
+        count,
+        bit: None,
+        byte_order: firmware_config::ByteOrder::ABCD,
+        scale: 1.0,
+        offset: 0.0,
+        unit: None,
+        range: None,
+        labels: None,
+        deadband: None,
+        writable: true,
+        description: None,
+    }
+}
+
+const ORDERS: [firmware_config::ByteOrder; 4] = [
+    firmware_config::ByteOrder::ABCD,
+    firmware_config::ByteOrder::DCBA,
+    firmware_config::ByteOrder::BADC,
+    firmware_config::ByteOrder::CDAB,
+];
+
+/// `modbus read`: reads `field`'s registers from `unit` and shows them raw and decoded in all four
+/// byte orders; with a profile's field, lines whose value is inside its plausible range are marked.
+pub async fn read(
+    transport: Transport,
+    timeout: Duration,
+    unit: u8,
+    field: &firmware_config::Field,
+    address: u16,
+) -> Result<String, LinkError> {
+    let mut link = ClientLink::new(transport, timeout, Duration::ZERO);
+    let count = field.size().max(1);
+    let started = Instant::now();
+    let regs = link.read(unit, field.table, address, count).await?;
+    let mut out = format!(
+        "{} {}..{} of unit {unit} on {} ({:.1} ms): {}\n",
+        field.table.as_str(),
+        address,
+        u32::from(address) + u32::from(count) - 1,
+        link.describe(),
+        started.elapsed().as_secs_f64() * 1000.0,
+        hex(&regs)
+    );
+    let raw = match &regs {
+        Registers::Words(w) => Raw::Words(w),
+        Registers::Bits(b) => Raw::Bits(b),
+    };
+    let orders: &[firmware_config::ByteOrder] = if field.table.is_bits() || count == 1 {
+        &ORDERS[..1]
+    } else {
+        &ORDERS
+    };
+    for order in orders {
+        let mut f = field.clone();
+        f.byte_order = *order;
+        let unit = f.unit.as_ref().map(|u| format!(" {u}")).unwrap_or_default();
+        let line = match firmware_config::decode(&f, raw) {
+            Ok(v) => {
+                let mark = if f.range.is_some() {
+                    "  ← in range"
+                } else {
+                    ""
+                };
+                format!("  {} {order:?}  {v:?}{unit}{mark}", f.data_type.as_str())
+            }
+            Err(p) => match p.value() {
+                Some(v) => format!(
+                    "  {} {order:?}  {v:?}{unit}  (outside {:?})",
+                    f.data_type.as_str(),
+                    f.range.unwrap_or_default()
+                ),
+                None => format!("  {} {order:?}  not decodable: {p}", f.data_type.as_str()),
+            },
+        };
+        let _ = writeln!(out, "{line}");
+    }
+    Ok(out)
+}
+
+/// `modbus write`: encodes `value` for `field`, writes it to `unit`, reads it back.
+pub async fn write(
+    transport: Transport,
+    timeout: Duration,
+    unit: u8,
+    field: &firmware_config::Field,
+    address: u16,
+    value: &protocol::Value,
+) -> Result<String, String> {
+    let encoded = firmware_config::encode(field, value).map_err(|e| e.to_string())?;
+    let mut link = ClientLink::new(transport, timeout, Duration::ZERO);
+    let data = match encoded {
+        firmware_config::Encoded::Bit(b) => Registers::Bits(vec![b]),
+        firmware_config::Encoded::Words(w) => Registers::Words(w),
+        firmware_config::Encoded::RegisterBit { .. } => {
+            let current = match link
+                .read(unit, field.table, address, 1)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Registers::Words(w) => w.first().copied().unwrap_or(0),
+                Registers::Bits(_) => 0,
+            };
+            Registers::Words(vec![encoded.apply_to_register(current)])
+        }
+    };
+    let sent = hex(&data);
+    link.write(unit, field.table, address, data)
+        .await
+        .map_err(|e| format!("write failed: {e}"))?;
+    let back = link
+        .read(unit, field.table, address, field.size().max(1))
+        .await
+        .map_err(|e| format!("written; read-back failed: {e}"))?;
+    let raw = match &back {
+        Registers::Words(w) => Raw::Words(w),
+        Registers::Bits(b) => Raw::Bits(b),
+    };
+    let decoded = firmware_config::decode(field, raw)
+        .map_or_else(|p| format!("not decodable: {p}"), |v| format!("{v:?}"));
+    Ok(format!(
+        "wrote {sent} to {} {address} of unit {unit} on {}; read back {} = {decoded}\n",
+        field.table.as_str(),
+        link.describe(),
+        hex(&back)
+    ))
 }
 
 #[cfg(test)]

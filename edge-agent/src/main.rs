@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use edge_agent::clock::ClockSource;
 
 #[derive(Parser)]
@@ -48,21 +48,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         profiles: Option<PathBuf>,
     },
-    /// Find which unit ids answer on a bus.
-    Scan {
-        /// tcp:HOST:PORT, rtu:/dev/ttyUSB0[:9600[:8N1]] or rtu-tcp:HOST:PORT[:9600[:8N1]].
-        #[arg(long)]
-        link: String,
-        /// Unit ids to try, e.g. 1-247 or 5.
-        #[arg(long, default_value = "1-247")]
-        units: String,
-        /// The register asked for: TABLE:ADDRESS with TABLE coil, discrete_input, input or holding.
-        #[arg(long, default_value = "holding:0")]
-        register: String,
-        /// How long to wait for each unit.
-        #[arg(long, default_value_t = 200)]
-        timeout_ms: u64,
-    },
+    /// Modbus tools for commissioning: read, write, scan.
+    #[command(subcommand)]
+    Modbus(ModbusCommand),
 }
 
 #[derive(Subcommand)]
@@ -85,6 +73,87 @@ enum ConfigCommand {
         #[arg(value_enum)]
         which: SchemaArg,
     },
+}
+
+#[derive(Subcommand)]
+enum ModbusCommand {
+    /// Read registers and show them raw and decoded in all four byte orders.
+    Read {
+        #[command(flatten)]
+        link: LinkArgs,
+        #[arg(long)]
+        unit: u8,
+        /// coil, discrete_input, input or holding (default: the profile field's, else holding).
+        #[arg(long)]
+        table: Option<String>,
+        /// Wire address (0-based; default: the profile field's).
+        #[arg(long)]
+        address: Option<u16>,
+        /// bool, u16, i16, u32, i32, u64, i64, f32, f64 or string.
+        #[arg(long = "type", default_value = "u16")]
+        data_type: String,
+        /// Registers, for type string.
+        #[arg(long)]
+        count: Option<u16>,
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+    /// Write a value (to a coil or holding registers) and read it back.
+    Write {
+        #[command(flatten)]
+        link: LinkArgs,
+        #[arg(long)]
+        unit: u8,
+        /// coil or holding (default: the profile field's, else holding).
+        #[arg(long)]
+        table: Option<String>,
+        #[arg(long)]
+        address: Option<u16>,
+        #[arg(long = "type", default_value = "u16")]
+        data_type: String,
+        /// Byte order for multi-register types: ABCD, DCBA, BADC or CDAB.
+        #[arg(long, default_value = "ABCD")]
+        order: String,
+        /// true, false, a number, or an enum label of the profile field.
+        #[arg(long)]
+        value: String,
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+    /// Find which unit ids answer on a bus.
+    Scan {
+        #[command(flatten)]
+        link: LinkArgs,
+        /// Unit ids to try, e.g. 1-247 or 5.
+        #[arg(long, default_value = "1-247")]
+        units: String,
+        /// The register asked for: TABLE:ADDRESS with TABLE coil, discrete_input, input or holding.
+        #[arg(long, default_value = "holding:0")]
+        register: String,
+    },
+}
+
+#[derive(Args)]
+struct LinkArgs {
+    /// tcp:HOST:PORT, rtu:/dev/ttyUSB0[:9600[:8N1]] or rtu-tcp:HOST:PORT[:9600[:8N1]].
+    #[arg(long)]
+    link: String,
+    /// How long to wait for each answer.
+    #[arg(long, default_value_t = 500)]
+    timeout_ms: u64,
+}
+
+#[derive(Args)]
+struct ProfileArgs {
+    /// Take type, table, address, scale and plausible range from this profile's field...
+    #[arg(long, requires = "metric")]
+    profile: Option<String>,
+    /// ...for this metric.
+    #[arg(long, requires = "profile")]
+    metric: Option<String>,
+    /// Extra profile directory.
+    #[arg(long, value_name = "DIR")]
+    profiles: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -134,37 +203,13 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::Scan {
-            link,
-            units,
-            register,
-            timeout_ms,
-        } => {
-            let parsed = (|| -> Result<_, String> {
-                let transport = edge_agent::commission::parse_link(&link)?;
-                let units = parse_units(&units)?;
-                let (table, address) = parse_register(&register)?;
-                Ok((transport, units, table, address))
-            })();
-            match parsed {
-                Ok((transport, units, table, address)) => block_on(async move {
-                    let timeout = std::time::Duration::from_millis(timeout_ms);
-                    let found =
-                        edge_agent::commission::scan(transport, units, table, address, timeout)
-                            .await;
-                    print!("{}", edge_agent::commission::scan_report(&found));
-                    if found.is_empty() {
-                        ExitCode::FAILURE
-                    } else {
-                        ExitCode::SUCCESS
-                    }
-                }),
-                Err(e) => {
-                    eprintln!("edge-agent scan: {e}");
-                    ExitCode::from(2)
-                }
+        Command::Modbus(cmd) => match modbus(cmd) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("edge-agent modbus: {e}");
+                ExitCode::from(2)
             }
-        }
+        },
         Command::Run {
             config,
             profiles,
@@ -256,4 +301,155 @@ fn parse_register(s: &str) -> Result<(firmware_config::Table, u16), String> {
         _ => return Err(bad()),
     };
     Ok((table, a.parse().map_err(|_| bad())?))
+}
+
+/// The field a read or write talks about, and its wire address.
+fn target_field(
+    table: Option<&str>,
+    address: Option<u16>,
+    data_type: &str,
+    count: Option<u16>,
+    profile: &ProfileArgs,
+) -> Result<(firmware_config::Field, u16), String> {
+    use edge_agent::commission::{adhoc_field, parse_name};
+    if let (Some(name), Some(metric)) = (&profile.profile, &profile.metric) {
+        let set =
+            edge_agent::job::profiles(profile.profiles.as_deref()).map_err(|e| format!("{e:#}"))?;
+        let p = set
+            .get(name)
+            .ok_or_else(|| format!("no profile {name:?}"))?;
+        let (_, f) = p
+            .field(metric)
+            .ok_or_else(|| format!("profile {name} has no metric {metric:?}"))?;
+        let wire = f
+            .wire_address(p.request.address_base)
+            .ok_or_else(|| format!("{metric} has no valid address"))?;
+        return Ok((f.clone(), address.unwrap_or(wire)));
+    }
+    let table = parse_name("table", table.unwrap_or("holding"))?;
+    let ty = parse_name("type", data_type)?;
+    let address = address.ok_or("--address is needed (or --profile and --metric)")?;
+    Ok((adhoc_field(table, address, ty, count), address))
+}
+
+fn parse_value(s: &str) -> protocol::Value {
+    match s {
+        "true" | "on" => protocol::Value::Bool(true),
+        "false" | "off" => protocol::Value::Bool(false),
+        _ => s.parse::<f64>().map_or_else(
+            |_| protocol::Value::Text(s.to_owned()),
+            protocol::Value::Number,
+        ),
+    }
+}
+
+fn print_outcome(what: &str, r: Result<String, String>) -> ExitCode {
+    match r {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edge-agent modbus {what}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn modbus(cmd: ModbusCommand) -> Result<ExitCode, String> {
+    use edge_agent::commission::{parse_link, parse_name};
+    use std::io::IsTerminal;
+    let timeout = |l: &LinkArgs| std::time::Duration::from_millis(l.timeout_ms);
+    match cmd {
+        ModbusCommand::Read {
+            link,
+            unit,
+            table,
+            address,
+            data_type,
+            count,
+            profile,
+        } => {
+            let transport = parse_link(&link.link)?;
+            let (field, address) =
+                target_field(table.as_deref(), address, &data_type, count, &profile)?;
+            Ok(block_on(async move {
+                let r =
+                    edge_agent::commission::read(transport, timeout(&link), unit, &field, address)
+                        .await;
+                print_outcome("read", r.map_err(|e| e.to_string()))
+            }))
+        }
+        ModbusCommand::Write {
+            link,
+            unit,
+            table,
+            address,
+            data_type,
+            order,
+            value,
+            profile,
+        } => {
+            let transport = parse_link(&link.link)?;
+            let (mut field, address) =
+                target_field(table.as_deref(), address, &data_type, None, &profile)?;
+            if profile.profile.is_none() {
+                field.byte_order = parse_name("byte order", &order)?;
+            }
+            let value = parse_value(&value);
+            Ok(block_on(async move {
+                let r = edge_agent::commission::write(
+                    transport,
+                    timeout(&link),
+                    unit,
+                    &field,
+                    address,
+                    &value,
+                )
+                .await;
+                print_outcome("write", r)
+            }))
+        }
+        ModbusCommand::Scan {
+            link,
+            units,
+            register,
+        } => {
+            let transport = parse_link(&link.link)?;
+            let units = parse_units(&units)?;
+            let (table, address) = parse_register(&register)?;
+            let total = usize::from(*units.end()) - usize::from(*units.start()) + 1;
+            let first = *units.start();
+            let tty = std::io::stderr().is_terminal();
+            Ok(block_on(async move {
+                let progress = |unit: u8, found: usize| {
+                    if tty {
+                        let done = usize::from(unit - first);
+                        let bar = "#".repeat(done * 30 / total);
+                        eprint!(
+                            "\rscanning unit {unit:>3} [{bar:<30}] {done}/{total}, {found} found"
+                        );
+                    }
+                };
+                let found = edge_agent::commission::scan(
+                    transport,
+                    units,
+                    table,
+                    address,
+                    timeout(&link),
+                    progress,
+                )
+                .await;
+                if tty {
+                    eprintln!();
+                }
+                print!("{}", edge_agent::commission::scan_report(&found));
+                if found.is_empty() {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }))
+        }
+    }
 }

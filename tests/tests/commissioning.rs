@@ -34,6 +34,7 @@ fn scan_finds_exactly_the_present_units_and_probe_decodes_one() {
 
     let out = edge_agent()
         .args([
+            "modbus",
             "scan",
             "--link",
             &format!("tcp:{modbus}"),
@@ -59,6 +60,96 @@ fn scan_finds_exactly_the_present_units_and_probe_decodes_one() {
     assert_eq!(units, ["3", "7"], "{stdout}");
     // 230.5 as f32 in CDAB order: 0x43668000 → words 8000 4366.
     assert!(stdout.lines().next().unwrap().contains("8000"), "{stdout}");
+
+    // modbus read: the f32 in CDAB order shows its value on the CDAB line.
+    let out = edge_agent()
+        .args([
+            "modbus",
+            "read",
+            "--link",
+            &format!("tcp:{modbus}"),
+            "--unit",
+            "3",
+            "--table",
+            "input",
+        ])
+        .args(["--address", "0", "--type", "f32"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cdab = stdout.lines().find(|l| l.contains("f32 CDAB")).unwrap();
+    assert!(cdab.ends_with(" 230.5"), "{stdout}");
+    assert!(
+        !stdout
+            .lines()
+            .find(|l| l.contains("f32 ABCD"))
+            .unwrap()
+            .ends_with(" 230.5"),
+        "{stdout}"
+    );
+    // With the profile's field the plausible one is marked.
+    let out = edge_agent()
+        .args([
+            "modbus",
+            "read",
+            "--link",
+            &format!("tcp:{modbus}"),
+            "--unit",
+            "3",
+            "--profile",
+            "test-meter",
+        ])
+        .args(["--metric", "voltage", "--profiles"])
+        .arg(tests::test_profiles())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("f32 CDAB  230.5 V  ← in range")),
+        "{stdout}"
+    );
+
+    // modbus write: a u32 in DCBA order, written and read back.
+    let out = edge_agent()
+        .args([
+            "modbus",
+            "write",
+            "--link",
+            &format!("tcp:{modbus}"),
+            "--unit",
+            "7",
+            "--table",
+            "holding",
+        ])
+        .args([
+            "--address",
+            "20",
+            "--type",
+            "u32",
+            "--order",
+            "DCBA",
+            "--value",
+            "305419896",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("wrote 7856 3412") && stdout.ends_with("= 305419896.0\n"),
+        "{stdout}"
+    );
 
     let gw = dir.path().join("gw.toml");
     std::fs::write(
@@ -132,4 +223,52 @@ poll_ms = 1000
     let out = probe("meter-9");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("meter-3, meter-absent"));
+}
+
+#[test]
+fn scan_on_an_rtu_bus_lists_exactly_the_served_units() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_socat, device_end, agent_end) = tests::socat_pty_pair(dir.path());
+    let _device = tests::pymodbus_rtu(
+        &device_end,
+        &json!({ "2": tests::test_meter_registers(1.0), "5": tests::test_meter_registers(2.0), "6": tests::test_meter_registers(3.0) }),
+        dir.path(),
+    );
+    let link = format!("rtu:{}:9600:8N1", agent_end.display());
+    // pymodbus needs a moment to open its end of the line: wait until unit 2 answers a plain read.
+    tests::eventually(
+        std::time::Duration::from_secs(20),
+        "pymodbus answering on the pty",
+        || {
+            let out = edge_agent()
+                .args([
+                    "modbus", "read", "--link", &link, "--unit", "2", "--table", "input",
+                ])
+                .args(["--address", "0", "--timeout-ms", "200"])
+                .output()
+                .unwrap();
+            out.status.success().then_some(())
+        },
+    );
+    let out = edge_agent()
+        .args([
+            "modbus",
+            "scan",
+            "--link",
+            &link,
+            "--units",
+            "1-8",
+            "--register",
+            "input:0",
+        ])
+        .args(["--timeout-ms", "150"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{stdout}");
+    let units: Vec<&str> = stdout
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(units, ["2", "5", "6"], "{stdout}");
 }
