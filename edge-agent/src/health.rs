@@ -12,6 +12,8 @@ pub struct Health {
     pub readings_collected: AtomicU64,
     pub envelopes_published: AtomicU64,
     pub publish_errors: AtomicU64,
+    /// Messages from MQTT sources that gave no reading (not JSON, no configured field).
+    pub source_rejected: AtomicU64,
 }
 
 impl Health {

@@ -37,6 +37,9 @@ pub struct BusSetup {
 #[derive(Debug)]
 pub struct Setup {
     pub buses: Vec<BusSetup>,
+    pub mqtt_sources: Vec<firmware_config::MqttSource>,
+    /// Longest silence of a metric with a deadband.
+    pub max_silent: Duration,
     pub uplink: UplinkConfig,
 }
 
@@ -150,7 +153,12 @@ impl Setup {
             devices: config.inventory(),
             config_version: Some(config_version(&opts.config)),
         };
-        Ok(Setup { buses, uplink })
+        Ok(Setup {
+            buses,
+            mqtt_sources: config.mqtt_sources.clone(),
+            max_silent: Duration::from_secs(u64::from(config.agent.max_silent_s)),
+            uplink,
+        })
     }
 }
 

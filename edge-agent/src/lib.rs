@@ -13,6 +13,7 @@ pub mod commission;
 pub mod health;
 pub mod job;
 pub mod modbus;
+pub mod mqtt_source;
 pub mod poller;
 pub mod report;
 pub mod sysinfo;
@@ -86,6 +87,16 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
             }
         }
     });
+    for source in setup.mqtt_sources {
+        let (tx, health, shutdown) = (tx.clone(), health.clone(), shutdown.clone());
+        pollers.push(tokio::spawn(mqtt_source::run(
+            source,
+            tx,
+            health,
+            setup.max_silent,
+            shutdown,
+        )));
+    }
     drop(tx);
     tracing::info!(gateway = %setup.uplink.gateway, buses = pollers.len(), broker = %format!("{}:{}", setup.uplink.host, setup.uplink.port), "edge agent started");
     // The uplink ends when every poller has stopped and the channel is drained.

@@ -29,6 +29,8 @@ pub struct GatewayConfig {
     pub uplink: Uplink,
     pub agent: AgentSpec,
     pub buses: Vec<Bus>,
+    /// Self-publishing devices, by broker.
+    pub mqtt_sources: Vec<crate::mqtt_source::MqttSource>,
     /// Problems that did not stop loading (e.g. a bus close to saturation).
     pub warnings: Vec<Diagnostic>,
 }
@@ -43,7 +45,12 @@ impl GatewayConfig {
 
     /// The inventory for the presence message.
     pub fn inventory(&self) -> Vec<DeviceInfo> {
-        self.devices().map(|(_, d)| d.info()).collect()
+        let polled = self.devices().map(|(_, d)| d.info());
+        let published = self
+            .mqtt_sources
+            .iter()
+            .flat_map(|s| s.devices.iter().map(|d| d.info.clone()));
+        polled.chain(published).collect()
     }
 }
 
@@ -185,8 +192,14 @@ pub fn resolve(
             devices,
         });
     }
+    let mqtt_sources = spec
+        .mqtt_sources
+        .iter()
+        .map(|m| crate::mqtt_source::MqttSource::resolve(m, spec.gateway.as_str(), loc))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(GatewayConfig {
         file,
+        mqtt_sources,
         gateway: spec.gateway.clone(),
         uplink,
         agent: spec.agent.clone(),

@@ -181,7 +181,7 @@ fn scaled(field: &Field, raw: f64) -> Result<Value, DecodeProblem> {
 /// `raw * scale + offset`, where decimal scales (0.1, 0.01, ...) divide by their integer reciprocal:
 /// 142 / 10 is exactly the double nearest 14.2, where 142 * 0.1 gives 14.200000000000001 on every
 /// dashboard.
-pub(crate) fn apply_scale(raw: f64, scale: f64, offset: f64) -> f64 {
+pub fn apply_scale(raw: f64, scale: f64, offset: f64) -> f64 {
     if scale == 1.0 && offset == 0.0 {
         return raw;
     }

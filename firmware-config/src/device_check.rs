@@ -23,6 +23,34 @@ pub struct DeviceIndex {
     assets: HashMap<AssetId, Path>,
 }
 
+impl DeviceIndex {
+    /// Records a device and its asset at `at`, reporting either id used before.
+    pub fn claim(&mut self, id: &DeviceId, asset: &AssetId, at: &Path, out: &mut Vec<Problem>) {
+        if let Some(first) = self.devices.get(id) {
+            out.push(
+                Problem::error(
+                    at.key("id"),
+                    format!("device id {:?} is used twice", id.as_str()),
+                )
+                .related(first.clone()),
+            );
+        } else {
+            self.devices.insert(id.clone(), at.key("id"));
+        }
+        if let Some(first) = self.assets.get(asset) {
+            out.push(
+                Problem::error(
+                    at.key("asset"),
+                    format!("asset id {:?} is used twice", asset.as_str()),
+                )
+                .related(first.clone()),
+            );
+        } else {
+            self.assets.insert(asset.clone(), at.key("asset"));
+        }
+    }
+}
+
 /// Checks the devices of `bus` (at path `at`) and the bus's time budget.
 pub fn check_bus_devices(
     bus: &BusSpec,
@@ -37,28 +65,7 @@ pub fn check_bus_devices(
     let mut load: Vec<String> = Vec::new();
     for (j, d) in bus.devices.iter().enumerate() {
         let at = at.at("device", j);
-        if let Some(first) = index.devices.get(&d.id) {
-            out.push(
-                Problem::error(
-                    at.key("id"),
-                    format!("device id {:?} is used twice", d.id.as_str()),
-                )
-                .related(first.clone()),
-            );
-        } else {
-            index.devices.insert(d.id.clone(), at.key("id"));
-        }
-        if let Some(first) = index.assets.get(&d.asset) {
-            out.push(
-                Problem::error(
-                    at.key("asset"),
-                    format!("asset id {:?} is used twice", d.asset.as_str()),
-                )
-                .related(first.clone()),
-            );
-        } else {
-            index.assets.insert(d.asset.clone(), at.key("asset"));
-        }
+        index.claim(&d.id, &d.asset, &at, out);
         if let Some(first) = units.get(&d.unit) {
             let msg = format!("unit {} is used twice on bus {:?}", d.unit, bus.name);
             out.push(Problem::error(at.key("unit"), msg).related(first.clone()));

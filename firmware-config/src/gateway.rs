@@ -29,6 +29,9 @@ pub struct GatewaySpec {
     /// Modbus buses (RS-485 lines or TCP links).
     #[serde(default, rename = "bus", skip_serializing_if = "Vec::is_empty")]
     pub buses: Vec<BusSpec>,
+    /// Brokers with devices that publish themselves (smart bins behind a LoRa network server).
+    #[serde(default, rename = "mqtt_source", skip_serializing_if = "Vec::is_empty")]
+    pub mqtt_sources: Vec<crate::mqtt_source::MqttSourceSpec>,
 }
 
 /// The cabinet's position and its place in the road-chief and grid systems.

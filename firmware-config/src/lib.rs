@@ -21,6 +21,7 @@ pub mod gateway_check;
 pub mod link;
 pub mod load;
 pub mod locate;
+pub mod mqtt_source;
 pub mod plan;
 pub mod plan_table;
 pub mod profile;
@@ -31,7 +32,7 @@ pub mod schema;
 pub mod timing;
 
 pub use config::{Bus, Device, GatewayConfig};
-pub use decode::{DecodeProblem, Decoded, decode, decode_response};
+pub use decode::{DecodeProblem, Decoded, apply_scale, decode, decode_response};
 pub use derive::derive;
 pub use diagnostic::{Diagnostic, Severity, report};
 pub use encode::{EncodeError, Encoded, encode};
@@ -41,6 +42,7 @@ pub use gateway::{
 };
 pub use link::{Broker, Link, Uplink};
 pub use load::{check_files, load_gateway, load_profile, parse_gateway, parse_profile};
+pub use mqtt_source::{JsonMetric, MqttDevice, MqttSource};
 pub use plan::{ReadRequest, Slot, plan_reads};
 pub use plan_table::PlanTable;
 pub use profile::{ByteOrder, DataType, Profile, RequestKnobs, RequestOverrides, Table};

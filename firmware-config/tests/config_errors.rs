@@ -478,3 +478,33 @@ fn max_silent_out_of_range() {
         "{d:#?}"
     );
 }
+
+#[test]
+fn mqtt_source_problems_are_located() {
+    let source = "params = { mounting_height_mm = 3500 }\n\n[[mqtt_source]]\nname = \"lns\"\nbroker = \"mqtt://127.0.0.1:1884\"\n\
+                  [[mqtt_source.device]]\nid = \"lamp-0001\"\nasset = \"bin-1\"\nkind = \"smartBin\"\ntopic = \"app/#/up\"\n\
+                  [[mqtt_source.device.metric]]\nmetric = \"fillingLevel\"\npointer = \"object/fill\"\n";
+    let (_dir, path, d) = gateway_with("params = { mounting_height_mm = 3500 }", source);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let line_of = |prefix: &str| lines.iter().rposition(|l| l.starts_with(prefix)).unwrap() + 1;
+    let at = |line: usize, words: &str| {
+        d.iter()
+            .any(|x| x.file == path && x.line == line && x.message.contains(words))
+    };
+    assert!(
+        at(
+            line_of("topic = "),
+            "'#' must be a whole level and the last one"
+        ),
+        "{d:#?}"
+    );
+    assert!(
+        at(
+            line_of("id = \"lamp-0001\""),
+            "device id \"lamp-0001\" is used twice"
+        ),
+        "{d:#?}"
+    );
+    assert!(at(line_of("pointer = "), "must start with '/'"), "{d:#?}");
+}
