@@ -242,3 +242,52 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Starts a hub on embedded defaults (its own broker on `mqtt`, the API on `http`) with its data
+/// under `data_dir`, and waits until it is healthy.
+pub fn start_embedded_hub(
+    rt: &tokio::runtime::Runtime,
+    data_dir: &Path,
+    http: SocketAddr,
+    mqtt: SocketAddr,
+) -> hub::RunningHub {
+    let hub = rt
+        .block_on(hub::start(hub::HubConfig {
+            http,
+            data_dir: data_dir.to_owned(),
+            mqtt: hub::MqttMode::Embedded { listen: mqtt },
+            topic_root: "city".into(),
+            client_id: "hub-ingest".into(),
+        }))
+        .unwrap();
+    wait_hub_ready(http);
+    hub
+}
+
+/// An edge agent running in-process (the same `edge_agent::run` the binary calls).
+#[derive(Debug)]
+pub struct Agent {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Agent {
+    /// Starts an agent for `config`, with extra profiles from `profiles`.
+    pub fn start(rt: &tokio::runtime::Runtime, config: &Path, profiles: Option<PathBuf>) -> Agent {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let opts = edge_agent::AgentOptions {
+            config: config.to_owned(),
+            profiles,
+            broker: None,
+            clock: edge_agent::clock::ClockSource::Auto,
+        };
+        let task = rt.spawn(edge_agent::run(opts, stop.clone()));
+        Agent { stop, task }
+    }
+
+    /// Stops it the way SIGTERM does and waits for a clean exit.
+    pub fn stop(self, rt: &tokio::runtime::Runtime) {
+        self.stop.cancel();
+        rt.block_on(self.task).unwrap().unwrap();
+    }
+}

@@ -86,16 +86,7 @@ poll_ms = 1000
     .unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let agent = rt.spawn(edge_agent::run(
-        edge_agent::AgentOptions {
-            config: gw_file.clone(),
-            profiles: Some(tests::test_profiles()),
-            broker: None,
-            clock: edge_agent::clock::ClockSource::Auto,
-        },
-        stop.clone(),
-    ));
+    let agent = tests::Agent::start(&rt, &gw_file, Some(tests::test_profiles()));
 
     let replies: HashMap<CommandId, Reply> = rt.block_on(async {
         let (client, mut ev) =
@@ -194,8 +185,7 @@ poll_ms = 1000
     });
     find(&|r| r.outcome == CommandOutcome::Rejected && detail(r).contains("no reset sequence"));
 
-    stop.cancel();
-    rt.block_on(agent).unwrap().unwrap();
+    agent.stop(&rt);
     // The bit write kept the register's other flags (0x11 | 0x08 = 0x19): probe the device as an
     // installer would and look at the raw holding registers (dimLevel 40, ratedPower 150, flags).
     let (report, ok) = rt

@@ -96,26 +96,8 @@ unit = "%"
     );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let hub = rt
-        .block_on(hub::start(hub::HubConfig {
-            http,
-            data_dir: dir.path().join("hub"),
-            mqtt: hub::MqttMode::Embedded { listen: mqtt },
-            topic_root: "city".into(),
-            client_id: "hub-ingest".into(),
-        }))
-        .unwrap();
-    tests::wait_hub_ready(http);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let agent = rt.spawn(edge_agent::run(
-        edge_agent::AgentOptions {
-            config: gw_file,
-            profiles: None,
-            broker: None,
-            clock: edge_agent::clock::ClockSource::Auto,
-        },
-        stop.clone(),
-    ));
+    let hub = tests::start_embedded_hub(&rt, &dir.path().join("hub"), http, mqtt);
+    let agent = tests::Agent::start(&rt, &gw_file, None);
     let base = format!("http://{http}");
     // The bin is in the inventory before it has said anything.
     let bin = eventually(Duration::from_secs(10), "the bin announced", || {
@@ -159,7 +141,6 @@ unit = "%"
     .unwrap();
     assert_eq!(r[0]["ts"], time.to_rfc3339());
 
-    stop.cancel();
-    rt.block_on(agent).unwrap().unwrap();
+    agent.stop(&rt);
     rt.block_on(hub.stop());
 }

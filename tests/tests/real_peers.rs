@@ -75,16 +75,7 @@ poll_ms = 500
         }))
         .unwrap();
     tests::wait_hub_ready(http);
-    let stop_agent = tokio_util::sync::CancellationToken::new();
-    let agent = rt.spawn(edge_agent::run(
-        edge_agent::AgentOptions {
-            config: gw_file,
-            profiles: Some(profiles),
-            broker: None,
-            clock: edge_agent::clock::ClockSource::Auto,
-        },
-        stop_agent.clone(),
-    ));
+    let agent = tests::Agent::start(&rt, &gw_file, Some(profiles));
 
     let base = format!("http://{http}");
     let asset = eventually(
@@ -168,8 +159,7 @@ poll_ms = 500
     assert_eq!(gw["state"], "online");
 
     // A clean agent stop marks the gateway offline.
-    stop_agent.cancel();
-    rt.block_on(agent).unwrap().unwrap();
+    agent.stop(&rt);
     eventually(Duration::from_secs(10), "the gateway offline", || {
         let gws = get_json(&format!("{base}/api/v1/gateways"))?;
         (gws[0]["state"] == "offline").then_some(())

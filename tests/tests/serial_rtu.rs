@@ -75,26 +75,8 @@ poll_ms = 1000
     .unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let hub = rt
-        .block_on(hub::start(hub::HubConfig {
-            http,
-            data_dir: dir.path().join("hub"),
-            mqtt: hub::MqttMode::Embedded { listen: mqtt },
-            topic_root: "city".into(),
-            client_id: "hub-ingest".into(),
-        }))
-        .unwrap();
-    tests::wait_hub_ready(http);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let agent = rt.spawn(edge_agent::run(
-        edge_agent::AgentOptions {
-            config: gw_file,
-            profiles: Some(tests::test_profiles()),
-            broker: None,
-            clock: edge_agent::clock::ClockSource::Auto,
-        },
-        stop.clone(),
-    ));
+    let hub = tests::start_embedded_hub(&rt, &dir.path().join("hub"), http, mqtt);
+    let agent = tests::Agent::start(&rt, &gw_file, Some(tests::test_profiles()));
 
     let base = format!("http://{http}");
     let latest = |id: &str| -> Option<serde_json::Value> {
@@ -149,8 +131,7 @@ poll_ms = 1000
         (r.as_array()?.len() >= n + 2).then_some(())
     });
 
-    stop.cancel();
-    rt.block_on(agent).unwrap().unwrap();
+    agent.stop(&rt);
     rt.block_on(hub.stop());
 }
 
@@ -191,26 +172,8 @@ fn one_dead_unit_of_five_costs_the_others_under_ten_percent() {
     )
     .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let hub = rt
-        .block_on(hub::start(hub::HubConfig {
-            http,
-            data_dir: dir.path().join("hub"),
-            mqtt: hub::MqttMode::Embedded { listen: mqtt },
-            topic_root: "city".into(),
-            client_id: "hub-ingest".into(),
-        }))
-        .unwrap();
-    tests::wait_hub_ready(http);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let agent = rt.spawn(edge_agent::run(
-        edge_agent::AgentOptions {
-            config: gw_file,
-            profiles: Some(tests::test_profiles()),
-            broker: None,
-            clock: edge_agent::clock::ClockSource::Auto,
-        },
-        stop.clone(),
-    ));
+    let hub = tests::start_embedded_hub(&rt, &dir.path().join("hub"), http, mqtt);
+    let agent = tests::Agent::start(&rt, &gw_file, Some(tests::test_profiles()));
     let base = format!("http://{http}");
     // Warm-up: every live unit answering, and the dead one found down.
     eventually(
@@ -246,7 +209,6 @@ fn one_dead_unit_of_five_costs_the_others_under_ten_percent() {
             "unit {u}: {n} polls, expected at least 90 % of {expected:.1}"
         );
     }
-    stop.cancel();
-    rt.block_on(agent).unwrap().unwrap();
+    agent.stop(&rt);
     rt.block_on(hub.stop());
 }
