@@ -8,6 +8,14 @@ use protocol::{BootId, ClockState, Envelope, GatewayId, Item, Limits, Reading, T
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tests::{eventually, free_addr, get_json};
 
+/// One minute before the test started: every envelope's reading is stamped from here, one second per
+/// sequence number, so two envelopes never share a millisecond (the store keeps one reading per
+/// series and millisecond) and a redelivered envelope carries the same time.
+fn base() -> Timestamp {
+    static BASE: std::sync::OnceLock<Timestamp> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| Timestamp::now().add_millis(-60_000))
+}
+
 fn envelope(gateway: &str, boot: BootId, seq: u64, value: f64) -> Vec<u8> {
     let now = Timestamp::now();
     let env = Envelope {
@@ -20,7 +28,7 @@ fn envelope(gateway: &str, boot: BootId, seq: u64, value: f64) -> Vec<u8> {
         items: vec![Item::Reading(Reading {
             device: "dev-1".parse().unwrap(),
             metric: "pm10".parse().unwrap(),
-            observed_at: now.add_millis(-(seq as i64) - 1),
+            observed_at: base().add_millis(seq as i64 * 1000),
             value: Some(Value::Number(value)),
             unit: Some(protocol::Unit::new("ug/m3").unwrap()),
             quality: Default::default(),
