@@ -2,10 +2,10 @@
 //! lamp), read it back, and say precisely how it went. Runs inside the poller that owns the device's
 //! bus, between polls, so a write never interleaves with another request on the bus.
 
-use firmware_config::{Device, Encoded, Raw, Table};
+use firmware_config::{Device, Encoded, Field};
 use protocol::{Action, Command, CommandOutcome, GatewayId, Reply, Timestamp, Value};
 
-use crate::modbus::link::{ModbusLink, Registers};
+use crate::modbus::link::{LinkError, ModbusLink, Registers};
 
 /// Performs `cmd` on `device` over `link` and builds the reply.
 pub async fn perform<L: ModbusLink>(
@@ -107,46 +107,10 @@ async fn outcome<L: ModbusLink>(
     let addr = field
         .wire_address(device.knobs.address_base)
         .ok_or_else(|| rejected(format!("{metric} has no valid wire address")))?;
-    let unit = device.unit;
-    let (table, len) = (field.table, field.size());
-    match encoded {
-        Encoded::Bit(b) => {
-            link.write(unit, Table::Coil, addr, Registers::Bits(vec![b]))
-                .await
-        }
-        Encoded::Words(w) => {
-            link.write(unit, Table::Holding, addr, Registers::Words(w))
-                .await
-        }
-        Encoded::RegisterBit { .. } => {
-            // One bit of a register: read, change the bit, write the register back.
-            let current = match link
-                .read(unit, table, addr, 1)
-                .await
-                .map_err(|e| failed(format!("reading before write: {e}")))?
-            {
-                Registers::Words(w) => w.first().copied().unwrap_or(0),
-                Registers::Bits(_) => return Err(failed("register read returned bits".into())),
-            };
-            link.write(
-                unit,
-                Table::Holding,
-                addr,
-                Registers::Words(vec![encoded.apply_to_register(current)]),
-            )
-            .await
-        }
-    }
-    .map_err(|e| failed(format!("write failed: {e}")))?;
-    let regs = link
-        .read(unit, table, addr, len)
+    let (_, back) = write_and_read_back(link, device.unit, field, addr, encoded)
         .await
-        .map_err(|e| failed(format!("written, but reading back failed: {e}")))?;
-    let raw = match &regs {
-        Registers::Words(w) => Raw::Words(w),
-        Registers::Bits(b) => Raw::Bits(b),
-    };
-    let back = match firmware_config::decode(field, raw) {
+        .map_err(|e| failed(e.to_string()))?;
+    let back = match firmware_config::decode(field, back.raw()) {
         Ok(v) => v,
         Err(p) => p
             .value()
@@ -161,6 +125,55 @@ async fn outcome<L: ModbusLink>(
             Some(back),
         ))
     }
+}
+
+/// Which step of a write failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WriteError {
+    #[error("reading the register before changing one bit failed: {0}")]
+    Before(LinkError),
+    #[error("write failed: {0}")]
+    Write(LinkError),
+    #[error("written, but reading back failed: {0}")]
+    ReadBack(LinkError),
+}
+
+/// Writes `encoded` to `field` at wire address `addr` of `unit`, then reads the field back. One bit
+/// of a register is written by read-modify-write, keeping the register's other bits. Returns what
+/// was sent and what came back.
+pub async fn write_and_read_back<L: ModbusLink>(
+    link: &mut L,
+    unit: u8,
+    field: &Field,
+    addr: u16,
+    encoded: Encoded,
+) -> Result<(Registers, Registers), WriteError> {
+    let data = match encoded {
+        Encoded::Bit(b) => Registers::Bits(vec![b]),
+        Encoded::Words(w) => Registers::Words(w),
+        Encoded::RegisterBit { .. } => match link
+            .read(unit, field.table, addr, 1)
+            .await
+            .map_err(WriteError::Before)?
+        {
+            Registers::Words(w) => Registers::Words(vec![
+                encoded.apply_to_register(w.first().copied().unwrap_or(0)),
+            ]),
+            Registers::Bits(_) => {
+                return Err(WriteError::Before(LinkError::Corrupt(
+                    "a register read returned bits".into(),
+                )));
+            }
+        },
+    };
+    link.write(unit, field.table, addr, data.clone())
+        .await
+        .map_err(WriteError::Write)?;
+    let back = link
+        .read(unit, field.table, addr, field.size().max(1))
+        .await
+        .map_err(WriteError::ReadBack)?;
+    Ok((data, back))
 }
 
 /// Whether the read-back equals what was asked, to within the register's resolution.

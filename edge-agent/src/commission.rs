@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use firmware_config::{Parity, Raw, SerialLine, Table};
+use firmware_config::{Parity, SerialLine, Table};
 
 use crate::modbus::client::{ClientLink, Transport};
 use crate::modbus::link::{LinkError, ModbusLink, Registers};
@@ -144,10 +144,7 @@ pub async fn probe(
             match r {
                 Ok(regs) => {
                     let _ = writeln!(out, "  {span} {ms:>6.1} ms  {}", hex(&regs));
-                    let raw = match &regs {
-                        Registers::Words(w) => Raw::Words(w),
-                        Registers::Bits(b) => Raw::Bits(b),
-                    };
+                    let raw = regs.raw();
                     decoded.extend(dev.decode(req, raw));
                 }
                 Err(e) => {
@@ -302,10 +299,7 @@ pub async fn read(
         started.elapsed().as_secs_f64() * 1000.0,
         hex(&regs)
     );
-    let raw = match &regs {
-        Registers::Words(w) => Raw::Words(w),
-        Registers::Bits(b) => Raw::Bits(b),
-    };
+    let raw = regs.raw();
     let orders: &[firmware_config::ByteOrder] = if field.table.is_bits() || count == 1 {
         &ORDERS[..1]
     } else {
@@ -349,33 +343,12 @@ pub async fn write(
 ) -> Result<String, String> {
     let encoded = firmware_config::encode(field, value).map_err(|e| e.to_string())?;
     let mut link = ClientLink::new(transport, timeout, Duration::ZERO);
-    let data = match encoded {
-        firmware_config::Encoded::Bit(b) => Registers::Bits(vec![b]),
-        firmware_config::Encoded::Words(w) => Registers::Words(w),
-        firmware_config::Encoded::RegisterBit { .. } => {
-            let current = match link
-                .read(unit, field.table, address, 1)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                Registers::Words(w) => w.first().copied().unwrap_or(0),
-                Registers::Bits(_) => 0,
-            };
-            Registers::Words(vec![encoded.apply_to_register(current)])
-        }
-    };
-    let sent = hex(&data);
-    link.write(unit, field.table, address, data)
-        .await
-        .map_err(|e| format!("write failed: {e}"))?;
-    let back = link
-        .read(unit, field.table, address, field.size().max(1))
-        .await
-        .map_err(|e| format!("written; read-back failed: {e}"))?;
-    let raw = match &back {
-        Registers::Words(w) => Raw::Words(w),
-        Registers::Bits(b) => Raw::Bits(b),
-    };
+    let (sent, back) =
+        crate::command::write_and_read_back(&mut link, unit, field, address, encoded)
+            .await
+            .map_err(|e| e.to_string())?;
+    let sent = hex(&sent);
+    let raw = back.raw();
     let decoded = firmware_config::decode(field, raw)
         .map_or_else(|p| format!("not decodable: {p}"), |v| format!("{v:?}"));
     Ok(format!(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use firmware_config::{Device, GatewayConfig, Link, ProfileSet, Raw, ReadRequest};
+use firmware_config::{Device, GatewayConfig, Link, ProfileSet, ReadRequest};
 use protocol::{BadReason, Item, Quality, Reading, Timestamp, TopicScheme};
 
 use crate::AgentOptions;
@@ -216,10 +216,7 @@ impl DeviceJob {
         for (i, req) in self.requests.iter().enumerate() {
             match responses.get(i) {
                 Some(Ok(regs)) => {
-                    let raw = match regs {
-                        Registers::Words(w) => Raw::Words(w),
-                        Registers::Bits(b) => Raw::Bits(b),
-                    };
+                    let raw = regs.raw();
                     decoded.extend(self.resolved.decode(req, raw));
                 }
                 other => {

@@ -160,7 +160,15 @@ pub async fn run(
         .await;
     let _ = done_tx.send(());
     let _ = tokio::time::timeout(FLUSH_DEADLINE + Duration::from_secs(1), conn).await;
-    tracing::info!(envelopes = p.seq, "uplink stopped");
+    let h = &p.health;
+    tracing::info!(
+        envelopes = p.seq,
+        published = h.envelopes_published.load(Relaxed),
+        readings = h.readings_collected.load(Relaxed),
+        publish_errors = h.publish_errors.load(Relaxed),
+        source_rejected = h.source_rejected.load(Relaxed),
+        "uplink stopped"
+    );
 }
 
 impl Publisher {

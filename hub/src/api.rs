@@ -77,7 +77,7 @@ impl From<StoreError> for ApiError {
 async fn healthz(State(s): State<ApiState>) -> Result<Response, ApiError> {
     // Healthy means: the store answers and ingest is connected and subscribed. Otherwise 503, so a
     // load balancer or systemd watchdog sees a hub that cannot take data in.
-    let gateways = s.store.gateways().await?.len();
+    let gateways = s.store.gateway_count().await?;
     let ready = s
         .metrics
         .ingest_ready

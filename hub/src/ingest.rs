@@ -180,13 +180,13 @@ fn classify(cfg: &IngestConfig, p: &Publish, metrics: &Metrics) -> Option<WriteO
             if p.payload.is_empty() {
                 return None; // a retained message being cleared
             }
-            metrics.presences.fetch_add(1, Relaxed);
             let presence = decode!(Presence);
+            metrics.presences.fetch_add(1, Relaxed);
             Some(WriteOp::Presence { presence, received })
         }
         Channel::Status => {
-            metrics.heartbeats.fetch_add(1, Relaxed);
             let heartbeat = decode!(Heartbeat);
+            metrics.heartbeats.fetch_add(1, Relaxed);
             Some(WriteOp::Heartbeat {
                 heartbeat,
                 received,

@@ -15,6 +15,16 @@ pub enum Registers {
     Bits(Vec<bool>),
 }
 
+impl Registers {
+    /// The data as the decoders take it.
+    pub fn raw(&self) -> firmware_config::Raw<'_> {
+        match self {
+            Registers::Words(w) => firmware_config::Raw::Words(w),
+            Registers::Bits(b) => firmware_config::Raw::Bits(b),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LinkError {
     /// No reply in time. The link is reset before the next request so a late reply cannot be taken

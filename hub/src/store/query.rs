@@ -104,6 +104,12 @@ impl Store {
         self.read(move |c| readings(c, &q)).await
     }
 
+    /// How many gateways the hub knows; cheap enough for every health check.
+    pub async fn gateway_count(&self) -> Result<i64, StoreError> {
+        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM gateways", [], |r| r.get(0))?))
+            .await
+    }
+
     pub async fn gateways(&self) -> Result<Vec<GatewayView>, StoreError> {
         self.read(list_gateways).await
     }
