@@ -14,6 +14,10 @@ pub struct Health {
     pub publish_errors: AtomicU64,
     /// Messages from MQTT sources that gave no reading (not JSON, no configured field).
     pub source_rejected: AtomicU64,
+    /// Camera requests refused (malformed, oversized, unknown camera).
+    pub camera_rejected: AtomicU64,
+    /// The evidence store, on gateways with cameras.
+    pub evidence: std::sync::OnceLock<std::sync::Arc<crate::evidence::EvidenceStore>>,
 }
 
 impl Health {
@@ -48,6 +52,13 @@ impl Health {
 
     pub fn links(&self) -> Vec<DeviceLink> {
         self.lock().values().cloned().collect()
+    }
+
+    /// The evidence store's figures for the heartbeat (all zero without cameras).
+    pub fn evidence_stats(&self) -> protocol::EvidenceStats {
+        let mut s = self.evidence.get().map(|e| e.stats()).unwrap_or_default();
+        s.rejected_requests = self.camera_rejected.load(Relaxed);
+        s
     }
 
     pub fn count_readings(&self, n: u64) {

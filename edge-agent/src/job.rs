@@ -38,6 +38,8 @@ pub struct BusSetup {
 pub struct Setup {
     pub buses: Vec<BusSetup>,
     pub mqtt_sources: Vec<firmware_config::MqttSource>,
+    /// Cameras, their endpoint and evidence store; `None` without cameras.
+    pub cameras: Option<firmware_config::CameraSetup>,
     /// Longest silence of a metric with a deadband.
     pub max_silent: Duration,
     pub uplink: UplinkConfig,
@@ -114,6 +116,27 @@ impl Setup {
             ),
             (None, None) => None,
         };
+        let mut cameras = config.cameras.clone();
+        if let Some(c) = &mut cameras {
+            if let Some(url) = &opts.hub_url {
+                c.hub_url = Some(url.trim_end_matches('/').to_owned());
+            }
+            if let Some(dir) = &opts.data_dir {
+                c.evidence_dir = dir.join("evidence");
+            }
+            if let Some(listen) = &opts.camera_listen {
+                c.listen = listen
+                    .parse()
+                    .with_context(|| format!("--camera-listen {listen:?}"))?;
+            }
+            anyhow::ensure!(
+                !c.hub_url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://")),
+                "{}: evidence hub_url over https:// is not supported by this build yet; use http:// on a private network",
+                config.file.display()
+            );
+        }
         let mut buses = Vec::new();
         for bus in &config.buses {
             let link = link_for(bus);
@@ -156,6 +179,7 @@ impl Setup {
         Ok(Setup {
             buses,
             mqtt_sources: config.mqtt_sources.clone(),
+            cameras,
             max_silent: Duration::from_secs(u64::from(config.agent.max_silent_s)),
             uplink,
         })

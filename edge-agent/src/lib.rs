@@ -6,10 +6,12 @@
 //! [`run`] loads the gateway file, starts one poller per bus and the uplink, and on shutdown stops the
 //! pollers first; the uplink then flushes what they produced and marks the gateway offline.
 
+pub mod camera;
 pub mod clock;
 pub mod command;
 pub mod commands;
 pub mod commission;
+pub mod evidence;
 pub mod health;
 pub mod job;
 pub mod modbus;
@@ -36,6 +38,12 @@ pub struct AgentOptions {
     /// Overrides the gateway file's broker URL.
     pub broker: Option<String>,
     pub clock: ClockSource,
+    /// Overrides `[evidence] hub_url`.
+    pub hub_url: Option<String>,
+    /// Overrides `[agent] data_dir` (the evidence store goes under it).
+    pub data_dir: Option<PathBuf>,
+    /// Overrides `[camera_server] listen`.
+    pub camera_listen: Option<String>,
 }
 
 /// Capacity of the channel from the pollers to the uplink, in items. Full: pollers wait.
@@ -96,6 +104,25 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
             setup.max_silent,
             shutdown,
         )));
+    }
+    if let Some(cameras) = &setup.cameras {
+        let dir = cameras.evidence_dir.clone();
+        let max = cameras.evidence_max_bytes;
+        let store =
+            tokio::task::spawn_blocking(move || evidence::EvidenceStore::open(&dir, max)).await??;
+        let store = Arc::new(store);
+        let _ = health.evidence.set(store.clone());
+        let server =
+            camera::CameraServer::bind(cameras, store.clone(), tx.clone(), health.clone()).await?;
+        pollers.push(tokio::spawn(server.serve(shutdown.clone())));
+        if let Some(url) = &cameras.hub_url {
+            tokio::spawn(evidence::upload(
+                store,
+                url.clone(),
+                setup.uplink.gateway.clone(),
+                shutdown.clone(),
+            ));
+        }
     }
     drop(tx);
     tracing::info!(gateway = %setup.uplink.gateway, buses = pollers.len(), broker = %format!("{}:{}", setup.uplink.host, setup.uplink.port), "edge agent started");

@@ -32,6 +32,15 @@ enum Command {
         /// How to decide whether the clock is synchronised.
         #[arg(long, value_enum, default_value_t = ClockArg::Auto)]
         clock: ClockArg,
+        /// Override `[evidence] hub_url` (the hub's HTTP base URL for image uploads).
+        #[arg(long, value_name = "URL")]
+        hub_url: Option<String>,
+        /// Override `[agent] data_dir` (the evidence store lives under it).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Override `[camera_server] listen` (ADDRESS:PORT).
+        #[arg(long, value_name = "ADDR")]
+        camera_listen: Option<String>,
     },
     /// Configuration tools for installers.
     #[command(subcommand)]
@@ -51,6 +60,40 @@ enum Command {
     /// Modbus tools for commissioning: read, write, scan.
     #[command(subcommand)]
     Modbus(ModbusCommand),
+    /// Camera tools for commissioning.
+    #[command(subcommand)]
+    Camera(CameraCommand),
+}
+
+#[derive(Subcommand)]
+enum CameraCommand {
+    /// Send a sample plate event with images to a running agent, as a camera does, and show what
+    /// the agent stored.
+    Test {
+        /// The camera id, as in the gateway file.
+        camera: String,
+        /// The gateway file (to find the camera endpoint's address)...
+        #[arg(long, short, conflicts_with = "agent")]
+        config: Option<PathBuf>,
+        /// ...or the agent's camera endpoint, e.g. http://127.0.0.1:8088.
+        #[arg(long, value_name = "URL")]
+        agent: Option<String>,
+        /// isapi (Hikvision XML + JPEGs) or generic (JSON + JPEGs).
+        #[arg(long, value_enum, default_value_t = FormArg::Isapi)]
+        form: FormArg,
+        /// The plate to send; a colour prefix (蓝, 黄, 绿, 白, 黑) is allowed.
+        #[arg(long, default_value = "蓝苏A8HK52")]
+        plate: String,
+        /// Images to attach (JPEG or PNG); default: a built-in plate close-up and scene.
+        #[arg(long = "image", value_name = "FILE")]
+        images: Vec<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormArg {
+    Isapi,
+    Generic,
 }
 
 #[derive(Subcommand)]
@@ -210,11 +253,22 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Camera(CameraCommand::Test {
+            camera,
+            config,
+            agent,
+            form,
+            plate,
+            images,
+        }) => camera_test(camera, config, agent, form, plate, images),
         Command::Run {
             config,
             profiles,
             broker,
             clock,
+            hub_url,
+            data_dir,
+            camera_listen,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -232,6 +286,9 @@ fn main() -> ExitCode {
                 profiles,
                 broker,
                 clock,
+                hub_url,
+                data_dir,
+                camera_listen,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -259,6 +316,93 @@ fn main() -> ExitCode {
                     }
                 }
             })
+        }
+    }
+}
+
+fn camera_test(
+    camera: String,
+    config: Option<PathBuf>,
+    agent: Option<String>,
+    form: FormArg,
+    plate: String,
+    images: Vec<PathBuf>,
+) -> ExitCode {
+    use edge_agent::camera::sample;
+    let url = match (agent, config) {
+        (Some(url), _) => url,
+        (None, Some(file)) => {
+            let loaded = edge_agent::job::profiles(None).and_then(|p| {
+                firmware_config::load_gateway(&file, &p).map_err(edge_agent::job::diagnostics)
+            });
+            match loaded {
+                Ok(cfg) => match &cfg.cameras {
+                    Some(c) => {
+                        let mut addr = c.listen;
+                        if addr.ip().is_unspecified() {
+                            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                        }
+                        format!("http://{addr}")
+                    }
+                    None => {
+                        eprintln!(
+                            "edge-agent camera test: {} has no [[camera]]",
+                            file.display()
+                        );
+                        return ExitCode::from(2);
+                    }
+                },
+                Err(e) => {
+                    eprintln!("edge-agent camera test: {e:#}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        (None, None) => {
+            eprintln!("edge-agent camera test: give --config FILE or --agent URL");
+            return ExitCode::from(2);
+        }
+    };
+    let mut attached = Vec::new();
+    if images.is_empty() {
+        attached.push((
+            "licensePlatePicture.jpg".to_owned(),
+            sample::SAMPLE_PLATE_JPEG.to_vec(),
+        ));
+        attached.push((
+            "detectionPicture.jpg".to_owned(),
+            sample::SAMPLE_SCENE_JPEG.to_vec(),
+        ));
+    }
+    for path in images {
+        match std::fs::read(&path) {
+            Ok(bytes) => attached.push((
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "image.jpg".into()),
+                bytes,
+            )),
+            Err(e) => {
+                eprintln!(
+                    "edge-agent camera test: cannot read {}: {e}",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let form = match form {
+        FormArg::Isapi => sample::SampleForm::Isapi,
+        FormArg::Generic => sample::SampleForm::Generic,
+    };
+    match sample::send(&url, &camera, form, &plate, &attached) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(report) => {
+            print!("{report}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -250,6 +250,7 @@ impl Publisher {
             mem_used_bytes: crate::sysinfo::rss_bytes(),
             disk_free_bytes: None,
             spool: Default::default(),
+            evidence: self.health.evidence_stats(),
             devices: self.health.links(),
         };
         match protocol::encode(&hb, &self.limits) {

@@ -31,6 +31,9 @@ pub struct GatewayConfig {
     pub buses: Vec<Bus>,
     /// Self-publishing devices, by broker.
     pub mqtt_sources: Vec<crate::mqtt_source::MqttSource>,
+    /// Cameras pushing events over HTTP, with the endpoint and evidence settings; `None` without
+    /// cameras.
+    pub cameras: Option<crate::camera::CameraSetup>,
     /// Problems that did not stop loading (e.g. a bus close to saturation).
     pub warnings: Vec<Diagnostic>,
 }
@@ -50,7 +53,11 @@ impl GatewayConfig {
             .mqtt_sources
             .iter()
             .flat_map(|s| s.devices.iter().map(|d| d.info.clone()));
-        polled.chain(published).collect()
+        let cameras = self
+            .cameras
+            .iter()
+            .flat_map(|c| c.cameras.iter().map(|c| c.info.clone()));
+        polled.chain(published).chain(cameras).collect()
     }
 }
 
@@ -197,9 +204,17 @@ pub fn resolve(
         .iter()
         .map(|m| crate::mqtt_source::MqttSource::resolve(m, spec.gateway.as_str(), loc))
         .collect::<Result<Vec<_>, _>>()?;
+    let cameras = crate::camera::CameraSetup::resolve(
+        &spec.camera_server.clone().unwrap_or_default(),
+        &spec.evidence.clone().unwrap_or_default(),
+        &spec.cameras,
+        loc,
+        &spec.agent.data_dir,
+    )?;
     Ok(GatewayConfig {
         file,
         mqtt_sources,
+        cameras,
         gateway: spec.gateway.clone(),
         uplink,
         agent: spec.agent.clone(),

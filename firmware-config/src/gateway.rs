@@ -32,6 +32,15 @@ pub struct GatewaySpec {
     /// Brokers with devices that publish themselves (smart bins behind a LoRa network server).
     #[serde(default, rename = "mqtt_source", skip_serializing_if = "Vec::is_empty")]
     pub mqtt_sources: Vec<crate::mqtt_source::MqttSourceSpec>,
+    /// The agent's HTTP endpoint for camera events (defaults apply when cameras are configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera_server: Option<crate::camera::CameraServerSpec>,
+    /// The gateway's evidence (image) store and the hub it uploads to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<crate::camera::EvidenceSpec>,
+    /// Cameras that push events (ANPR, AI detection) to the agent over HTTP.
+    #[serde(default, rename = "camera", skip_serializing_if = "Vec::is_empty")]
+    pub cameras: Vec<crate::camera::CameraSpec>,
 }
 
 /// The cabinet's position and its place in the road-chief and grid systems.

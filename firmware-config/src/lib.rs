@@ -8,6 +8,7 @@
 //! [`Device::decode`] and [`Device::derive`] on the response. [`encode`] is the inverse for writes
 //! and simulators. Everything except the loaders is pure.
 
+pub mod camera;
 pub mod config;
 pub mod decode;
 pub mod derive;
@@ -31,6 +32,7 @@ pub mod register;
 pub mod schema;
 pub mod timing;
 
+pub use camera::{Camera, CameraSetup, CameraSpec};
 pub use config::{Bus, Device, GatewayConfig};
 pub use decode::{DecodeProblem, Decoded, apply_scale, decode, decode_response};
 pub use derive::derive;

@@ -508,3 +508,62 @@ fn mqtt_source_problems_are_located() {
     );
     assert!(at(line_of("pointer = "), "must start with '/'"), "{d:#?}");
 }
+
+#[test]
+fn camera_problems_are_located() {
+    let tail = "params = { mounting_height_mm = 3500 }\n\n[camera_server]\nlisten = \"0.0.0.0\"\n\
+                max_request_bytes = 1000\n\n[evidence]\nhub_url = \"ftp://hub\"\n\n\
+                [[camera]]\nid = \"cam-01\"\nasset = \"sl-t-0001\"\nkind = \"smartBin\"\n\
+                lane_zones = { \"left\" = \"z-1\" }\nallow_from = [\"192.168.1.300\"]\nutc_offset = \"8\"\n";
+    let (_dir, path, d) = gateway_with("params = { mounting_height_mm = 3500 }", tail);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let line_of = |prefix: &str| lines.iter().rposition(|l| l.starts_with(prefix)).unwrap() + 1;
+    let at = |line: usize, words: &str| {
+        d.iter().any(|x| {
+            x.file == path
+                && x.line == line
+                && x.message.contains(words)
+                && x.severity == Severity::Error
+        })
+    };
+    for (prefix, words) in [
+        ("listen = ", "is not an address:port"),
+        ("max_request_bytes = ", "expected 64 KiB to 256 MiB"),
+        ("hub_url = ", "must start with http:// or https://"),
+        (
+            "asset = \"sl-t-0001\"",
+            "asset id \"sl-t-0001\" is used twice",
+        ),
+        ("kind = \"smartBin\"", "is not a camera"),
+        ("lane_zones = ", "lane \"left\" must be a lane number"),
+        ("allow_from = ", "is not an IP address"),
+        ("utc_offset = ", "must look like +08:00"),
+    ] {
+        assert!(at(line_of(prefix), words), "{prefix} / {words}: {d:#?}");
+    }
+}
+
+#[test]
+fn a_camera_without_hub_url_is_a_warning_and_loads() {
+    let tail = "params = { mounting_height_mm = 3500 }\n\n[[camera]]\nid = \"cam-01\"\n\
+                asset = \"cam-asset-01\"\nkind = \"parkingCamera\"\nzone = \"np-1\"\n";
+    let (_dir, path, d) = gateway_with("params = { mounting_height_mm = 3500 }", tail);
+    assert!(d.is_empty(), "{d:#?}");
+    let cfg = load_gateway(&path, &ProfileSet::builtin().unwrap()).unwrap();
+    assert!(
+        cfg.warnings
+            .iter()
+            .any(|x| x.severity == Severity::Warning && x.message.contains("no [evidence] hub_url")),
+        "{:#?}",
+        cfg.warnings
+    );
+    let cams = cfg.cameras.clone().unwrap();
+    assert_eq!(cams.listen.to_string(), "0.0.0.0:8088");
+    assert_eq!(cams.cameras[0].utc_offset_s, 8 * 3600);
+    assert!(
+        cfg.inventory()
+            .iter()
+            .any(|i| i.asset.as_str() == "cam-asset-01")
+    );
+}

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,6 +17,7 @@ use crate::store::{ReadingsQuery, Store, StoreError};
 pub struct ApiState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
+    pub evidence: Arc<crate::evidence::EvidenceFiles>,
 }
 
 pub fn router(state: ApiState) -> axum::Router {
@@ -27,6 +28,13 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/assets/{id}/readings", get(readings))
         .route("/api/v1/gateways", get(gateways))
         .route("/api/v1/dead-letters", get(dead_letters))
+        .route("/api/v1/events", get(crate::evidence::list_events))
+        .route(
+            "/api/v1/evidence/{sha256}",
+            get(crate::evidence::get_evidence)
+                .put(crate::evidence::put_evidence)
+                .layer(DefaultBodyLimit::max(crate::evidence::MAX_UPLOAD_BYTES)),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -44,7 +52,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),
@@ -131,19 +139,8 @@ async fn readings(
             "missing query parameter metric (e.g. ?metric=activePower)",
         )
     })?;
-    let time = |name: &str, v: Option<String>| -> Result<Option<Timestamp>, ApiError> {
-        v.map(|s| {
-            Timestamp::parse_rfc3339(&s).map_err(|e| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("query parameter {name}: {e}"),
-                )
-            })
-        })
-        .transpose()
-    };
-    let to = time("to", p.to)?.unwrap_or_else(Timestamp::now);
-    let from = time("from", p.from)?.unwrap_or_else(|| to.add_millis(-3_600_000));
+    let to = time_param("to", p.to)?.unwrap_or_else(Timestamp::now);
+    let from = time_param("from", p.from)?.unwrap_or_else(|| to.add_millis(-3_600_000));
     if from > to {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -165,6 +162,19 @@ async fn readings(
         max_points,
     };
     Ok(Json(s.store.readings(q).await?))
+}
+
+/// An optional RFC 3339 query parameter.
+pub fn time_param(name: &str, v: Option<String>) -> Result<Option<Timestamp>, ApiError> {
+    v.map(|s| {
+        Timestamp::parse_rfc3339(&s).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("query parameter {name}: {e}"),
+            )
+        })
+    })
+    .transpose()
 }
 
 async fn gateways(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiError> {

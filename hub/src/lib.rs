@@ -10,6 +10,7 @@
 pub mod api;
 pub mod broker;
 pub mod demo;
+pub mod evidence;
 pub mod ingest;
 pub mod metrics;
 pub mod store;
@@ -125,6 +126,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let app = api::router(api::ApiState {
         store: store.clone(),
         metrics: metrics.clone(),
+        evidence: Arc::new(evidence::EvidenceFiles::new(&cfg.data_dir)),
     });
     let stop = http_stop.clone();
     let http = tokio::spawn(async move {

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub store_errors: AtomicU64,
     pub mqtt_connections: AtomicU64,
     pub mqtt_errors: AtomicU64,
+    pub evidence_stored: AtomicU64,
     /// Ingest is connected and its subscriptions are acknowledged.
     pub ingest_ready: AtomicBool,
     rejected: Mutex<BTreeMap<String, u64>>,
@@ -42,7 +43,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 13] = [
+        let counters: [(&str, &str, &AtomicU64); 14] = [
             (
                 "hub_messages_received_total",
                 "MQTT messages received on gateway topics",
@@ -107,6 +108,11 @@ impl Metrics {
                 "hub_mqtt_errors_total",
                 "MQTT connection errors of the ingest client",
                 &self.mqtt_errors,
+            ),
+            (
+                "hub_evidence_stored_total",
+                "Evidence files uploaded by gateways and stored",
+                &self.evidence_stored,
             ),
         ];
         for (name, help, c) in counters {

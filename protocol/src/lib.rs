@@ -29,8 +29,8 @@ pub use id::{
     AssetId, BootId, CommandId, DeviceId, EventType, GatewayId, IdError, MetricId, ZoneId,
 };
 pub use status::{
-    AssetKind, DeviceInfo, DeviceLink, Heartbeat, LinkState, Point, Presence, PresenceState,
-    SpoolStats,
+    AssetKind, DeviceInfo, DeviceLink, EvidenceStats, Heartbeat, LinkState, Point, Presence,
+    PresenceState, SpoolStats,
 };
 pub use timestamp::Timestamp;
 pub use topic::{Channel, TopicError, TopicScheme};

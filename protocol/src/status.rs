@@ -165,6 +165,29 @@ pub struct SpoolStats {
     pub dropped: u64,
 }
 
+/// The gateway's evidence (camera image) store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EvidenceStats {
+    /// Images waiting to be uploaded to the hub, and their bytes.
+    pub pending: u64,
+    pub pending_bytes: u64,
+    /// Bytes held in total (pending and already uploaded).
+    pub stored_bytes: u64,
+    /// Images uploaded since the agent started.
+    pub uploaded: u64,
+    /// Images deleted before they were uploaded, because the store was full (since start).
+    pub dropped: u64,
+    /// Camera requests refused (malformed, oversized, unknown camera), since start.
+    pub rejected_requests: u64,
+}
+
+impl EvidenceStats {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Periodic health report of a gateway.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -183,6 +206,9 @@ pub struct Heartbeat {
     pub disk_free_bytes: Option<u64>,
     #[serde(default)]
     pub spool: SpoolStats,
+    /// Present on gateways with cameras.
+    #[serde(default, skip_serializing_if = "EvidenceStats::is_empty")]
+    pub evidence: EvidenceStats,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceLink>,
 }

@@ -280,6 +280,9 @@ impl Agent {
             profiles,
             broker: None,
             clock: edge_agent::clock::ClockSource::Auto,
+            hub_url: None,
+            data_dir: None,
+            camera_listen: None,
         };
         let task = rt.spawn(edge_agent::run(opts, stop.clone()));
         Agent { stop, task }

@@ -1,6 +1,7 @@
 //! The embedded store (SQLite): one writer thread fed by a bounded queue, plus a reader connection
 //! for the API. Sits after ingest in the hub's flow: ingest ─▶ store ─▶ API.
 
+mod events;
 mod query;
 mod schema;
 mod writer;
@@ -13,6 +14,7 @@ use rusqlite::Connection;
 use thiserror::Error;
 use tokio::sync::mpsc;
 
+pub use events::{EventView, EventsQuery, EvidenceMeta, EvidenceView};
 pub use query::{AssetView, DeadLetterView, GatewayView, ReadingPoint, ReadingsQuery};
 
 use crate::metrics::Metrics;
@@ -54,6 +56,14 @@ pub enum WriteOp {
         heartbeat: Heartbeat,
         received: Timestamp,
     },
+    /// An evidence file is on disk under its hash: record it.
+    Evidence {
+        sha256: String,
+        media_type: String,
+        bytes: u64,
+        gateway: String,
+        received: Timestamp,
+    },
     DeadLetter {
         received: Timestamp,
         topic: String,
@@ -73,6 +83,7 @@ impl std::fmt::Debug for WriteOp {
             WriteOp::Presence { presence, .. } => write!(f, "Presence({})", presence.gateway),
             WriteOp::Heartbeat { heartbeat, .. } => write!(f, "Heartbeat({})", heartbeat.gateway),
             WriteOp::DeadLetter { topic, code, .. } => write!(f, "DeadLetter({topic}, {code})"),
+            WriteOp::Evidence { sha256, .. } => write!(f, "Evidence({sha256})"),
         }
     }
 }

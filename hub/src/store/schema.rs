@@ -88,6 +88,28 @@ const MIGRATIONS: &[&str] = &[
         size      INTEGER NOT NULL
     );
     "#,
+    // 2: evidence (camera images) by content hash, and which events reference which images.
+    r#"
+    CREATE TABLE evidence (
+        sha256      TEXT PRIMARY KEY,
+        media_type  TEXT NOT NULL,
+        bytes       INTEGER NOT NULL,
+        gateway     TEXT NOT NULL,
+        stored_at   INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE event_evidence (
+        event_id    INTEGER NOT NULL REFERENCES events (id) ON DELETE CASCADE,
+        sha256      TEXT NOT NULL,
+        -- The order of the evidence in the event (plate close-up first, as the camera sent it).
+        position    INTEGER NOT NULL,
+        gateway     TEXT NOT NULL,
+        media_type  TEXT NOT NULL,
+        bytes       INTEGER NOT NULL,
+        PRIMARY KEY (event_id, sha256)
+    ) WITHOUT ROWID;
+    CREATE INDEX event_evidence_by_sha ON event_evidence (sha256, gateway);
+    CREATE INDEX events_by_time ON events (ts);
+    "#,
 ];
 
 /// Brings the database to the newest schema version.

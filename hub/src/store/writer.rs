@@ -153,6 +153,19 @@ fn apply(
             )?;
             Ok(())
         }
+        WriteOp::Evidence {
+            sha256,
+            media_type,
+            bytes,
+            gateway,
+            received,
+        } => {
+            tx.execute(
+                "INSERT OR IGNORE INTO evidence (sha256, media_type, bytes, gateway, stored_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![sha256, media_type, *bytes as i64, gateway, received.unix_millis()],
+            )?;
+            Ok(())
+        }
         WriteOp::DeadLetter {
             received,
             topic,
@@ -233,6 +246,10 @@ fn write_envelope(
         "INSERT OR IGNORE INTO events (gateway, device, event, ts, phase, attributes, evidence, received)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
+    let mut insert_evidence_ref = tx.prepare_cached(
+        "INSERT OR IGNORE INTO event_evidence (event_id, sha256, position, gateway, media_type, bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
     let (mut readings, mut events) = (0u64, 0u64);
     for item in &env.items {
         match item {
@@ -280,7 +297,7 @@ fn write_envelope(
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
-                insert_event.execute(params![
+                let inserted = insert_event.execute(params![
                     gw,
                     e.device.as_str(),
                     e.event.as_str(),
@@ -290,6 +307,19 @@ fn write_envelope(
                     evidence,
                     received
                 ])?;
+                if inserted == 1 {
+                    let event_id = tx.last_insert_rowid();
+                    for (position, r) in e.evidence.iter().enumerate() {
+                        insert_evidence_ref.execute(params![
+                            event_id,
+                            r.sha256,
+                            position as i64,
+                            gw,
+                            r.media_type,
+                            r.bytes as i64
+                        ])?;
+                    }
+                }
                 events += 1;
             }
         }
