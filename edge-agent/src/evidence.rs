@@ -80,6 +80,9 @@ struct Index {
 pub struct EvidenceStore {
     dir: PathBuf,
     max_bytes: u64,
+    /// A new image is first offered for upload this long after it was kept, so that its event (which
+    /// goes by MQTT, batched) usually reaches the hub first.
+    first_upload_after: Duration,
     index: Mutex<Index>,
     /// Woken when an image is added.
     pub added: Notify,
@@ -118,7 +121,11 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EvidenceError + '_ {
 
 impl EvidenceStore {
     /// Opens (creating) the store at `dir`, indexing what an earlier run left.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<EvidenceStore, EvidenceError> {
+    pub fn open(
+        dir: &Path,
+        max_bytes: u64,
+        first_upload_after: Duration,
+    ) -> Result<EvidenceStore, EvidenceError> {
         for sub in ["pending", "sent", "tmp"] {
             let d = dir.join(sub);
             std::fs::create_dir_all(&d).map_err(io(&d))?;
@@ -156,6 +163,7 @@ impl EvidenceStore {
         let store = EvidenceStore {
             dir: dir.to_owned(),
             max_bytes,
+            first_upload_after,
             index: Mutex::new(index),
             added: Notify::new(),
             uploaded: AtomicU64::new(0),
@@ -209,7 +217,11 @@ impl EvidenceStore {
         drop(f);
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
         sync_dir(&self.dir.join("pending"));
-        index.insert(sha, mt, len, true);
+        let not_before = Instant::now() + self.first_upload_after;
+        index.insert(sha.clone(), mt, len, true);
+        if let Some(e) = index.entries.get_mut(&sha) {
+            e.not_before = Some(not_before);
+        }
         drop(index);
         self.added.notify_one();
         Ok(reference)
@@ -532,7 +544,7 @@ mod tests {
     #[test]
     fn put_is_content_addressed_durable_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EvidenceStore::open(dir.path(), 1 << 20).unwrap();
+        let store = EvidenceStore::open(dir.path(), 1 << 20, Duration::ZERO).unwrap();
         let a = store.put(&jpeg(1000, 1), "image/jpeg").unwrap();
         let again = store.put(&jpeg(1000, 1), "image/jpeg").unwrap();
         assert_eq!(a, again);
@@ -541,7 +553,7 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), jpeg(1000, 1));
         assert_eq!(store.stats().pending, 1);
         drop(store);
-        let store = EvidenceStore::open(dir.path(), 1 << 20).unwrap();
+        let store = EvidenceStore::open(dir.path(), 1 << 20, Duration::ZERO).unwrap();
         let s = store.stats();
         assert_eq!(
             (s.pending, s.pending_bytes, s.stored_bytes),
@@ -561,7 +573,7 @@ mod tests {
     #[test]
     fn full_store_deletes_uploaded_first_then_oldest_pending() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EvidenceStore::open(dir.path(), 3000).unwrap();
+        let store = EvidenceStore::open(dir.path(), 3000, Duration::ZERO).unwrap();
         let a = store.put(&jpeg(1000, 1), "image/jpeg").unwrap();
         let b = store.put(&jpeg(1000, 2), "image/jpeg").unwrap();
         let c = store.put(&jpeg(1000, 3), "image/jpeg").unwrap();
@@ -586,7 +598,7 @@ mod tests {
     #[test]
     fn deferred_images_let_others_pass() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EvidenceStore::open(dir.path(), 1 << 20).unwrap();
+        let store = EvidenceStore::open(dir.path(), 1 << 20, Duration::ZERO).unwrap();
         let a = store.put(&jpeg(100, 1), "image/jpeg").unwrap();
         assert!(matches!(
             store.put(&jpeg(100, 2), "image/gif"),
@@ -609,7 +621,7 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("pending")).unwrap();
         std::fs::write(dir.path().join("tmp").join("x.jpg"), b"half").unwrap();
         std::fs::write(dir.path().join("pending").join("notes.txt"), b"hi").unwrap();
-        let store = EvidenceStore::open(dir.path(), 1 << 20).unwrap();
+        let store = EvidenceStore::open(dir.path(), 1 << 20, Duration::ZERO).unwrap();
         assert_eq!(store.stats().pending, 0);
         assert!(!dir.path().join("tmp").join("x.jpg").exists());
         assert!(dir.path().join("pending").join("notes.txt").exists());

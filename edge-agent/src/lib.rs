@@ -108,8 +108,11 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
     if let Some(cameras) = &setup.cameras {
         let dir = cameras.evidence_dir.clone();
         let max = cameras.evidence_max_bytes;
+        // Upload an image once its event (batched for up to batch_max_wait) has had time to arrive.
+        let delay = setup.uplink.batch_max_wait + std::time::Duration::from_millis(500);
         let store =
-            tokio::task::spawn_blocking(move || evidence::EvidenceStore::open(&dir, max)).await??;
+            tokio::task::spawn_blocking(move || evidence::EvidenceStore::open(&dir, max, delay))
+                .await??;
         let store = Arc::new(store);
         let _ = health.evidence.set(store.clone());
         let server =

@@ -90,7 +90,12 @@ pub async fn put_evidence(
 ) -> Result<Response, ApiError> {
     let refuse = |status: StatusCode, code: &str, msg: String| {
         s.metrics.rejected(code);
-        tracing::warn!(sha256 = %sha, code, "evidence upload refused: {msg}");
+        if status == StatusCode::CONFLICT {
+            // Expected now and then: the image overtook its event; the gateway retries.
+            tracing::debug!(sha256 = %sha, code, "evidence upload deferred: {msg}");
+        } else {
+            tracing::warn!(sha256 = %sha, code, "evidence upload refused: {msg}");
+        }
         ApiError::new(status, msg)
     };
     check_sha(&sha)?;

@@ -162,7 +162,8 @@ lane_zones = {{ "2" = "bus-lane-zhongshan" }}
     let xml = write(
         dir.path(),
         "anpr.xml",
-        sample::isapi_xml("蓝苏A8HK52", protocol::Timestamp::now(), 97, 2).as_bytes(),
+        protocol::camera_forms::isapi_anpr_xml("蓝苏A8HK52", protocol::Timestamp::now(), 97, 2)
+            .as_bytes(),
     );
     let (code, body) = curl(&[
         "-F",

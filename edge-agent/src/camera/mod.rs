@@ -371,41 +371,6 @@ async fn read_parts(st: &ServerState, req: Request) -> Result<Vec<Part>, Reject>
     }
 }
 
-/// Builds a request body the way a camera does, for `edge-agent camera test` and tests: the event
-/// document plus images as `multipart/form-data`. Returns the content type and the body.
-pub fn multipart_body(
-    document: (&str, &str, &[u8]),
-    images: &[(&str, &[u8])],
-) -> (String, Vec<u8>) {
-    let boundary = format!("----edge-agent-{:016x}", fastrand::u64(..));
-    let mut body = Vec::new();
-    let mut part = |name: &str, filename: Option<&str>, ct: &str, bytes: &[u8]| {
-        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-        let disposition = match filename {
-            Some(f) => format!("form-data; name=\"{name}\"; filename=\"{f}\""),
-            None => format!("form-data; name=\"{name}\""),
-        };
-        body.extend_from_slice(
-            format!("Content-Disposition: {disposition}\r\nContent-Type: {ct}\r\n\r\n").as_bytes(),
-        );
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    };
-    let (name, ct, bytes) = document;
-    let filename = name.contains('.').then_some(name);
-    part(name, filename, ct, bytes);
-    for (name, bytes) in images {
-        let ct = if bytes.starts_with(b"\x89PNG") {
-            "image/png"
-        } else {
-            "image/jpeg"
-        };
-        part(name, Some(name), ct, bytes);
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
-use protocol::Timestamp;
+use protocol::{Timestamp, camera_forms};
 
 /// A real JPEG of a blue plate and one of a street scene, for the sample event.
 pub const SAMPLE_PLATE_JPEG: &[u8] = include_bytes!("../../samples/plate.jpg");
@@ -19,52 +19,6 @@ pub enum SampleForm {
     Generic,
 }
 
-/// A Hikvision ISAPI ANPR alert for `plate` (with its colour prefix, as Chinese firmware sends it).
-pub fn isapi_xml(plate: &str, at: Timestamp, confidence: u8, lane: u32) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?>
-<EventNotificationAlert version="2.0" xmlns="http://www.isapi.org/ver20/XMLSchema">
-<ipAddress>192.168.1.64</ipAddress>
-<portNo>80</portNo>
-<protocol>HTTP</protocol>
-<channelID>1</channelID>
-<dateTime>{at}</dateTime>
-<activePostCount>1</activePostCount>
-<eventType>ANPR</eventType>
-<eventState>active</eventState>
-<eventDescription>ANPR</eventDescription>
-<ANPR>
-<country>CHN</country>
-<licensePlate>{plate}</licensePlate>
-<line>{lane}</line>
-<direction>forward</direction>
-<confidenceLevel>{confidence}</confidenceLevel>
-<plateType>92TypeCivil</plateType>
-<vehicleType>vehicle</vehicleType>
-<pictureInfoList>
-<pictureInfo><fileName>licensePlatePicture.jpg</fileName><type>licensePlatePicture</type></pictureInfo>
-<pictureInfo><fileName>detectionPicture.jpg</fileName><type>detectionPicture</type></pictureInfo>
-</pictureInfoList>
-</ANPR>
-</EventNotificationAlert>
-"#,
-        at = at.to_rfc3339()
-    )
-}
-
-/// A generic-form plate event.
-pub fn generic_json(plate: &str, at: Timestamp, confidence: f64, lane: u32) -> String {
-    serde_json::json!({
-        "type": "plate",
-        "capturedAt": at.to_rfc3339(),
-        "plate": plate,
-        "vehicleType": "car",
-        "confidence": confidence,
-        "lane": lane,
-    })
-    .to_string()
-}
-
 /// Posts a sample event to `agent_url` (e.g. `http://127.0.0.1:8088`) as camera `camera` and returns
 /// a report; `Err` carries the report of a refused request too.
 pub fn send(
@@ -76,18 +30,26 @@ pub fn send(
 ) -> Result<String, String> {
     let at = Timestamp::now();
     let (doc_name, doc_type, doc) = match form {
-        SampleForm::Isapi => ("anpr.xml", "application/xml", isapi_xml(plate, at, 97, 1)),
+        SampleForm::Isapi => (
+            "anpr.xml",
+            "application/xml",
+            camera_forms::isapi_anpr_xml(plate, at, 97, 1),
+        ),
         SampleForm::Generic => (
             "event",
             "application/json",
-            generic_json(plate, at, 0.97, 1),
+            camera_forms::generic_plate_json(plate, at, 0.97, 1),
         ),
     };
     let imgs: Vec<(&str, &[u8])> = images
         .iter()
         .map(|(n, b)| (n.as_str(), b.as_slice()))
         .collect();
-    let (content_type, body) = super::multipart_body((doc_name, doc_type, doc.as_bytes()), &imgs);
+    let (content_type, body) = camera_forms::multipart(
+        (doc_name, doc_type, doc.as_bytes()),
+        &imgs,
+        fastrand::u64(..),
+    );
     let url = format!(
         "{}/api/v1/cameras/{camera}/events",
         agent_url.trim_end_matches('/')

@@ -36,14 +36,21 @@ pub struct AgentProcess {
     child: Child,
 }
 
-/// Starts one agent for `gateway_file`, publishing to `broker`.
-pub fn spawn(bin: &Path, gateway_file: &Path, broker: &str) -> anyhow::Result<AgentProcess> {
+/// Starts one agent for `gateway_file`, publishing to `broker` and uploading evidence to `hub_url`.
+pub fn spawn(
+    bin: &Path,
+    gateway_file: &Path,
+    broker: &str,
+    hub_url: &str,
+) -> anyhow::Result<AgentProcess> {
     let child = Command::new(bin)
         .arg("run")
         .arg("--config")
         .arg(gateway_file)
         .arg("--broker")
         .arg(broker)
+        .arg("--hub-url")
+        .arg(hub_url)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;

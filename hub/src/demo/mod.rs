@@ -3,6 +3,7 @@
 //! `edge-agent` process per gateway file — the same binary and code path a Raspberry Pi runs.
 
 pub mod agents;
+pub mod cameras;
 pub mod modbus_sim;
 pub mod town;
 
@@ -131,10 +132,22 @@ pub async fn run(
         listen.ip().to_string()
     };
     let broker = format!("mqtt://{host}:{}", listen.port());
+    let mut http = hub.http_addr();
+    if http.ip().is_unspecified() {
+        http.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let hub_url = format!("http://{http}");
     let mut procs = Vec::new();
     for gw in &gateways {
-        procs.push(agents::spawn(&bin, &gw.file, &broker)?);
+        procs.push(agents::spawn(&bin, &gw.file, &broker, &hub_url)?);
     }
+    let cams = cameras::start(
+        &gateways,
+        Duration::from_secs(15),
+        opts.seed,
+        devices_stop.clone(),
+    );
+    tracing::info!(cameras = cams, "simulated cameras posting to their agents");
     tracing::info!(agents = procs.len(), api = %format!("http://{}/api/v1/assets", hub.http_addr()), "demo town running; Ctrl-C stops it");
 
     tokio::pin!(shutdown);

@@ -1,0 +1,116 @@
+//! Simulated ANPR cameras for the demo: each camera of the gateway files posts Hikvision ISAPI alerts
+//! with two JPEGs to its gateway's agent over HTTP, as a real camera does. A seeded mix of vehicles:
+//! some stay parked in the no-parking zone across several captures, most pass by.
+
+use std::time::Duration;
+
+use firmware_config::GatewayConfig;
+use protocol::{Timestamp, camera_forms};
+use tokio_util::sync::CancellationToken;
+
+const PLATE_JPEG: &[u8] = include_bytes!("../../../edge-agent/samples/plate.jpg");
+const SCENE_JPEG: &[u8] = include_bytes!("../../../edge-agent/samples/scene.jpg");
+
+/// Plates the demo's cameras see; colour prefixes as Hikvision's Chinese firmware writes them.
+const PLATES: [&str; 10] = [
+    "蓝苏A8HK52",
+    "蓝苏A3M771",
+    "黄苏A0T923",
+    "绿苏AD12345",
+    "蓝苏A55P21",
+    "蓝苏AQ7K09",
+    "黄苏A6H318",
+    "蓝苏A2W5E8",
+    "绿苏AF80066",
+    "蓝苏A9C4L3",
+];
+
+/// Starts one task per configured camera, posting every `every` (real time) until `stop`.
+pub fn start(
+    gateways: &[GatewayConfig],
+    every: Duration,
+    seed: u64,
+    stop: CancellationToken,
+) -> usize {
+    let mut n = 0;
+    for gw in gateways {
+        let Some(setup) = &gw.cameras else { continue };
+        let mut addr = setup.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        for (i, cam) in setup.cameras.iter().enumerate() {
+            let url = format!("http://{addr}/api/v1/cameras/{}/events", cam.id);
+            let rng = fastrand::Rng::with_seed(seed ^ (n as u64 + 1).wrapping_mul(0x9e37_79b9));
+            let offset = Duration::from_millis(1500 * i as u64);
+            tokio::spawn(run(url, every, offset, rng, stop.clone()));
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn run(
+    url: String,
+    every: Duration,
+    offset: Duration,
+    mut rng: fastrand::Rng,
+    stop: CancellationToken,
+) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    // A parked vehicle stays for a few captures, so the same plate is seen minutes apart.
+    let mut parked: Option<(&str, u32)> = None;
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tokio::time::sleep(every + offset) => {}
+    }
+    loop {
+        let plate = match parked.as_mut() {
+            Some((p, left)) if *left > 0 => {
+                *left -= 1;
+                *p
+            }
+            _ => {
+                let p = PLATES[rng.usize(..PLATES.len())];
+                parked = (rng.u8(..100) < 30).then(|| (p, rng.u32(2..5)));
+                p
+            }
+        };
+        let at = Timestamp::now();
+        let xml = camera_forms::isapi_anpr_xml(plate, at, rng.u8(86..100), rng.u32(1..3));
+        let stamp = format!("{plate} {at}");
+        let close_up = camera_forms::jpeg_with_comment(PLATE_JPEG, &stamp);
+        let scene = camera_forms::jpeg_with_comment(SCENE_JPEG, &stamp);
+        let (ct, body) = camera_forms::multipart(
+            ("anpr.xml", "application/xml", xml.as_bytes()),
+            &[
+                ("licensePlatePicture.jpg", &close_up),
+                ("detectionPicture.jpg", &scene),
+            ],
+            rng.u64(..),
+        );
+        let (agent2, url2) = (agent.clone(), url.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            agent2
+                .post(&url2)
+                .header("content-type", &ct)
+                .send(&body[..])
+                .map(|r| r.status().as_u16())
+        })
+        .await;
+        match result {
+            Ok(Ok(200)) => tracing::debug!(%url, plate, "camera capture posted"),
+            Ok(Ok(status)) => tracing::warn!(%url, status, "the agent refused a camera capture"),
+            Ok(Err(e)) => tracing::debug!(%url, error = %e, "agent not reachable yet"),
+            Err(_) => return,
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
