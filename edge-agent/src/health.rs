@@ -16,6 +16,9 @@ pub struct Health {
     pub source_rejected: AtomicU64,
     /// Camera requests refused (malformed, oversized, unknown camera).
     pub camera_rejected: AtomicU64,
+    /// Reconnects forced because acknowledgements stalled.
+    pub watchdog_resets: AtomicU64,
+    spool: Mutex<protocol::SpoolStats>,
     /// The evidence store, on gateways with cameras.
     pub evidence: std::sync::OnceLock<std::sync::Arc<crate::evidence::EvidenceStore>>,
 }
@@ -52,6 +55,15 @@ impl Health {
 
     pub fn links(&self) -> Vec<DeviceLink> {
         self.lock().values().cloned().collect()
+    }
+
+    pub fn set_spool(&self, s: protocol::SpoolStats) {
+        *self.spool.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// The spool's figures as last reported by the uplink.
+    pub fn spool(&self) -> protocol::SpoolStats {
+        self.spool.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The evidence store's figures for the heartbeat (all zero without cameras).

@@ -43,6 +43,15 @@ pub struct Setup {
     /// Longest silence of a metric with a deadband.
     pub max_silent: Duration,
     pub uplink: UplinkConfig,
+    pub spool: SpoolSetup,
+}
+
+/// Where the spool lives and its budgets.
+#[derive(Debug, Clone)]
+pub struct SpoolSetup {
+    pub dir: std::path::PathBuf,
+    pub event: crate::spool::Budget,
+    pub bulk: crate::spool::Budget,
 }
 
 /// The Modbus link of a configured bus.
@@ -175,11 +184,34 @@ impl Setup {
             clock: opts.clock,
             devices: config.inventory(),
             config_version: Some(config_version(&opts.config)),
+            replay_items_per_s: config.agent.replay_items_per_s,
+            ack_timeout: Duration::from_secs(u64::from(config.agent.ack_timeout_s)),
+        };
+        let data_dir = opts
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| config.agent.data_dir.clone());
+        let a = &config.agent;
+        let mb = |m: u32| u64::from(m) * 1024 * 1024;
+        let hours = |h: u32| Duration::from_secs(u64::from(h) * 3600);
+        let spool = SpoolSetup {
+            dir: data_dir.join("spool"),
+            event: crate::spool::Budget {
+                max_bytes: mb(a.spool_event_max_mb),
+                max_age: hours(a.spool_event_max_age_h),
+                segment_bytes: (mb(a.spool_event_max_mb) / 16).clamp(64 * 1024, 4 * 1024 * 1024),
+            },
+            bulk: crate::spool::Budget {
+                max_bytes: mb(a.spool_bulk_max_mb),
+                max_age: hours(a.spool_bulk_max_age_h),
+                segment_bytes: (mb(a.spool_bulk_max_mb) / 16).clamp(256 * 1024, 16 * 1024 * 1024),
+            },
         };
         Ok(Setup {
             buses,
             mqtt_sources: config.mqtt_sources.clone(),
             cameras,
+            spool,
             max_silent: Duration::from_secs(u64::from(config.agent.max_silent_s)),
             uplink,
         })

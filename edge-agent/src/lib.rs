@@ -18,6 +18,7 @@ pub mod modbus;
 pub mod mqtt_source;
 pub mod poller;
 pub mod report;
+pub mod spool;
 pub mod sysinfo;
 pub mod uplink;
 
@@ -53,6 +54,13 @@ pub const ITEM_QUEUE: usize = 8192;
 pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let setup = job::Setup::load(&opts)?;
     let health = Arc::new(health::Health::default());
+    // The spool first: a spool that cannot be opened stops the start with the reason.
+    let sp = setup.spool.clone();
+    let spool = tokio::task::spawn_blocking(move || spool::Spool::open(&sp.dir, sp.event, sp.bulk))
+        .await?
+        .map_err(|e| anyhow::anyhow!("spool {}: {e}", setup.spool.dir.display()))?;
+    let spool = Arc::new(std::sync::Mutex::new(spool));
+    let (durable_tx, durable_rx) = mpsc::channel::<uplink::DurableEvent>(256);
     let (tx, rx) = mpsc::channel(ITEM_QUEUE);
     let mut pollers = Vec::new();
     // Commands: uplink ─▶ router ─▶ the poller owning the device's bus ─▶ replies ─▶ uplink.
@@ -116,7 +124,8 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         let store = Arc::new(store);
         let _ = health.evidence.set(store.clone());
         let server =
-            camera::CameraServer::bind(cameras, store.clone(), tx.clone(), health.clone()).await?;
+            camera::CameraServer::bind(cameras, store.clone(), durable_tx.clone(), health.clone())
+                .await?;
         pollers.push(tokio::spawn(server.serve(shutdown.clone())));
         if let Some(url) = &cameras.hub_url {
             tokio::spawn(evidence::upload(
@@ -128,9 +137,10 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         }
     }
     drop(tx);
+    drop(durable_tx);
     tracing::info!(gateway = %setup.uplink.gateway, buses = pollers.len(), broker = %format!("{}:{}", setup.uplink.host, setup.uplink.port), "edge agent started");
     // The uplink ends when every poller has stopped and the channel is drained.
-    uplink::run(setup.uplink, rx, health, cmd_tx, reply_rx).await;
+    uplink::run(setup.uplink, spool, rx, durable_rx, health, cmd_tx, reply_rx).await;
     router.abort();
     for p in pollers {
         let _ = p.await;

@@ -1,23 +1,38 @@
-//! The uplink: batches items into numbered envelopes and publishes them to the hub over MQTT (QoS 1),
-//! with a retained presence message (the device inventory) on connect, an `offline` last will, and a
-//! periodic heartbeat. Last stage of the agent's flow: pollers ─▶ uplink ─▶ broker.
+//! The uplink: batches items into numbered envelopes, writes each to the spool, and publishes from
+//! the spool to the hub over MQTT (QoS 1); a record leaves the spool only when the broker has
+//! acknowledged it. Also the retained presence message on every connect, the `offline` last will,
+//! the heartbeat, and the command subscription.
 //!
-//! The uplink runs until the item channel closes (every poller has stopped), then flushes what it
-//! holds, marks the gateway offline and disconnects: shutdown in pipeline order.
+//! ```text
+//! pollers, sources ─items─▶ batch ─▶ spool (bulk: synced each second; events: synced at once)
+//!                                      └─▶ publish (live first, backlog oldest-first at a set rate)
+//!                                             ─▶ broker ─PUBACK─▶ spool.ack
+//! ```
+//! Two tasks: the *connection driver* only polls rumqttc's event loop (so a slow connect is never
+//! interrupted) and forwards what happens; this task owns the spool and does all publishing. Each
+//! publish is tagged in order; rumqttc reports `Outgoing::Publish(pkid)` in the same order, which ties
+//! each packet id to its spool record, and the PUBACK for that id acknowledges the record.
+//!
+//! When the connection is lost, the driver waits for this task to stop publishing, then discards
+//! everything rumqttc still holds (the session is clean) and reconnects; every unacknowledged record is
+//! sent again from the spool. A watchdog forces a reconnect when acknowledgements stall. The hub's dedupe
+//! on (gateway, boot, seq) makes the resulting at-least-once delivery store each envelope once.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::{
     BootId, Channel, Command, DeviceInfo, EncodeError, Envelope, GatewayId, Heartbeat, Item,
-    Limits, Presence, PresenceState, Reply, Timestamp, TopicScheme,
+    Limits, Presence, PresenceState, Reply, SpoolStats, Timestamp, TopicScheme,
 };
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
-use tokio::sync::mpsc;
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{self, ClockSource};
 use crate::health::Health;
+use crate::spool::{Class, Spool};
 
 #[derive(Debug, Clone)]
 pub struct UplinkConfig {
@@ -36,25 +51,103 @@ pub struct UplinkConfig {
     /// The inventory announced in the presence message.
     pub devices: Vec<DeviceInfo>,
     pub config_version: Option<String>,
+    /// Backlog (data spooled before the current connection) is sent at most this fast, in items
+    /// per second, so live data keeps flowing after a long outage.
+    pub replay_items_per_s: u32,
+    /// With publishes unacknowledged this long, the connection is dropped and made again.
+    pub ack_timeout: Duration,
 }
 
 /// How long the final flush may take at shutdown before the agent gives up waiting for the broker.
 pub const FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+/// Spool records published and not yet acknowledged, at most.
+const WINDOW: usize = 32;
+/// rumqttc's inflight limit; kept well above `WINDOW` so packet ids never collide.
+const MQTT_INFLIGHT: u16 = 100;
+/// How long events may wait to be batched together.
+const EVENT_BATCH_WAIT: Duration = Duration::from_millis(20);
 
-struct Publisher {
-    client: AsyncClient,
+/// An event whose producer waits until it is on disk (camera captures answer the camera then).
+#[derive(Debug)]
+pub struct DurableEvent {
+    pub item: Item,
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The spool, shared with the heartbeat and the status endpoint.
+pub type SharedSpool = Arc<Mutex<Spool>>;
+
+/// What the connection driver reports, in the order it happened.
+#[derive(Debug)]
+enum LinkEvent {
+    Mqtt(Event),
+    /// The connection is gone; the driver waits for [`Control::Resume`] before reconnecting.
+    Lost(String),
+}
+
+#[derive(Debug)]
+enum Control {
+    /// Discard what rumqttc holds, wait this long, reconnect.
+    Resume(Duration),
+    /// Drop the connection now (watchdog); the driver then reports `Lost`.
+    Reset,
+    /// Disconnect cleanly and stop.
+    Stop,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Record(Class, u64),
+    Other,
+}
+
+/// Per class: where the live stream and the backlog have got to on this connection.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    /// Records with ids from here on were spooled during this connection: live data.
+    live_from: u64,
+    live_next: u64,
+    backlog_next: u64,
+}
+
+struct Uplink {
     cfg: UplinkConfig,
+    client: AsyncClient,
+    control: mpsc::UnboundedSender<Control>,
+    spool: SharedSpool,
+    health: Arc<Health>,
     boot: BootId,
     seq: u64,
     limits: Limits,
-    health: Arc<Health>,
     started: Instant,
+    connected: bool,
+    failures: u32,
+    tags: VecDeque<Tag>,
+    inflight: HashMap<u16, (Class, u64)>,
+    cursors: [Cursor; 2],
+    /// Backlog items that may still be sent this second.
+    tokens: f64,
+    tokens_at: Instant,
+    last_ack: Instant,
+    presence_online: Vec<u8>,
+    state_topic: String,
+    cmd_topic: String,
+    up_topic: String,
 }
 
-/// Runs the uplink until `items` closes.
+fn ci(c: Class) -> usize {
+    match c {
+        Class::Event => 0,
+        Class::Bulk => 1,
+    }
+}
+
+/// Runs the uplink until `items` and `durable` close, then flushes and disconnects.
 pub async fn run(
     cfg: UplinkConfig,
+    spool: SharedSpool,
     mut items: mpsc::Receiver<Item>,
+    mut durable: mpsc::Receiver<DurableEvent>,
     health: Arc<Health>,
     commands: mpsc::Sender<Command>,
     mut replies: mpsc::Receiver<Reply>,
@@ -90,6 +183,8 @@ pub async fn run(
 
     let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     opts.set_keep_alive(cfg.keep_alive);
+    opts.set_clean_session(true);
+    opts.set_inflight(MQTT_INFLIGHT);
     opts.set_max_packet_size(limits.max_payload + 4096, limits.max_payload + 4096);
     opts.set_last_will(LastWill::new(
         state_topic.clone(),
@@ -100,117 +195,203 @@ pub async fn run(
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         opts.set_credentials(u.clone(), p.clone());
     }
-    let (client, eventloop) = AsyncClient::new(opts, 1024);
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (client, eventloop) = AsyncClient::new(opts, 256);
+    let (link_tx, mut link_rx) = mpsc::unbounded_channel();
+    let (control_tx, control_rx) = mpsc::unbounded_channel();
     let cmd_topic = cfg.topics.topic(&cfg.gateway, Channel::Cmd);
-    let link = Link {
-        state_topic: state_topic.clone(),
-        online,
-        cmd_topic,
+    let driver = tokio::spawn(drive(
+        eventloop,
+        client.clone(),
+        link_tx,
+        control_rx,
+        cmd_topic.clone(),
         commands,
-        health: health.clone(),
-    };
-    let conn = tokio::spawn(drive(eventloop, client.clone(), link, done_rx));
+    ));
 
-    let mut p = Publisher {
+    let up_topic = cfg.topics.topic(&cfg.gateway, Channel::Up);
+    let mut u = Uplink {
         client,
-        cfg,
+        control: control_tx,
+        spool,
+        health,
         boot,
         seq: 0,
         limits,
-        health,
         started: Instant::now(),
+        connected: false,
+        failures: 0,
+        tags: VecDeque::new(),
+        inflight: HashMap::new(),
+        cursors: [Cursor::default(); 2],
+        tokens: 0.0,
+        tokens_at: Instant::now(),
+        last_ack: Instant::now(),
+        presence_online: online,
+        state_topic: state_topic.clone(),
+        cmd_topic,
+        up_topic,
+        cfg,
     };
-    let mut batch: Vec<Item> = Vec::with_capacity(p.cfg.batch_max_items);
+    u.report_spool();
+
+    let mut batch: Vec<Item> = Vec::with_capacity(u.cfg.batch_max_items);
     let mut deadline: Option<tokio::time::Instant> = None;
-    let mut heartbeat = tokio::time::interval(p.cfg.heartbeat);
+    let mut events: Vec<Item> = Vec::new();
+    let mut waiters: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
+    let mut event_deadline: Option<tokio::time::Instant> = None;
+    let mut heartbeat = tokio::time::interval(u.cfg.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let flush_at =
-            deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+    let mut sync = tokio::time::interval(Duration::from_secs(1));
+    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut items_open, mut durable_open) = (true, true);
+    let far = || tokio::time::Instant::now() + Duration::from_secs(3600);
+    while items_open || durable_open {
         tokio::select! {
-            item = items.recv() => match item {
+            item = items.recv(), if items_open => match item {
+                Some(Item::Event(e)) => {
+                    if events.is_empty() {
+                        event_deadline = Some(tokio::time::Instant::now() + EVENT_BATCH_WAIT);
+                    }
+                    events.push(Item::Event(e));
+                }
                 Some(item) => {
                     if batch.is_empty() {
-                        deadline = Some(tokio::time::Instant::now() + p.cfg.batch_max_wait);
+                        deadline = Some(tokio::time::Instant::now() + u.cfg.batch_max_wait);
                     }
                     batch.push(item);
-                    if batch.len() >= p.cfg.batch_max_items {
-                        p.publish_batch(std::mem::take(&mut batch)).await;
+                    if batch.len() >= u.cfg.batch_max_items {
+                        let _ = u.spool_batch(Class::Bulk, std::mem::take(&mut batch)); // failures are logged and counted
                         deadline = None;
+                        u.pump();
                     }
                 }
-                None => break,
+                None => items_open = false,
             },
-            _ = tokio::time::sleep_until(flush_at), if deadline.is_some() => {
-                p.publish_batch(std::mem::take(&mut batch)).await;
+            ev = durable.recv(), if durable_open => match ev {
+                Some(DurableEvent { item, done }) => {
+                    if events.is_empty() {
+                        event_deadline = Some(tokio::time::Instant::now() + EVENT_BATCH_WAIT);
+                    }
+                    events.push(item);
+                    waiters.push(done);
+                }
+                None => durable_open = false,
+            },
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(far)), if deadline.is_some() => {
+                let _ = u.spool_batch(Class::Bulk, std::mem::take(&mut batch)); // failures are logged and counted
                 deadline = None;
+                u.pump();
             }
-            _ = heartbeat.tick() => p.publish_heartbeat().await,
-            Some(reply) = replies.recv() => p.publish_reply(&reply).await,
+            _ = tokio::time::sleep_until(event_deadline.unwrap_or_else(far)), if event_deadline.is_some() => {
+                let result = u.spool_batch(Class::Event, std::mem::take(&mut events));
+                for w in waiters.drain(..) {
+                    let _ = w.send(result.clone());
+                }
+                event_deadline = None;
+                u.pump();
+            }
+            Some(ev) = link_rx.recv() => u.on_link(ev),
+            _ = sync.tick() => u.tick(),
+            _ = heartbeat.tick() => u.publish_heartbeat(),
+            Some(reply) = replies.recv() => u.publish_reply(&reply),
         }
     }
-    if !batch.is_empty() {
-        p.publish_batch(batch).await;
+    // Producers have stopped: spool what is left, then give the broker until the deadline to
+    // acknowledge what is live. Unacknowledged data stays in the spool for the next start.
+    let result = u.spool_batch(Class::Event, events);
+    for w in waiters {
+        let _ = w.send(result.clone());
     }
+    let _ = u.spool_batch(Class::Bulk, batch);
+    u.sync_spool();
+    let end = tokio::time::Instant::now() + FLUSH_DEADLINE;
+    u.pump();
+    while u.live_pending() && tokio::time::Instant::now() < end {
+        tokio::select! {
+            Some(ev) = link_rx.recv() => u.on_link(ev),
+            _ = tokio::time::sleep_until(end) => break,
+        }
+    }
+    if u.live_pending() {
+        tracing::warn!(
+            inflight = u.inflight.len(),
+            "shutdown: unacknowledged data stays in the spool for the next start"
+        );
+    }
+    u.sync_spool();
     // Mark the gateway offline on purpose (the last will is only for unclean ends), then disconnect.
-    let _ = p
-        .client
-        .publish(state_topic, QoS::AtLeastOnce, true, offline)
-        .await;
-    let _ = done_tx.send(());
-    let _ = tokio::time::timeout(FLUSH_DEADLINE + Duration::from_secs(1), conn).await;
-    let h = &p.health;
+    if u.connected {
+        u.send(Tag::Other, u.state_topic.clone(), QoS::AtLeastOnce, true, offline);
+        let wait = tokio::time::Instant::now() + Duration::from_secs(1);
+        while !u.tags.is_empty() && tokio::time::Instant::now() < wait {
+            tokio::select! {
+                Some(ev) = link_rx.recv() => u.on_link(ev),
+                _ = tokio::time::sleep_until(wait) => break,
+            }
+        }
+    }
+    let _ = u.control.send(Control::Stop);
+    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    let h = &u.health;
+    let f = lock(&u.spool).figures(Timestamp::now().unix_millis());
     tracing::info!(
-        envelopes = p.seq,
+        envelopes = u.seq,
         published = h.envelopes_published.load(Relaxed),
         readings = h.readings_collected.load(Relaxed),
         publish_errors = h.publish_errors.load(Relaxed),
         source_rejected = h.source_rejected.load(Relaxed),
+        spool_depth = f.depth,
+        spool_dropped_items = f.dropped_items,
         "uplink stopped"
     );
 }
 
-impl Publisher {
-    /// Publishes `items` as one envelope, or several if one would be too large.
-    async fn publish_batch(&mut self, items: Vec<Item>) {
+fn lock(s: &SharedSpool) -> std::sync::MutexGuard<'_, Spool> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Uplink {
+    /// Encodes `items` as envelopes and writes them to the spool (events are synced before this
+    /// returns). `Err` only when nothing could be kept.
+    fn spool_batch(&mut self, class: Class, items: Vec<Item>) -> Result<(), String> {
         if items.is_empty() {
-            return;
+            return Ok(());
         }
-        let clock = clock::state(self.cfg.clock);
+        let mut out = Vec::new();
+        self.encode(items, &mut out);
+        let mut failed = None;
+        let now = Timestamp::now().unix_millis();
+        for (bytes, n) in out {
+            let r = lock(&self.spool).append(class, &bytes, n, now);
+            if let Err(e) = r {
+                self.health.publish_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, class = class.as_str(), items = n, "cannot write to the spool; data lost");
+                failed = Some(format!("cannot write to the spool: {e}"));
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// One or more encoded envelopes (split when one would be too large), with their item counts.
+    fn encode(&mut self, items: Vec<Item>, out: &mut Vec<(Vec<u8>, u32)>) {
         let mut env = Envelope {
             v: protocol::PROTOCOL_VERSION,
             gateway: self.cfg.gateway.clone(),
             boot: self.boot,
             seq: self.seq,
             sent_at: Timestamp::now(),
-            clock,
+            clock: clock::state(self.cfg.clock),
             items,
         };
         match protocol::encode(&env, &self.limits) {
             Ok(bytes) => {
                 self.seq += 1;
-                let topic = self.cfg.topics.topic(&self.cfg.gateway, Channel::Up);
-                // Waits while the client's request queue is full (broker unreachable): backpressure
-                // reaches the pollers through the item channel instead of growing memory.
-                match self
-                    .client
-                    .publish(topic, QoS::AtLeastOnce, false, bytes)
-                    .await
-                {
-                    Ok(()) => {
-                        self.health.envelopes_published.fetch_add(1, Relaxed);
-                    }
-                    Err(e) => {
-                        self.health.publish_errors.fetch_add(1, Relaxed);
-                        tracing::error!(error = %e, "MQTT client closed; envelope lost");
-                    }
-                }
+                out.push((bytes, env.items.len() as u32));
             }
             Err(EncodeError::TooLarge { .. }) if env.items.len() > 1 => {
                 let second = env.items.split_off(env.items.len() / 2);
-                Box::pin(self.publish_batch(env.items)).await;
-                Box::pin(self.publish_batch(second)).await;
+                self.encode(env.items, out);
+                self.encode(second, out);
             }
             Err(e) => {
                 // Items are built from validated profiles, so this is a bug; count it, keep going.
@@ -220,16 +401,219 @@ impl Publisher {
         }
     }
 
-    async fn publish_reply(&mut self, reply: &Reply) {
+    fn sync_spool(&mut self) {
+        if let Err(e) = lock(&self.spool).sync() {
+            tracing::error!(error = %e, "cannot sync the spool");
+        }
+    }
+
+    fn tick(&mut self) {
+        self.sync_spool();
+        self.report_spool();
+        // Watchdog: publishes outstanding and no acknowledgement for too long.
+        if self.connected
+            && !self.inflight.is_empty()
+            && self.last_ack.elapsed() > self.cfg.ack_timeout
+        {
+            tracing::warn!(
+                inflight = self.inflight.len(),
+                "no acknowledgement for {:?}; forcing a reconnect",
+                self.cfg.ack_timeout
+            );
+            self.health.watchdog_resets.fetch_add(1, Relaxed);
+            self.connected = false;
+            let _ = self.control.send(Control::Reset);
+        }
+        self.pump();
+    }
+
+    fn report_spool(&self) {
+        let f = lock(&self.spool).figures(Timestamp::now().unix_millis());
+        self.health.set_spool(SpoolStats {
+            depth: f.depth,
+            bytes: f.bytes,
+            oldest_age_s: f.oldest_age_s,
+            dropped: f.dropped_items,
+        });
+    }
+
+    /// Publishes under a tag; `false` when the client queue is full (the caller retries later).
+    fn send(&mut self, tag: Tag, topic: String, qos: QoS, retain: bool, payload: Vec<u8>) -> bool {
+        self.tags.push_back(tag);
+        match self.client.try_publish(topic, qos, retain, payload) {
+            Ok(()) => true,
+            Err(_) => {
+                self.tags.pop_back();
+                false
+            }
+        }
+    }
+
+    fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Mqtt(Event::Incoming(Packet::ConnAck(_))) => {
+                if self.failures > 0 {
+                    tracing::info!(after_failures = self.failures, "uplink reconnected");
+                } else {
+                    tracing::info!("uplink connected");
+                }
+                self.failures = 0;
+                self.connected = true;
+                self.tags.clear();
+                self.inflight.clear();
+                self.last_ack = Instant::now();
+                // Everything spooled before now is backlog; what comes next is live.
+                let spool = lock(&self.spool);
+                for c in Class::ALL {
+                    let next = spool.next_id(c);
+                    self.cursors[ci(c)] = Cursor {
+                        live_from: next,
+                        live_next: next,
+                        backlog_next: 0,
+                    };
+                }
+                drop(spool);
+                self.tokens = f64::from(self.cfg.replay_items_per_s);
+                self.tokens_at = Instant::now();
+                let online = self.presence_online.clone();
+                self.send(Tag::Other, self.state_topic.clone(), QoS::AtLeastOnce, true, online);
+                let _ = self
+                    .client
+                    .try_subscribe(self.cmd_topic.clone(), QoS::AtLeastOnce);
+                self.pump();
+            }
+            LinkEvent::Mqtt(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                match self.tags.pop_front() {
+                    Some(Tag::Record(c, id)) => {
+                        self.inflight.insert(pkid, (c, id));
+                    }
+                    Some(Tag::Other) => {}
+                    None => tracing::debug!(pkid, "publish without a tag (sent before a reconnect)"),
+                }
+            }
+            LinkEvent::Mqtt(Event::Incoming(Packet::PubAck(ack))) => {
+                if let Some((c, id)) = self.inflight.remove(&ack.pkid) {
+                    lock(&self.spool).ack(c, id);
+                    self.health.envelopes_published.fetch_add(1, Relaxed);
+                }
+                self.last_ack = Instant::now();
+                self.pump();
+            }
+            LinkEvent::Mqtt(_) => {}
+            LinkEvent::Lost(e) => {
+                self.failures += 1;
+                self.health.publish_errors.fetch_add(1, Relaxed);
+                if self.failures == 1 {
+                    tracing::warn!(error = %e, "uplink lost the broker; reconnecting (data goes to the spool)");
+                }
+                self.connected = false;
+                self.tags.clear();
+                self.inflight.clear();
+                let delay = if self.failures == 1 {
+                    Duration::ZERO
+                } else {
+                    protocol::reconnect::delay(self.failures - 1, fastrand::f64())
+                };
+                let _ = self.control.send(Control::Resume(delay));
+            }
+        }
+    }
+
+    /// Whether data spooled during this connection is still unacknowledged, or anything is in flight.
+    fn live_pending(&self) -> bool {
+        if !self.inflight.is_empty() || !self.tags.is_empty() {
+            return true;
+        }
+        let spool = lock(&self.spool);
+        self.connected
+            && Class::ALL.iter().any(|c| {
+                spool
+                    .next_unacked(*c, self.cursors[ci(*c)].live_from)
+                    .is_some()
+            })
+    }
+
+    /// Publishes spooled records while connected and the window has room: live records first, then
+    /// backlog within the replay budget.
+    fn pump(&mut self) {
+        if !self.connected {
+            return;
+        }
+        let now = Instant::now();
+        let rate = f64::from(self.cfg.replay_items_per_s.max(1));
+        self.tokens = (self.tokens + now.duration_since(self.tokens_at).as_secs_f64() * rate).min(rate);
+        self.tokens_at = now;
+        while self.inflight.len() + self.tags.len() < WINDOW {
+            let Some((class, id, live)) = self.next_record() else {
+                break;
+            };
+            let read = lock(&self.spool).read(class, id);
+            let record = match read {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    self.advance(class, id, live);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, id, "cannot read a spool record; skipped");
+                    self.advance(class, id, live);
+                    continue;
+                }
+            };
+            if !live {
+                self.tokens -= f64::from(record.items);
+            }
+            if !self.send(
+                Tag::Record(class, id),
+                self.up_topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                record.payload,
+            ) {
+                break;
+            }
+            self.advance(class, id, live);
+        }
+    }
+
+    fn advance(&mut self, class: Class, id: u64, live: bool) {
+        let c = &mut self.cursors[ci(class)];
+        if live {
+            c.live_next = id + 1;
+        } else {
+            c.backlog_next = id + 1;
+        }
+    }
+
+    fn next_record(&self) -> Option<(Class, u64, bool)> {
+        let spool = lock(&self.spool);
+        for class in Class::ALL {
+            let c = self.cursors[ci(class)];
+            if let Some(id) = spool.next_unacked(class, c.live_next.max(c.live_from)) {
+                return Some((class, id, true));
+            }
+        }
+        if self.tokens <= 0.0 {
+            return None;
+        }
+        for class in Class::ALL {
+            let c = self.cursors[ci(class)];
+            if let Some(id) = spool.next_unacked(class, c.backlog_next)
+                && id < c.live_from
+            {
+                return Some((class, id, false));
+            }
+        }
+        None
+    }
+
+    fn publish_reply(&mut self, reply: &Reply) {
         match protocol::encode(reply, &self.limits) {
             Ok(bytes) => {
                 let topic = self.cfg.topics.topic(&self.cfg.gateway, Channel::Reply);
-                if let Err(e) = self
-                    .client
-                    .publish(topic, QoS::AtLeastOnce, false, bytes)
-                    .await
+                if !self.connected || !self.send(Tag::Other, topic, QoS::AtLeastOnce, false, bytes)
                 {
-                    tracing::error!(error = %e, command = %reply.id, "cannot publish a command reply");
+                    tracing::warn!(command = %reply.id, "uplink down; command reply not sent");
                 }
             }
             Err(e) => {
@@ -238,7 +622,8 @@ impl Publisher {
         }
     }
 
-    async fn publish_heartbeat(&mut self) {
+    fn publish_heartbeat(&mut self) {
+        self.report_spool();
         let hb = Heartbeat {
             v: protocol::PROTOCOL_VERSION,
             gateway: self.cfg.gateway.clone(),
@@ -249,87 +634,61 @@ impl Publisher {
             cpu_temp_c: crate::sysinfo::cpu_temp_c(),
             mem_used_bytes: crate::sysinfo::rss_bytes(),
             disk_free_bytes: None,
-            spool: Default::default(),
+            spool: self.health.spool(),
             evidence: self.health.evidence_stats(),
             devices: self.health.links(),
         };
         match protocol::encode(&hb, &self.limits) {
             Ok(bytes) => {
-                let topic = self.cfg.topics.topic(&self.cfg.gateway, Channel::Status);
-                // Heartbeats are not worth queueing behind data while the link is down.
-                let _ = self
-                    .client
-                    .try_publish(topic, QoS::AtMostOnce, false, bytes);
+                // Heartbeats are not worth keeping while the link is down: the next one replaces it.
+                if self.connected {
+                    let topic = self.cfg.topics.topic(&self.cfg.gateway, Channel::Status);
+                    self.send(Tag::Other, topic, QoS::AtMostOnce, false, bytes);
+                }
             }
             Err(e) => tracing::error!(error = %e, "cannot encode heartbeat"),
         }
     }
 }
 
-/// What the connection driver needs besides the event loop.
-struct Link {
-    state_topic: String,
-    online: Vec<u8>,
-    cmd_topic: String,
-    commands: mpsc::Sender<Command>,
-    health: Arc<Health>,
-}
-
-/// Polls the MQTT event loop: reconnects with backoff, re-announces presence and subscribes to the
-/// command topic on every connect, hands commands on, and at shutdown keeps going until everything
-/// queued is acknowledged (or the flush deadline passes).
+/// Polls the MQTT event loop and forwards what happens. Never interrupted while connecting. On a
+/// lost connection it reports `Lost` and waits for [`Control::Resume`]: by then the uplink has stopped
+/// publishing, so discarding everything rumqttc holds discards exactly the publishes the uplink
+/// forgot (they are sent again from the spool).
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    link: Link,
-    mut done: tokio::sync::oneshot::Receiver<()>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    cmd_topic: String,
+    commands: mpsc::Sender<Command>,
 ) {
-    let mut failures = 0u32;
-    let mut stopping: Option<tokio::time::Instant> = None;
     let limits = Limits::default();
+    let discard = |el: &mut EventLoop| {
+        el.clean();
+        el.pending.clear();
+    };
     loop {
-        if let Some(deadline) = stopping {
-            let idle = eventloop.state.inflight() == 0 && eventloop.pending.is_empty();
-            if idle || tokio::time::Instant::now() >= deadline {
-                if !idle {
-                    tracing::warn!(
-                        inflight = eventloop.state.inflight(),
-                        "flush deadline passed with messages unacknowledged"
-                    );
-                }
-                let _ = client.try_disconnect();
-                let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
-                return;
-            }
-        }
         let ev = tokio::select! {
-            ev = eventloop.poll() => ev,
-            _ = &mut done, if stopping.is_none() => {
-                stopping = Some(tokio::time::Instant::now() + FLUSH_DEADLINE);
-                continue;
-            }
-            _ = tokio::time::sleep(Duration::from_millis(100)), if stopping.is_some() => continue,
+            ev = eventloop.poll() => ev.map_err(|e| e.to_string()),
+            c = control.recv() => match c {
+                Some(Control::Reset) => {
+                    discard(&mut eventloop);
+                    Err("no acknowledgements; connection dropped by the watchdog".to_owned())
+                }
+                Some(Control::Stop) | None => {
+                    let _ = client.try_disconnect();
+                    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+                    return;
+                }
+                Some(Control::Resume(_)) => continue,
+            },
         };
         match ev {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                if failures > 0 {
-                    tracing::info!(after_failures = failures, "uplink reconnected");
-                } else {
-                    tracing::info!("uplink connected");
-                }
-                failures = 0;
-                let _ = client.try_publish(
-                    link.state_topic.clone(),
-                    QoS::AtLeastOnce,
-                    true,
-                    link.online.clone(),
-                );
-                let _ = client.try_subscribe(link.cmd_topic.clone(), QoS::AtLeastOnce);
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == link.cmd_topic => {
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == cmd_topic => {
                 match protocol::decode::<Command>(&p.payload, &limits) {
                     Ok(cmd) => {
-                        if link.commands.try_send(cmd).is_err() {
+                        if commands.try_send(cmd).is_err() {
                             tracing::warn!(
                                 "command queue full; command dropped (the hub sees no reply)"
                             );
@@ -338,17 +697,28 @@ async fn drive(
                     Err(e) => tracing::warn!(error = %e, "malformed command ignored"),
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
-                failures += 1;
-                link.health.publish_errors.fetch_add(1, Relaxed);
-                if failures == 1 {
-                    tracing::warn!(error = %e, "uplink lost the broker; reconnecting");
-                }
-                if stopping.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            Ok(ev) => {
+                if events.send(LinkEvent::Mqtt(ev)).is_err() {
                     return;
                 }
-                tokio::time::sleep(protocol::reconnect::delay(failures, fastrand::f64())).await;
+            }
+            Err(e) => {
+                if events.send(LinkEvent::Lost(e)).is_err() {
+                    return;
+                }
+                // Wait until the uplink has stopped publishing, then drop whatever it queued.
+                let delay = loop {
+                    match control.recv().await {
+                        Some(Control::Resume(d)) => break d,
+                        Some(Control::Reset) => continue,
+                        Some(Control::Stop) | None => return,
+                    }
+                };
+                discard(&mut eventloop);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    c = control.recv() => if matches!(c, Some(Control::Stop) | None) { return },
+                }
             }
         }
     }

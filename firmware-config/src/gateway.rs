@@ -113,6 +113,18 @@ pub struct AgentSpec {
     pub max_silent_s: u32,
     /// Where the spool and state live (on the SD card).
     pub data_dir: PathBuf,
+    /// Most MiB of readings the spool keeps while the uplink is down; beyond, the oldest go (counted).
+    pub spool_bulk_max_mb: u32,
+    /// Most MiB of events (camera captures, alarms) the spool keeps; a budget of their own.
+    pub spool_event_max_mb: u32,
+    /// Readings older than this many hours are dropped from the spool (counted).
+    pub spool_bulk_max_age_h: u32,
+    /// Events older than this many hours are dropped from the spool (counted).
+    pub spool_event_max_age_h: u32,
+    /// After an outage, spooled data is sent at most this fast (items per second) beside live data.
+    pub replay_items_per_s: u32,
+    /// With publishes unacknowledged this long, the agent drops the connection and reconnects.
+    pub ack_timeout_s: u32,
 }
 
 impl Default for AgentSpec {
@@ -123,6 +135,12 @@ impl Default for AgentSpec {
             heartbeat_s: 30,
             max_silent_s: 300,
             data_dir: PathBuf::from("/var/lib/edge-agent"),
+            spool_bulk_max_mb: 256,
+            spool_event_max_mb: 64,
+            spool_bulk_max_age_h: 7 * 24,
+            spool_event_max_age_h: 30 * 24,
+            replay_items_per_s: 5000,
+            ack_timeout_s: 30,
         }
     }
 }

@@ -281,7 +281,13 @@ impl Agent {
             broker: None,
             clock: edge_agent::clock::ClockSource::Auto,
             hub_url: None,
-            data_dir: None,
+            // Each test's spool and evidence next to its gateway file, never a shared directory.
+            data_dir: Some(
+                config
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(format!("agent-data-{}", config.file_stem().unwrap_or_default().to_string_lossy())),
+            ),
             camera_listen: None,
         };
         let task = rt.spawn(edge_agent::run(opts, stop.clone()));

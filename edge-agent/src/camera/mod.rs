@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::evidence::EvidenceStore;
 use crate::health::Health;
+use crate::uplink::DurableEvent;
 use parse::{Parsed, Part, Reject};
 
 /// A camera time this far ahead of the gateway's clock is not believed.
@@ -42,7 +43,7 @@ const MAX_CAMERA_BEHIND_MS: i64 = 30 * 24 * 3600 * 1000;
 struct ServerState {
     cameras: Arc<HashMap<String, Camera>>,
     store: Arc<EvidenceStore>,
-    items: mpsc::Sender<Item>,
+    events: mpsc::Sender<DurableEvent>,
     health: Arc<Health>,
     max_image_bytes: u64,
     max_request_bytes: u64,
@@ -68,7 +69,7 @@ impl CameraServer {
     pub async fn bind(
         setup: &CameraSetup,
         store: Arc<EvidenceStore>,
-        items: mpsc::Sender<Item>,
+        events: mpsc::Sender<DurableEvent>,
         health: Arc<Health>,
     ) -> anyhow::Result<CameraServer> {
         let listener = tokio::net::TcpListener::bind(setup.listen)
@@ -88,7 +89,7 @@ impl CameraServer {
                     .collect(),
             ),
             store,
-            items,
+            events,
             health,
             max_image_bytes: setup.max_image_bytes,
             max_request_bytes: setup.max_request_bytes,
@@ -243,13 +244,23 @@ async fn accept(
             "path": st.store.path(&r.sha256),
         })).collect::<Vec<_>>(),
     });
-    st.items
-        .send(Item::Event(event))
+    // Answer only once the event is on disk in the spool: then the camera need not resend it.
+    let (done, kept) = tokio::sync::oneshot::channel();
+    let stopping = || Reject {
+        status: 503,
+        reason: "the agent is shutting down".into(),
+    };
+    st.events
+        .send(DurableEvent {
+            item: Item::Event(event),
+            done,
+        })
         .await
-        .map_err(|_| Reject {
-            status: 503,
-            reason: "the agent is shutting down".into(),
-        })?;
+        .map_err(|_| stopping())?;
+    kept.await.map_err(|_| stopping())?.map_err(|e| Reject {
+        status: 507,
+        reason: e,
+    })?;
     st.health.success(&cam.id, now);
     Ok(Json(body).into_response())
 }

@@ -42,6 +42,7 @@ pub fn spawn(
     gateway_file: &Path,
     broker: &str,
     hub_url: &str,
+    data_dir: &Path,
 ) -> anyhow::Result<AgentProcess> {
     let child = Command::new(bin)
         .arg("run")
@@ -51,6 +52,8 @@ pub fn spawn(
         .arg(broker)
         .arg("--hub-url")
         .arg(hub_url)
+        .arg("--data-dir")
+        .arg(data_dir)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;

@@ -125,6 +125,7 @@ pub async fn run(
         "simulated field devices listening"
     );
 
+    let agents_dir = cfg.data_dir.join("agents");
     let hub = crate::start(cfg).await?;
     let host = if listen.ip().is_unspecified() {
         "127.0.0.1".to_owned()
@@ -139,7 +140,9 @@ pub async fn run(
     let hub_url = format!("http://{http}");
     let mut procs = Vec::new();
     for gw in &gateways {
-        procs.push(agents::spawn(&bin, &gw.file, &broker, &hub_url)?);
+        // Each agent's spool and evidence under the demo's data directory.
+        let data = agents_dir.join(gw.gateway.as_str());
+        procs.push(agents::spawn(&bin, &gw.file, &broker, &hub_url, &data)?);
     }
     let cams = cameras::start(
         &gateways,
