@@ -140,7 +140,16 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
     drop(durable_tx);
     tracing::info!(gateway = %setup.uplink.gateway, buses = pollers.len(), broker = %format!("{}:{}", setup.uplink.host, setup.uplink.port), "edge agent started");
     // The uplink ends when every poller has stopped and the channel is drained.
-    uplink::run(setup.uplink, spool, rx, durable_rx, health, cmd_tx, reply_rx).await;
+    uplink::run(
+        setup.uplink,
+        spool,
+        rx,
+        durable_rx,
+        health,
+        cmd_tx,
+        reply_rx,
+    )
+    .await;
     router.abort();
     for p in pollers {
         let _ = p.await;

@@ -501,11 +501,7 @@ impl ClassSpool {
         for s in &self.segments {
             if s.first_id().is_some_and(|f| f <= id) && s.last_id().is_some_and(|l| l >= id) {
                 let i = s.records.partition_point(|r| r.id < id);
-                return s
-                    .records
-                    .get(i)
-                    .filter(|r| r.id == id)
-                    .map(|r| (s, *r));
+                return s.records.get(i).filter(|r| r.id == id).map(|r| (s, *r));
             }
         }
         None
@@ -540,7 +536,7 @@ impl ClassSpool {
                 .last()
                 .is_some_and(|r| now_ms.saturating_sub(r.at_ms) > max_age_ms);
             // The segment taking appends goes only when it is alone and over budget by itself.
-            if !(too_big || too_old) || (self.segments.len() == 1 && !too_big) {
+            if !too_big && (!too_old || self.segments.len() == 1) {
                 return;
             }
             if self.segments.len() == 1 {
@@ -681,7 +677,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = open(dir.path());
         let ids: Vec<u64> = (0..50)
-            .map(|i| s.append(Class::Bulk, &payload(i), 10, 1000 + i as i64).unwrap())
+            .map(|i| {
+                s.append(Class::Bulk, &payload(i), 10, 1000 + i as i64)
+                    .unwrap()
+            })
             .collect();
         assert_eq!(ids, (1..=50).collect::<Vec<_>>());
         assert!(
@@ -711,7 +710,12 @@ mod tests {
         assert_eq!(
             std::fs::read_dir(dir.path().join("bulk"))
                 .unwrap()
-                .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "seg"))
+                .filter(|e| e
+                    .as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "seg"))
                 .count(),
             1,
             "acknowledged segments are deleted"
@@ -721,7 +725,12 @@ mod tests {
     #[test]
     fn torn_tail_and_garbage_are_skipped_and_counted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut s = Spool::open(dir.path(), budget(1 << 20, 1 << 20), budget(1 << 20, 1 << 20)).unwrap();
+        let mut s = Spool::open(
+            dir.path(),
+            budget(1 << 20, 1 << 20),
+            budget(1 << 20, 1 << 20),
+        )
+        .unwrap();
         for i in 0..10 {
             s.append(Class::Bulk, &payload(i), 1, 1000).unwrap();
         }
@@ -734,7 +743,12 @@ mod tests {
         data[2 * rec + HEADER + 5] ^= 0xff;
         data.truncate(data.len() - rec / 2);
         std::fs::write(&seg, &data).unwrap();
-        let mut s = Spool::open(dir.path(), budget(1 << 20, 1 << 20), budget(1 << 20, 1 << 20)).unwrap();
+        let mut s = Spool::open(
+            dir.path(),
+            budget(1 << 20, 1 << 20),
+            budget(1 << 20, 1 << 20),
+        )
+        .unwrap();
         let f = s.figures(1000);
         assert_eq!(f.depth, 8, "records 1, 2, 4..=9 survive");
         assert_eq!(f.corrupt_records, 2);
@@ -746,28 +760,37 @@ mod tests {
         assert_eq!(id, 10);
         s.sync().unwrap();
         drop(s);
-        let s = Spool::open(dir.path(), budget(1 << 20, 1 << 20), budget(1 << 20, 1 << 20)).unwrap();
+        let s = Spool::open(
+            dir.path(),
+            budget(1 << 20, 1 << 20),
+            budget(1 << 20, 1 << 20),
+        )
+        .unwrap();
         assert_eq!(s.read(Class::Bulk, 10).unwrap().unwrap().payload, b"next");
-        assert_eq!(s.figures(2000).corrupt_records, 1, "only the garbled record remains");
+        assert_eq!(
+            s.figures(2000).corrupt_records,
+            1,
+            "only the garbled record remains"
+        );
     }
 
     #[test]
     fn budgets_drop_oldest_and_count() {
         let dir = tempfile::tempdir().unwrap();
         let seg = 4 * (HEADER + payload(0).len()) as u64;
-        let mut s = Spool::open(
-            dir.path(),
-            budget(1 << 20, 1 << 20),
-            budget(3 * seg, seg),
-        )
-        .unwrap();
+        let mut s =
+            Spool::open(dir.path(), budget(1 << 20, 1 << 20), budget(3 * seg, seg)).unwrap();
         for i in 0..40 {
             s.append(Class::Bulk, &payload(i), 5, 1000).unwrap();
         }
         let f = s.figures(1000);
         assert!(f.bytes <= 3 * seg + seg, "{f:?}");
         assert!(f.dropped_items >= 5 * 20, "{f:?}");
-        assert_eq!(f.depth * 5 + f.dropped_items, 200, "every item is either held or counted");
+        assert_eq!(
+            f.depth * 5 + f.dropped_items,
+            200,
+            "every item is either held or counted"
+        );
         // The oldest left is the first of a kept segment; reading from 0 starts there.
         let first = s.next_unacked(Class::Bulk, 0).unwrap();
         assert!(first > 1);
@@ -777,8 +800,14 @@ mod tests {
         );
         // Events are untouched by the bulk budget; age drops them.
         s.append(Class::Event, b"door", 1, 1000).unwrap();
-        s.append(Class::Event, b"door2", 1, 1000 + 7_200_000).unwrap();
-        s.append(Class::Event, b"door3", 1, 1000 + 7_200_000).unwrap();
-        assert_eq!(s.depth(Class::Event).0, 3, "one segment: the age limit waits for a roll");
+        s.append(Class::Event, b"door2", 1, 1000 + 7_200_000)
+            .unwrap();
+        s.append(Class::Event, b"door3", 1, 1000 + 7_200_000)
+            .unwrap();
+        assert_eq!(
+            s.depth(Class::Event).0,
+            3,
+            "one segment: the age limit waits for a roll"
+        );
     }
 }

@@ -259,8 +259,25 @@ pub async fn run(
                         deadline = Some(tokio::time::Instant::now() + u.cfg.batch_max_wait);
                     }
                     batch.push(item);
-                    if batch.len() >= u.cfg.batch_max_items {
-                        let _ = u.spool_batch(Class::Bulk, std::mem::take(&mut batch)); // failures are logged and counted
+                    // While the uplink is down, what arrives goes to disk at once (one write per
+                    // burst of items, e.g. one poll), so even SIGKILL loses nothing already read;
+                    // while it is up, items are batched (at most batch_max_wait of them in memory).
+                    let outage = !u.connected;
+                    if outage {
+                        while batch.len() < u.cfg.batch_max_items {
+                            match items.try_recv() {
+                                Ok(Item::Event(e)) => events.push(Item::Event(e)),
+                                Ok(more) => batch.push(more),
+                                Err(_) => break,
+                            }
+                        }
+                        if !events.is_empty() && event_deadline.is_none() {
+                            event_deadline = Some(tokio::time::Instant::now());
+                        }
+                    }
+                    if outage || batch.len() >= u.cfg.batch_max_items {
+                        // Failures are logged and counted inside.
+                        let _ = u.spool_batch(Class::Bulk, std::mem::take(&mut batch));
                         deadline = None;
                         u.pump();
                     }
@@ -321,7 +338,13 @@ pub async fn run(
     u.sync_spool();
     // Mark the gateway offline on purpose (the last will is only for unclean ends), then disconnect.
     if u.connected {
-        u.send(Tag::Other, u.state_topic.clone(), QoS::AtLeastOnce, true, offline);
+        u.send(
+            Tag::Other,
+            u.state_topic.clone(),
+            QoS::AtLeastOnce,
+            true,
+            offline,
+        );
         let wait = tokio::time::Instant::now() + Duration::from_secs(1);
         while !u.tags.is_empty() && tokio::time::Instant::now() < wait {
             tokio::select! {
@@ -476,7 +499,13 @@ impl Uplink {
                 self.tokens = f64::from(self.cfg.replay_items_per_s);
                 self.tokens_at = Instant::now();
                 let online = self.presence_online.clone();
-                self.send(Tag::Other, self.state_topic.clone(), QoS::AtLeastOnce, true, online);
+                self.send(
+                    Tag::Other,
+                    self.state_topic.clone(),
+                    QoS::AtLeastOnce,
+                    true,
+                    online,
+                );
                 let _ = self
                     .client
                     .try_subscribe(self.cmd_topic.clone(), QoS::AtLeastOnce);
@@ -488,7 +517,9 @@ impl Uplink {
                         self.inflight.insert(pkid, (c, id));
                     }
                     Some(Tag::Other) => {}
-                    None => tracing::debug!(pkid, "publish without a tag (sent before a reconnect)"),
+                    None => {
+                        tracing::debug!(pkid, "publish without a tag (sent before a reconnect)")
+                    }
                 }
             }
             LinkEvent::Mqtt(Event::Incoming(Packet::PubAck(ack))) => {
@@ -541,7 +572,8 @@ impl Uplink {
         }
         let now = Instant::now();
         let rate = f64::from(self.cfg.replay_items_per_s.max(1));
-        self.tokens = (self.tokens + now.duration_since(self.tokens_at).as_secs_f64() * rate).min(rate);
+        self.tokens =
+            (self.tokens + now.duration_since(self.tokens_at).as_secs_f64() * rate).min(rate);
         self.tokens_at = now;
         while self.inflight.len() + self.tags.len() < WINDOW {
             let Some((class, id, live)) = self.next_record() else {

@@ -134,7 +134,12 @@ fn check_agent(a: &AgentSpec, at: &Path, out: &mut Vec<Problem>) {
     range("spool_bulk_max_mb", a.spool_bulk_max_mb, 4, 1_048_576);
     range("spool_event_max_mb", a.spool_event_max_mb, 1, 1_048_576);
     range("spool_bulk_max_age_h", a.spool_bulk_max_age_h, 1, 24 * 400);
-    range("spool_event_max_age_h", a.spool_event_max_age_h, 1, 24 * 400);
+    range(
+        "spool_event_max_age_h",
+        a.spool_event_max_age_h,
+        1,
+        24 * 400,
+    );
     range("replay_items_per_s", a.replay_items_per_s, 10, 1_000_000);
     range("ack_timeout_s", a.ack_timeout_s, 5, 600);
 }

@@ -9,6 +9,8 @@ encoder under test:
   {"1": {"holding": [{"addr": 0, "type": "f32", "order": "CDAB", "value": 123.5}, ...],
          "input": [...], "coils": {"0": true}, "discrete": {"3": false}}}
 Types: u16 i16 u32 i32 u64 i64 f32 f64. Orders: ABCD (big endian) DCBA BADC CDAB.
+A unit may also have "counter": ADDR, a holding register that counts the reads covering it (it reads
+1, 2, 3, ... one per poll), so a test can tell a lost or doubled reading from the values alone.
 """
 import asyncio
 import json
@@ -40,11 +42,27 @@ def words(typ, order, value):
     return [int.from_bytes(b[i:i + 2], "big") for i in range(0, len(b), 2)]
 
 
-def table(entries):
+class CountingBlock(ModbusSequentialDataBlock):
+    """Holding registers where one address counts the reads that cover it."""
+
+    def __init__(self, regs, counter):
+        super().__init__(0, regs)
+        self.counter = counter
+
+    def getValues(self, address, count=1):
+        if address <= self.counter < address + count:
+            current = super().getValues(self.counter, 1)[0]
+            super().setValues(self.counter, [(current + 1) & 0xFFFF])
+        return super().getValues(address, count)
+
+
+def table(entries, counter=None):
     regs = [0] * SIZE
     for e in entries:
         for i, w in enumerate(words(e["type"], e.get("order", "ABCD"), e["value"])):
             regs[e["addr"] + i] = w
+    if counter is not None:
+        return CountingBlock(regs, counter)
     return ModbusSequentialDataBlock(0, regs)
 
 
@@ -60,7 +78,7 @@ def main():
     spec = json.load(open(spec_file))
     slaves = {
         int(unit): ModbusSlaveContext(
-            hr=table(s.get("holding", [])),
+            hr=table(s.get("holding", []), s.get("counter")),
             ir=table(s.get("input", [])),
             co=bits(s.get("coils", {})),
             di=bits(s.get("discrete", {})),

@@ -42,6 +42,23 @@ pub struct Peer {
     child: Child,
 }
 
+impl Peer {
+    /// SIGTERM and wait (a broker saves its persistent state), then the value of `Drop` is moot.
+    pub fn terminate(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+
+    /// SIGKILL, as a power cut or the OOM killer would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Peer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -137,6 +154,21 @@ pub fn pymodbus_rtu(tty: &Path, spec: &serde_json::Value, dir: &Path) -> Peer {
 
 /// Starts Mosquitto on `port` (loopback, anonymous, no persistence).
 pub fn mosquitto(port: u16, dir: &Path) -> Peer {
+    mosquitto_with(port, dir, false)
+}
+
+/// Starts Mosquitto on `port`; with `persistent`, sessions and queued messages are saved under `dir`
+/// when it stops (SIGTERM) and restored when it starts again, as a production broker is set up.
+pub fn mosquitto_with(port: u16, dir: &Path, persistent: bool) -> Peer {
+    // Started as root, Mosquitto switches to the `mosquitto` user, which cannot write into a test's
+    // private directory; keep it as whoever runs the tests.
+    let user = Command::new("id")
+        .arg("-un")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "mosquitto".into());
     let bin = peer_program(
         "CITY_PEER_MOSQUITTO",
         &["/usr/sbin/mosquitto", "/usr/bin/mosquitto"],
@@ -145,8 +177,10 @@ pub fn mosquitto(port: u16, dir: &Path) -> Peer {
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence {persistent}\npersistence_location {}/\n\
+             max_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n\
+             user {user}\n",
+            dir.display()
         ),
     )
     .unwrap();
@@ -190,6 +224,35 @@ pub fn pymodbus_tcp(port: u16, spec: &serde_json::Value, dir: &Path) -> Peer {
         Duration::from_secs(20),
     );
     peer
+}
+
+/// Starts a real `edge-agent run` process (target/debug), with its spool under `data_dir`.
+pub fn agent_process(config: &Path, profiles: Option<&Path>, data_dir: &Path) -> Peer {
+    let mut cmd = Command::new(workspace_root().join("target/debug/edge-agent"));
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--clock", "synced"]);
+    if let Some(p) = profiles {
+        cmd.arg("--profiles").arg(p);
+    }
+    // Its log (stdout) is appended to agent.log next to the data directory, for post-mortems.
+    std::fs::create_dir_all(data_dir).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data_dir.with_extension("log"))
+        .unwrap();
+    let child = cmd
+        .stdout(log)
+        .spawn()
+        .expect("start target/debug/edge-agent (cargo build --bins)");
+    Peer {
+        name: "edge-agent".into(),
+        child,
+    }
 }
 
 /// GET `url` and parse JSON; `None` on any failure.
@@ -282,12 +345,10 @@ impl Agent {
             clock: edge_agent::clock::ClockSource::Auto,
             hub_url: None,
             // Each test's spool and evidence next to its gateway file, never a shared directory.
-            data_dir: Some(
-                config
-                    .parent()
-                    .unwrap_or(Path::new("."))
-                    .join(format!("agent-data-{}", config.file_stem().unwrap_or_default().to_string_lossy())),
-            ),
+            data_dir: Some(config.parent().unwrap_or(Path::new(".")).join(format!(
+                "agent-data-{}",
+                config.file_stem().unwrap_or_default().to_string_lossy()
+            ))),
             camera_listen: None,
         };
         let task = rt.spawn(edge_agent::run(opts, stop.clone()));
