@@ -18,7 +18,17 @@ pub struct Health {
     pub camera_rejected: AtomicU64,
     /// Reconnects forced because acknowledgements stalled.
     pub watchdog_resets: AtomicU64,
-    spool: Mutex<protocol::SpoolStats>,
+    spool: Mutex<crate::spool::SpoolFigures>,
+    /// The uplink is connected to the broker.
+    pub connected: std::sync::atomic::AtomicBool,
+    /// Broker connections made since start.
+    pub connects: AtomicU64,
+    /// This run's boot id, once the uplink has started.
+    pub boot: std::sync::OnceLock<protocol::BootId>,
+    /// The gateway id.
+    pub gateway: std::sync::OnceLock<protocol::GatewayId>,
+    /// The clock state the agent last stamped data with.
+    pub clock_synced: std::sync::atomic::AtomicBool,
     /// The evidence store, on gateways with cameras.
     pub evidence: std::sync::OnceLock<std::sync::Arc<crate::evidence::EvidenceStore>>,
 }
@@ -57,13 +67,24 @@ impl Health {
         self.lock().values().cloned().collect()
     }
 
-    pub fn set_spool(&self, s: protocol::SpoolStats) {
+    pub fn set_spool(&self, s: crate::spool::SpoolFigures) {
         *self.spool.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
     /// The spool's figures as last reported by the uplink.
-    pub fn spool(&self) -> protocol::SpoolStats {
+    pub fn spool_figures(&self) -> crate::spool::SpoolFigures {
         self.spool.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The spool's figures for the heartbeat.
+    pub fn spool(&self) -> protocol::SpoolStats {
+        let f = self.spool_figures();
+        protocol::SpoolStats {
+            depth: f.depth,
+            bytes: f.bytes,
+            oldest_age_s: f.oldest_age_s,
+            dropped: f.dropped_items,
+        }
     }
 
     /// The evidence store's figures for the heartbeat (all zero without cameras).

@@ -44,6 +44,8 @@ pub struct Setup {
     pub max_silent: Duration,
     pub uplink: UplinkConfig,
     pub spool: SpoolSetup,
+    /// Where the status endpoint listens.
+    pub status_listen: std::net::SocketAddr,
 }
 
 /// Where the spool lives and its budgets.
@@ -212,6 +214,12 @@ impl Setup {
             mqtt_sources: config.mqtt_sources.clone(),
             cameras,
             spool,
+            status_listen: opts
+                .status_listen
+                .as_deref()
+                .unwrap_or(&config.agent.status_listen)
+                .parse()
+                .with_context(|| "status_listen: not an address:port".to_owned())?,
             max_silent: Duration::from_secs(u64::from(config.agent.max_silent_s)),
             uplink,
         })

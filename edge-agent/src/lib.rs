@@ -19,6 +19,7 @@ pub mod mqtt_source;
 pub mod poller;
 pub mod report;
 pub mod spool;
+pub mod status;
 pub mod sysinfo;
 pub mod uplink;
 
@@ -45,6 +46,8 @@ pub struct AgentOptions {
     pub data_dir: Option<PathBuf>,
     /// Overrides `[camera_server] listen`.
     pub camera_listen: Option<String>,
+    /// Overrides `[agent] status_listen`.
+    pub status_listen: Option<String>,
 }
 
 /// Capacity of the channel from the pollers to the uplink, in items. Full: pollers wait.
@@ -136,6 +139,11 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
             ));
         }
     }
+    tokio::spawn(status::serve(
+        setup.status_listen,
+        health.clone(),
+        shutdown.clone(),
+    ));
     drop(tx);
     drop(durable_tx);
     tracing::info!(gateway = %setup.uplink.gateway, buses = pollers.len(), broker = %format!("{}:{}", setup.uplink.host, setup.uplink.port), "edge agent started");

@@ -41,6 +41,21 @@ enum Command {
         /// Override `[camera_server] listen` (ADDRESS:PORT).
         #[arg(long, value_name = "ADDR")]
         camera_listen: Option<String>,
+        /// Override `[agent] status_listen` (ADDRESS:PORT).
+        #[arg(long, value_name = "ADDR")]
+        status_listen: Option<String>,
+    },
+    /// Show a running agent's state: uplink, spool, drops, clock, every device's link.
+    Status {
+        /// The gateway file (to find the status endpoint)...
+        #[arg(long, short, conflicts_with = "agent")]
+        config: Option<PathBuf>,
+        /// ...or the status endpoint, e.g. http://127.0.0.1:9101.
+        #[arg(long, value_name = "URL")]
+        agent: Option<String>,
+        /// Print the JSON document instead of the report.
+        #[arg(long)]
+        json: bool,
     },
     /// Configuration tools for installers.
     #[command(subcommand)]
@@ -253,6 +268,11 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Status {
+            config,
+            agent,
+            json,
+        } => agent_status(config, agent, json),
         Command::Camera(CameraCommand::Test {
             camera,
             config,
@@ -269,6 +289,7 @@ fn main() -> ExitCode {
             hub_url,
             data_dir,
             camera_listen,
+            status_listen,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -289,6 +310,7 @@ fn main() -> ExitCode {
                 hub_url,
                 data_dir,
                 camera_listen,
+                status_listen,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -316,6 +338,36 @@ fn main() -> ExitCode {
                     }
                 }
             })
+        }
+    }
+}
+
+fn agent_status(config: Option<PathBuf>, agent: Option<String>, json: bool) -> ExitCode {
+    let url = match (agent, config) {
+        (Some(url), _) => url,
+        (None, file) => {
+            let file = file.unwrap_or_else(|| PathBuf::from("/etc/edge-agent/gateway.toml"));
+            match firmware_config::read_spec(&file) {
+                Ok(spec) => format!("http://{}", spec.agent.status_listen),
+                Err(e) => {
+                    eprintln!("edge-agent status: {e:#}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    match edge_agent::status::fetch(&url) {
+        Ok(s) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+            } else {
+                print!("{}", edge_agent::status::report(&s));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edge-agent status: {e}");
+            ExitCode::FAILURE
         }
     }
 }

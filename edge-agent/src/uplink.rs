@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use protocol::{
     BootId, Channel, Command, DeviceInfo, EncodeError, Envelope, GatewayId, Heartbeat, Item,
-    Limits, Presence, PresenceState, Reply, SpoolStats, Timestamp, TopicScheme,
+    Limits, Presence, PresenceState, Reply, Timestamp, TopicScheme,
 };
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
@@ -232,6 +232,8 @@ pub async fn run(
         up_topic,
         cfg,
     };
+    let _ = u.health.boot.set(boot);
+    let _ = u.health.gateway.set(u.cfg.gateway.clone());
     u.report_spool();
 
     let mut batch: Vec<Item> = Vec::with_capacity(u.cfg.batch_max_items);
@@ -452,12 +454,12 @@ impl Uplink {
 
     fn report_spool(&self) {
         let f = lock(&self.spool).figures(Timestamp::now().unix_millis());
-        self.health.set_spool(SpoolStats {
-            depth: f.depth,
-            bytes: f.bytes,
-            oldest_age_s: f.oldest_age_s,
-            dropped: f.dropped_items,
-        });
+        self.health.set_spool(f);
+        self.health.connected.store(self.connected, Relaxed);
+        self.health.clock_synced.store(
+            clock::state(self.cfg.clock) == protocol::ClockState::Synced,
+            Relaxed,
+        );
     }
 
     /// Publishes under a tag; `false` when the client queue is full (the caller retries later).
@@ -482,6 +484,8 @@ impl Uplink {
                 }
                 self.failures = 0;
                 self.connected = true;
+                self.health.connected.store(true, Relaxed);
+                self.health.connects.fetch_add(1, Relaxed);
                 self.tags.clear();
                 self.inflight.clear();
                 self.last_ack = Instant::now();
@@ -538,6 +542,7 @@ impl Uplink {
                     tracing::warn!(error = %e, "uplink lost the broker; reconnecting (data goes to the spool)");
                 }
                 self.connected = false;
+                self.health.connected.store(false, Relaxed);
                 self.tags.clear();
                 self.inflight.clear();
                 let delay = if self.failures == 1 {
@@ -595,16 +600,38 @@ impl Uplink {
             if !live {
                 self.tokens -= f64::from(record.items);
             }
+            let payload = self.restamp(record.payload);
             if !self.send(
                 Tag::Record(class, id),
                 self.up_topic.clone(),
                 QoS::AtLeastOnce,
                 false,
-                record.payload,
+                payload,
             ) {
                 break;
             }
             self.advance(class, id, live);
+        }
+    }
+
+    /// An envelope stamped by an unsynchronised clock is corrected at the hub by the difference
+    /// between its `sentAt` and the hub's receive time, so `sentAt` must be the time it is really
+    /// sent: re-stamp it when it waited in the spool, if the clock it was stamped by is still the
+    /// one running (same boot, still unsynchronised). Otherwise the offset is unknown and the
+    /// envelope goes as it was.
+    fn restamp(&self, payload: Vec<u8>) -> Vec<u8> {
+        const MARK: &[u8] = br#""clock":"unsynced""#;
+        if !payload.windows(MARK.len()).any(|w| w == MARK)
+            || clock::state(self.cfg.clock) != protocol::ClockState::Unsynced
+        {
+            return payload;
+        }
+        match protocol::decode::<Envelope>(&payload, &self.limits) {
+            Ok(mut env) if env.boot == self.boot => {
+                env.sent_at = Timestamp::now();
+                protocol::encode(&env, &self.limits).unwrap_or(payload)
+            }
+            _ => payload,
         }
     }
 

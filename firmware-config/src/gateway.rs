@@ -125,6 +125,9 @@ pub struct AgentSpec {
     pub replay_items_per_s: u32,
     /// With publishes unacknowledged this long, the agent drops the connection and reconnects.
     pub ack_timeout_s: u32,
+    /// Where `GET /status` and `GET /metrics` are served (`edge-agent status` reads it); keep it on
+    /// loopback.
+    pub status_listen: String,
 }
 
 impl Default for AgentSpec {
@@ -141,6 +144,7 @@ impl Default for AgentSpec {
             spool_event_max_age_h: 30 * 24,
             replay_items_per_s: 5000,
             ack_timeout_s: 30,
+            status_listen: "127.0.0.1:9101".into(),
         }
     }
 }

@@ -142,6 +142,22 @@ fn check_agent(a: &AgentSpec, at: &Path, out: &mut Vec<Problem>) {
     );
     range("replay_items_per_s", a.replay_items_per_s, 10, 1_000_000);
     range("ack_timeout_s", a.ack_timeout_s, 5, 600);
+    match a.status_listen.parse::<std::net::SocketAddr>() {
+        Err(e) => out.push(Problem::error(
+            at.key("status_listen"),
+            format!(
+                "status_listen {:?} is not an address:port such as 127.0.0.1:9101 ({e})",
+                a.status_listen
+            ),
+        )),
+        Ok(addr) if !addr.ip().is_loopback() => out.push(Problem::warning(
+            at.key("status_listen"),
+            format!(
+                "status_listen {addr} is reachable from the network; the status has no access control"
+            ),
+        )),
+        Ok(_) => {}
+    }
 }
 
 fn check_bus(bus: &BusSpec, at: &Path, out: &mut Vec<Problem>) {

@@ -43,7 +43,7 @@ pub use gateway::{
     AgentSpec, BusKind, BusSpec, DeviceSpec, GatewaySpec, LocationSpec, Parity, TlsSpec, UplinkSpec,
 };
 pub use link::{Broker, Link, Uplink};
-pub use load::{check_files, load_gateway, load_profile, parse_gateway, parse_profile};
+pub use load::{check_files, load_gateway, load_profile, parse_gateway, parse_profile, read_spec};
 pub use mqtt_source::{JsonMetric, MqttDevice, MqttSource};
 pub use plan::{ReadRequest, Slot, plan_reads};
 pub use plan_table::PlanTable;

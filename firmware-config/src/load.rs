@@ -160,3 +160,10 @@ fn locate(file: &Path, source: &str, problems: Vec<Problem>) -> Vec<Diagnostic> 
     out.sort_by_key(|d| (d.line, d.column));
     out
 }
+
+/// Reads a gateway file's settings as written, without checking devices against profiles: for tools
+/// that need one setting of a running gateway (`edge-agent status` finds the status address).
+pub fn read_spec(file: &Path) -> Result<crate::gateway::GatewaySpec, String> {
+    let source = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    toml::from_str(&source).map_err(|e| format!("{}: {e}", file.display()))
+}

@@ -350,6 +350,7 @@ impl Agent {
                 config.file_stem().unwrap_or_default().to_string_lossy()
             ))),
             camera_listen: None,
+            status_listen: Some("127.0.0.1:0".into()),
         };
         let task = rt.spawn(edge_agent::run(opts, stop.clone()));
         Agent { stop, task }

@@ -69,6 +69,7 @@ fn outage_sigkill_broker_and_hub_restarts_lose_and_double_nothing() {
     let dir = tempfile::Builder::new().prefix("fault").tempdir().unwrap();
     eprintln!("fault test directory: {}", dir.path().display());
     let (http, broker, device) = (free_addr(), free_addr().port(), free_addr().port());
+    let status = free_addr();
     let mosq_dir = dir.path().join("mosquitto");
     std::fs::create_dir_all(&mosq_dir).unwrap();
     let mosq = tests::mosquitto_with(broker, &mosq_dir, true);
@@ -97,6 +98,7 @@ keep_alive_s = 5
 batch_max_wait_ms = 300
 heartbeat_s = 1
 replay_items_per_s = 500
+status_listen = "{status}"
 [[bus]]
 name = "tcp-1"
 type = "tcp"
@@ -136,6 +138,36 @@ poll_ms = 100
     assert!(spooled > 0, "the outage was spooled on disk");
     let agent = tests::agent_process(&gw, Some(&profiles), &data);
     std::thread::sleep(Duration::from_secs(4));
+    // `edge-agent status` shows the outage: uplink down, data waiting in the spool, the device up.
+    let out = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/edge-agent"),
+    )
+    .args(["status", "--config"])
+    .arg(&gw)
+    .output()
+    .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("uplink    DOWN"), "{report}");
+    assert!(report.contains("clock     synced"), "{report}");
+    let waiting: u64 = report
+        .split("spool     ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(waiting > 10, "{report}");
+    assert!(report.contains("dropped 0 items"), "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.trim_start().starts_with("counter-1") && l.contains(" up ")),
+        "{report}"
+    );
     let before_broker = counts(&base).unwrap().len();
 
     // The broker comes back with its sessions; the agent drains its spool.
