@@ -112,11 +112,11 @@ impl Setup {
             Some(url) => firmware_config::Broker::parse(url).map_err(anyhow::Error::msg)?,
             None => config.uplink.broker.clone(),
         };
-        anyhow::ensure!(
-            !broker.tls && config.uplink.tls.is_none(),
-            "{}: TLS to the broker (mqtts://, [uplink.tls]) is not supported by this build yet",
-            config.file.display()
-        );
+        let tls = if broker.tls {
+            Some(crate::tls::client_config(config.uplink.tls.as_ref())?)
+        } else {
+            None
+        };
         let password = match (&config.uplink.password, &config.uplink.password_file) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(f)) => Some(
@@ -186,6 +186,7 @@ impl Setup {
             clock: opts.clock,
             devices: config.inventory(),
             config_version: Some(config_version(&opts.config)),
+            tls,
             replay_items_per_s: config.agent.replay_items_per_s,
             ack_timeout: Duration::from_secs(u64::from(config.agent.ack_timeout_s)),
         };

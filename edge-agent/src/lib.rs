@@ -21,6 +21,7 @@ pub mod report;
 pub mod spool;
 pub mod status;
 pub mod sysinfo;
+pub mod tls;
 pub mod uplink;
 
 use std::path::PathBuf;
@@ -144,8 +145,13 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         health.clone(),
         shutdown.clone(),
     ));
-    drop(tx);
-    drop(durable_tx);
+    // The uplink runs until its producers are gone; hold one sender of each until shutdown so a
+    // gateway with nothing to poll (heartbeats only) keeps its uplink too.
+    let (keep_items, keep_events, sd) = (tx, durable_tx, shutdown.clone());
+    tokio::spawn(async move {
+        sd.cancelled().await;
+        drop((keep_items, keep_events));
+    });
     tracing::info!(gateway = %setup.uplink.gateway, buses = pollers.len(), broker = %format!("{}:{}", setup.uplink.host, setup.uplink.port), "edge agent started");
     // The uplink ends when every poller has stopped and the channel is drained.
     uplink::run(

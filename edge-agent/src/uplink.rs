@@ -51,6 +51,8 @@ pub struct UplinkConfig {
     /// The inventory announced in the presence message.
     pub devices: Vec<DeviceInfo>,
     pub config_version: Option<String>,
+    /// TLS to the broker (`mqtts://`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Backlog (data spooled before the current connection) is sent at most this fast, in items
     /// per second, so live data keeps flowing after a long outage.
     pub replay_items_per_s: u32,
@@ -194,6 +196,11 @@ pub async fn run(
     ));
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         opts.set_credentials(u.clone(), p.clone());
+    }
+    if let Some(tls) = &cfg.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
     }
     let (client, eventloop) = AsyncClient::new(opts, 256);
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();

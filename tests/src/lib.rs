@@ -160,8 +160,18 @@ pub fn mosquitto(port: u16, dir: &Path) -> Peer {
 /// Starts Mosquitto on `port`; with `persistent`, sessions and queued messages are saved under `dir`
 /// when it stops (SIGTERM) and restored when it starts again, as a production broker is set up.
 pub fn mosquitto_with(port: u16, dir: &Path, persistent: bool) -> Peer {
-    // Started as root, Mosquitto switches to the `mosquitto` user, which cannot write into a test's
-    // private directory; keep it as whoever runs the tests.
+    let conf = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence {persistent}\npersistence_location {}/\n",
+        dir.display()
+    );
+    mosquitto_conf(port, dir, &conf)
+}
+
+/// Starts Mosquitto with the listeners and settings of `conf` (logging and limits are added), and
+/// waits for `port`.
+pub fn mosquitto_conf(port: u16, dir: &Path, conf: &str) -> Peer {
+    // Started as root, Mosquitto switches to the `mosquitto` user, which cannot read or write a
+    // test's private directory; keep it as whoever runs the tests.
     let user = Command::new("id")
         .arg("-un")
         .output()
@@ -173,20 +183,18 @@ pub fn mosquitto_with(port: u16, dir: &Path, persistent: bool) -> Peer {
         "CITY_PEER_MOSQUITTO",
         &["/usr/sbin/mosquitto", "/usr/bin/mosquitto"],
     );
-    let conf = dir.join("mosquitto.conf");
+    let file = dir.join("mosquitto.conf");
     std::fs::write(
-        &conf,
+        &file,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence {persistent}\npersistence_location {}/\n\
-             max_queued_messages 100000\nmax_inflight_messages 100\nlog_dest stderr\nlog_type error\nlog_type warning\n\
-             user {user}\n",
-            dir.display()
+            "user {user}\nmax_queued_messages 100000\nmax_inflight_messages 100\n\
+             log_dest stderr\nlog_type error\n{conf}"
         ),
     )
     .unwrap();
     let child = Command::new(bin)
         .arg("-c")
-        .arg(&conf)
+        .arg(&file)
         .stdout(Stdio::null())
         .spawn()
         .expect("start mosquitto");
