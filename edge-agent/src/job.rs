@@ -171,7 +171,7 @@ impl Setup {
                 jobs,
             });
         }
-        let uplink = UplinkConfig {
+        let mut uplink = UplinkConfig {
             host: broker.host.clone(),
             port: broker.port,
             client_id: config.uplink.client_id.clone(),
@@ -187,6 +187,7 @@ impl Setup {
             devices: config.inventory(),
             config_version: Some(config_version(&opts.config)),
             tls,
+            data_dir: None,
             replay_items_per_s: config.agent.replay_items_per_s,
             ack_timeout: Duration::from_secs(u64::from(config.agent.ack_timeout_s)),
         };
@@ -197,6 +198,7 @@ impl Setup {
         let a = &config.agent;
         let mb = |m: u32| u64::from(m) * 1024 * 1024;
         let hours = |h: u32| Duration::from_secs(u64::from(h) * 3600);
+        uplink.data_dir = Some(data_dir.clone());
         let spool = SpoolSetup {
             dir: data_dir.join("spool"),
             event: crate::spool::Budget {

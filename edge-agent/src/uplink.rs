@@ -51,6 +51,8 @@ pub struct UplinkConfig {
     /// The inventory announced in the presence message.
     pub devices: Vec<DeviceInfo>,
     pub config_version: Option<String>,
+    /// Where the spool lives; the heartbeat reports the free space there.
+    pub data_dir: Option<std::path::PathBuf>,
     /// TLS to the broker (`mqtts://`).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Backlog (data spooled before the current connection) is sent at most this fast, in items
@@ -699,7 +701,11 @@ impl Uplink {
             uptime_s: self.started.elapsed().as_secs(),
             cpu_temp_c: crate::sysinfo::cpu_temp_c(),
             mem_used_bytes: crate::sysinfo::rss_bytes(),
-            disk_free_bytes: None,
+            disk_free_bytes: self
+                .cfg
+                .data_dir
+                .as_deref()
+                .and_then(crate::sysinfo::disk_free_bytes),
             spool: self.health.spool(),
             evidence: self.health.evidence_stats(),
             devices: self.health.links(),
