@@ -38,6 +38,8 @@ pub struct BusSetup {
 pub struct Setup {
     pub buses: Vec<BusSetup>,
     pub mqtt_sources: Vec<firmware_config::MqttSource>,
+    /// Local rules.
+    pub rules: Vec<firmware_config::rules::Rule>,
     /// Cameras, their endpoint and evidence store; `None` without cameras.
     pub cameras: Option<firmware_config::CameraSetup>,
     /// Longest silence of a metric with a deadband.
@@ -216,6 +218,7 @@ impl Setup {
             buses,
             mqtt_sources: config.mqtt_sources.clone(),
             cameras,
+            rules: config.rules.clone(),
             spool,
             status_listen: opts
                 .status_listen

@@ -18,6 +18,7 @@ pub mod modbus;
 pub mod mqtt_source;
 pub mod poller;
 pub mod report;
+pub mod rules;
 pub mod spool;
 pub mod status;
 pub mod sysinfo;
@@ -153,17 +154,31 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         drop((keep_items, keep_events));
     });
     tracing::info!(gateway = %setup.uplink.gateway, buses = pollers.len(), broker = %format!("{}:{}", setup.uplink.host, setup.uplink.port), "edge agent started");
+    // Local rules sit between the producers and the uplink, so they act whatever the uplink does.
+    let engine = rules::Engine::new(setup.rules.clone());
+    let local_commands = engine.issued.clone();
+    let rx = if engine.is_empty() {
+        rx
+    } else {
+        let (rules_tx, rules_rx) = mpsc::channel(ITEM_QUEUE);
+        tokio::spawn(rules::run(
+            engine,
+            setup.uplink.gateway.clone(),
+            rx,
+            rules_tx,
+            cmd_tx.clone(),
+        ));
+        rules_rx
+    };
     // The uplink ends when every poller has stopped and the channel is drained.
-    uplink::run(
-        setup.uplink,
-        spool,
-        rx,
-        durable_rx,
-        health,
-        cmd_tx,
-        reply_rx,
-    )
-    .await;
+    let channels = uplink::Channels {
+        items: rx,
+        durable: durable_rx,
+        commands: cmd_tx,
+        replies: reply_rx,
+        local_commands,
+    };
+    uplink::run(setup.uplink, spool, health, channels).await;
     router.abort();
     for p in pollers {
         let _ = p.await;

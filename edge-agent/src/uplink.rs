@@ -78,6 +78,21 @@ pub struct DurableEvent {
     pub done: oneshot::Sender<Result<(), String>>,
 }
 
+/// What flows into and out of the uplink besides the spool.
+#[derive(Debug)]
+pub struct Channels {
+    /// Readings and events from pollers, sources and rules.
+    pub items: mpsc::Receiver<Item>,
+    /// Events whose producers wait until they are on disk.
+    pub durable: mpsc::Receiver<DurableEvent>,
+    /// Commands from the hub, to the router.
+    pub commands: mpsc::Sender<Command>,
+    /// Replies to publish.
+    pub replies: mpsc::Receiver<Reply>,
+    /// Commands the local rules issued (their replies are not published).
+    pub local_commands: crate::rules::LocalCommands,
+}
+
 /// The spool, shared with the heartbeat and the status endpoint.
 pub type SharedSpool = Arc<Mutex<Spool>>;
 
@@ -116,6 +131,7 @@ struct Cursor {
 
 struct Uplink {
     cfg: UplinkConfig,
+    local_commands: crate::rules::LocalCommands,
     client: AsyncClient,
     control: mpsc::UnboundedSender<Control>,
     spool: SharedSpool,
@@ -147,15 +163,14 @@ fn ci(c: Class) -> usize {
 }
 
 /// Runs the uplink until `items` and `durable` close, then flushes and disconnects.
-pub async fn run(
-    cfg: UplinkConfig,
-    spool: SharedSpool,
-    mut items: mpsc::Receiver<Item>,
-    mut durable: mpsc::Receiver<DurableEvent>,
-    health: Arc<Health>,
-    commands: mpsc::Sender<Command>,
-    mut replies: mpsc::Receiver<Reply>,
-) {
+pub async fn run(cfg: UplinkConfig, spool: SharedSpool, health: Arc<Health>, ch: Channels) {
+    let Channels {
+        mut items,
+        mut durable,
+        commands,
+        mut replies,
+        local_commands,
+    } = ch;
     let boot = BootId::from_uuid(uuid::Uuid::new_v4());
     let limits = Limits::default();
     let connected_at = Timestamp::now();
@@ -219,6 +234,7 @@ pub async fn run(
 
     let up_topic = cfg.topics.topic(&cfg.gateway, Channel::Up);
     let mut u = Uplink {
+        local_commands,
         client,
         control: control_tx,
         spool,
@@ -676,6 +692,23 @@ impl Uplink {
     }
 
     fn publish_reply(&mut self, reply: &Reply) {
+        let local = self
+            .local_commands
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&reply.id);
+        if local {
+            // The gateway's own rules issued it: the hub never asked.
+            match reply.outcome {
+                protocol::CommandOutcome::Ok => {
+                    tracing::info!(device = %reply.device, command = %reply.id, "local rule action performed")
+                }
+                _ => {
+                    tracing::error!(device = %reply.device, command = %reply.id, outcome = ?reply.outcome, detail = ?reply.detail, "local rule action failed")
+                }
+            }
+            return;
+        }
         match protocol::encode(reply, &self.limits) {
             Ok(bytes) => {
                 let topic = self.cfg.topics.topic(&self.cfg.gateway, Channel::Reply);

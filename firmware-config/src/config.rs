@@ -34,6 +34,8 @@ pub struct GatewayConfig {
     /// Cameras pushing events over HTTP, with the endpoint and evidence settings; `None` without
     /// cameras.
     pub cameras: Option<crate::camera::CameraSetup>,
+    /// Local rules.
+    pub rules: Vec<crate::rules::Rule>,
     /// Problems that did not stop loading (e.g. a bus close to saturation).
     pub warnings: Vec<Diagnostic>,
 }
@@ -211,10 +213,16 @@ pub fn resolve(
         loc,
         &spec.agent.data_dir,
     )?;
+    let rules = spec
+        .rules
+        .iter()
+        .map(crate::rules::Rule::resolve)
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(GatewayConfig {
         file,
         mqtt_sources,
         cameras,
+        rules,
         gateway: spec.gateway.clone(),
         uplink,
         agent: spec.agent.clone(),

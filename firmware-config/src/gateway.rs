@@ -41,6 +41,9 @@ pub struct GatewaySpec {
     /// Cameras that push events (ANPR, AI detection) to the agent over HTTP.
     #[serde(default, rename = "camera", skip_serializing_if = "Vec::is_empty")]
     pub cameras: Vec<crate::camera::CameraSpec>,
+    /// Local rules: thresholds the gateway acts on itself, uplink or not.
+    #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<crate::rules::RuleSpec>,
 }
 
 /// The cabinet's position and its place in the road-chief and grid systems.

@@ -59,6 +59,7 @@ pub fn check_gateway(spec: &GatewaySpec, profiles: &ProfileSet) -> Vec<Problem> 
         &mut index,
         &mut out,
     );
+    crate::rules::check_rules(&spec.rules, &device_metrics(spec, profiles), &mut out);
     out
 }
 
@@ -254,4 +255,35 @@ fn check_bus(bus: &BusSpec, at: &Path, out: &mut Vec<Problem>) {
             format!("bus {:?} has no [[bus.device]]", bus.name),
         ));
     }
+}
+
+/// Every device of the gateway with its metrics and writable metrics, for the rule checks.
+fn device_metrics(spec: &GatewaySpec, profiles: &ProfileSet) -> crate::rules::DeviceMetrics {
+    let mut out = crate::rules::DeviceMetrics::new();
+    for d in spec.buses.iter().flat_map(|b| b.devices.iter()) {
+        let known = profiles.get(&d.profile).map(|p| {
+            let metrics = p
+                .fields
+                .iter()
+                .map(|f| f.metric.clone())
+                .chain(p.derived.iter().map(|x| x.metric.clone()))
+                .collect();
+            let writable = p
+                .fields
+                .iter()
+                .filter(|f| f.writable)
+                .map(|f| f.metric.clone())
+                .collect();
+            (metrics, writable)
+        });
+        out.insert(d.id.clone(), known);
+    }
+    for d in spec.mqtt_sources.iter().flat_map(|s| s.devices.iter()) {
+        let metrics = d.metrics.iter().map(|m| m.metric.clone()).collect();
+        out.insert(d.id.clone(), Some((metrics, Vec::new())));
+    }
+    for c in &spec.cameras {
+        out.insert(c.id.clone(), Some((Vec::new(), Vec::new())));
+    }
+    out
 }

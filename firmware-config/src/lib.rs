@@ -29,6 +29,7 @@ pub mod profile;
 pub mod profile_check;
 pub mod profile_set;
 pub mod register;
+pub mod rules;
 pub mod schema;
 pub mod timing;
 

@@ -567,3 +567,45 @@ fn a_camera_without_hub_url_is_a_warning_and_loads() {
             .any(|i| i.asset.as_str() == "cam-asset-01")
     );
 }
+
+#[test]
+fn rule_problems_are_located() {
+    let tail = "params = { mounting_height_mm = 3500 }\n\n[[rule]]\nname = \"water-warning\"\n\
+                device = \"water-0001\"\nmetric = \"waterDepthh\"\nabove = 15.0\nclear = 18.0\n\n\
+                [[rule.action]]\ndevice = \"lamp-0001\"\nmetric = \"voltage\"\nraise = true\n\n\
+                [[rule]]\nname = \"water-warning\"\ndevice = \"nope-1\"\nmetric = \"x\"\n";
+    let (_dir, path, d) = gateway_with("params = { mounting_height_mm = 3500 }", tail);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let line_of = |prefix: &str| lines.iter().position(|l| l.starts_with(prefix)).unwrap() + 1;
+    let last_of = |prefix: &str| lines.iter().rposition(|l| l.starts_with(prefix)).unwrap() + 1;
+    let at = |line: usize, words: &str| {
+        d.iter()
+            .any(|x| x.file == path && x.line == line && x.message.contains(words))
+    };
+    for (line, words) in [
+        (
+            line_of("metric = \"waterDepthh\""),
+            "has no metric \"waterDepthh\"",
+        ),
+        (
+            line_of("clear = 18.0"),
+            "must be at or below the threshold 15",
+        ),
+        (
+            line_of("metric = \"voltage\""),
+            "cannot be written; writable: powerState, dimLevel",
+        ),
+        (
+            last_of("name = \"water-warning\""),
+            "rule name \"water-warning\" is used twice",
+        ),
+        (line_of("device = \"nope-1\""), "no device \"nope-1\""),
+        (
+            last_of("name = \"water-warning\""),
+            "has neither above nor below",
+        ),
+    ] {
+        assert!(at(line, words), "line {line} / {words}: {d:#?}");
+    }
+}
