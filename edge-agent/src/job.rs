@@ -38,6 +38,8 @@ pub struct BusSetup {
 pub struct Setup {
     pub buses: Vec<BusSetup>,
     pub mqtt_sources: Vec<firmware_config::MqttSource>,
+    /// Inputs, counters and relay outputs on the GPIO header, if configured.
+    pub gpio: Option<firmware_config::Gpio>,
     /// Longest silence of a metric with a deadband.
     pub max_silent: Duration,
     pub uplink: UplinkConfig,
@@ -156,6 +158,7 @@ impl Setup {
         Ok(Setup {
             buses,
             mqtt_sources: config.mqtt_sources.clone(),
+            gpio: config.gpio.clone(),
             max_silent: Duration::from_secs(u64::from(config.agent.max_silent_s)),
             uplink,
         })

@@ -31,6 +31,8 @@ pub struct GatewayConfig {
     pub buses: Vec<Bus>,
     /// Self-publishing devices, by broker.
     pub mqtt_sources: Vec<crate::mqtt_source::MqttSource>,
+    /// Local signals on the GPIO header, when the file has a `[gpio]` section.
+    pub gpio: Option<crate::gpio::Gpio>,
     /// Problems that did not stop loading (e.g. a bus close to saturation).
     pub warnings: Vec<Diagnostic>,
 }
@@ -50,7 +52,8 @@ impl GatewayConfig {
             .mqtt_sources
             .iter()
             .flat_map(|s| s.devices.iter().map(|d| d.info.clone()));
-        polled.chain(published).collect()
+        let local = self.gpio.iter().flat_map(|g| g.inventory().cloned());
+        polled.chain(published).chain(local).collect()
     }
 }
 
@@ -197,9 +200,15 @@ pub fn resolve(
         .iter()
         .map(|m| crate::mqtt_source::MqttSource::resolve(m, spec.gateway.as_str(), loc))
         .collect::<Result<Vec<_>, _>>()?;
+    let gpio = spec
+        .gpio
+        .as_ref()
+        .map(|g| crate::gpio::Gpio::resolve(g, loc, &spec.agent.data_dir))
+        .transpose()?;
     Ok(GatewayConfig {
         file,
         mqtt_sources,
+        gpio,
         gateway: spec.gateway.clone(),
         uplink,
         agent: spec.agent.clone(),

@@ -29,10 +29,10 @@ pub fn check_gateway(spec: &GatewaySpec, profiles: &ProfileSet) -> Vec<Problem> 
     }
     check_uplink(&spec.uplink, &Path::root().key("uplink"), &mut out);
     check_agent(&spec.agent, &Path::root().key("agent"), &mut out);
-    if spec.buses.is_empty() && spec.mqtt_sources.is_empty() {
+    if spec.buses.is_empty() && spec.mqtt_sources.is_empty() && spec.gpio.is_none() {
         out.push(Problem::warning(
             Path::root(),
-            "no [[bus]] and no [[mqtt_source]]: the gateway will only send heartbeats",
+            "no [[bus]], no [[mqtt_source]] and no [gpio]: the gateway will only send heartbeats",
         ));
     }
     let mut names: HashMap<&str, Path> = HashMap::new();
@@ -52,6 +52,9 @@ pub fn check_gateway(spec: &GatewaySpec, profiles: &ProfileSet) -> Vec<Problem> 
         check_bus_devices(bus, &at, profiles, &mut index, &mut out);
     }
     crate::mqtt_source::check_sources(&spec.mqtt_sources, &mut index, &mut out);
+    if let Some(gpio) = &spec.gpio {
+        crate::gpio::check_gpio(gpio, &mut index, &mut out);
+    }
     out
 }
 
