@@ -42,6 +42,8 @@ pub struct Setup {
     pub rules: Vec<firmware_config::rules::Rule>,
     /// Cameras, their endpoint and evidence store; `None` without cameras.
     pub cameras: Option<firmware_config::CameraSetup>,
+    /// Inputs, counters and relay outputs on the GPIO header, if configured.
+    pub gpio: Option<firmware_config::Gpio>,
     /// Longest silence of a metric with a deadband.
     pub max_silent: Duration,
     pub uplink: UplinkConfig,
@@ -226,6 +228,7 @@ impl Setup {
                 .unwrap_or(&config.agent.status_listen)
                 .parse()
                 .with_context(|| "status_listen: not an address:port".to_owned())?,
+            gpio: config.gpio.clone(),
             max_silent: Duration::from_secs(u64::from(config.agent.max_silent_s)),
             uplink,
         })

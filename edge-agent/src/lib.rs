@@ -12,6 +12,7 @@ pub mod command;
 pub mod commands;
 pub mod commission;
 pub mod evidence;
+pub mod gpio;
 pub mod health;
 pub mod job;
 pub mod modbus;
@@ -73,6 +74,20 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
     let (reply_tx, reply_rx) = mpsc::channel::<protocol::Reply>(64);
     let mut routes = std::collections::HashMap::new();
     let gateway = setup.uplink.gateway.clone();
+    // GPIO first: a backend or pin that cannot be opened stops the start before anything runs.
+    let gpio = gpio::start(
+        setup.gpio,
+        gpio::Wiring {
+            gateway: gateway.clone(),
+            items: tx.clone(),
+            replies: reply_tx.clone(),
+            health: health.clone(),
+            max_silent: setup.max_silent,
+            shutdown: shutdown.clone(),
+        },
+    )?;
+    routes.extend(gpio.routes);
+    pollers.extend(gpio.tasks);
     for bus in setup.buses {
         let (bus_tx, bus_rx) = mpsc::channel(16);
         for job in &bus.jobs {

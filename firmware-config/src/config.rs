@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     pub cameras: Option<crate::camera::CameraSetup>,
     /// Local rules.
     pub rules: Vec<crate::rules::Rule>,
+    /// Local signals on the GPIO header, when the file has a `[gpio]` section.
+    pub gpio: Option<crate::gpio::Gpio>,
     /// Problems that did not stop loading (e.g. a bus close to saturation).
     pub warnings: Vec<Diagnostic>,
 }
@@ -59,7 +61,12 @@ impl GatewayConfig {
             .cameras
             .iter()
             .flat_map(|c| c.cameras.iter().map(|c| c.info.clone()));
-        polled.chain(published).chain(cameras).collect()
+        let local = self.gpio.iter().flat_map(|g| g.inventory().cloned());
+        polled
+            .chain(published)
+            .chain(cameras)
+            .chain(local)
+            .collect()
     }
 }
 
@@ -218,11 +225,17 @@ pub fn resolve(
         .iter()
         .map(crate::rules::Rule::resolve)
         .collect::<Result<Vec<_>, _>>()?;
+    let gpio = spec
+        .gpio
+        .as_ref()
+        .map(|g| crate::gpio::Gpio::resolve(g, loc, &spec.agent.data_dir))
+        .transpose()?;
     Ok(GatewayConfig {
         file,
         mqtt_sources,
         cameras,
         rules,
+        gpio,
         gateway: spec.gateway.clone(),
         uplink,
         agent: spec.agent.clone(),

@@ -1,5 +1,5 @@
 //! The gateway file as written (`gateways/NAME.toml`): identity and location, uplink, agent
-//! settings, and the Modbus buses with their devices. Validation is in
+//! settings, the Modbus buses with their devices, MQTT sources and GPIO. Validation is in
 //! [`gateway_check`](crate::gateway_check); the resolved, ready-to-run view in [`config`](crate::config).
 
 use std::collections::BTreeMap;
@@ -44,6 +44,10 @@ pub struct GatewaySpec {
     /// Local rules: thresholds the gateway acts on itself, uplink or not.
     #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<crate::rules::RuleSpec>,
+    /// Local signals on the Raspberry Pi's GPIO: door contacts, float switches, rain gauge pulses,
+    /// relay outputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpio: Option<crate::gpio::GpioSpec>,
 }
 
 /// The cabinet's position and its place in the road-chief and grid systems.

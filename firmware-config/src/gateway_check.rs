@@ -29,10 +29,14 @@ pub fn check_gateway(spec: &GatewaySpec, profiles: &ProfileSet) -> Vec<Problem> 
     }
     check_uplink(&spec.uplink, &Path::root().key("uplink"), &mut out);
     check_agent(&spec.agent, &Path::root().key("agent"), &mut out);
-    if spec.buses.is_empty() && spec.mqtt_sources.is_empty() && spec.cameras.is_empty() {
+    if spec.buses.is_empty()
+        && spec.mqtt_sources.is_empty()
+        && spec.cameras.is_empty()
+        && spec.gpio.is_none()
+    {
         out.push(Problem::warning(
             Path::root(),
-            "no [[bus]], [[mqtt_source]] or [[camera]]: the gateway will only send heartbeats",
+            "no [[bus]], [[mqtt_source]], [[camera]] or [gpio]: the gateway will only send heartbeats",
         ));
     }
     let mut names: HashMap<&str, Path> = HashMap::new();
@@ -60,6 +64,9 @@ pub fn check_gateway(spec: &GatewaySpec, profiles: &ProfileSet) -> Vec<Problem> 
         &mut out,
     );
     crate::rules::check_rules(&spec.rules, &device_metrics(spec, profiles), &mut out);
+    if let Some(gpio) = &spec.gpio {
+        crate::gpio::check_gpio(gpio, &mut index, &mut out);
+    }
     out
 }
 
@@ -284,6 +291,20 @@ fn device_metrics(spec: &GatewaySpec, profiles: &ProfileSet) -> crate::rules::De
     }
     for c in &spec.cameras {
         out.insert(c.id.clone(), Some((Vec::new(), Vec::new())));
+    }
+    if let Some(g) = &spec.gpio {
+        let metric = |m: &str| protocol::MetricId::new(m).ok();
+        for i in &g.inputs {
+            let m = metric(i.kind.event_type()).into_iter().collect();
+            out.insert(i.id.clone(), Some((m, Vec::new())));
+        }
+        for c in &g.counters {
+            out.insert(c.id.clone(), Some((vec![c.metric.clone()], Vec::new())));
+        }
+        for o in &g.outputs {
+            let m: Vec<_> = metric(crate::gpio::OUTPUT_METRIC).into_iter().collect();
+            out.insert(o.id.clone(), Some((m.clone(), m)));
+        }
     }
     out
 }

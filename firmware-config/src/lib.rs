@@ -19,6 +19,7 @@ pub mod field;
 pub mod field_check;
 pub mod gateway;
 pub mod gateway_check;
+pub mod gpio;
 pub mod link;
 pub mod load;
 pub mod locate;
@@ -43,6 +44,7 @@ pub use field::{Derived, Field, Formula};
 pub use gateway::{
     AgentSpec, BusKind, BusSpec, DeviceSpec, GatewaySpec, LocationSpec, Parity, TlsSpec, UplinkSpec,
 };
+pub use gpio::{Gpio, GpioBackend, GpioCounter, GpioInput, GpioOutput};
 pub use link::{Broker, Link, Uplink};
 pub use load::{check_files, load_gateway, load_profile, parse_gateway, parse_profile, read_spec};
 pub use mqtt_source::{JsonMetric, MqttDevice, MqttSource};

@@ -117,6 +117,23 @@ pub fn check_files(paths: &[PathBuf], profiles: &ProfileSet) -> Vec<Diagnostic> 
                 here(at, dev.asset.to_string(), &mut seen_assets, "asset id");
             }
         }
+        if let Some(gpio) = &spec.gpio {
+            let section = DocPath::root().key("gpio");
+            let assets = [
+                (
+                    "input",
+                    gpio.inputs.iter().map(|d| &d.asset).collect::<Vec<_>>(),
+                ),
+                ("counter", gpio.counters.iter().map(|d| &d.asset).collect()),
+                ("output", gpio.outputs.iter().map(|d| &d.asset).collect()),
+            ];
+            for (key, list) in assets {
+                for (j, asset) in list.into_iter().enumerate() {
+                    let at = section.at(key, j).key("asset");
+                    here(at, asset.to_string(), &mut seen_assets, "asset id");
+                }
+            }
+        }
     }
     out
 }

@@ -509,6 +509,294 @@ fn mqtt_source_problems_are_located() {
     assert!(at(line_of("pointer = "), "must start with '/'"), "{d:#?}");
 }
 
+/// A valid `[gpio]` section, appended to `GATEWAY`.
+const GPIO: &str = r#"
+[gpio]
+backend = "simulated"
+sim_dir = "/tmp/gpio-test"
+
+[[gpio.input]]
+id = "door-t-01"
+asset = "cab-t-01"
+kind = "door"
+pin = 17
+pull = "up"
+
+[[gpio.counter]]
+id = "rain-t-01"
+asset = "rain-t-01"
+pin = 27
+pull = "up"
+per_pulse = 0.2
+
+[[gpio.output]]
+id = "lamp-warn-t-01"
+asset = "warn-t-01"
+kind = "warning_light"
+pin = 22
+lon = 118.79
+lat = 32.05
+"#;
+
+/// `GATEWAY` + `GPIO` with `from` replaced by `to`: the file, its text and its diagnostics.
+fn gpio_with(from: &str, to: &str) -> (TempDir, PathBuf, String, Vec<Diagnostic>) {
+    let base = GATEWAY.to_owned() + GPIO;
+    assert!(base.contains(from), "{from}");
+    let text = base.replacen(from, to, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "gw-test-01.toml", &text);
+    let diagnostics = load_gateway(&path, &ProfileSet::builtin().unwrap())
+        .err()
+        .unwrap_or_default();
+    (dir, path, text, diagnostics)
+}
+
+/// The 1-based line of the `n`th line (0-based) of `text` that starts with `prefix`.
+fn nth_line(text: &str, prefix: &str, n: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with(prefix))
+        .nth(n)
+        .unwrap_or_else(|| panic!("no line {n} starting with {prefix:?}"))
+        .0
+        + 1
+}
+
+#[test]
+fn a_gpio_section_resolves_with_its_defaults() {
+    let (_dir, path, _, d) = gpio_with("", "");
+    assert!(d.is_empty(), "{d:#?}");
+    let config = load_gateway(&path, &ProfileSet::builtin().unwrap()).unwrap();
+    let gpio = config.gpio.as_ref().unwrap();
+    assert_eq!(
+        gpio.backend,
+        firmware_config::GpioBackend::Simulated {
+            dir: "/tmp/gpio-test".into()
+        }
+    );
+    let input = &gpio.inputs[0].spec;
+    assert_eq!((input.debounce_ms, input.active_low), (50, false));
+    let counter = &gpio.counters[0].spec;
+    assert_eq!(counter.debounce_ms, 20);
+    assert_eq!(counter.edge, firmware_config::gpio::Edge::Falling);
+    assert_eq!(
+        (
+            counter.metric.as_str(),
+            counter.unit.as_str(),
+            counter.report_s
+        ),
+        ("rainfall", "mm", 60)
+    );
+    assert!(!gpio.outputs[0].spec.initial);
+    // The hub learns of them from the presence inventory, placed like any device.
+    let inventory = config.inventory();
+    let kind_of = |id: &str| {
+        let d = inventory.iter().find(|d| d.device.as_str() == id).unwrap();
+        (d.kind, d.location.unwrap().lon(), d.report_interval_s)
+    };
+    assert_eq!(
+        kind_of("door-t-01"),
+        (protocol::AssetKind::Cabinet, 118.7835, None)
+    );
+    assert_eq!(
+        kind_of("rain-t-01"),
+        (protocol::AssetKind::RainGauge, 118.7835, Some(60))
+    );
+    assert_eq!(
+        kind_of("lamp-warn-t-01"),
+        (protocol::AssetKind::WarningLight, 118.79, None)
+    );
+    assert_eq!(inventory.len(), 5);
+}
+
+#[test]
+fn gpio_sim_dir_defaults_under_the_data_dir() {
+    let text = GATEWAY.to_owned()
+        + "\n[agent]\ndata_dir = \"/srv/agent\"\n"
+        + &GPIO.replacen("sim_dir = \"/tmp/gpio-test\"\n", "", 1);
+    let config = firmware_config::parse_gateway(
+        Path::new("gw.toml"),
+        &text,
+        &ProfileSet::builtin().unwrap(),
+    )
+    .unwrap_or_else(|d| panic!("{d:#?}"));
+    assert_eq!(
+        config.gpio.unwrap().backend,
+        firmware_config::GpioBackend::Simulated {
+            dir: "/srv/agent/gpio-sim".into()
+        }
+    );
+}
+
+#[test]
+fn gpio_pin_out_of_range() {
+    let (_dir, path, text, d) = gpio_with("pin = 27", "pin = 28");
+    assert_one(
+        &path,
+        &d,
+        nth_line(&text, "pin = 28", 0),
+        1,
+        &["pin 28 is not a GPIO", "BCM GPIO number 0..=27"],
+    );
+}
+
+#[test]
+fn gpio_pin_used_twice() {
+    let (_dir, path, text, d) = gpio_with("pin = 22", "pin = 17");
+    let first = nth_line(&text, "pin = 17", 0);
+    assert_one(
+        &path,
+        &d,
+        nth_line(&text, "pin = 17", 1),
+        1,
+        &[&format!(
+            "pin 17 is used twice in [gpio] (see line {first})"
+        )],
+    );
+}
+
+#[test]
+fn gpio_per_pulse_must_be_positive() {
+    for bad in ["0", "-0.2", "nan"] {
+        let (_dir, path, text, d) = gpio_with("per_pulse = 0.2", &format!("per_pulse = {bad}"));
+        assert_one(
+            &path,
+            &d,
+            nth_line(&text, "per_pulse", 0),
+            1,
+            &["per_pulse is", "a number > 0"],
+        );
+    }
+}
+
+#[test]
+fn gpio_sim_dir_needs_the_simulated_backend() {
+    let (_dir, path, text, d) = gpio_with("backend = \"simulated\"", "backend = \"rppal\"");
+    assert_one(
+        &path,
+        &d,
+        nth_line(&text, "sim_dir", 0),
+        1,
+        &["sim_dir applies to backend = \"simulated\" only"],
+    );
+    // Without sim_dir, rppal (also the default) is fine.
+    let (_dir, _, _, d) = gpio_with(
+        "backend = \"simulated\"\nsim_dir = \"/tmp/gpio-test\"\n",
+        "",
+    );
+    assert!(d.is_empty(), "{d:#?}");
+}
+
+#[test]
+fn gpio_devices_share_ids_with_the_other_devices() {
+    let (_dir, path, text, d) = gpio_with("id = \"door-t-01\"", "id = \"lamp-0001\"");
+    let first = nth_line(&text, "id = \"lamp-0001\"", 0);
+    assert_one(
+        &path,
+        &d,
+        nth_line(&text, "id = \"lamp-0001\"", 1),
+        1,
+        &[&format!(
+            "device id \"lamp-0001\" is used twice (see line {first})"
+        )],
+    );
+    let (_dir, path, text, d) = gpio_with("asset = \"warn-t-01\"", "asset = \"rain-t-01\"");
+    assert_one(
+        &path,
+        &d,
+        nth_line(&text, "asset = \"rain-t-01\"", 1),
+        1,
+        &["asset id \"rain-t-01\" is used twice"],
+    );
+}
+
+#[test]
+fn gpio_report_debounce_and_place_ranges() {
+    let (_dir, path, text, d) = gpio_with("per_pulse = 0.2", "per_pulse = 0.2\nreport_s = 0");
+    assert_one(
+        &path,
+        &d,
+        nth_line(&text, "report_s", 0),
+        1,
+        &["report_s is 0; expected 1..=3600"],
+    );
+    let (_dir, path, text, d) = gpio_with("pull = \"up\"", "pull = \"up\"\ndebounce_ms = 60000");
+    assert_one(
+        &path,
+        &d,
+        nth_line(&text, "debounce_ms", 0),
+        1,
+        &["debounce_ms is 60000; expected 0..=5000"],
+    );
+    let (_dir, path, text, d) = gpio_with("lat = 32.05\n", "");
+    assert_one(
+        &path,
+        &d,
+        nth_line(&text, "lon = 118.79", 0),
+        1,
+        &["lon needs lat as well"],
+    );
+}
+
+#[test]
+fn gpio_typos_are_located_by_the_parser() {
+    let (_dir, path, text, d) = gpio_with("kind = \"door\"", "kind = \"window\"");
+    assert_one(
+        &path,
+        &d,
+        nth_line(&text, "kind = \"window\"", 0),
+        8,
+        &[
+            "unknown variant `window`",
+            "`door`, `float_switch`, `digital`",
+        ],
+    );
+    let (_dir, path, text, d) =
+        gpio_with("pull = \"up\"\n\n", "pull = \"up\"\npolarity = \"low\"\n\n");
+    assert_one(
+        &path,
+        &d,
+        nth_line(&text, "polarity", 0),
+        1,
+        &["unknown field `polarity`", "`active_low`"],
+    );
+}
+
+#[test]
+fn gpio_reserved_pins_are_a_warning() {
+    let (_dir, path, _, d) = gpio_with("pin = 22", "pin = 1");
+    assert!(d.is_empty(), "{d:#?}");
+    let config = load_gateway(&path, &ProfileSet::builtin().unwrap()).unwrap();
+    assert_eq!(config.warnings.len(), 1, "{:#?}", config.warnings);
+    assert_eq!(config.warnings[0].severity, Severity::Warning);
+    assert!(config.warnings[0].message.contains("ID EEPROM"));
+}
+
+#[test]
+fn gpio_asset_used_in_two_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = GATEWAY.to_owned() + GPIO;
+    let a = write(dir.path(), "a.toml", &text);
+    let other = text
+        .replace("gw-test-01", "gw-test-02")
+        .replace("sl-t-0001", "sl-t-0009")
+        .replace("wl-t-0001", "wl-t-0009")
+        .replace("cab-t-01", "cab-t-09")
+        .replace("asset = \"rain-t-01\"", "asset = \"rain-t-09\"");
+    let b = write(dir.path(), "b.toml", &other);
+    let d = check_files(&[a.clone(), b.clone()], &ProfileSet::builtin().unwrap());
+    let shown: Vec<String> = d.iter().map(ToString::to_string).collect();
+    let line = nth_line(&text, "asset = \"warn-t-01\"", 0);
+    assert_eq!(
+        shown,
+        [format!(
+            "{}:{line}:1: error: asset id \"warn-t-01\" is also used at {}:{line}:1",
+            b.display(),
+            a.display()
+        )]
+    );
+}
+
 #[test]
 fn camera_problems_are_located() {
     let tail = "params = { mounting_height_mm = 3500 }\n\n[camera_server]\nlisten = \"0.0.0.0\"\n\

@@ -34,6 +34,11 @@ pub enum AssetKind {
     ParkingCamera,
     EncroachmentCamera,
     RainGauge,
+    // A roadside cabinet (its door contact reports `tamper`); no doc comment, so the JSON Schema
+    // keeps one plain enum.
+    Cabinet,
+    WarningLight,
+    Siren,
     Other,
 }
 
@@ -47,6 +52,9 @@ impl AssetKind {
             AssetKind::ParkingCamera => "parkingCamera",
             AssetKind::EncroachmentCamera => "encroachmentCamera",
             AssetKind::RainGauge => "rainGauge",
+            AssetKind::Cabinet => "cabinet",
+            AssetKind::WarningLight => "warningLight",
+            AssetKind::Siren => "siren",
             AssetKind::Other => "other",
         }
     }
@@ -277,5 +285,32 @@ impl Heartbeat {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn asset_kind_names_are_their_wire_names() {
+        for k in [
+            AssetKind::Streetlight,
+            AssetKind::Waterlogging,
+            AssetKind::DustMonitor,
+            AssetKind::SmartBin,
+            AssetKind::ParkingCamera,
+            AssetKind::EncroachmentCamera,
+            AssetKind::RainGauge,
+            AssetKind::Cabinet,
+            AssetKind::WarningLight,
+            AssetKind::Siren,
+            AssetKind::Other,
+        ] {
+            assert_eq!(
+                serde_json::to_value(k).unwrap(),
+                serde_json::Value::String(k.as_str().into())
+            );
+        }
     }
 }

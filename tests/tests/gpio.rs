@@ -1,0 +1,244 @@
+//! GPIO end to end: an agent with the simulated backend and an embedded hub. Opening the cabinet door
+//! (its pin's file) reaches the hub as a `tamper` start event, tips of the rain gauge as rainfall, and a
+//! command on the gateway's `cmd` topic switches the warning light (its pin's file) and is answered on
+//! `reply`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use protocol::{Action, Command, CommandId, CommandOutcome, Limits, Reply, Timestamp, Value};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tests::{eventually, free_addr, get_json};
+
+/// Sets a simulated input the way an outside driver should: a whole file renamed into place.
+fn set_pin(sim: &Path, pin: u8, high: bool) {
+    let tmp = sim.join("in").join(format!(".{pin}.tmp"));
+    std::fs::write(&tmp, if high { "1" } else { "0" }).unwrap();
+    std::fs::rename(&tmp, sim.join("in").join(pin.to_string())).unwrap();
+}
+
+/// The `tamper` events the hub serves for `door-1`: (phase, attributes as JSON text), in time order.
+fn stored_events(base: &str) -> Vec<(String, String)> {
+    let Some(list) = get_json(&format!(
+        "{base}/api/v1/events?gateway=gw-gpio&device=door-1&event=tamper"
+    )) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, String)> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["phase"].as_str().unwrap_or("").to_owned(),
+                e["attributes"].to_string(),
+            )
+        })
+        .collect();
+    // The API lists newest first.
+    out.reverse();
+    out
+}
+
+fn asset(base: &str, id: &str) -> Option<serde_json::Value> {
+    get_json(&format!("{base}/api/v1/assets"))?
+        .as_array()?
+        .iter()
+        .find(|a| a["id"] == id)
+        .cloned()
+}
+
+#[test]
+fn door_rain_gauge_and_warning_light_through_the_hub() {
+    tests::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let (http, mqtt) = (free_addr(), free_addr());
+    let sim = dir.path().join("gpio-sim");
+    let gw_file = dir.path().join("gw.toml");
+    std::fs::write(
+        &gw_file,
+        format!(
+            r#"gateway = "gw-gpio"
+[location]
+lon = 118.78
+lat = 32.04
+road_segment = "rd-1"
+grid = "g-1"
+[uplink]
+broker = "mqtt://{mqtt}"
+[agent]
+batch_max_wait_ms = 200
+heartbeat_s = 1
+data_dir = "{data}"
+
+[gpio]
+backend = "simulated"
+sim_dir = "{sim}"
+
+[[gpio.input]]
+id = "door-1"
+asset = "cab-1"
+kind = "door"
+pin = 17
+pull = "up"
+debounce_ms = 20
+
+[[gpio.counter]]
+id = "rain-1"
+asset = "rg-1"
+pin = 27
+pull = "up"
+per_pulse = 0.2
+report_s = 1
+
+[[gpio.output]]
+id = "lamp-warn-1"
+asset = "warn-1"
+kind = "warning_light"
+pin = 22
+lon = 118.781
+lat = 32.041
+"#,
+            data = dir.path().join("agent").display(),
+            sim = sim.display(),
+        ),
+    )
+    .unwrap();
+    // The installer's check passes (the same code as `edge-agent config check`).
+    let config =
+        firmware_config::load_gateway(&gw_file, &firmware_config::ProfileSet::builtin().unwrap())
+            .unwrap_or_else(|d| panic!("{d:#?}"));
+    assert!(config.warnings.is_empty(), "{:#?}", config.warnings);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let hub = tests::start_embedded_hub(&rt, &dir.path().join("hub"), http, mqtt);
+    let agent = tests::Agent::start(&rt, &gw_file, None);
+    let base = format!("http://{http}");
+
+    // Announced in the inventory, with the door's state at start: shut.
+    let cabinet = eventually(Duration::from_secs(15), "the cabinet's state", || {
+        asset(&base, "cab-1").filter(|a| a["latest"]["tamper"] == false)
+    });
+    assert_eq!(cabinet["kind"], "cabinet");
+    assert_eq!(cabinet["device"], "door-1");
+    let initial = eventually(Duration::from_secs(10), "the state-at-start event", || {
+        let e = stored_events(&base);
+        (!e.is_empty()).then_some(e)
+    });
+    assert_eq!(initial[0].0, "end");
+    assert!(initial[0].1.contains("\"initial\":true"), "{initial:?}");
+    let light = asset(&base, "warn-1").unwrap();
+    assert_eq!(light["kind"], "warningLight");
+    assert_eq!(light["location"]["lon"], 118.781);
+    assert_eq!(asset(&base, "rg-1").unwrap()["kind"], "rainGauge");
+
+    // Someone opens the cabinet.
+    set_pin(&sim, 17, true);
+    let events = eventually(
+        Duration::from_secs(10),
+        "the tamper start at the hub",
+        || {
+            let e = stored_events(&base);
+            (e.len() >= 2).then_some(e)
+        },
+    );
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1].0, "start");
+    let attributes: serde_json::Value = serde_json::from_str(&events[1].1).unwrap();
+    assert_eq!(
+        attributes,
+        serde_json::json!({"pin": 17.0}),
+        "not marked initial"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the cabinet open in the API",
+        || asset(&base, "cab-1").filter(|a| a["latest"]["tamper"] == true),
+    );
+    // ... and shuts it.
+    set_pin(&sim, 17, false);
+    eventually(Duration::from_secs(10), "the tamper end at the hub", || {
+        let e = stored_events(&base);
+        (e.len() == 3 && e[2].0 == "end").then_some(())
+    });
+
+    // Three tips of the rain gauge: 0.6 mm over the readings of the last hour.
+    for _ in 0..3 {
+        set_pin(&sim, 27, false);
+        std::thread::sleep(Duration::from_millis(80));
+        set_pin(&sim, 27, true);
+        std::thread::sleep(Duration::from_millis(80));
+    }
+    eventually(Duration::from_secs(10), "0.6 mm of rain at the hub", || {
+        let r = get_json(&format!(
+            "{base}/api/v1/assets/rg-1/readings?metric=rainfall"
+        ))?;
+        let total: f64 = r
+            .as_array()?
+            .iter()
+            .filter_map(|p| p["value"].as_f64())
+            .sum();
+        ((total - 0.6).abs() < 1e-9).then_some(())
+    });
+
+    // The hub's side switches the warning light on.
+    let reply: Reply = rt.block_on(async {
+        let (client, mut ev) =
+            AsyncClient::new(MqttOptions::new("hub-side", "127.0.0.1", mqtt.port()), 100);
+        client
+            .subscribe("city/v1/gw/gw-gpio/reply", QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let now = Timestamp::now();
+        let cmd = Command {
+            v: 1,
+            id: CommandId::from_uuid(uuid::Uuid::from_u128(0x6770_696f)),
+            device: "lamp-warn-1".parse().unwrap(),
+            issued_at: now,
+            expires_at: now.add_millis(60_000),
+            action: Action::Write {
+                metric: "powerState".parse().unwrap(),
+                value: Value::Bool(true),
+            },
+        };
+        let bytes = protocol::encode(&cmd, &Limits::default()).unwrap();
+        let wait = async {
+            let mut sent = false;
+            loop {
+                match ev.poll().await.unwrap() {
+                    Event::Incoming(Packet::SubAck(_)) if !sent => {
+                        sent = true;
+                        client
+                            .publish(
+                                "city/v1/gw/gw-gpio/cmd",
+                                QoS::AtLeastOnce,
+                                false,
+                                bytes.clone(),
+                            )
+                            .await
+                            .unwrap();
+                    }
+                    Event::Incoming(Packet::Publish(p)) => {
+                        return protocol::decode::<Reply>(&p.payload, &Limits::default()).unwrap();
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .unwrap()
+    });
+    assert_eq!(reply.outcome, CommandOutcome::Ok, "{reply:?}");
+    assert_eq!(reply.read_back, Some(Value::Bool(true)));
+    assert_eq!(std::fs::read_to_string(sim.join("out/22")).unwrap(), "1");
+    eventually(Duration::from_secs(10), "the light on in the API", || {
+        asset(&base, "warn-1").filter(|a| a["latest"]["powerState"] == true)
+    });
+
+    agent.stop(&rt);
+    // Stopped: the light is back in its safe state.
+    assert_eq!(std::fs::read_to_string(sim.join("out/22")).unwrap(), "0");
+    rt.block_on(hub.stop());
+}
