@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path as FsPath, PathBuf};
 
-use protocol::{AssetId, AssetKind, DeviceId, DeviceInfo, Point, ZoneId};
+use protocol::{AssetId, AssetKind, DeviceId, DeviceInfo, ZoneId};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::device_check::DeviceIndex;
 use crate::gateway::LocationSpec;
 use crate::locate::{Path, Problem};
+use crate::place::{check_place, place};
 
 /// The agent's HTTP endpoint for camera events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -153,25 +154,8 @@ impl CameraSetup {
                 .collect::<Result<_, String>>()?;
             resolved.push(Camera {
                 id: c.id.clone(),
-                info: DeviceInfo {
-                    device: c.id.clone(),
-                    asset: c.asset.clone(),
-                    kind: c.kind,
-                    profile: Some("camera-http".into()),
-                    location: Some(Point::new(
-                        c.lon.unwrap_or(loc.lon),
-                        c.lat.unwrap_or(loc.lat),
-                    )),
-                    road_segment: Some(
-                        c.road_segment
-                            .clone()
-                            .unwrap_or_else(|| loc.road_segment.clone()),
-                    ),
-                    grid: Some(c.grid.clone().unwrap_or_else(|| loc.grid.clone())),
-                    zone: c.zone.clone().or_else(|| loc.zone.clone()),
-                    // Cameras report when something happens, not on a schedule.
-                    report_interval_s: None,
-                },
+                // Cameras report when something happens, not on a schedule.
+                info: place!(c).info(loc, &c.id, &c.asset, c.kind, "camera-http", None),
                 lane_zones,
                 allow_from,
                 utc_offset_s: utc_offset(c.utc_offset.as_deref().unwrap_or(DEFAULT_UTC_OFFSET))?,
@@ -306,15 +290,7 @@ pub fn check_cameras(
                 ),
             ));
         }
-        match (c.lon, c.lat) {
-            (Some(lon), Some(lat)) => {
-                if let Some(p) = Point::new(lon, lat).problem() {
-                    out.push(Problem::error(at.key("lon"), p));
-                }
-            }
-            (None, None) => {}
-            _ => out.push(Problem::error(at.key("lon"), "give lon and lat together")),
-        }
+        check_place(&place!(c), &at, out);
         for key in c.lane_zones.keys() {
             if let Err(e) = lane_number(key) {
                 out.push(Problem::error(at.key("lane_zones").key(key), e));

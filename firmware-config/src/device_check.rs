@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use protocol::{AssetId, DeviceId, Point};
+use protocol::{AssetId, DeviceId};
 
 use crate::gateway::{BusKind, BusSpec, DeviceSpec};
 use crate::locate::{Path, Problem};
@@ -73,7 +73,7 @@ pub fn check_bus_devices(
             units.insert(d.unit, at.key("unit"));
         }
         check_unit(bus.kind, d.unit, &at, out);
-        check_place(d, &at, out);
+        crate::place::check_place(&crate::place::place!(d), &at, out);
         if d.poll_ms < MIN_POLL_MS {
             out.push(Problem::error(
                 at.key("poll_ms"),
@@ -159,22 +159,6 @@ fn check_unit(kind: BusKind, unit: u8, at: &Path, out: &mut Vec<Problem>) {
             at.key("unit"),
             format!("unit {unit} is out of range; expected {expected}"),
         ));
-    }
-}
-
-fn check_place(d: &DeviceSpec, at: &Path, out: &mut Vec<Problem>) {
-    match (d.lon, d.lat) {
-        (Some(lon), Some(lat)) => {
-            if let Some(p) = Point::new(lon, lat).problem() {
-                out.push(Problem::error(
-                    at.key(if p.starts_with("lat") { "lat" } else { "lon" }),
-                    p,
-                ));
-            }
-        }
-        (None, None) => {}
-        (Some(_), None) => out.push(Problem::error(at.key("lon"), "lon needs lat as well")),
-        (None, Some(_)) => out.push(Problem::error(at.key("lat"), "lat needs lon as well")),
     }
 }
 

@@ -8,13 +8,14 @@
 use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
 
-use protocol::{AssetId, AssetKind, DeviceId, DeviceInfo, MetricId, Point, Unit, ZoneId};
+use protocol::{AssetId, AssetKind, DeviceId, DeviceInfo, MetricId, Unit, ZoneId};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::device_check::DeviceIndex;
 use crate::gateway::LocationSpec;
 use crate::locate::{Path, Problem};
+use crate::place::{Place, check_place, place};
 
 /// Highest BCM GPIO number on the Raspberry Pi's 40-pin header.
 pub const MAX_PIN: u32 = 27;
@@ -314,58 +315,6 @@ pub struct GpioOutput {
     pub info: DeviceInfo,
 }
 
-/// Where a device stands: its own place where given, the gateway's otherwise.
-struct Place<'a> {
-    lon: Option<f64>,
-    lat: Option<f64>,
-    road_segment: &'a Option<ZoneId>,
-    grid: &'a Option<ZoneId>,
-    zone: &'a Option<ZoneId>,
-}
-
-impl Place<'_> {
-    fn info(
-        &self,
-        loc: &LocationSpec,
-        device: &DeviceId,
-        asset: &AssetId,
-        kind: AssetKind,
-        profile: &str,
-        report_interval_s: Option<u32>,
-    ) -> DeviceInfo {
-        DeviceInfo {
-            device: device.clone(),
-            asset: asset.clone(),
-            kind,
-            profile: Some(profile.to_owned()),
-            location: Some(Point::new(
-                self.lon.unwrap_or(loc.lon),
-                self.lat.unwrap_or(loc.lat),
-            )),
-            road_segment: Some(
-                self.road_segment
-                    .clone()
-                    .unwrap_or_else(|| loc.road_segment.clone()),
-            ),
-            grid: Some(self.grid.clone().unwrap_or_else(|| loc.grid.clone())),
-            zone: self.zone.clone().or_else(|| loc.zone.clone()),
-            report_interval_s,
-        }
-    }
-}
-
-macro_rules! place {
-    ($d:expr) => {
-        Place {
-            lon: $d.lon,
-            lat: $d.lat,
-            road_segment: &$d.road_segment,
-            grid: &$d.grid,
-            zone: &$d.zone,
-        }
-    };
-}
-
 fn pin_of(pin: u32) -> Result<u8, String> {
     u8::try_from(pin)
         .ok()
@@ -576,22 +525,6 @@ fn check_pin(pin: u32, at: &Path, pins: &mut HashMap<u32, Path>, out: &mut Vec<P
         ));
     }
     pins.insert(pin, key);
-}
-
-fn check_place(p: &Place<'_>, at: &Path, out: &mut Vec<Problem>) {
-    match (p.lon, p.lat) {
-        (Some(lon), Some(lat)) => {
-            if let Some(msg) = Point::new(lon, lat).problem() {
-                out.push(Problem::error(
-                    at.key(if msg.starts_with("lat") { "lat" } else { "lon" }),
-                    msg,
-                ));
-            }
-        }
-        (None, None) => {}
-        (Some(_), None) => out.push(Problem::error(at.key("lon"), "lon needs lat as well")),
-        (None, Some(_)) => out.push(Problem::error(at.key("lat"), "lat needs lon as well")),
-    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod link;
 pub mod load;
 pub mod locate;
 pub mod mqtt_source;
+pub mod place;
 pub mod plan;
 pub mod plan_table;
 pub mod profile;

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use protocol::{AssetId, AssetKind, DeviceId, DeviceInfo, MetricId, Point, Unit, ZoneId};
+use protocol::{AssetId, AssetKind, DeviceId, DeviceInfo, MetricId, Unit, ZoneId};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,7 @@ use crate::device_check::DeviceIndex;
 use crate::gateway::LocationSpec;
 use crate::link::Broker;
 use crate::locate::{Path, Problem};
+use crate::place::{check_place, place};
 
 /// A broker the agent subscribes to for self-publishing devices.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -123,24 +124,14 @@ impl MqttSource {
             .iter()
             .map(|d| MqttDevice {
                 spec: d.clone(),
-                info: DeviceInfo {
-                    device: d.id.clone(),
-                    asset: d.asset.clone(),
-                    kind: d.kind,
-                    profile: Some(format!("mqtt:{}", spec.name)),
-                    location: Some(Point::new(
-                        d.lon.unwrap_or(loc.lon),
-                        d.lat.unwrap_or(loc.lat),
-                    )),
-                    road_segment: Some(
-                        d.road_segment
-                            .clone()
-                            .unwrap_or_else(|| loc.road_segment.clone()),
-                    ),
-                    grid: Some(d.grid.clone().unwrap_or_else(|| loc.grid.clone())),
-                    zone: d.zone.clone().or_else(|| loc.zone.clone()),
-                    report_interval_s: d.report_interval_s,
-                },
+                info: place!(d).info(
+                    loc,
+                    &d.id,
+                    &d.asset,
+                    d.kind,
+                    &format!("mqtt:{}", spec.name),
+                    d.report_interval_s,
+                ),
             })
             .collect();
         Ok(MqttSource {
@@ -219,15 +210,7 @@ pub fn check_sources(sources: &[MqttSourceSpec], index: &mut DeviceIndex, out: &
             if let Some(p) = d.time_pointer.as_deref().and_then(pointer_problem) {
                 out.push(Problem::error(at.key("time_pointer"), p));
             }
-            match (d.lon, d.lat) {
-                (Some(lon), Some(lat)) => {
-                    if let Some(p) = Point::new(lon, lat).problem() {
-                        out.push(Problem::error(at.key("lon"), p));
-                    }
-                }
-                (None, None) => {}
-                _ => out.push(Problem::error(at.key("lon"), "give lon and lat together")),
-            }
+            check_place(&place!(d), &at, out);
             if d.metrics.is_empty() {
                 out.push(Problem::error(
                     at.key("id"),

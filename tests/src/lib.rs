@@ -263,6 +263,15 @@ pub fn agent_process(config: &Path, profiles: Option<&Path>, data_dir: &Path) ->
     }
 }
 
+/// The first lines of a test's gateway file: the gateway id, a place in the test town and the
+/// `[uplink]` table with its broker (more `[uplink]` keys may follow directly).
+pub fn gateway_head(gateway: &str, broker: &str) -> String {
+    format!(
+        "gateway = \"{gateway}\"\n[location]\nlon = 118.78\nlat = 32.04\nroad_segment = \"rd-1\"\ngrid = \"g-1\"\n\
+         [uplink]\nbroker = \"{broker}\"\n"
+    )
+}
+
 /// GET `url` and parse JSON; `None` on any failure.
 pub fn get_json(url: &str) -> Option<serde_json::Value> {
     let mut resp = ureq::get(url)

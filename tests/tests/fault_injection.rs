@@ -85,15 +85,7 @@ fn outage_sigkill_broker_and_hub_restarts_lose_and_double_nothing() {
     std::fs::write(
         &gw,
         format!(
-            r#"gateway = "gw-fault"
-[location]
-lon = 118.78
-lat = 32.04
-road_segment = "rd-1"
-grid = "g-1"
-[uplink]
-broker = "mqtt://127.0.0.1:{broker}"
-keep_alive_s = 5
+            r#"{head}keep_alive_s = 5
 [agent]
 batch_max_wait_ms = 300
 heartbeat_s = 1
@@ -110,7 +102,8 @@ unit = 1
 profile = "test-counter"
 asset = "counter-1"
 poll_ms = 100
-"#
+"#,
+            head = tests::gateway_head("gw-fault", &format!("mqtt://127.0.0.1:{broker}"))
         ),
     )
     .unwrap();

@@ -59,15 +59,7 @@ fn door_rain_gauge_and_warning_light_through_the_hub() {
     std::fs::write(
         &gw_file,
         format!(
-            r#"gateway = "gw-gpio"
-[location]
-lon = 118.78
-lat = 32.04
-road_segment = "rd-1"
-grid = "g-1"
-[uplink]
-broker = "mqtt://{mqtt}"
-[agent]
+            r#"{head}[agent]
 batch_max_wait_ms = 200
 heartbeat_s = 1
 data_dir = "{data}"
@@ -100,6 +92,7 @@ pin = 22
 lon = 118.781
 lat = 32.041
 "#,
+            head = tests::gateway_head("gw-gpio", &format!("mqtt://{mqtt}")),
             data = dir.path().join("agent").display(),
             sim = sim.display(),
         ),

@@ -34,15 +34,7 @@ fn warning_light_follows_the_rule_with_the_uplink_down() {
     std::fs::write(
         &gw,
         format!(
-            r#"gateway = "gw-rules"
-[location]
-lon = 118.78
-lat = 32.04
-road_segment = "rd-1"
-grid = "g-1"
-[uplink]
-broker = "mqtt://{mqtt}"
-[agent]
+            r#"{head}[agent]
 heartbeat_s = 1
 
 [gpio]
@@ -78,6 +70,7 @@ metric = "powerState"
 raise = true
 clear = false
 "#,
+            head = tests::gateway_head("gw-rules", &format!("mqtt://{mqtt}")),
             sim = sim.display()
         ),
     )

@@ -38,15 +38,7 @@ fn lora_bins_through_an_mqtt_source() {
     std::fs::write(
         &gw_file,
         format!(
-            r#"gateway = "gw-lora"
-[location]
-lon = 118.78
-lat = 32.04
-road_segment = "rd-1"
-grid = "g-1"
-[uplink]
-broker = "mqtt://{mqtt}"
-[agent]
+            r#"{head}[agent]
 batch_max_wait_ms = 200
 heartbeat_s = 1
 
@@ -80,7 +72,8 @@ unit = "Cel"
 metric = "batteryLevel"
 pointer = "/object/battery"
 unit = "%"
-"#
+"#,
+            head = tests::gateway_head("gw-lora", &format!("mqtt://{mqtt}"))
         ),
     )
     .unwrap();

@@ -28,15 +28,7 @@ fn garbled_and_torn_spool_records_are_skipped_and_the_rest_delivered() {
     std::fs::write(
         &gw,
         format!(
-            r#"gateway = "gw-spool"
-[location]
-lon = 118.78
-lat = 32.04
-road_segment = "rd-1"
-grid = "g-1"
-[uplink]
-broker = "mqtt://{mqtt}"
-[agent]
+            r#"{head}[agent]
 heartbeat_s = 1
 status_listen = "{status}"
 [[bus]]
@@ -49,7 +41,8 @@ unit = 1
 profile = "test-counter"
 asset = "counter-1"
 poll_ms = 100
-"#
+"#,
+            head = tests::gateway_head("gw-spool", &format!("mqtt://{mqtt}"))
         ),
     )
     .unwrap();

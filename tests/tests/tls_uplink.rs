@@ -99,15 +99,7 @@ fn gateway_file(dir: &Path, id: &str, tls_port: u16, ca: &str) -> std::path::Pat
     std::fs::write(
         &f,
         format!(
-            r#"gateway = "{id}"
-[location]
-lon = 118.78
-lat = 32.04
-road_segment = "rd-1"
-grid = "g-1"
-[uplink]
-broker = "mqtts://127.0.0.1:{tls_port}"
-username = "gw-user"
+            r#"{head}username = "gw-user"
 password = "gw-secret"
 keep_alive_s = 5
 [uplink.tls]
@@ -116,7 +108,8 @@ client_cert_file = "{d}/gateway.crt"
 client_key_file = "{d}/gateway.key"
 [agent]
 heartbeat_s = 1
-"#
+"#,
+            head = tests::gateway_head(id, &format!("mqtts://127.0.0.1:{tls_port}"))
         ),
     )
     .unwrap();
