@@ -18,6 +18,9 @@ pub struct ApiState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub evidence: Arc<crate::evidence::EvidenceFiles>,
+    /// Messages to publish (commands), through the ingest client.
+    pub outgoing: tokio::sync::mpsc::Sender<crate::ingest::Outgoing>,
+    pub topics: protocol::TopicScheme,
 }
 
 pub fn router(state: ApiState) -> axum::Router {
@@ -29,6 +32,11 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/gateways", get(gateways))
         .route("/api/v1/dead-letters", get(dead_letters))
         .route("/api/v1/events", get(crate::evidence::list_events))
+        .route(
+            "/api/v1/assets/{id}/commands",
+            get(crate::commands::list_for_asset).post(crate::commands::issue),
+        )
+        .route("/api/v1/commands/{id}", get(crate::commands::get_one))
         .route(
             "/api/v1/evidence/{sha256}",
             get(crate::evidence::get_evidence)

@@ -19,6 +19,13 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 use crate::store::{Ack, Store, WriteOp};
 
+/// A message the hub publishes (a command to a gateway).
+#[derive(Debug)]
+pub struct Outgoing {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
 /// Where and how the ingest client connects.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
@@ -36,6 +43,7 @@ pub async fn run(
     cfg: IngestConfig,
     store: Store,
     metrics: Arc<Metrics>,
+    mut outgoing: mpsc::Receiver<Outgoing>,
     shutdown: CancellationToken,
 ) {
     let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
@@ -57,6 +65,12 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            Some(out) = outgoing.recv() => {
+                // Commands to gateways (QoS 1; rumqttc keeps them while the broker is away).
+                if let Err(e) = client.publish(out.topic, QoS::AtLeastOnce, false, out.payload).await {
+                    tracing::error!(error = %e, "cannot queue a command for the broker");
+                }
+            }
             Some(p) = ack_rx.recv() => {
                 if let Err(e) = client.try_ack(&p) {
                     // The message stays unacknowledged and comes again after a reconnect; the store
@@ -196,7 +210,7 @@ fn classify(cfg: &IngestConfig, p: &Publish, metrics: &Metrics) -> Option<WriteO
             let reply = decode!(Reply);
             metrics.replies.fetch_add(1, Relaxed);
             tracing::info!(gateway = %reply.gateway, command = %reply.id, outcome = ?reply.outcome, detail = ?reply.detail, "command reply");
-            None
+            Some(WriteOp::Reply { reply, received })
         }
         Channel::Cmd => dead(
             gw,

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod broker;
+pub mod commands;
 pub mod demo;
 pub mod evidence;
 pub mod ingest;
@@ -117,16 +118,20 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let http_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let http_stop = CancellationToken::new();
+    let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(256);
     let ingest = tokio::spawn(ingest::run(
         ingest_cfg,
         store.clone(),
         metrics.clone(),
+        outgoing_rx,
         shutdown.clone(),
     ));
     let app = api::router(api::ApiState {
         store: store.clone(),
         metrics: metrics.clone(),
         evidence: Arc::new(evidence::EvidenceFiles::new(&cfg.data_dir)),
+        outgoing: outgoing_tx,
+        topics: topics.clone(),
     });
     let stop = http_stop.clone();
     let http = tokio::spawn(async move {

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub mqtt_connections: AtomicU64,
     pub mqtt_errors: AtomicU64,
     pub evidence_stored: AtomicU64,
+    pub commands_issued: AtomicU64,
     /// Ingest is connected and its subscriptions are acknowledged.
     pub ingest_ready: AtomicBool,
     rejected: Mutex<BTreeMap<String, u64>>,
@@ -43,7 +44,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 14] = [
+        let counters: [(&str, &str, &AtomicU64); 15] = [
             (
                 "hub_messages_received_total",
                 "MQTT messages received on gateway topics",
@@ -108,6 +109,11 @@ impl Metrics {
                 "hub_mqtt_errors_total",
                 "MQTT connection errors of the ingest client",
                 &self.mqtt_errors,
+            ),
+            (
+                "hub_commands_issued_total",
+                "Commands published to gateways through the API",
+                &self.commands_issued,
             ),
             (
                 "hub_evidence_stored_total",

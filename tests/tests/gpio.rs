@@ -1,14 +1,12 @@
 //! GPIO end to end: an agent with the simulated backend and an embedded hub. Opening the cabinet door
 //! (its pin's file) reaches the hub as a `tamper` start event, tips of the rain gauge as rainfall, and a
-//! command on the gateway's `cmd` topic switches the warning light (its pin's file) and is answered on
-//! `reply`.
+//! command issued through the hub's API switches the warning light (its pin's file); the gateway's
+//! reply shows in the API.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::time::Duration;
 
-use protocol::{Action, Command, CommandId, CommandOutcome, Limits, Reply, Timestamp, Value};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tests::{eventually, free_addr, get_json};
 
 /// Sets a simulated input the way an outside driver should: a whole file renamed into place.
@@ -175,57 +173,52 @@ lat = 32.041
         ((total - 0.6).abs() < 1e-9).then_some(())
     });
 
-    // The hub's side switches the warning light on.
-    let reply: Reply = rt.block_on(async {
-        let (client, mut ev) =
-            AsyncClient::new(MqttOptions::new("hub-side", "127.0.0.1", mqtt.port()), 100);
-        client
-            .subscribe("city/v1/gw/gw-gpio/reply", QoS::AtLeastOnce)
-            .await
+    // An operator switches the warning light on through the hub's API.
+    let post = |asset: &str, body: serde_json::Value| -> (u16, serde_json::Value) {
+        let mut resp = ureq::post(&format!("{base}/api/v1/assets/{asset}/commands"))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_json(body)
             .unwrap();
-        let now = Timestamp::now();
-        let cmd = Command {
-            v: 1,
-            id: CommandId::from_uuid(uuid::Uuid::from_u128(0x6770_696f)),
-            device: "lamp-warn-1".parse().unwrap(),
-            issued_at: now,
-            expires_at: now.add_millis(60_000),
-            action: Action::Write {
-                metric: "powerState".parse().unwrap(),
-                value: Value::Bool(true),
-            },
-        };
-        let bytes = protocol::encode(&cmd, &Limits::default()).unwrap();
-        let wait = async {
-            let mut sent = false;
-            loop {
-                match ev.poll().await.unwrap() {
-                    Event::Incoming(Packet::SubAck(_)) if !sent => {
-                        sent = true;
-                        client
-                            .publish(
-                                "city/v1/gw/gw-gpio/cmd",
-                                QoS::AtLeastOnce,
-                                false,
-                                bytes.clone(),
-                            )
-                            .await
-                            .unwrap();
-                    }
-                    Event::Incoming(Packet::Publish(p)) => {
-                        return protocol::decode::<Reply>(&p.payload, &Limits::default()).unwrap();
-                    }
-                    _ => {}
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), wait)
-            .await
-            .unwrap()
+        (resp.status().as_u16(), resp.body_mut().read_json().unwrap())
+    };
+    let (code, issued) = post(
+        "warn-1",
+        serde_json::json!({"action": {"write": {"metric": "powerState", "value": true}}}),
+    );
+    assert_eq!(code, 202, "{issued}");
+    assert_eq!(issued["state"], "sent");
+    assert_eq!(issued["device"], "lamp-warn-1");
+    let id = issued["id"].as_str().unwrap().to_owned();
+    let done = eventually(Duration::from_secs(10), "the command's reply", || {
+        get_json(&format!("{base}/api/v1/commands/{id}")).filter(|c| c["state"] != "sent")
     });
-    assert_eq!(reply.outcome, CommandOutcome::Ok, "{reply:?}");
-    assert_eq!(reply.read_back, Some(Value::Bool(true)));
+    assert_eq!(done["state"], "ok", "{done}");
+    assert_eq!(done["readBack"], true);
     assert_eq!(std::fs::read_to_string(sim.join("out/22")).unwrap(), "1");
+    // A write the output cannot do is refused by the gateway with the reason.
+    let (_, bad) = post(
+        "warn-1",
+        serde_json::json!({"action": {"write": {"metric": "dimLevel", "value": 50}}}),
+    );
+    let bad_id = bad["id"].as_str().unwrap().to_owned();
+    let refused = eventually(Duration::from_secs(10), "the refusal", || {
+        get_json(&format!("{base}/api/v1/commands/{bad_id}")).filter(|c| c["state"] != "sent")
+    });
+    assert_eq!(refused["state"], "rejected", "{refused}");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("powerState"),
+        "{refused}"
+    );
+    // Bad requests to the API: an unknown asset, a malformed action.
+    assert_eq!(post("nope", serde_json::json!({"action": "reset"})).0, 404);
+    assert_eq!(
+        post("warn-1", serde_json::json!({"action": {"fly": 1}})).0,
+        400
+    );
+    let listed = get_json(&format!("{base}/api/v1/assets/warn-1/commands")).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
     eventually(Duration::from_secs(10), "the light on in the API", || {
         asset(&base, "warn-1").filter(|a| a["latest"]["powerState"] == true)
     });

@@ -56,6 +56,17 @@ pub enum WriteOp {
         heartbeat: Heartbeat,
         received: Timestamp,
     },
+    /// A command the API is about to publish.
+    Command {
+        command: protocol::Command,
+        gateway: String,
+        asset: Option<String>,
+    },
+    /// A gateway's reply to a command.
+    Reply {
+        reply: protocol::Reply,
+        received: Timestamp,
+    },
     /// An evidence file is on disk under its hash: record it.
     Evidence {
         sha256: String,
@@ -84,6 +95,8 @@ impl std::fmt::Debug for WriteOp {
             WriteOp::Heartbeat { heartbeat, .. } => write!(f, "Heartbeat({})", heartbeat.gateway),
             WriteOp::DeadLetter { topic, code, .. } => write!(f, "DeadLetter({topic}, {code})"),
             WriteOp::Evidence { sha256, .. } => write!(f, "Evidence({sha256})"),
+            WriteOp::Command { command, .. } => write!(f, "Command({})", command.id),
+            WriteOp::Reply { reply, .. } => write!(f, "Reply({})", reply.id),
         }
     }
 }

@@ -110,6 +110,23 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX event_evidence_by_sha ON event_evidence (sha256, gateway);
     CREATE INDEX events_by_time ON events (ts);
     "#,
+    // 3: commands issued through the API and what the gateways replied.
+    r#"
+    CREATE TABLE commands (
+        id          TEXT PRIMARY KEY,
+        gateway     TEXT NOT NULL,
+        device      TEXT NOT NULL,
+        asset       TEXT,
+        action      TEXT NOT NULL,
+        issued_at   INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        outcome     TEXT,
+        detail      TEXT,
+        read_back   TEXT,
+        replied_at  INTEGER
+    ) WITHOUT ROWID;
+    CREATE INDEX commands_by_asset ON commands (asset, issued_at);
+    "#,
 ];
 
 /// Brings the database to the newest schema version.

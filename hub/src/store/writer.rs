@@ -153,6 +153,51 @@ fn apply(
             )?;
             Ok(())
         }
+        WriteOp::Command {
+            command,
+            gateway,
+            asset,
+        } => {
+            let action = serde_json::to_string(&command.action).unwrap_or_default();
+            tx.execute(
+                "INSERT INTO commands (id, gateway, device, asset, action, issued_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    command.id.to_string(),
+                    gateway,
+                    command.device.as_str(),
+                    asset,
+                    action,
+                    command.issued_at.unix_millis(),
+                    command.expires_at.unix_millis()
+                ],
+            )?;
+            Ok(())
+        }
+        WriteOp::Reply { reply, received } => {
+            let outcome = serde_json::to_value(reply.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned));
+            let read_back = reply
+                .read_back
+                .as_ref()
+                .and_then(|v| serde_json::to_string(v).ok());
+            // Only the gateway the command went to can answer it; a reply to a command this hub did
+            // not issue (or a second reply) changes nothing.
+            tx.execute(
+                "UPDATE commands SET outcome = ?3, detail = ?4, read_back = ?5, replied_at = ?6
+                 WHERE id = ?1 AND gateway = ?2 AND outcome IS NULL",
+                params![
+                    reply.id.to_string(),
+                    reply.gateway.as_str(),
+                    outcome,
+                    reply.detail,
+                    read_back,
+                    received.unix_millis()
+                ],
+            )?;
+            Ok(())
+        }
         WriteOp::Evidence {
             sha256,
             media_type,
