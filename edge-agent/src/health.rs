@@ -18,6 +18,10 @@ pub struct Health {
     pub camera_rejected: AtomicU64,
     /// Reconnects forced because acknowledgements stalled.
     pub watchdog_resets: AtomicU64,
+    /// Messages on the command topic refused: unsigned, or not signed with this gateway's key.
+    pub commands_refused: AtomicU64,
+    /// The id of the key messages are signed with, if any.
+    pub signing_key: std::sync::OnceLock<String>,
     spool: Mutex<crate::spool::SpoolFigures>,
     /// The uplink is connected to the broker.
     pub connected: std::sync::atomic::AtomicBool,

@@ -194,6 +194,10 @@ impl Setup {
             data_dir: None,
             replay_items_per_s: config.agent.replay_items_per_s,
             ack_timeout: Duration::from_secs(u64::from(config.agent.ack_timeout_s)),
+            key: load_key(
+                opts.key_file.as_ref().or(config.uplink.key_file.as_ref()),
+                &config.gateway,
+            )?,
         };
         let data_dir = opts
             .data_dir
@@ -368,4 +372,27 @@ impl DeviceJob {
             },
         })
     }
+}
+
+/// The gateway's message key from its key file, checked to be this gateway's.
+fn load_key(
+    file: Option<&std::path::PathBuf>,
+    gateway: &protocol::GatewayId,
+) -> anyhow::Result<Option<protocol::auth::Key>> {
+    let Some(file) = file else {
+        tracing::warn!(
+            "no key_file: messages go unsigned, and the hub takes them only with --allow-unsigned"
+        );
+        return Ok(None);
+    };
+    let k = firmware_config::keyfile::read_key_file(file)
+        .map_err(|d| anyhow::anyhow!("{}:{}: {}", d.file.display(), d.line, d.message))?;
+    anyhow::ensure!(
+        k.gateway == *gateway,
+        "{} is the key of gateway {}, not of {gateway}",
+        file.display(),
+        k.gateway
+    );
+    tracing::info!(key = %k.key.id, "messages are signed");
+    Ok(Some(k.key))
 }

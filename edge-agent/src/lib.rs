@@ -51,6 +51,8 @@ pub struct AgentOptions {
     pub camera_listen: Option<String>,
     /// Overrides `[agent] status_listen`.
     pub status_listen: Option<String>,
+    /// Overrides `[uplink] key_file`.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 /// Capacity of the channel from the pollers to the uplink, in items. Full: pollers wait.
@@ -74,6 +76,9 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
     let (reply_tx, reply_rx) = mpsc::channel::<protocol::Reply>(64);
     let mut routes = std::collections::HashMap::new();
     let gateway = setup.uplink.gateway.clone();
+    if let Some(k) = &setup.uplink.key {
+        let _ = health.signing_key.set(k.id.to_string());
+    }
     // GPIO first: a backend or pin that cannot be opened stops the start before anything runs.
     let gpio = gpio::start(
         setup.gpio,

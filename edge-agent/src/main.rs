@@ -44,6 +44,9 @@ enum Command {
         /// Override `[agent] status_listen` (ADDRESS:PORT).
         #[arg(long, value_name = "ADDR")]
         status_listen: Option<String>,
+        /// Override `[uplink] key_file` (the gateway's message key, from `hub keys add`).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
     },
     /// Show a running agent's state: uplink, spool, drops, clock, every device's link.
     Status {
@@ -290,6 +293,7 @@ fn main() -> ExitCode {
             data_dir,
             camera_listen,
             status_listen,
+            key_file,
         } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -311,6 +315,7 @@ fn main() -> ExitCode {
                 data_dir,
                 camera_listen,
                 status_listen,
+                key_file,
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

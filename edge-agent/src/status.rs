@@ -43,6 +43,12 @@ pub struct UplinkStatus {
     pub envelopes_acknowledged: u64,
     pub errors: u64,
     pub watchdog_resets: u64,
+    /// The key messages are signed with; `None`: unsigned.
+    #[serde(default)]
+    pub signing_key: Option<String>,
+    /// Command messages refused as not from the hub.
+    #[serde(default)]
+    pub commands_refused: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -89,6 +95,8 @@ pub fn status(health: &Health, started: std::time::Instant) -> Status {
             envelopes_acknowledged: health.envelopes_published.load(Relaxed),
             errors: health.publish_errors.load(Relaxed),
             watchdog_resets: health.watchdog_resets.load(Relaxed),
+            signing_key: health.signing_key.get().cloned(),
+            commands_refused: health.commands_refused.load(Relaxed),
         },
         spool: SpoolStatus {
             depth: f.depth,
@@ -193,6 +201,18 @@ pub fn metrics(s: &Status) -> String {
         "counter",
         "Reconnects forced by stalled acknowledgements",
         s.uplink.watchdog_resets as f64,
+    );
+    m(
+        "commands_refused_total",
+        "counter",
+        "Command messages refused as not signed by the hub",
+        s.uplink.commands_refused as f64,
+    );
+    m(
+        "messages_signed",
+        "gauge",
+        "1 when messages are signed with a gateway key",
+        f64::from(u8::from(s.uplink.signing_key.is_some())),
     );
     m(
         "spool_envelopes",
@@ -313,6 +333,23 @@ pub fn report(s: &Status) -> String {
         s.uplink.envelopes_acknowledged,
         s.uplink.errors,
         s.uplink.watchdog_resets
+    );
+    let _ = writeln!(
+        out,
+        "signing   {}{}",
+        match &s.uplink.signing_key {
+            Some(k) => format!("messages signed with key {k}"),
+            None =>
+                "NO KEY: messages unsigned (the hub takes them only with --allow-unsigned)".into(),
+        },
+        if s.uplink.commands_refused > 0 {
+            format!(
+                "; {} forged or unsigned commands refused",
+                s.uplink.commands_refused
+            )
+        } else {
+            String::new()
+        }
     );
     let _ = writeln!(
         out,

@@ -60,6 +60,9 @@ pub struct UplinkConfig {
     pub replay_items_per_s: u32,
     /// With publishes unacknowledged this long, the connection is dropped and made again.
     pub ack_timeout: Duration,
+    /// The gateway's message key: every publish is signed with it, and commands must be signed
+    /// with it. Without one, messages go unsigned and unsigned commands are taken.
+    pub key: Option<protocol::auth::Key>,
 }
 
 /// How long the final flush may take at shutdown before the agent gives up waiting for the broker.
@@ -207,7 +210,7 @@ pub async fn run(cfg: UplinkConfig, spool: SharedSpool, health: Arc<Health>, ch:
     opts.set_max_packet_size(limits.max_payload + 4096, limits.max_payload + 4096);
     opts.set_last_will(LastWill::new(
         state_topic.clone(),
-        offline.clone(),
+        sign(cfg.key.as_ref(), &state_topic, offline.clone()),
         QoS::AtLeastOnce,
         true,
     ));
@@ -228,8 +231,12 @@ pub async fn run(cfg: UplinkConfig, spool: SharedSpool, health: Arc<Health>, ch:
         client.clone(),
         link_tx,
         control_rx,
-        cmd_topic.clone(),
-        commands,
+        Inbox {
+            topic: cmd_topic.clone(),
+            commands,
+            key: cfg.key.clone(),
+            health: health.clone(),
+        },
     ));
 
     let up_topic = cfg.topics.topic(&cfg.gateway, Channel::Up);
@@ -489,6 +496,7 @@ impl Uplink {
 
     /// Publishes under a tag; `false` when the client queue is full (the caller retries later).
     fn send(&mut self, tag: Tag, topic: String, qos: QoS, retain: bool, payload: Vec<u8>) -> bool {
+        let payload = sign(self.cfg.key.as_ref(), &topic, payload);
         self.tags.push_back(tag);
         match self.client.try_publish(topic, qos, retain, payload) {
             Ok(()) => true,
@@ -756,6 +764,48 @@ impl Uplink {
     }
 }
 
+/// Where commands from the hub go, and what they are checked with.
+struct Inbox {
+    /// This gateway's command topic.
+    topic: String,
+    commands: mpsc::Sender<Command>,
+    key: Option<protocol::auth::Key>,
+    health: Arc<Health>,
+}
+
+/// Wraps a payload in its signature when the gateway has a key.
+fn sign(key: Option<&protocol::auth::Key>, topic: &str, payload: Vec<u8>) -> Vec<u8> {
+    match key {
+        Some(k) => protocol::auth::seal(k, topic, &payload),
+        None => payload,
+    }
+}
+
+/// The command inside a payload, if the hub sent it: signed with this gateway's key when it has
+/// one. Without a key only unsigned commands can be taken (a signed one cannot be checked).
+fn command_bytes<'a>(
+    payload: &'a [u8],
+    key: Option<&protocol::auth::Key>,
+    topic: &str,
+) -> Result<&'a [u8], String> {
+    let opened = protocol::auth::open(payload).map_err(|e| e.to_string())?;
+    match (key, opened.kid()) {
+        (None, None) => Ok(opened.msg()),
+        (None, Some(kid)) => Err(format!(
+            "signed with key {kid}, but this gateway has no key_file"
+        )),
+        (Some(_), None) => Err("not signed, and this gateway has a key".into()),
+        (Some(k), Some(kid)) if *kid != k.id => Err(format!(
+            "signed with key {kid}; this gateway's key is {}",
+            k.id
+        )),
+        (Some(k), Some(_)) => {
+            opened.verify(k, topic).map_err(|e| e.to_string())?;
+            Ok(opened.msg())
+        }
+    }
+}
+
 /// Polls the MQTT event loop and forwards what happens. Never interrupted while connecting. On a
 /// lost connection it reports `Lost` and waits for [`Control::Resume`]: by then the uplink has stopped
 /// publishing, so discarding everything rumqttc holds discards exactly the publishes the uplink
@@ -765,9 +815,14 @@ async fn drive(
     client: AsyncClient,
     events: mpsc::UnboundedSender<LinkEvent>,
     mut control: mpsc::UnboundedReceiver<Control>,
-    cmd_topic: String,
-    commands: mpsc::Sender<Command>,
+    inbox: Inbox,
 ) {
+    let Inbox {
+        topic: cmd_topic,
+        commands,
+        key,
+        health,
+    } = inbox;
     let limits = Limits::default();
     let discard = |el: &mut EventLoop| {
         el.clean();
@@ -791,7 +846,15 @@ async fn drive(
         };
         match ev {
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == cmd_topic => {
-                match protocol::decode::<Command>(&p.payload, &limits) {
+                let msg = match command_bytes(&p.payload, key.as_ref(), &cmd_topic) {
+                    Ok(m) => m,
+                    Err(reason) => {
+                        health.commands_refused.fetch_add(1, Relaxed);
+                        tracing::warn!(%reason, "command refused: not from the hub");
+                        continue;
+                    }
+                };
+                match protocol::decode::<Command>(msg, &limits) {
                     Ok(cmd) => {
                         if commands.try_send(cmd).is_err() {
                             tracing::warn!(

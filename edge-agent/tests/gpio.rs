@@ -453,6 +453,7 @@ async fn rppal_off_a_pi_stops_the_agent_with_a_way_out() {
         data_dir: None,
         camera_listen: None,
         status_listen: Some("127.0.0.1:0".into()),
+        key_file: None,
     };
     let err = tokio::time::timeout(
         Duration::from_secs(5),

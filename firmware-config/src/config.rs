@@ -163,6 +163,7 @@ pub fn resolve(
         username: u.username.clone(),
         password: u.password.clone(),
         password_file: u.password_file.clone(),
+        key_file: u.key_file.clone(),
         topic_root: u.topic_root.clone(),
         keep_alive_s: u.keep_alive_s,
         tls: u.tls.clone(),

@@ -84,6 +84,11 @@ pub struct UplinkSpec {
     /// A file whose first line is the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
+    /// The gateway's message key (written by `hub keys add`): every message is signed with it and
+    /// every command from the hub is checked with it. Without one the hub accepts this gateway only
+    /// if it runs with `--allow-unsigned`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
     /// First topic level(s): topics are `{topic_root}/v1/gw/{gateway}/{channel}`.
     #[serde(default = "default_topic_root")]
     pub topic_root: String,

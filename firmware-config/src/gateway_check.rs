@@ -27,7 +27,12 @@ pub fn check_gateway(spec: &GatewaySpec, profiles: &ProfileSet) -> Vec<Problem> 
             p,
         ));
     }
-    check_uplink(&spec.uplink, &Path::root().key("uplink"), &mut out);
+    check_uplink(
+        &spec.uplink,
+        &spec.gateway,
+        &Path::root().key("uplink"),
+        &mut out,
+    );
     check_agent(&spec.agent, &Path::root().key("agent"), &mut out);
     if spec.buses.is_empty()
         && spec.mqtt_sources.is_empty()
@@ -70,7 +75,7 @@ pub fn check_gateway(spec: &GatewaySpec, profiles: &ProfileSet) -> Vec<Problem> 
     out
 }
 
-fn check_uplink(u: &UplinkSpec, at: &Path, out: &mut Vec<Problem>) {
+fn check_uplink(u: &UplinkSpec, gateway: &protocol::GatewayId, at: &Path, out: &mut Vec<Problem>) {
     match Broker::parse(&u.broker) {
         Err(e) => out.push(Problem::error(at.key("broker"), e)),
         Ok(b) if !b.tls && u.tls.is_some() => {
@@ -92,6 +97,30 @@ fn check_uplink(u: &UplinkSpec, at: &Path, out: &mut Vec<Problem>) {
             at.key("username"),
             "a password needs a username (MQTT sends none without one)",
         ));
+    }
+    if let Some(f) = &u.key_file {
+        match crate::keyfile::read_key_file(f) {
+            Ok(k) if k.gateway != *gateway => out.push(Problem::error(
+                at.key("key_file"),
+                format!(
+                    "{} is the key of gateway {}, not of {gateway}",
+                    f.display(),
+                    k.gateway
+                ),
+            )),
+            Ok(_) => {}
+            Err(d) if d.line == 0 && !f.exists() => out.push(Problem::warning(
+                at.key("key_file"),
+                format!(
+                    "{} is not here; the agent will not start without it",
+                    f.display()
+                ),
+            )),
+            Err(d) => out.push(Problem::error(
+                at.key("key_file"),
+                format!("{}:{}: {}", f.display(), d.line, d.message),
+            )),
+        }
     }
     if let Some(id) = &u.client_id
         && (id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_control() || c == ' '))

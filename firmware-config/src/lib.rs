@@ -20,6 +20,7 @@ pub mod field_check;
 pub mod gateway;
 pub mod gateway_check;
 pub mod gpio;
+pub mod keyfile;
 pub mod link;
 pub mod load;
 pub mod locate;

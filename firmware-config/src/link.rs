@@ -16,6 +16,7 @@ pub struct Uplink {
     pub username: Option<String>,
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub topic_root: String,
     pub keep_alive_s: u16,
     pub tls: Option<TlsSpec>,

@@ -16,6 +16,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::keys::{KeyRing, Verdict};
 use crate::metrics::Metrics;
 use crate::store::{Ack, Store, WriteOp};
 
@@ -36,6 +37,8 @@ pub struct IngestConfig {
     pub password: Option<String>,
     pub topics: TopicScheme,
     pub limits: Limits,
+    /// Every message is authenticated with its gateway's key (see [`crate::keys`]).
+    pub keys: Arc<KeyRing>,
 }
 
 /// Runs until `shutdown` is cancelled. Connection failures are retried with backoff, never fatal.
@@ -61,13 +64,25 @@ pub async fn run(
         .map(|c| cfg.topics.filter_all(*c))
         .collect();
     let mut failures = 0u32;
+    let mut reload = tokio::time::interval(crate::keys::RELOAD_EVERY);
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = reload.tick() => {
+                // New and revoked keys (`hub keys ...` works beside a running hub).
+                let keys = cfg.keys.clone();
+                let _ = tokio::task::spawn_blocking(move || keys.refresh()).await;
+            }
             Some(out) = outgoing.recv() => {
-                // Commands to gateways (QoS 1; rumqttc keeps them while the broker is away).
-                if let Err(e) = client.publish(out.topic, QoS::AtLeastOnce, false, out.payload).await {
+                // Commands to gateways, signed with the gateway's key (QoS 1; rumqttc keeps them
+                // while the broker is away).
+                let payload = match cfg.topics.parse(&out.topic).ok().and_then(|(gw, _)| cfg.keys.signing_key(gw.as_str())) {
+                    Some(key) => protocol::auth::seal(&key, &out.topic, &out.payload),
+                    None => out.payload,
+                };
+                if let Err(e) = client.publish(out.topic, QoS::AtLeastOnce, false, payload).await {
                     tracing::error!(error = %e, "cannot queue a command for the broker");
                 }
             }
@@ -95,6 +110,13 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
+                    // A key added moments ago: reload (if the key table changed) before refusing.
+                    if let Ok((gw, _)) = cfg.topics.parse(&p.topic)
+                        && cfg.keys.names_unknown_key(&gw, &p.payload)
+                    {
+                        let keys = cfg.keys.clone();
+                        let _ = tokio::task::spawn_blocking(move || keys.refresh()).await;
+                    }
                     let tx = ack_tx.clone();
                     let needs_ack = p.qos != QoS::AtMostOnce;
                     let op = classify(&cfg, &p, &metrics);
@@ -164,9 +186,30 @@ fn classify(cfg: &IngestConfig, p: &Publish, metrics: &Metrics) -> Option<WriteO
         Err(e) => return dead(None, "topic", e.to_string()),
     };
     let gw = Some(gateway.to_string());
+    if channel == Channel::State && p.payload.is_empty() {
+        return None; // a retained message being cleared
+    }
+    if channel == Channel::Cmd {
+        return dead(
+            gw,
+            "wrong_direction",
+            "gateways do not publish on the command topic".into(),
+        );
+    }
+    let msg = match cfg.keys.check(&gateway, &p.topic, &p.payload) {
+        Ok(Verdict::Signed(m)) => m,
+        Ok(Verdict::UnsignedAllowed(m)) => {
+            metrics.unsigned_accepted.fetch_add(1, Relaxed);
+            m
+        }
+        Err(e) => {
+            let reason = crate::keys::explain(&e, &gateway, cfg.keys.policy);
+            return dead(gw, e.code(), reason);
+        }
+    };
     macro_rules! decode {
         ($t:ty) => {
-            match protocol::decode::<$t>(&p.payload, &cfg.limits) {
+            match protocol::decode::<$t>(msg, &cfg.limits) {
                 Ok(m) if m.gateway == gateway => m,
                 Ok(m) => {
                     return dead(
@@ -191,9 +234,6 @@ fn classify(cfg: &IngestConfig, p: &Publish, metrics: &Metrics) -> Option<WriteO
             })
         }
         Channel::State => {
-            if p.payload.is_empty() {
-                return None; // a retained message being cleared
-            }
             let presence = decode!(Presence);
             metrics.presences.fetch_add(1, Relaxed);
             Some(WriteOp::Presence { presence, received })
@@ -212,11 +252,7 @@ fn classify(cfg: &IngestConfig, p: &Publish, metrics: &Metrics) -> Option<WriteO
             tracing::info!(gateway = %reply.gateway, command = %reply.id, outcome = ?reply.outcome, detail = ?reply.detail, "command reply");
             Some(WriteOp::Reply { reply, received })
         }
-        Channel::Cmd => dead(
-            gw,
-            "wrong_direction",
-            "gateways do not publish on the command topic".into(),
-        ),
+        Channel::Cmd => None, // refused above
     }
 }
 

@@ -13,6 +13,7 @@ pub mod commands;
 pub mod demo;
 pub mod evidence;
 pub mod ingest;
+pub mod keys;
 pub mod metrics;
 pub mod store;
 
@@ -48,6 +49,8 @@ pub struct HubConfig {
     pub topic_root: String,
     /// MQTT client id of the ingest session; keep it stable so the broker keeps the session.
     pub client_id: String,
+    /// Whether gateways without a key may send unsigned messages.
+    pub auth: keys::AuthPolicy,
 }
 
 /// A started hub.
@@ -74,6 +77,14 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let limits = Limits::default();
     let metrics = Arc::new(metrics::Metrics::default());
     let (store, writer) = store::Store::open(&cfg.data_dir, metrics.clone())?;
+    let keys = keys::KeyRing::open(store.path(), cfg.auth)?;
+    if cfg.auth == keys::AuthPolicy::AllowUnsigned {
+        tracing::warn!("--allow-unsigned: gateways without a key may send unsigned messages");
+    }
+    tracing::info!(
+        gateways_with_keys = keys.gateways_with_keys(),
+        "gateway keys loaded"
+    );
 
     let (ingest_cfg, mqtt_addr) = match &cfg.mqtt {
         MqttMode::Embedded { listen } => {
@@ -91,6 +102,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
                 password: None,
                 topics: topics.clone(),
                 limits,
+                keys: keys.clone(),
             };
             (ingest, Some(*listen))
         }
@@ -107,6 +119,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
                 password: password.clone(),
                 topics: topics.clone(),
                 limits,
+                keys: keys.clone(),
             };
             (ingest, None)
         }

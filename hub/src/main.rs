@@ -26,6 +26,47 @@ enum Command {
     /// Run the hub with a simulated town: field devices served over Modbus TCP on loopback and edge
     /// agents (the edge-agent binary) using the example gateway files.
     Demo(DemoArgs),
+    /// Gateway message keys: add, list, revoke, import (works beside a running hub).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new key for a gateway and write its key file (the gateway's other keys stay valid:
+    /// that is how a key is rotated).
+    Add {
+        gateway: String,
+        /// The key's id (default: k-YYYYMMDD-xxxxxx).
+        #[arg(long)]
+        key_id: Option<String>,
+        /// Write the key file here (mode 0600) instead of printing it.
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// List keys (never their secrets).
+    List {
+        gateway: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// Revoke a key: messages signed with it are refused within seconds.
+    Revoke {
+        gateway: String,
+        key_id: String,
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// Record a key from an existing key file.
+    Import {
+        file: PathBuf,
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -40,6 +81,10 @@ struct ServeArgs {
     /// File holding the broker password (kept out of the process list).
     #[arg(long, requires = "broker_username", value_name = "FILE")]
     broker_password_file: Option<PathBuf>,
+    /// Take unsigned messages from gateways that have no key on this hub (counted; a gateway
+    /// with a key must still sign). For moving a fleet over to keys, and for development.
+    #[arg(long)]
+    allow_unsigned: bool,
 }
 
 #[derive(Args)]
@@ -108,7 +153,11 @@ async fn main() -> anyhow::Result<()> {
                     listen: a.common.mqtt_listen,
                 },
             };
-            let hub = hub::start(config(&a.common, mqtt)).await?;
+            let mut cfg = config(&a.common, mqtt);
+            if a.allow_unsigned {
+                cfg.auth = hub::keys::AuthPolicy::AllowUnsigned;
+            }
+            let hub = hub::start(cfg).await?;
             shutdown_signal().await;
             hub.stop().await;
         }
@@ -125,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
             };
             hub::demo::run(config(&a.common, mqtt), opts, shutdown_signal()).await?;
         }
+        Command::Keys(k) => return keys(k),
     }
     Ok(())
 }
@@ -146,7 +196,95 @@ fn config(c: &CommonArgs, mqtt: MqttMode) -> HubConfig {
         mqtt,
         topic_root: c.topic_root.clone(),
         client_id: "hub-ingest".into(),
+        auth: hub::keys::AuthPolicy::Required,
     }
+}
+
+fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+    use hub::keys::KeyAdmin;
+    use protocol::GatewayId;
+    use protocol::auth::KeyId;
+    let gw = |s: &str| GatewayId::new(s).map_err(|e| anyhow::anyhow!("gateway {s:?}: {e}"));
+    match cmd {
+        KeysCommand::Add {
+            gateway,
+            key_id,
+            out,
+            data_dir,
+        } => {
+            let gateway = gw(&gateway)?;
+            let key_id = key_id.map(|k| KeyId::new(&k)).transpose()?;
+            let key = KeyAdmin::open(&data_dir)?.add(&gateway, key_id)?;
+            let text = firmware_config::keyfile::key_file_text(&gateway, &key);
+            match out {
+                Some(path) => {
+                    write_secret(&path, &text)?;
+                    eprintln!(
+                        "key {} of gateway {gateway} written to {} (mode 0600).\n\
+                         Copy it to the gateway and name it in its gateway file: [uplink] key_file = \"...\".",
+                        key.id,
+                        path.display()
+                    );
+                }
+                None => print!("{text}"),
+            }
+        }
+        KeysCommand::List {
+            gateway,
+            json,
+            data_dir,
+        } => {
+            let gateway = gateway.as_deref().map(gw).transpose()?;
+            let list = KeyAdmin::open(&data_dir)?.list(gateway.as_ref())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{:<24} {:<24} {:<26} revoked", "gateway", "key", "created");
+                for k in list {
+                    println!(
+                        "{:<24} {:<24} {:<26} {}",
+                        k.gateway,
+                        k.key_id,
+                        k.created_at,
+                        k.revoked_at.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
+        KeysCommand::Revoke {
+            gateway,
+            key_id,
+            data_dir,
+        } => {
+            let gateway = gw(&gateway)?;
+            KeyAdmin::open(&data_dir)?.revoke(&gateway, &KeyId::new(&key_id)?)?;
+            eprintln!(
+                "key {key_id} of gateway {gateway} revoked; a running hub refuses it within seconds"
+            );
+        }
+        KeysCommand::Import { file, data_dir } => {
+            let k = firmware_config::keyfile::read_key_file(&file)
+                .map_err(|d| anyhow::anyhow!("{}:{}: {}", d.file.display(), d.line, d.message))?;
+            KeyAdmin::open(&data_dir)?.import(&k.gateway, &k.key)?;
+            eprintln!("key {} of gateway {} recorded", k.key.id, k.gateway);
+        }
+    }
+    Ok(())
+}
+
+/// Writes a file only its owner can read (created so, never widened after the fact).
+fn write_secret(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

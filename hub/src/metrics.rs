@@ -22,6 +22,8 @@ pub struct Metrics {
     pub mqtt_errors: AtomicU64,
     pub evidence_stored: AtomicU64,
     pub commands_issued: AtomicU64,
+    /// Unsigned messages taken from gateways without a key (`--allow-unsigned`).
+    pub unsigned_accepted: AtomicU64,
     /// Ingest is connected and its subscriptions are acknowledged.
     pub ingest_ready: AtomicBool,
     rejected: Mutex<BTreeMap<String, u64>>,
@@ -44,7 +46,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 15] = [
+        let counters: [(&str, &str, &AtomicU64); 16] = [
             (
                 "hub_messages_received_total",
                 "MQTT messages received on gateway topics",
@@ -119,6 +121,11 @@ impl Metrics {
                 "hub_evidence_stored_total",
                 "Evidence files uploaded by gateways and stored",
                 &self.evidence_stored,
+            ),
+            (
+                "hub_unsigned_accepted_total",
+                "Unsigned messages taken from gateways without a key (--allow-unsigned)",
+                &self.unsigned_accepted,
             ),
         ];
         for (name, help, c) in counters {

@@ -8,6 +8,7 @@
 //! This crate does no IO and knows nothing of tokio or MQTT clients, so both programs and the tests
 //! share exactly one definition of the contract. `docs/PROTOCOL.md` is its human-readable form.
 
+pub mod auth;
 pub mod camera_forms;
 pub mod codec;
 pub mod command;

@@ -324,12 +324,56 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 }
 
 /// Starts a hub on embedded defaults (its own broker on `mqtt`, the API on `http`) with its data
-/// under `data_dir`, and waits until it is healthy.
+/// under `data_dir`, and waits until it is healthy. It takes unsigned messages from gateways without
+/// a key (`--allow-unsigned`); [`start_embedded_hub_signed`] does not.
 pub fn start_embedded_hub(
     rt: &tokio::runtime::Runtime,
     data_dir: &Path,
     http: SocketAddr,
     mqtt: SocketAddr,
+) -> hub::RunningHub {
+    start_embedded_hub_with(
+        rt,
+        data_dir,
+        http,
+        mqtt,
+        hub::keys::AuthPolicy::AllowUnsigned,
+    )
+}
+
+/// A hub on embedded defaults that takes only messages signed with their gateway's key.
+pub fn start_embedded_hub_signed(
+    rt: &tokio::runtime::Runtime,
+    data_dir: &Path,
+    http: SocketAddr,
+    mqtt: SocketAddr,
+) -> hub::RunningHub {
+    start_embedded_hub_with(rt, data_dir, http, mqtt, hub::keys::AuthPolicy::Required)
+}
+
+/// Makes a key for `gateway` in the hub database under `hub_dir` (as `hub keys add` does) and writes
+/// its key file to `file`.
+pub fn provision_key(
+    hub_dir: &Path,
+    gateway: &str,
+    key_id: &str,
+    file: &Path,
+) -> protocol::auth::Key {
+    let gw = protocol::GatewayId::new(gateway).unwrap();
+    let key = hub::keys::KeyAdmin::open(hub_dir)
+        .unwrap()
+        .add(&gw, Some(protocol::auth::KeyId::new(key_id).unwrap()))
+        .unwrap();
+    std::fs::write(file, firmware_config::keyfile::key_file_text(&gw, &key)).unwrap();
+    key
+}
+
+fn start_embedded_hub_with(
+    rt: &tokio::runtime::Runtime,
+    data_dir: &Path,
+    http: SocketAddr,
+    mqtt: SocketAddr,
+    auth: hub::keys::AuthPolicy,
 ) -> hub::RunningHub {
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
@@ -338,6 +382,7 @@ pub fn start_embedded_hub(
             mqtt: hub::MqttMode::Embedded { listen: mqtt },
             topic_root: "city".into(),
             client_id: "hub-ingest".into(),
+            auth,
         }))
         .unwrap();
     wait_hub_ready(http);
@@ -347,6 +392,8 @@ pub fn start_embedded_hub(
 /// An edge agent running in-process (the same `edge_agent::run` the binary calls).
 #[derive(Debug)]
 pub struct Agent {
+    /// Its status endpoint (`GET /status`).
+    pub status: SocketAddr,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -354,6 +401,17 @@ pub struct Agent {
 impl Agent {
     /// Starts an agent for `config`, with extra profiles from `profiles`.
     pub fn start(rt: &tokio::runtime::Runtime, config: &Path, profiles: Option<PathBuf>) -> Agent {
+        Self::start_with_key(rt, config, profiles, None)
+    }
+
+    /// Starts an agent that signs with the key in `key_file`.
+    pub fn start_with_key(
+        rt: &tokio::runtime::Runtime,
+        config: &Path,
+        profiles: Option<PathBuf>,
+        key_file: Option<PathBuf>,
+    ) -> Agent {
+        let status = free_addr();
         let stop = tokio_util::sync::CancellationToken::new();
         let opts = edge_agent::AgentOptions {
             config: config.to_owned(),
@@ -367,15 +425,106 @@ impl Agent {
                 config.file_stem().unwrap_or_default().to_string_lossy()
             ))),
             camera_listen: None,
-            status_listen: Some("127.0.0.1:0".into()),
+            status_listen: Some(status.to_string()),
+            key_file,
         };
         let task = rt.spawn(edge_agent::run(opts, stop.clone()));
-        Agent { stop, task }
+        Agent { status, stop, task }
     }
 
     /// Stops it the way SIGTERM does and waits for a clean exit.
     pub fn stop(self, rt: &tokio::runtime::Runtime) {
         self.stop.cancel();
         rt.block_on(self.task).unwrap().unwrap();
+    }
+}
+
+/// Publishes `payload` on `topic` at QoS 1 with the real `mosquitto_pub` (as `user`/`password` when
+/// given), waiting for the broker's acknowledgement. Returns whether mosquitto_pub succeeded.
+pub fn mosquitto_pub(port: u16, login: Option<(&str, &str)>, topic: &str, payload: &[u8]) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("payload");
+    std::fs::write(&file, payload).unwrap();
+    let mut cmd = Command::new("mosquitto_pub");
+    cmd.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        topic,
+    ])
+    .arg("-f")
+    .arg(&file);
+    if let Some((u, p)) = login {
+        cmd.args(["-u", u, "-P", p]);
+    }
+    cmd.stderr(Stdio::piped())
+        .output()
+        .expect("mosquitto_pub (run ./test.sh, which installs it)")
+        .status
+        .success()
+}
+
+/// Messages as a gateway encodes them, for tests that play a gateway.
+pub mod wire {
+    use protocol::{
+        BootId, ClockState, Envelope, GatewayId, Item, Limits, Reading, Timestamp, Value,
+    };
+
+    /// One minute before the test started: every envelope's reading is stamped from here, one second per
+    /// sequence number, so two envelopes never share a millisecond (the store keeps one reading per
+    /// series and millisecond) and a redelivered envelope carries the same time.
+    pub fn base() -> Timestamp {
+        static BASE: std::sync::OnceLock<Timestamp> = std::sync::OnceLock::new();
+        *BASE.get_or_init(|| Timestamp::now().add_millis(-60_000))
+    }
+
+    pub fn envelope(gateway: &str, boot: BootId, seq: u64, value: f64) -> Vec<u8> {
+        let now = Timestamp::now();
+        let env = Envelope {
+            v: 1,
+            gateway: GatewayId::new(gateway).unwrap(),
+            boot,
+            seq,
+            sent_at: now,
+            clock: ClockState::Synced,
+            items: vec![Item::Reading(Reading {
+                device: "dev-1".parse().unwrap(),
+                metric: "pm10".parse().unwrap(),
+                observed_at: base().add_millis(seq as i64 * 1000),
+                value: Some(Value::Number(value)),
+                unit: Some(protocol::Unit::new("ug/m3").unwrap()),
+                quality: Default::default(),
+            })],
+        };
+        protocol::encode(&env, &Limits::default()).unwrap()
+    }
+
+    pub fn presence(gateway: &str, boot: BootId, asset: &str) -> Vec<u8> {
+        let p = protocol::Presence {
+            v: 1,
+            gateway: GatewayId::new(gateway).unwrap(),
+            boot,
+            state: protocol::PresenceState::Online,
+            sent_at: Timestamp::now(),
+            clock: ClockState::Synced,
+            agent: None,
+            config_version: None,
+            devices: vec![protocol::DeviceInfo {
+                device: "dev-1".parse().unwrap(),
+                asset: asset.parse().unwrap(),
+                kind: protocol::AssetKind::DustMonitor,
+                profile: None,
+                location: None,
+                road_segment: None,
+                grid: None,
+                zone: None,
+                report_interval_s: None,
+            }],
+        };
+        protocol::encode(&p, &Limits::default()).unwrap()
     }
 }

@@ -43,6 +43,8 @@ fn start_hub(
             },
             topic_root: "city".into(),
             client_id: "hub-ingest-fault".into(),
+            // The gateway signs with its key; nothing unsigned is taken.
+            auth: hub::keys::AuthPolicy::Required,
         }))
         .unwrap();
     tests::wait_hub_ready(http);
@@ -75,6 +77,8 @@ fn outage_sigkill_broker_and_hub_restarts_lose_and_double_nothing() {
     let mosq = tests::mosquitto_with(broker, &mosq_dir, true);
     let rt = tokio::runtime::Runtime::new().unwrap();
     let hub_dir = dir.path().join("hub");
+    let key_file = dir.path().join("gw-fault.key");
+    tests::provision_key(&hub_dir, "gw-fault", "k1", &key_file);
     let mut hub = start_hub(&rt, &hub_dir, http, broker);
     let _device = tests::pymodbus_tcp(
         device,
@@ -86,6 +90,7 @@ fn outage_sigkill_broker_and_hub_restarts_lose_and_double_nothing() {
         &gw,
         format!(
             r#"{head}keep_alive_s = 5
+key_file = "{key}"
 [agent]
 batch_max_wait_ms = 300
 heartbeat_s = 1
@@ -103,7 +108,8 @@ profile = "test-counter"
 asset = "counter-1"
 poll_ms = 100
 "#,
-            head = tests::gateway_head("gw-fault", &format!("mqtt://127.0.0.1:{broker}"))
+            head = tests::gateway_head("gw-fault", &format!("mqtt://127.0.0.1:{broker}")),
+            key = key_file.display(),
         ),
     )
     .unwrap();
@@ -147,6 +153,10 @@ poll_ms = 100
     );
     assert!(report.contains("uplink    DOWN"), "{report}");
     assert!(report.contains("clock     synced"), "{report}");
+    assert!(
+        report.contains("signing   messages signed with key k1"),
+        "{report}"
+    );
     let waiting: u64 = report
         .split("spool     ")
         .nth(1)
@@ -194,6 +204,9 @@ poll_ms = 100
         n > 150,
         "only {n} readings; the scenario did not run long enough"
     );
+    // Every message was signed and verified: nothing was set aside.
+    let dead = get_json(&format!("{base}/api/v1/dead-letters")).unwrap();
+    assert_eq!(dead.as_array().map(Vec::len), Some(0), "{dead}");
     // The agent's spool is empty: every record was acknowledged.
     let hb = get_json(&format!("{base}/api/v1/gateways")).unwrap();
     eprintln!(

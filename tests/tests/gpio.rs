@@ -1,7 +1,8 @@
 //! GPIO end to end: an agent with the simulated backend and an embedded hub. Opening the cabinet door
 //! (its pin's file) reaches the hub as a `tamper` start event, tips of the rain gauge as rainfall, and a
 //! command issued through the hub's API switches the warning light (its pin's file); the gateway's
-//! reply shows in the API.
+//! reply shows in the API. The gateway signs with its key and the hub takes nothing unsigned; the
+//! hub signs its commands, and a forged command published straight to the broker is refused.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -103,8 +104,11 @@ lat = 32.041
     assert!(config.warnings.is_empty(), "{:#?}", config.warnings);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let hub = tests::start_embedded_hub(&rt, &dir.path().join("hub"), http, mqtt);
-    let agent = tests::Agent::start(&rt, &gw_file, None);
+    let hub_dir = dir.path().join("hub");
+    let key_file = dir.path().join("gw-gpio.key");
+    let key = tests::provision_key(&hub_dir, "gw-gpio", "k1", &key_file);
+    let hub = tests::start_embedded_hub_signed(&rt, &hub_dir, http, mqtt);
+    let agent = tests::Agent::start_with_key(&rt, &gw_file, None, Some(key_file));
     let base = format!("http://{http}");
 
     // Announced in the inventory, with the door's state at start: shut.
@@ -197,6 +201,40 @@ lat = 32.041
     assert_eq!(done["state"], "ok", "{done}");
     assert_eq!(done["readBack"], true);
     assert_eq!(std::fs::read_to_string(sim.join("out/22")).unwrap(), "1");
+
+    // Someone on the broker forges "light off": unsigned, and signed with a key that is not the
+    // gateway's. Both are refused; the light stays on.
+    let cmd_topic = "city/v1/gw/gw-gpio/cmd";
+    let forged = protocol::Command {
+        v: 1,
+        id: protocol::CommandId::from_uuid(uuid::Uuid::new_v4()),
+        device: "lamp-warn-1".parse().unwrap(),
+        issued_at: protocol::Timestamp::now(),
+        expires_at: protocol::Timestamp::now().add_millis(60_000),
+        action: protocol::Action::Write {
+            metric: "powerState".parse().unwrap(),
+            value: protocol::Value::Bool(false),
+        },
+    };
+    let forged = protocol::encode(&forged, &protocol::Limits::default()).unwrap();
+    let wrong = protocol::auth::Key::new(key.id.clone(), vec![7; 32]).unwrap();
+    for payload in [
+        forged.clone(),
+        protocol::auth::seal(&wrong, cmd_topic, &forged),
+    ] {
+        assert!(tests::mosquitto_pub(mqtt.port(), None, cmd_topic, &payload));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        std::fs::read_to_string(sim.join("out/22")).unwrap(),
+        "1",
+        "a forged command switched the light"
+    );
+    let status = eventually(Duration::from_secs(5), "the refusals counted", || {
+        get_json(&format!("http://{}/status", agent.status))
+            .filter(|s| s["uplink"]["commandsRefused"] == 2)
+    });
+    assert_eq!(status["uplink"]["signingKey"], "k1", "{status}");
     // A write the output cannot do is refused by the gateway with the reason.
     let (_, bad) = post(
         "warn-1",

@@ -4,62 +4,13 @@
 
 use std::time::Duration;
 
-use protocol::{BootId, ClockState, Envelope, GatewayId, Item, Limits, Reading, Timestamp, Value};
+use protocol::BootId;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tests::wire::envelope;
 use tests::{eventually, free_addr, get_json};
 
-/// One minute before the test started: every envelope's reading is stamped from here, one second per
-/// sequence number, so two envelopes never share a millisecond (the store keeps one reading per
-/// series and millisecond) and a redelivered envelope carries the same time.
-fn base() -> Timestamp {
-    static BASE: std::sync::OnceLock<Timestamp> = std::sync::OnceLock::new();
-    *BASE.get_or_init(|| Timestamp::now().add_millis(-60_000))
-}
-
-fn envelope(gateway: &str, boot: BootId, seq: u64, value: f64) -> Vec<u8> {
-    let now = Timestamp::now();
-    let env = Envelope {
-        v: 1,
-        gateway: GatewayId::new(gateway).unwrap(),
-        boot,
-        seq,
-        sent_at: now,
-        clock: ClockState::Synced,
-        items: vec![Item::Reading(Reading {
-            device: "dev-1".parse().unwrap(),
-            metric: "pm10".parse().unwrap(),
-            observed_at: base().add_millis(seq as i64 * 1000),
-            value: Some(Value::Number(value)),
-            unit: Some(protocol::Unit::new("ug/m3").unwrap()),
-            quality: Default::default(),
-        })],
-    };
-    protocol::encode(&env, &Limits::default()).unwrap()
-}
-
 fn presence(gateway: &str, boot: BootId) -> Vec<u8> {
-    let p = protocol::Presence {
-        v: 1,
-        gateway: GatewayId::new(gateway).unwrap(),
-        boot,
-        state: protocol::PresenceState::Online,
-        sent_at: Timestamp::now(),
-        clock: ClockState::Synced,
-        agent: None,
-        config_version: None,
-        devices: vec![protocol::DeviceInfo {
-            device: "dev-1".parse().unwrap(),
-            asset: "dust-1".parse().unwrap(),
-            kind: protocol::AssetKind::DustMonitor,
-            profile: None,
-            location: None,
-            road_segment: None,
-            grid: None,
-            zone: None,
-            report_interval_s: None,
-        }],
-    };
-    protocol::encode(&p, &Limits::default()).unwrap()
+    tests::wire::presence(gateway, boot, "dust-1")
 }
 
 /// Publishes each (topic, payload) at QoS 1 and waits for every PUBACK.
@@ -103,6 +54,7 @@ fn config(
         mqtt: hub::MqttMode::Embedded { listen: mqtt },
         topic_root: "city".into(),
         client_id: "hub-ingest".into(),
+        auth: hub::keys::AuthPolicy::AllowUnsigned,
     }
 }
 

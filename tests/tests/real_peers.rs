@@ -72,6 +72,7 @@ poll_ms = 500
             },
             topic_root: "city".into(),
             client_id: "hub-test".into(),
+            auth: hub::keys::AuthPolicy::AllowUnsigned,
         }))
         .unwrap();
     tests::wait_hub_ready(http);

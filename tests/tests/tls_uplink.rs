@@ -158,6 +158,7 @@ fn uplink_over_tls_with_client_certificate_and_password() {
             },
             topic_root: "city".into(),
             client_id: "hub-tls-test".into(),
+            auth: hub::keys::AuthPolicy::AllowUnsigned,
         }))
         .unwrap();
     tests::wait_hub_ready(http);

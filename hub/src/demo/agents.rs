@@ -43,6 +43,7 @@ pub fn spawn(
     broker: &str,
     hub_url: &str,
     data_dir: &Path,
+    key_file: &Path,
 ) -> anyhow::Result<AgentProcess> {
     let child = Command::new(bin)
         .arg("run")
@@ -54,6 +55,8 @@ pub fn spawn(
         .arg(hub_url)
         .arg("--data-dir")
         .arg(data_dir)
+        .arg("--key-file")
+        .arg(key_file)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;

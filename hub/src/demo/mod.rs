@@ -126,6 +126,24 @@ pub async fn run(
     );
 
     let agents_dir = cfg.data_dir.join("agents");
+    // Every gateway gets its message key, as an installer would give it with `hub keys add`.
+    let mut key_files = Vec::new();
+    {
+        let admin = crate::keys::KeyAdmin::open(&cfg.data_dir)?;
+        for gw in &gateways {
+            let key = admin.ensure(&gw.gateway)?;
+            let dir = agents_dir.join(gw.gateway.as_str());
+            std::fs::create_dir_all(&dir)?;
+            let file = dir.join("gateway.key");
+            std::fs::write(
+                &file,
+                firmware_config::keyfile::key_file_text(&gw.gateway, &key),
+            )?;
+            #[cfg(unix)]
+            std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            key_files.push(file);
+        }
+    }
     let hub = crate::start(cfg).await?;
     let host = if listen.ip().is_unspecified() {
         "127.0.0.1".to_owned()
@@ -139,10 +157,12 @@ pub async fn run(
     }
     let hub_url = format!("http://{http}");
     let mut procs = Vec::new();
-    for gw in &gateways {
+    for (gw, key) in gateways.iter().zip(&key_files) {
         // Each agent's spool and evidence under the demo's data directory.
         let data = agents_dir.join(gw.gateway.as_str());
-        procs.push(agents::spawn(&bin, &gw.file, &broker, &hub_url, &data)?);
+        procs.push(agents::spawn(
+            &bin, &gw.file, &broker, &hub_url, &data, key,
+        )?);
     }
     let cams = cameras::start(
         &gateways,

@@ -119,6 +119,13 @@ impl std::fmt::Debug for Store {
 /// stops acknowledging: a slow disk slows the gateways' uplink instead of growing the hub's memory.
 pub const WRITE_QUEUE: usize = 4096;
 
+/// Configures a connection and brings its database to the newest schema (for tools that open the
+/// database beside a running hub, such as `hub keys`).
+pub fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
+    schema::configure(conn)?;
+    schema::migrate(conn)
+}
+
 impl Store {
     /// Opens (creating and migrating) `hub.sqlite3` under `data_dir` and starts the writer thread.
     /// The writer stops when every `Store` handle is dropped, after writing what was queued.

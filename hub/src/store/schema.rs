@@ -127,6 +127,30 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX commands_by_asset ON commands (asset, issued_at);
     "#,
+    // 4: gateway message keys (protocol::auth). The secret must be kept: HMAC needs it to verify.
+    r#"
+    CREATE TABLE gateway_keys (
+        gateway     TEXT NOT NULL,
+        key_id      TEXT NOT NULL,
+        secret      BLOB NOT NULL,
+        created_at  INTEGER NOT NULL,
+        revoked_at  INTEGER,
+        PRIMARY KEY (gateway, key_id)
+    ) WITHOUT ROWID;
+    -- Bumped by every change, whoever makes it (a running hub and `hub keys` are two processes):
+    -- the hub reloads its keys when this moves.
+    CREATE TABLE gateway_keys_version (
+        id          INTEGER PRIMARY KEY CHECK (id = 0),
+        version     INTEGER NOT NULL
+    );
+    INSERT INTO gateway_keys_version VALUES (0, 0);
+    CREATE TRIGGER gateway_keys_ins AFTER INSERT ON gateway_keys
+        BEGIN UPDATE gateway_keys_version SET version = version + 1; END;
+    CREATE TRIGGER gateway_keys_upd AFTER UPDATE ON gateway_keys
+        BEGIN UPDATE gateway_keys_version SET version = version + 1; END;
+    CREATE TRIGGER gateway_keys_del AFTER DELETE ON gateway_keys
+        BEGIN UPDATE gateway_keys_version SET version = version + 1; END;
+    "#,
 ];
 
 /// Brings the database to the newest schema version.
