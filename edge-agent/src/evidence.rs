@@ -429,6 +429,7 @@ pub async fn upload(
     store: std::sync::Arc<EvidenceStore>,
     hub_url: String,
     gateway: GatewayId,
+    key: Option<protocol::auth::Key>,
     shutdown: CancellationToken,
 ) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -452,9 +453,11 @@ pub async fn upload(
             }
         };
         let url = format!("{hub_url}/api/v1/evidence/{}", image.sha256);
-        let (agent2, gw, img) = (agent.clone(), gateway.clone(), image.clone());
-        let result =
-            tokio::task::spawn_blocking(move || upload_one(&agent2, &url, gw.as_str(), &img)).await;
+        let (agent2, gw, img, key2) = (agent.clone(), gateway.clone(), image.clone(), key.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            upload_one(&agent2, &url, gw.as_str(), key2.as_ref(), &img)
+        })
+        .await;
         let outcome = match result {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
@@ -506,15 +509,22 @@ fn upload_one(
     agent: &ureq::Agent,
     url: &str,
     gateway: &str,
+    key: Option<&protocol::auth::Key>,
     image: &PendingImage,
 ) -> anyhow::Result<Outcome> {
     let bytes = std::fs::read(&image.path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", image.path.display()))?;
-    let mut resp = agent
+    let mut req = agent
         .put(url)
         .header("content-type", image.media_type)
-        .header("x-gateway", gateway)
-        .send(&bytes[..])?;
+        .header("x-gateway", gateway);
+    if let Some(k) = key {
+        req = req.header("x-gateway-key", k.id.as_str()).header(
+            "x-gateway-mac",
+            protocol::auth::evidence_mac(k, gateway, &image.sha256),
+        );
+    }
+    let mut resp = req.send(&bytes[..])?;
     let status = resp.status().as_u16();
     let body = resp
         .body_mut()

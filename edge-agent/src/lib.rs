@@ -157,6 +157,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
                 store,
                 url.clone(),
                 setup.uplink.gateway.clone(),
+                setup.uplink.key.clone(),
                 shutdown.clone(),
             ));
         }

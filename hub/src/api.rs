@@ -2,14 +2,15 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Json};
 use protocol::Timestamp;
 use serde::Deserialize;
 
+use crate::access::Principal;
 use crate::metrics::Metrics;
 use crate::store::{ReadingsQuery, Store, StoreError};
 
@@ -21,12 +22,27 @@ pub struct ApiState {
     /// Messages to publish (commands), through the ingest client.
     pub outgoing: tokio::sync::mpsc::Sender<crate::ingest::Outgoing>,
     pub topics: protocol::TopicScheme,
+    /// Gateway keys, for evidence uploads.
+    pub keys: Arc<crate::keys::KeyRing>,
+    /// `/metrics` needs a token too.
+    pub metrics_auth: bool,
 }
 
 pub fn router(state: ApiState) -> axum::Router {
-    axum::Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+    let auth = axum::middleware::from_fn_with_state(state.clone(), crate::access::require_token);
+    let metrics_route = axum::Router::new().route("/metrics", get(metrics));
+    let metrics_route = if state.metrics_auth {
+        metrics_route.route_layer(auth.clone())
+    } else {
+        metrics_route
+    };
+    // Gateways upload evidence with their message key, not a token (see crate::evidence).
+    let gateway_routes = axum::Router::new().route(
+        "/api/v1/evidence/{sha256}",
+        axum::routing::put(crate::evidence::put_evidence)
+            .layer(DefaultBodyLimit::max(crate::evidence::MAX_UPLOAD_BYTES)),
+    );
+    let api = axum::Router::new()
         .route("/api/v1/assets", get(assets))
         .route("/api/v1/assets/{id}/readings", get(readings))
         .route("/api/v1/gateways", get(gateways))
@@ -39,10 +55,15 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/commands/{id}", get(crate::commands::get_one))
         .route(
             "/api/v1/evidence/{sha256}",
-            get(crate::evidence::get_evidence)
-                .put(crate::evidence::put_evidence)
-                .layer(DefaultBodyLimit::max(crate::evidence::MAX_UPLOAD_BYTES)),
+            get(crate::evidence::get_evidence),
         )
+        .route("/api/v1/whoami", get(whoami))
+        .route_layer(auth);
+    axum::Router::new()
+        .route("/healthz", get(healthz))
+        .merge(metrics_route)
+        .merge(gateway_routes)
+        .merge(api)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -125,6 +146,9 @@ async fn assets(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiError
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReadingsParams {
+    /// The API token, when given in the query (checked by the middleware).
+    #[serde(rename = "token")]
+    _token: Option<String>,
     metric: Option<String>,
     from: Option<String>,
     to: Option<String>,
@@ -196,11 +220,27 @@ struct LimitParams {
 
 async fn dead_letters(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     Query(p): Query<LimitParams>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        s.store
-            .dead_letters(p.limit.unwrap_or(100).min(1000))
-            .await?,
-    ))
+    let (may, with_payload) = who.may_read_dead_letters();
+    if !may {
+        return Err(who.forbidden("reading dead letters"));
+    }
+    let mut list = s
+        .store
+        .dead_letters(p.limit.unwrap_or(100).min(1000))
+        .await?;
+    if !with_payload {
+        // Payloads may hold plates and other personal data.
+        for d in &mut list {
+            d.payload = String::new();
+        }
+    }
+    Ok(Json(list))
+}
+
+/// `GET /api/v1/whoami`: the token's name, role and department.
+async fn whoami(Extension(who): Extension<Principal>) -> Json<Principal> {
+    Json(who)
 }

@@ -88,9 +88,13 @@ const COLUMNS: &str = "id, gateway, device, asset, action, issued_at, expires_at
 /// `POST /api/v1/assets/{asset}/commands`.
 pub async fn issue(
     State(s): State<ApiState>,
+    axum::Extension(who): axum::Extension<crate::access::Principal>,
     Path(asset): Path<String>,
     body: Result<Json<NewCommand>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    if !who.may_command() {
+        return Err(who.forbidden("sending commands"));
+    }
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let ttl = req.ttl_s.unwrap_or(60);
     if ttl == 0 || ttl > MAX_TTL_S {

@@ -13,15 +13,16 @@ use std::io::Write;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use protocol::Timestamp;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::access::Principal;
 use crate::api::{ApiError, ApiState};
 use crate::store::{EventsQuery, WriteOp};
 
@@ -116,6 +117,20 @@ pub async fn put_evidence(
             format!("X-Gateway: {e}"),
         )
     })?;
+    let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(e) = s.keys.check_evidence(
+        &gateway,
+        &sha,
+        header_str("x-gateway-key"),
+        header_str("x-gateway-mac"),
+    ) {
+        let reason = crate::keys::explain(&e, &gateway, s.keys.policy);
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            &format!("evidence_{}", e.code()),
+            format!("{reason} (headers X-Gateway-Key and X-Gateway-Mac)"),
+        ));
+    }
     let media_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -219,8 +234,12 @@ pub async fn put_evidence(
 /// `GET /api/v1/evidence/{sha256}`: the image, after checking it still hashes to its name.
 pub async fn get_evidence(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     Path(sha): Path<String>,
 ) -> Result<Response, ApiError> {
+    if !who.sees_plates() {
+        return Err(who.forbidden("viewing evidence images"));
+    }
     check_sha(&sha)?;
     let Some(meta) = s.store.evidence(sha.clone()).await? else {
         let msg = if s.store.evidence_referenced(sha.clone()).await? {
@@ -269,6 +288,9 @@ pub async fn get_evidence(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsParams {
+    /// The API token, when given in the query (checked by the middleware).
+    #[serde(rename = "token")]
+    _token: Option<String>,
     gateway: Option<String>,
     device: Option<String>,
     event: Option<String>,
@@ -280,6 +302,7 @@ pub struct EventsParams {
 /// `GET /api/v1/events?gateway&device&event&from&to&limit`: newest first; default the last 24 h.
 pub async fn list_events(
     State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
     params: Result<Query<EventsParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
@@ -307,5 +330,11 @@ pub async fn list_events(
         to_ms: to.unix_millis(),
         limit,
     };
-    Ok(Json(s.store.events(q).await?))
+    let mut events = s.store.events(q).await?;
+    if !who.sees_plates() {
+        for e in &mut events {
+            crate::access::mask_attributes(&mut e.attributes);
+        }
+    }
+    Ok(Json(events))
 }

@@ -310,6 +310,31 @@ impl KeyRing {
         }
     }
 
+    /// Authenticates an evidence upload by `gateway` of the image `sha256` (headers `X-Gateway-Key`
+    /// and `X-Gateway-Mac`, see `protocol::auth::evidence_mac`), under the same policy as messages.
+    pub fn check_evidence(
+        &self,
+        gateway: &GatewayId,
+        sha256: &str,
+        kid: Option<&str>,
+        mac: Option<&str>,
+    ) -> Result<(), AuthError> {
+        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
+        let keys = ring.keys.get(gateway.as_str());
+        let (Some(kid), Some(mac)) = (kid, mac) else {
+            return if keys.is_none_or(|k| k.is_empty()) && self.policy == AuthPolicy::AllowUnsigned
+            {
+                Ok(())
+            } else {
+                Err(AuthError::Unsigned)
+            };
+        };
+        let key = keys
+            .and_then(|ks| ks.iter().find(|k| k.id.as_str() == kid))
+            .ok_or_else(|| AuthError::UnknownKey(kid.to_owned()))?;
+        protocol::auth::verify_evidence_mac(key, gateway.as_str(), sha256, mac)
+    }
+
     /// The key to sign a command to `gateway` with: the one it last signed with if still current,
     /// else its newest. `None`: the gateway has no key (the command goes unsigned).
     pub fn signing_key(&self, gateway: &str) -> Option<Key> {

@@ -7,6 +7,7 @@
 //! [`start`] wires the stages and returns a handle whose [`RunningHub::stop`] shuts them down in
 //! pipeline order: stop taking messages, stop serving, then write and acknowledge what was taken.
 
+pub mod access;
 pub mod api;
 pub mod broker;
 pub mod commands;
@@ -51,6 +52,8 @@ pub struct HubConfig {
     pub client_id: String,
     /// Whether gateways without a key may send unsigned messages.
     pub auth: keys::AuthPolicy,
+    /// `/metrics` needs an API token too (by default it is open, like `/healthz`).
+    pub metrics_auth: bool,
 }
 
 /// A started hub.
@@ -145,6 +148,8 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         evidence: Arc::new(evidence::EvidenceFiles::new(&cfg.data_dir)),
         outgoing: outgoing_tx,
         topics: topics.clone(),
+        keys: keys.clone(),
+        metrics_auth: cfg.metrics_auth,
     });
     let stop = http_stop.clone();
     let http = tokio::spawn(async move {

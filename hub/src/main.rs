@@ -29,6 +29,39 @@ enum Command {
     /// Gateway message keys: add, list, revoke, import (works beside a running hub).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// API tokens with roles: add, list, revoke (works beside a running hub).
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+}
+
+#[derive(Subcommand)]
+enum TokensCommand {
+    /// Make a token and print it (only its hash is kept: it cannot be shown again).
+    Add {
+        /// Who or what uses it (unique), e.g. "zhang-san" or "grafana".
+        name: String,
+        #[arg(long, value_enum)]
+        role: hub::access::Role,
+        /// The crew's department (crew tokens only), e.g. "sanitation".
+        #[arg(long)]
+        department: Option<String>,
+        /// Record the token in this file instead of making one.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// List tokens (names and roles, never tokens).
+    List {
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
+    /// Revoke a token: refused from the next request on.
+    Revoke {
+        name: String,
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,6 +134,9 @@ struct CommonArgs {
     /// First level(s) of every topic.
     #[arg(long, default_value = protocol::topic::DEFAULT_ROOT)]
     topic_root: String,
+    /// Require an API token for /metrics too.
+    #[arg(long)]
+    metrics_auth: bool,
 }
 
 #[derive(Args)]
@@ -175,6 +211,7 @@ async fn main() -> anyhow::Result<()> {
             hub::demo::run(config(&a.common, mqtt), opts, shutdown_signal()).await?;
         }
         Command::Keys(k) => return keys(k),
+        Command::Tokens(t) => return tokens(t),
     }
     Ok(())
 }
@@ -197,7 +234,60 @@ fn config(c: &CommonArgs, mqtt: MqttMode) -> HubConfig {
         topic_root: c.topic_root.clone(),
         client_id: "hub-ingest".into(),
         auth: hub::keys::AuthPolicy::Required,
+        metrics_auth: c.metrics_auth,
     }
+}
+
+fn tokens(cmd: TokensCommand) -> anyhow::Result<()> {
+    use hub::access::TokenAdmin;
+    match cmd {
+        TokensCommand::Add {
+            name,
+            role,
+            department,
+            token_file,
+            data_dir,
+        } => {
+            let admin = TokenAdmin::open(&data_dir)?;
+            match token_file {
+                Some(f) => {
+                    let token = std::fs::read_to_string(&f)
+                        .with_context(|| format!("cannot read {}", f.display()))?;
+                    admin.add_token(&name, role, department.as_deref(), token.trim())?;
+                    eprintln!("token {name:?} ({}) recorded", role.as_str());
+                }
+                None => {
+                    let token = admin.add(&name, role, department.as_deref())?;
+                    eprintln!(
+                        "token {name:?} ({}); shown once, keep it safe. Use it as `Authorization: Bearer <token>`:",
+                        role.as_str()
+                    );
+                    println!("{token}");
+                }
+            }
+        }
+        TokensCommand::List { data_dir } => {
+            println!(
+                "{:<32} {:<12} {:<16} {:<26} revoked",
+                "name", "role", "department", "created"
+            );
+            for t in TokenAdmin::open(&data_dir)?.list()? {
+                println!(
+                    "{:<32} {:<12} {:<16} {:<26} {}",
+                    t.name,
+                    t.role,
+                    t.department.as_deref().unwrap_or("-"),
+                    t.created_at,
+                    t.revoked_at.as_deref().unwrap_or("-")
+                );
+            }
+        }
+        TokensCommand::Revoke { name, data_dir } => {
+            TokenAdmin::open(&data_dir)?.revoke(&name)?;
+            eprintln!("token {name:?} revoked");
+        }
+    }
+    Ok(())
 }
 
 fn keys(cmd: KeysCommand) -> anyhow::Result<()> {

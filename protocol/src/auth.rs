@@ -33,6 +33,48 @@ use thiserror::Error;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// What an evidence upload's MAC input starts with (see [`evidence_mac`]).
+pub const EVIDENCE_DOMAIN: &[u8] = b"city-iot/evidence/v1\n";
+
+/// The MAC a gateway sends with an evidence upload (`PUT /api/v1/evidence/{sha256}`, headers
+/// `X-Gateway`, `X-Gateway-Key`, `X-Gateway-Mac`): over the gateway id and the image's SHA-256.
+/// The body is bound by its hash (the hub refuses a body that does not hash to its name), so the
+/// request cannot be turned into another gateway's or another image's. Base64, no padding.
+pub fn evidence_mac(key: &Key, gateway: &str, sha256: &str) -> String {
+    B64.encode(evidence_hmac(key, gateway, sha256).finalize().into_bytes())
+}
+
+/// Checks an evidence upload's MAC (constant time).
+pub fn verify_evidence_mac(
+    key: &Key,
+    gateway: &str,
+    sha256: &str,
+    mac: &str,
+) -> Result<(), AuthError> {
+    let mac = B64
+        .decode(mac.trim().trim_end_matches('='))
+        .map_err(|e| AuthError::Malformed(format!("mac is not base64: {e}")))?;
+    evidence_hmac(key, gateway, sha256)
+        .verify_slice(&mac)
+        .map_err(|_| AuthError::BadMac)
+}
+
+fn evidence_hmac(key: &Key, gateway: &str, sha256: &str) -> HmacSha256 {
+    let mut m = match HmacSha256::new_from_slice(&key.secret) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC takes keys of every length"),
+    };
+    for part in [
+        EVIDENCE_DOMAIN,
+        gateway.as_bytes(),
+        b"\n",
+        sha256.as_bytes(),
+    ] {
+        m.update(part);
+    }
+    m
+}
+
 /// What the MAC input starts with: binds the MAC to this protocol and its version.
 pub const DOMAIN: &[u8] = b"city-iot/mqtt/v1\n";
 /// Shortest secret accepted (bytes). Generated keys have 32.
@@ -326,6 +368,26 @@ mod tests {
             let e = open(bad).unwrap_err();
             assert_eq!(e.code(), "auth_malformed", "{e}");
         }
+    }
+
+    #[test]
+    fn evidence_macs_bind_gateway_and_image() {
+        let k = key("k1", 7);
+        let sha = "ab".repeat(32);
+        let mac = evidence_mac(&k, "gw-a", &sha);
+        verify_evidence_mac(&k, "gw-a", &sha, &mac).unwrap();
+        assert_eq!(
+            verify_evidence_mac(&k, "gw-b", &sha, &mac),
+            Err(AuthError::BadMac)
+        );
+        assert_eq!(
+            verify_evidence_mac(&k, "gw-a", &"cd".repeat(32), &mac),
+            Err(AuthError::BadMac)
+        );
+        assert_eq!(
+            verify_evidence_mac(&key("k1", 8), "gw-a", &sha, &mac),
+            Err(AuthError::BadMac)
+        );
     }
 
     #[test]

@@ -272,9 +272,46 @@ pub fn gateway_head(gateway: &str, broker: &str) -> String {
     )
 }
 
-/// GET `url` and parse JSON; `None` on any failure.
+/// The admin token every test hub knows ([`provision_admin`]); `get_json` and `get_status` send it.
+pub const TEST_TOKEN: &str = "test-admin-token-3c1f0e9a7b5d42e8a6f1c0d9b8e7a6f5";
+
+/// Records [`TEST_TOKEN`] as an admin token in the hub database under `hub_dir` (again is fine).
+pub fn provision_admin(hub_dir: &Path) {
+    let _ = hub::access::TokenAdmin::open(hub_dir).unwrap().add_token(
+        "test-admin",
+        hub::access::Role::Admin,
+        None,
+        TEST_TOKEN,
+    );
+}
+
+/// Makes an API token with `role` in the hub database under `hub_dir` and returns it.
+pub fn api_token(
+    hub_dir: &Path,
+    name: &str,
+    role: hub::access::Role,
+    department: Option<&str>,
+) -> String {
+    hub::access::TokenAdmin::open(hub_dir)
+        .unwrap()
+        .add(name, role, department)
+        .unwrap()
+}
+
+/// `Authorization` header value for [`TEST_TOKEN`].
+pub fn bearer() -> String {
+    format!("Bearer {TEST_TOKEN}")
+}
+
+/// GET `url` with the test admin token and parse JSON; `None` on any failure.
 pub fn get_json(url: &str) -> Option<serde_json::Value> {
+    get_json_as(url, TEST_TOKEN)
+}
+
+/// GET `url` with `token` and parse JSON; `None` on any failure.
+pub fn get_json_as(url: &str, token: &str) -> Option<serde_json::Value> {
     let mut resp = ureq::get(url)
+        .header("authorization", &format!("Bearer {token}"))
         .config()
         .http_status_as_error(false)
         .build()
@@ -285,7 +322,13 @@ pub fn get_json(url: &str) -> Option<serde_json::Value> {
 
 /// Status code and JSON body of a GET.
 pub fn get_status(url: &str) -> (u16, serde_json::Value) {
+    get_status_as(url, TEST_TOKEN)
+}
+
+/// Status code and JSON body of a GET with `token`.
+pub fn get_status_as(url: &str, token: &str) -> (u16, serde_json::Value) {
     let mut resp = ureq::get(url)
+        .header("authorization", &format!("Bearer {token}"))
         .config()
         .http_status_as_error(false)
         .build()
@@ -375,6 +418,7 @@ fn start_embedded_hub_with(
     mqtt: SocketAddr,
     auth: hub::keys::AuthPolicy,
 ) -> hub::RunningHub {
+    provision_admin(data_dir);
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
             http,
@@ -383,6 +427,7 @@ fn start_embedded_hub_with(
             topic_root: "city".into(),
             client_id: "hub-ingest".into(),
             auth,
+            metrics_auth: false,
         }))
         .unwrap();
     wait_hub_ready(http);

@@ -36,6 +36,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
 
 fn download(url: &str) -> (u16, Vec<u8>, String) {
     let mut resp = ureq::get(url)
+        .header("authorization", &tests::bearer())
         .config()
         .http_status_as_error(false)
         .build()
@@ -313,6 +314,57 @@ lane_zones = {{ "2" = "bus-lane-zhongshan" }}
         (e.as_array()?.len() == 2).then_some(e)
     });
     assert_eq!(events[0]["attributes"]["plate"], "苏E5X789");
+
+    // Roles: a crew member sees masked plates and no images; enforcement sees both; no token, nothing.
+    use hub::access::Role;
+    let hub_dir = dir.path().join("hub");
+    let crew = tests::api_token(&hub_dir, "li-crew", Role::Crew, Some("sanitation"));
+    let enforcement = tests::api_token(&hub_dir, "wang-enforcement", Role::Enforcement, None);
+    let events_url = format!("{base}/api/v1/events?device=cam-zs-01&event=plate");
+    let evidence_url = format!("{base}/api/v1/evidence/{sha_plate}");
+    let seen = tests::get_json_as(&events_url, &crew).unwrap();
+    assert_eq!(seen[0]["attributes"]["plate"], "苏E5X***", "{seen}");
+    assert_eq!(seen[1]["attributes"]["plate"], "苏A8H***", "{seen}");
+    assert_eq!(seen[0]["attributes"]["plateColor"], "yellow");
+    let (code, body) = tests::get_status_as(&evidence_url, &crew);
+    assert_eq!(code, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("crew"), "{body}");
+    let (code, body) = tests::get_status_as(&format!("{base}/api/v1/dead-letters"), &crew);
+    assert_eq!(code, 403, "{body}");
+    let seen = tests::get_json_as(&events_url, &enforcement).unwrap();
+    assert_eq!(seen[0]["attributes"]["plate"], "苏E5X789");
+    let resp = ureq::get(&evidence_url)
+        .header("authorization", &format!("Bearer {enforcement}"))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // The token may come in the query (links a browser opens).
+    let (code, _) = tests::get_status_as(&format!("{evidence_url}?token={enforcement}"), "x");
+    assert_eq!(
+        code, 401,
+        "a wrong header token is not overridden by the query"
+    );
+    let resp = ureq::get(&format!("{evidence_url}?token={enforcement}"))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    for (token, code) in [
+        (None, 401),
+        (Some("cty_not-a-real-token-of-this-hub-at-all"), 401),
+    ] {
+        let mut req = ureq::get(&events_url)
+            .config()
+            .http_status_as_error(false)
+            .build();
+        if let Some(t) = token {
+            req = req.header("authorization", &format!("Bearer {t}"));
+        }
+        let resp = req.call().unwrap();
+        assert_eq!(resp.status().as_u16(), code);
+        assert!(resp.headers().contains_key("www-authenticate"));
+    }
+    let (code, _) = tests::get_status_as(&format!("{base}/healthz"), "none");
+    assert_eq!(code, 200, "health stays open");
 
     // Refusals are counted in the heartbeat.
     eventually(Duration::from_secs(10), "refusals in the heartbeat", || {

@@ -29,6 +29,8 @@ fn demo_town_serves_fresh_assets_from_every_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let (http, mqtt) = (free_addr(), free_addr());
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    // The API needs a token: the test's own admin token, besides the one the demo makes.
+    tests::provision_admin(dir.path());
     let mut child = Command::new(binary("hub"))
         .current_dir(&root)
         .args([
@@ -116,6 +118,11 @@ fn demo_town_serves_fresh_assets_from_every_gateway() {
     let url = event["evidence"][0]["url"].as_str().unwrap();
     let (code, _) = tests::get_status(&format!("{base}{url}"));
     assert_eq!(code, 200);
+    // The admin token the demo made for this run (its URL carries it too).
+    let token = std::fs::read_to_string(dir.path().join("demo-admin.token")).unwrap();
+    let (code, who) = tests::get_status_as(&format!("{base}/api/v1/whoami"), token.trim());
+    assert_eq!(code, 200, "{who}");
+    assert_eq!(who["role"], "admin");
 
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let end = Instant::now() + Duration::from_secs(15);

@@ -32,6 +32,7 @@ fn start_hub(
     http: std::net::SocketAddr,
     broker: u16,
 ) -> hub::RunningHub {
+    tests::provision_admin(dir);
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
             http,
@@ -45,6 +46,7 @@ fn start_hub(
             client_id: "hub-ingest-fault".into(),
             // The gateway signs with its key; nothing unsigned is taken.
             auth: hub::keys::AuthPolicy::Required,
+            metrics_auth: false,
         }))
         .unwrap();
     tests::wait_hub_ready(http);

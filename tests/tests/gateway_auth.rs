@@ -255,6 +255,7 @@ fn mosquitto_with_the_shipped_acl() {
     let hub_pw = dir.path().join("hub-pw");
     std::fs::write(&hub_pw, "hub-pw\n").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
+    tests::provision_admin(&hub_dir);
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
             http,
@@ -267,6 +268,7 @@ fn mosquitto_with_the_shipped_acl() {
             topic_root: "city".into(),
             client_id: "hub-acl".into(),
             auth: hub::keys::AuthPolicy::Required,
+            metrics_auth: false,
         }))
         .unwrap();
     tests::wait_hub_ready(http);

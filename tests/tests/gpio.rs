@@ -180,6 +180,7 @@ lat = 32.041
     // An operator switches the warning light on through the hub's API.
     let post = |asset: &str, body: serde_json::Value| -> (u16, serde_json::Value) {
         let mut resp = ureq::post(&format!("{base}/api/v1/assets/{asset}/commands"))
+            .header("authorization", &tests::bearer())
             .config()
             .http_status_as_error(false)
             .build()
@@ -249,6 +250,21 @@ lat = 32.041
         refused["detail"].as_str().unwrap().contains("powerState"),
         "{refused}"
     );
+    // A crew token may look but not switch.
+    let crew = tests::api_token(
+        &hub_dir,
+        "crew-1",
+        hub::access::Role::Crew,
+        Some("lighting"),
+    );
+    let resp = ureq::post(&format!("{base}/api/v1/assets/warn-1/commands"))
+        .header("authorization", &format!("Bearer {crew}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_json(serde_json::json!({"action": "reset"}))
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
     // Bad requests to the API: an unknown asset, a malformed action.
     assert_eq!(post("nope", serde_json::json!({"action": "reset"})).0, 404);
     assert_eq!(

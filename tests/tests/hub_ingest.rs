@@ -48,6 +48,7 @@ fn config(
     http: std::net::SocketAddr,
     mqtt: std::net::SocketAddr,
 ) -> hub::HubConfig {
+    tests::provision_admin(dir);
     hub::HubConfig {
         http,
         data_dir: dir.to_owned(),
@@ -55,6 +56,7 @@ fn config(
         topic_root: "city".into(),
         client_id: "hub-ingest".into(),
         auth: hub::keys::AuthPolicy::AllowUnsigned,
+        metrics_auth: false,
     }
 }
 

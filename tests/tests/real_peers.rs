@@ -63,7 +63,10 @@ poll_ms = 500
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
             http,
-            data_dir: dir.path().join("hub"),
+            data_dir: {
+                tests::provision_admin(&dir.path().join("hub"));
+                dir.path().join("hub")
+            },
             mqtt: hub::MqttMode::External {
                 url: firmware_config::Broker::parse(&format!("mqtt://127.0.0.1:{}", mqtt.port()))
                     .unwrap(),
@@ -73,6 +76,7 @@ poll_ms = 500
             topic_root: "city".into(),
             client_id: "hub-test".into(),
             auth: hub::keys::AuthPolicy::AllowUnsigned,
+            metrics_auth: false,
         }))
         .unwrap();
     tests::wait_hub_ready(http);

@@ -150,7 +150,10 @@ fn uplink_over_tls_with_client_certificate_and_password() {
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
             http,
-            data_dir: d.join("hub"),
+            data_dir: {
+                tests::provision_admin(&d.join("hub"));
+                d.join("hub")
+            },
             mqtt: hub::MqttMode::External {
                 url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{plain}")).unwrap(),
                 username: Some("hub".into()),
@@ -159,6 +162,7 @@ fn uplink_over_tls_with_client_certificate_and_password() {
             topic_root: "city".into(),
             client_id: "hub-tls-test".into(),
             auth: hub::keys::AuthPolicy::AllowUnsigned,
+            metrics_auth: false,
         }))
         .unwrap();
     tests::wait_hub_ready(http);

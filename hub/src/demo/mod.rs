@@ -144,6 +144,19 @@ pub async fn run(
             key_files.push(file);
         }
     }
+    // An admin token for this run (the previous run's is revoked), in a file and in the URL printed.
+    let token = {
+        let tokens = crate::access::TokenAdmin::open(&cfg.data_dir)?;
+        let _ = tokens.revoke("demo-admin");
+        tokens.add("demo-admin", crate::access::Role::Admin, None)?
+    };
+    let token_file = cfg.data_dir.join("demo-admin.token");
+    std::fs::write(&token_file, format!("{token}\n"))?;
+    #[cfg(unix)]
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let hub = crate::start(cfg).await?;
     let host = if listen.ip().is_unspecified() {
         "127.0.0.1".to_owned()
@@ -171,7 +184,7 @@ pub async fn run(
         devices_stop.clone(),
     );
     tracing::info!(cameras = cams, "simulated cameras posting to their agents");
-    tracing::info!(agents = procs.len(), api = %format!("http://{}/api/v1/assets", hub.http_addr()), "demo town running; Ctrl-C stops it");
+    tracing::info!(agents = procs.len(), api = %format!("http://{http}/api/v1/assets?token={token}"), token_file = %token_file.display(), "demo town running; Ctrl-C stops it");
 
     tokio::pin!(shutdown);
     let mut check = tokio::time::interval(Duration::from_secs(2));

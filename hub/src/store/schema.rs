@@ -151,6 +151,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER gateway_keys_del AFTER DELETE ON gateway_keys
         BEGIN UPDATE gateway_keys_version SET version = version + 1; END;
     "#,
+    // 5: API tokens, kept as their SHA-256 only.
+    r#"
+    CREATE TABLE api_tokens (
+        name        TEXT NOT NULL PRIMARY KEY,
+        role        TEXT NOT NULL,
+        department  TEXT,
+        hash        BLOB NOT NULL UNIQUE,
+        created_at  INTEGER NOT NULL,
+        revoked_at  INTEGER
+    );
+    "#,
 ];
 
 /// Brings the database to the newest schema version.

@@ -1,0 +1,363 @@
+//! Who may use the API: bearer tokens with roles.
+//!
+//! Tokens are made with `hub tokens add NAME --role ROLE [--department D]`, shown once, and kept
+//! only as their SHA-256 (a token is 32 random bytes, so a fast hash is enough: there is nothing to
+//! guess). Every request under `/api/v1` needs one, as `Authorization: Bearer <token>` or, for links
+//! a browser opens (the demo's URL, server-sent events), `?token=<token>`. `/healthz` is open;
+//! `/metrics` is open unless the hub runs with `--metrics-auth`. Gateways upload evidence with their
+//! message key instead (see `crate::evidence`).
+//!
+//! | role | reads | plates | evidence images | commands | dead letters |
+//! |------|-------|--------|-----------------|----------|--------------|
+//! | admin | all | shown | yes | yes | with payload |
+//! | operator | all | masked | no | yes | without payload |
+//! | enforcement | all | shown | yes | no | no |
+//! | crew (of a department) | all | masked | no | no | no |
+//! | installer | all | masked | no | yes | without payload |
+
+use std::path::Path;
+
+use anyhow::Context;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::api::{ApiError, ApiState};
+
+/// The roles of people using the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Operator,
+    Enforcement,
+    Crew,
+    Installer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::Enforcement => "enforcement",
+            Role::Crew => "crew",
+            Role::Installer => "installer",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Role> {
+        [
+            Role::Admin,
+            Role::Operator,
+            Role::Enforcement,
+            Role::Crew,
+            Role::Installer,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// The authenticated user of a request (a request extension).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Principal {
+    pub name: String,
+    pub role: Role,
+    pub department: Option<String>,
+}
+
+impl Principal {
+    /// May see plates in full and evidence images (enforcement rights).
+    pub fn sees_plates(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Enforcement)
+    }
+
+    /// May send commands to devices.
+    pub fn may_command(&self) -> bool {
+        matches!(self.role, Role::Admin | Role::Operator | Role::Installer)
+    }
+
+    /// May list dead letters (`with_payload`: and see their payloads, which may hold plates).
+    pub fn may_read_dead_letters(&self) -> (bool, bool) {
+        match self.role {
+            Role::Admin => (true, true),
+            Role::Operator | Role::Installer => (true, false),
+            Role::Enforcement | Role::Crew => (false, false),
+        }
+    }
+
+    /// A 403 naming what the role lacks.
+    pub fn forbidden(&self, what: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{what} is not allowed for role {} (token {:?})",
+                self.role.as_str(),
+                self.name
+            ),
+        )
+    }
+}
+
+/// Hides all but the first four characters of a plate: 苏A8HK52 → 苏A8H***.
+pub fn mask_plate(plate: &str) -> String {
+    let n = plate.chars().count();
+    if n <= 4 {
+        return "*".repeat(n);
+    }
+    plate
+        .chars()
+        .take(4)
+        .chain(std::iter::repeat_n('*', n - 4))
+        .collect()
+}
+
+/// Masks every `plate` (and `plates[]`) field in an event's attributes, in place.
+pub fn mask_attributes(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                if k.eq_ignore_ascii_case("plate") || k.eq_ignore_ascii_case("licensePlate") {
+                    if let Some(s) = val.as_str() {
+                        *val = serde_json::Value::String(mask_plate(s));
+                    }
+                } else {
+                    mask_attributes(val);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_attributes),
+        _ => {}
+    }
+}
+
+fn hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// The token table, for `hub tokens` and the demo.
+#[derive(Debug)]
+pub struct TokenAdmin {
+    conn: Connection,
+}
+
+/// A token as listed (never the token).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub name: String,
+    pub role: String,
+    pub department: Option<String>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+impl TokenAdmin {
+    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create {}", data_dir.display()))?;
+        let path = data_dir.join("hub.sqlite3");
+        let mut conn =
+            Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        crate::store::prepare(&mut conn).with_context(|| format!("database {}", path.display()))?;
+        Ok(Self { conn })
+    }
+
+    /// Makes a token and returns it (it is not kept: only its hash is).
+    pub fn add(&self, name: &str, role: Role, department: Option<&str>) -> anyhow::Result<String> {
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no random numbers: {e}"))?;
+        let token = format!(
+            "cty_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
+        self.add_token(name, role, department, &token)?;
+        Ok(token)
+    }
+
+    /// Records a token made elsewhere (provisioning tools); at least 32 printable characters.
+    pub fn add_token(
+        &self,
+        name: &str,
+        role: Role,
+        department: Option<&str>,
+        token: &str,
+    ) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            token.len() >= 32 && token.bytes().all(|b| b.is_ascii_graphic()),
+            "a token must be at least 32 printable ASCII characters without spaces"
+        );
+        anyhow::ensure!(
+            !name.trim().is_empty() && name.len() <= 100,
+            "a token needs a name of 1 to 100 characters (who or what uses it)"
+        );
+        anyhow::ensure!(
+            (role == Role::Crew) == department.is_some(),
+            "a crew token needs --department, and only a crew token has one"
+        );
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO api_tokens (name, role, department, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, role.as_str(), department, hash(token), crate::now_ms()],
+        )?;
+        anyhow::ensure!(
+            n == 1,
+            "a token named {name:?}, or this very token, exists already"
+        );
+        Ok(())
+    }
+
+    /// Revokes the token called `name` (refused from the next request on).
+    pub fn revoke(&self, name: &str) -> anyhow::Result<()> {
+        let n = self.conn.execute(
+            "UPDATE api_tokens SET revoked_at = ?2, name = name || '#revoked-' || ?2 WHERE name = ?1 AND revoked_at IS NULL",
+            params![name, crate::now_ms()],
+        )?;
+        anyhow::ensure!(
+            n == 1,
+            "no current token named {name:?} (see `hub tokens list`)"
+        );
+        Ok(())
+    }
+
+    pub fn list(&self) -> anyhow::Result<Vec<TokenInfo>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, role, department, created_at, revoked_at FROM api_tokens ORDER BY created_at, name",
+        )?;
+        let ts = |ms: i64| protocol::Timestamp::from_unix_millis(ms).to_rfc3339();
+        let rows = stmt.query_map([], |r| {
+            Ok(TokenInfo {
+                name: r.get(0)?,
+                role: r.get(1)?,
+                department: r.get(2)?,
+                created_at: ts(r.get(3)?),
+                revoked_at: r.get::<_, Option<i64>>(4)?.map(ts),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// Looks a token up (current tokens only).
+pub(crate) fn lookup(conn: &Connection, token: &str) -> rusqlite::Result<Option<Principal>> {
+    conn.query_row(
+        "SELECT name, role, department FROM api_tokens WHERE hash = ?1 AND revoked_at IS NULL",
+        params![hash(token)],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        },
+    )
+    .optional()
+    .map(|found| {
+        found.and_then(|(name, role, department)| {
+            Some(Principal {
+                name,
+                role: Role::parse(&role)?,
+                department,
+            })
+        })
+    })
+}
+
+/// The token of a request: `Authorization: Bearer`, else the `token` query parameter.
+fn token_of(req: &Request) -> Option<String> {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        let v = v.to_str().ok()?;
+        let (scheme, rest) = v.split_once(' ')?;
+        return scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| rest.trim().to_owned());
+    }
+    req.uri().query().and_then(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == "token")
+            .map(|(_, v)| v.to_owned())
+    })
+}
+
+/// Middleware: authenticates every request it wraps and adds its [`Principal`].
+pub async fn require_token(
+    State(s): State<ApiState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, Response> {
+    let unauthorised = |msg: &str| {
+        s.metrics.rejected("api_unauthorised");
+        let mut r = ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"city-hub\""),
+        );
+        r
+    };
+    let Some(token) = token_of(&req) else {
+        return Err(unauthorised(
+            "this endpoint needs a token: Authorization: Bearer <token> (made with `hub tokens add`)",
+        ));
+    };
+    let found = s
+        .store
+        .read(move |c| lookup(c, &token).map_err(Into::into))
+        .await
+        .map_err(|e| ApiError::from(e).into_response())?;
+    let Some(principal) = found else {
+        return Err(unauthorised("unknown or revoked token"));
+    };
+    req.extensions_mut().insert(principal);
+    Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_plates_everywhere_in_attributes() {
+        assert_eq!(mask_plate("苏A8HK52"), "苏A8H***");
+        assert_eq!(mask_plate("苏AD12345"), "苏AD1****");
+        assert_eq!(mask_plate("AB"), "**");
+        let mut v = serde_json::json!({"plate": "苏A8HK52", "plateColor": "blue", "nested": [{"plate": "京N12345"}]});
+        mask_attributes(&mut v);
+        assert_eq!(
+            v,
+            serde_json::json!({"plate": "苏A8H***", "plateColor": "blue", "nested": [{"plate": "京N12***"}]})
+        );
+    }
+
+    #[test]
+    fn tokens_are_kept_hashed_and_revocable() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = TokenAdmin::open(dir.path()).unwrap();
+        let t = admin
+            .add("zhang-crew", Role::Crew, Some("sanitation"))
+            .unwrap();
+        assert!(admin.add("x", Role::Crew, None).is_err());
+        assert!(admin.add("zhang-crew", Role::Admin, None).is_err());
+        let conn = Connection::open(dir.path().join("hub.sqlite3")).unwrap();
+        let p = lookup(&conn, &t).unwrap().unwrap();
+        assert_eq!(p.role, Role::Crew);
+        assert_eq!(p.department.as_deref(), Some("sanitation"));
+        let stored: Vec<u8> = conn
+            .query_row("SELECT hash FROM api_tokens", [], |r| r.get(0))
+            .unwrap();
+        assert_ne!(stored, t.as_bytes());
+        assert!(lookup(&conn, "cty_guess").unwrap().is_none());
+        admin.revoke("zhang-crew").unwrap();
+        assert!(lookup(&conn, &t).unwrap().is_none());
+        // The name is free again after revocation.
+        admin
+            .add("zhang-crew", Role::Crew, Some("sanitation"))
+            .unwrap();
+        assert_eq!(admin.list().unwrap().len(), 2);
+    }
+}
