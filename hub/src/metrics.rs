@@ -26,7 +26,80 @@ pub struct Metrics {
     pub unsigned_accepted: AtomicU64,
     /// Ingest is connected and its subscriptions are acknowledged.
     pub ingest_ready: AtomicBool,
+    /// Age of each envelope (now − its `sentAt`) when its batch commits: transit, broker queueing,
+    /// ingest and store together; a gateway's backlog after an outage shows as a long tail.
+    pub commit_age: Histogram,
     rejected: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Upper bounds (milliseconds) of the [`Histogram`] buckets.
+pub const AGE_BUCKETS_MS: [u64; 14] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000, 300_000,
+];
+
+/// A Prometheus histogram over [`AGE_BUCKETS_MS`] (plus +Inf), lock-free.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; AGE_BUCKETS_MS.len() + 1],
+    sum_ms: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe_ms(&self, ms: i64) {
+        let ms = ms.max(0) as u64;
+        let i = AGE_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(AGE_BUCKETS_MS.len());
+        self.buckets[i].fetch_add(1, Relaxed);
+        self.sum_ms.fetch_add(ms, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    /// The upper bound (ms) of the bucket holding quantile `q` (0..1); `None` without data or
+    /// beyond the last finite bucket.
+    pub fn quantile_ms(&self, q: f64) -> Option<u64> {
+        let n = self.count.load(Relaxed);
+        if n == 0 {
+            return None;
+        }
+        let rank = (q * n as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Relaxed);
+            if seen >= rank {
+                return AGE_BUCKETS_MS.get(i).copied();
+            }
+        }
+        None
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, b) in self.buckets.iter().enumerate() {
+            cumulative += b.load(Relaxed);
+            match AGE_BUCKETS_MS.get(i) {
+                Some(ms) => {
+                    let _ = writeln!(
+                        out,
+                        "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                        *ms as f64 / 1000.0
+                    );
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "{name}_sum {}\n{name}_count {}",
+            self.sum_ms.load(Relaxed) as f64 / 1000.0,
+            self.count.load(Relaxed)
+        );
+    }
 }
 
 impl Metrics {
@@ -152,6 +225,33 @@ impl Metrics {
         {
             let _ = writeln!(out, "hub_messages_rejected_total{{reason=\"{code}\"}} {n}");
         }
+        self.commit_age.render(
+            &mut out,
+            "hub_envelope_age_at_commit_seconds",
+            "Age of an envelope (now minus its sentAt) when the hub committed it",
+        );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_and_text() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile_ms(0.5), None);
+        for ms in [1, 3, 7, 20, 20, 20, 40, 90, 900, 400_000] {
+            h.observe_ms(ms);
+        }
+        assert_eq!(h.quantile_ms(0.5), Some(25));
+        assert_eq!(h.quantile_ms(0.9), Some(1_000));
+        assert_eq!(h.quantile_ms(1.0), None, "beyond the last bucket");
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 10\n"), "{out}");
+        assert!(out.contains("x_count 10\n"), "{out}");
     }
 }

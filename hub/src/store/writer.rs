@@ -52,6 +52,14 @@ pub(super) fn run(
                 }
             }
         }
+        let now = crate::now_ms();
+        for (op, _) in &batch {
+            if let WriteOp::Envelope { env, .. } = op {
+                metrics
+                    .commit_age
+                    .observe_ms(now - env.sent_at.unix_millis());
+            }
+        }
         metrics.store_batches.fetch_add(1, Relaxed);
         metrics
             .store_batch_micros
@@ -73,13 +81,23 @@ fn write_batch(
 ) -> rusqlite::Result<()> {
     let mut tx = conn.transaction()?;
     let mut dead_letters = 0;
+    // The latest value of each series written in this batch, applied once at its end: a series gets
+    // one update per batch instead of one per reading.
+    let mut latest = LatestMap::default();
+    let mut staged = LatestMap::default();
     for (op, _) in batch {
         // Each operation in a savepoint: one that the database refuses is set aside as a dead letter
         // instead of failing the whole batch forever.
         let sp = tx.savepoint()?;
-        let result = apply(&sp, series, op, metrics);
+        staged.clear();
+        let result = apply(&sp, series, op, &mut staged, metrics);
         match result {
-            Ok(()) => sp.commit()?,
+            Ok(()) => {
+                sp.commit()?;
+                for (id, l) in staged.drain() {
+                    merge_latest(&mut latest, id, l);
+                }
+            }
             Err(e) if is_io_error(&e) => return Err(e),
             Err(e) => {
                 drop(sp);
@@ -108,7 +126,75 @@ fn write_batch(
             [DEAD_LETTERS_KEPT],
         )?;
     }
+    write_latest(&tx, &latest)?;
     tx.commit()
+}
+
+/// The newest reading of a series seen in a batch, and when the batch received the series.
+#[derive(Debug, Clone)]
+struct Latest {
+    received: i64,
+    /// The newest reading that has a value.
+    value: Option<LatestValue>,
+}
+
+/// (ts, number, text, quality, value type) of a reading.
+type LatestValue = (
+    i64,
+    Option<f64>,
+    Option<String>,
+    Option<String>,
+    &'static str,
+);
+
+type LatestMap = HashMap<i64, Latest>;
+
+/// Keeps the newer of two: the later receive time, and the reading with the larger timestamp
+/// (on a tie, the one written later, as row-by-row updates would).
+fn merge_latest(map: &mut LatestMap, id: i64, new: Latest) {
+    match map.get_mut(&id) {
+        None => {
+            map.insert(id, new);
+        }
+        Some(old) => {
+            old.received = old.received.max(new.received);
+            if let Some(v) = new.value
+                && old.value.as_ref().is_none_or(|o| o.0 <= v.0)
+            {
+                old.value = Some(v);
+            }
+        }
+    }
+}
+
+fn write_latest(tx: &Connection, latest: &LatestMap) -> rusqlite::Result<()> {
+    let mut update = tx.prepare_cached(
+        "UPDATE series SET last_received = MAX(COALESCE(last_received, 0), ?2),
+            last_ts = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?3 ELSE last_ts END,
+            last_value = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?4 ELSE last_value END,
+            last_text = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?5 ELSE last_text END,
+            last_quality = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?7 ELSE last_quality END,
+            vtype = COALESCE(?8, vtype)
+         WHERE id = ?1",
+    )?;
+    for (id, l) in latest {
+        match &l.value {
+            Some((ts, value, text, quality, vtype)) => update.execute(params![
+                id, l.received, ts, value, text, true, quality, vtype
+            ])?,
+            None => update.execute(params![
+                id,
+                l.received,
+                None::<i64>,
+                None::<f64>,
+                None::<String>,
+                false,
+                None::<String>,
+                None::<String>
+            ])?,
+        };
+    }
+    Ok(())
 }
 
 fn is_io_error(e: &rusqlite::Error) -> bool {
@@ -131,11 +217,12 @@ fn apply(
     tx: &Connection,
     series: &mut SeriesCache,
     op: &WriteOp,
+    latest: &mut LatestMap,
     metrics: &Metrics,
 ) -> rusqlite::Result<()> {
     match op {
         WriteOp::Envelope { env, received } => {
-            write_envelope(tx, series, env, received.unix_millis(), metrics)
+            write_envelope(tx, series, env, received.unix_millis(), latest, metrics)
         }
         WriteOp::Presence { presence, received } => {
             write_presence(tx, presence, received.unix_millis())
@@ -259,6 +346,7 @@ fn write_envelope(
     series: &mut SeriesCache,
     env: &Envelope,
     received: i64,
+    latest: &mut LatestMap,
     metrics: &Metrics,
 ) -> rusqlite::Result<()> {
     let gw = env.gateway.as_str();
@@ -277,15 +365,6 @@ fn write_envelope(
     )?;
     let mut insert_reading = tx.prepare_cached(
         "INSERT OR REPLACE INTO readings (series, ts, value, text, quality) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    let mut update_latest = tx.prepare_cached(
-        "UPDATE series SET last_received = MAX(COALESCE(last_received, 0), ?2),
-            last_ts = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?3 ELSE last_ts END,
-            last_value = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?4 ELSE last_value END,
-            last_text = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?5 ELSE last_text END,
-            last_quality = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?7 ELSE last_quality END,
-            vtype = COALESCE(?8, vtype)
-         WHERE id = ?1",
     )?;
     let mut insert_event = tx.prepare_cached(
         "INSERT OR IGNORE INTO events (gateway, device, event, ts, phase, attributes, evidence, received)
@@ -322,16 +401,22 @@ fn write_envelope(
                     Value::Number(_) => "number",
                     Value::Text(_) => "text",
                 });
-                update_latest.execute(params![
+                merge_latest(
+                    latest,
                     id,
-                    received,
-                    ts,
-                    value,
-                    text,
-                    r.value.is_some(),
-                    quality,
-                    vtype
-                ])?;
+                    Latest {
+                        received,
+                        value: vtype.map(|vt| {
+                            (
+                                ts,
+                                value,
+                                text.map(str::to_owned),
+                                quality.map(str::to_owned),
+                                vt,
+                            )
+                        }),
+                    },
+                );
                 readings += 1;
             }
             Item::Event(e) => {

@@ -1,0 +1,325 @@
+//! Hub ingest end to end (MQTT → verified → decoded → deduped → committed to SQLite), against a bare
+//! `mosquitto_sub` reading the same stream from the same Mosquitto in the same run.
+//!
+//! `cargo run --release -p hub --example ingest_bench -- [READINGS]` (default 1,000,000). Needs
+//! `mosquitto` and `mosquitto_sub` (./test.sh installs them). For 1 and for 4 publishing gateways:
+//! 1. a fresh Mosquitto; `mosquitto_sub -q 1 -C N` subscribes; the publisher sends N envelopes of 500
+//!    readings (encoded and signed as an agent does, QoS 1); time until the subscriber has them all;
+//! 2. a fresh Mosquitto; the hub (external-broker mode, signatures required) subscribes; the same
+//!    publisher; time until the hub has committed every envelope, and the envelopes' age at commit
+//!    (p50, p99: upper bounds of the histogram buckets the hub exports).
+//!
+//! Then the same into the hub's embedded broker (rumqttd), which has no bare-subscriber twin.
+//! Prints a markdown table. Each case is timed from the first publish.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use protocol::auth::{Key, KeyId};
+use protocol::{BootId, ClockState, Envelope, GatewayId, Item, Limits, Reading, Timestamp, Value};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+const PER_ENVELOPE: usize = 500;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn program(name: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found: install mosquitto and mosquitto-clients (./test.sh does)");
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mosquitto(dir: &Path, port: u16) -> Killed {
+    let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+    let conf = dir.join(format!("mosquitto-{port}.conf"));
+    std::fs::write(
+        &conf,
+        format!(
+            "user {}\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages 1000000\nmax_queued_bytes 0\nmax_inflight_messages 100\n\
+             max_packet_size 300000\nlog_dest stderr\nlog_type error\n",
+            user.trim()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(program("mosquitto"))
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(port);
+    Killed(child)
+}
+
+fn wait_port(port: u16) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < end, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn gateway(i: usize) -> GatewayId {
+    GatewayId::new(format!("gw-bench-{i:02}")).unwrap()
+}
+
+fn key(i: usize) -> Key {
+    Key::new(KeyId::new("k1").unwrap(), vec![i as u8 + 1; 32]).unwrap()
+}
+
+/// Publishes `envelopes` envelopes round-robin from `gateways` gateways at QoS 1, encoding and
+/// signing each just before it goes (so `sentAt` is the real send time). Returns when every one is
+/// acknowledged by the broker.
+async fn publish(port: u16, gateways: usize, envelopes: usize) -> Duration {
+    let mut opts = MqttOptions::new(format!("bench-pub-{port}"), "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_inflight(100);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut ev) = AsyncClient::new(opts, 200);
+    let boots: Vec<BootId> = (0..gateways)
+        .map(|_| BootId::from_uuid(uuid::Uuid::new_v4()))
+        .collect();
+    let keys: Vec<Key> = (0..gateways).map(key).collect();
+    let started = Instant::now();
+    let base = Timestamp::now().add_millis(-3_600_000);
+    let producer = tokio::spawn(async move {
+        let limits = Limits::default();
+        for n in 0..envelopes {
+            let g = n % gateways;
+            let seq = (n / gateways) as u64;
+            let env = Envelope {
+                v: 1,
+                gateway: gateway(g),
+                boot: boots[g],
+                seq,
+                sent_at: Timestamp::now(),
+                clock: ClockState::Synced,
+                items: (0..PER_ENVELOPE)
+                    .map(|r| {
+                        Item::Reading(Reading {
+                            device: format!("dev-{}", r % 50).parse().unwrap(),
+                            metric: format!("m{}", r / 50).parse().unwrap(),
+                            observed_at: base.add_millis(seq as i64 * 1000),
+                            value: Some(Value::Number((n * PER_ENVELOPE + r) as f64)),
+                            unit: None,
+                            quality: Default::default(),
+                        })
+                    })
+                    .collect(),
+            };
+            let bytes = protocol::encode(&env, &limits).unwrap();
+            let topic = format!("city/v1/gw/{}/up", gateway(g));
+            let payload = protocol::auth::seal(&keys[g], &topic, &bytes);
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+    });
+    let mut acked = 0;
+    while acked < envelopes {
+        match tokio::time::timeout(Duration::from_secs(60), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("publisher: {e}"),
+            Err(_) => panic!("publisher: no acknowledgement for 60 s"),
+        }
+    }
+    producer.await.unwrap();
+    started.elapsed()
+}
+
+struct Row {
+    case: String,
+    readings: usize,
+    secs: f64,
+    publish_secs: f64,
+    p50: Option<u64>,
+    p99: Option<u64>,
+}
+
+fn bare(dir: &Path, rt: &tokio::runtime::Runtime, gateways: usize, envelopes: usize) -> Row {
+    let port = free_port();
+    let _broker = mosquitto(dir, port);
+    let mut sub = Killed(
+        Command::new(program("mosquitto_sub"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+            .args(["-t", "city/v1/gw/+/up", "-C", &envelopes.to_string()])
+            .args(["-i", "bench-bare-sub"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(700)); // let it subscribe
+    let started = Instant::now();
+    let publish_secs = rt
+        .block_on(publish(port, gateways, envelopes))
+        .as_secs_f64();
+    let status = sub.0.wait().unwrap();
+    assert!(status.success(), "mosquitto_sub failed: {status}");
+    Row {
+        case: format!("bare `mosquitto_sub`, {gateways} gateway(s), Mosquitto"),
+        readings: envelopes * PER_ENVELOPE,
+        secs: started.elapsed().as_secs_f64(),
+        publish_secs,
+        p50: None,
+        p99: None,
+    }
+}
+
+fn hub_case(
+    dir: &Path,
+    rt: &tokio::runtime::Runtime,
+    gateways: usize,
+    envelopes: usize,
+    embedded: bool,
+) -> Row {
+    let data = dir.join(format!("hub-{gateways}-{embedded}"));
+    let admin = hub::keys::KeyAdmin::open(&data).unwrap();
+    for g in 0..gateways {
+        admin.import(&gateway(g), &key(g)).unwrap();
+    }
+    drop(admin);
+    let port = free_port();
+    let broker = (!embedded).then(|| mosquitto(dir, port));
+    let mqtt = if embedded {
+        hub::MqttMode::Embedded {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    } else {
+        hub::MqttMode::External {
+            url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{port}")).unwrap(),
+            username: None,
+            password: None,
+        }
+    };
+    let hub = rt
+        .block_on(hub::start(hub::HubConfig {
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data,
+            mqtt,
+            topic_root: "city".into(),
+            client_id: "hub-bench".into(),
+            auth: hub::keys::AuthPolicy::Required,
+            metrics_auth: false,
+        }))
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(15);
+    while !hub.metrics.ingest_ready.load(Relaxed) {
+        assert!(Instant::now() < end, "hub never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let publish_secs = rt
+        .block_on(publish(port, gateways, envelopes))
+        .as_secs_f64();
+    let end = Instant::now() + Duration::from_secs(600);
+    while hub.metrics.envelopes_stored.load(Relaxed) < envelopes as u64 {
+        assert!(
+            Instant::now() < end,
+            "hub stored only {} of {envelopes} envelopes; rejected {}",
+            hub.metrics.envelopes_stored.load(Relaxed),
+            hub.metrics.rejected_total()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    assert_eq!(hub.metrics.rejected_total(), 0, "messages were rejected");
+    let batches = hub.metrics.store_batches.load(Relaxed).max(1);
+    eprintln!(
+        "store: {batches} batches, {:.1} envelopes and {:.1} ms each",
+        envelopes as f64 / batches as f64,
+        hub.metrics.store_batch_micros.load(Relaxed) as f64 / batches as f64 / 1000.0
+    );
+    let row = Row {
+        case: format!(
+            "hub, {gateways} gateway(s), {}",
+            if embedded {
+                "embedded broker"
+            } else {
+                "Mosquitto"
+            }
+        ),
+        readings: hub.metrics.readings_stored.load(Relaxed) as usize,
+        secs,
+        publish_secs,
+        p50: hub.metrics.commit_age.quantile_ms(0.5),
+        p99: hub.metrics.commit_age.quantile_ms(0.99),
+    };
+    rt.block_on(hub.stop());
+    drop(broker);
+    row
+}
+
+fn main() {
+    let readings: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("READINGS must be a number"))
+        .unwrap_or(1_000_000);
+    let envelopes = (readings / PER_ENVELOPE).max(4) / 4 * 4;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    for gateways in [1, 4] {
+        let b = bare(dir.path(), &rt, gateways, envelopes);
+        let h = hub_case(dir.path(), &rt, gateways, envelopes, false);
+        rows.push((b, Some(h)));
+    }
+    rows.push((hub_case(dir.path(), &rt, 1, envelopes, true), None));
+    println!(
+        "{} envelopes of {PER_ENVELOPE} readings per case; {} cores\n",
+        envelopes,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "| case | readings/s | seconds | publisher done (s) | age at commit p50 / p99 | hub ÷ bare |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let rate = |r: &Row| r.readings as f64 / r.secs;
+    let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("≤ {v} ms"));
+    for (first, hub_row) in &rows {
+        let print = |r: &Row, ratio: String| {
+            println!(
+                "| {} | {:.0} | {:.2} | {:.2} | {} / {} | {} |",
+                r.case,
+                rate(r),
+                r.secs,
+                r.publish_secs,
+                ms(r.p50),
+                ms(r.p99),
+                ratio
+            );
+        };
+        print(first, String::new());
+        if let Some(h) = hub_row {
+            print(h, format!("{:.2}", rate(h) / rate(first)));
+        }
+    }
+}

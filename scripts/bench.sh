@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Every figure of BENCHMARKS.md, in one run: release build, stripped binary sizes, spool write and
+# replay, hub ingest against a bare mosquitto_sub, and (when present) the agent beside a peer
+# gateway. Installs the peers it needs (as ./test.sh does). Takes several minutes; run it on a quiet
+# machine and read ratios, not absolute figures, on a shared one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/install-peers.sh
+cargo build --release --bins
+cargo build --release -p edge-agent --example spool_bench
+cargo build --release -p hub --example ingest_bench
+work=$(mktemp -d "${TMPDIR:-/tmp}/city-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+echo "## Machine"
+echo "$(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+echo
+echo "## Binary sizes (release, stripped)"
+for b in edge-agent hub; do
+    printf '%s: %s bytes\n' "$b" "$(stat -c %s "target/release/$b")"
+done
+echo
+echo "## Spool write and replay (3 runs)"
+for run in 1 2 3; do
+    ./target/release/examples/spool_bench 2000 "$work/spool-$run"
+    rm -rf "$work/spool-$run"
+done
+echo
+echo "## Hub ingest vs a bare subscriber"
+./target/release/examples/ingest_bench "${INGEST_READINGS:-1000000}" 2>/dev/null
+echo
+if [[ -x scripts/bench-gateway.sh ]]; then
+    echo "## Agent vs a peer gateway"
+    ./scripts/bench-gateway.sh
+fi
