@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real test peers when they are missing: Mosquitto and its clients, socat (serial pty
-# pairs), curl (a camera posting multipart events), openssl (test certificates), and pymodbus in a project-local virtualenv (.venv). Safe to run again; does nothing when all
+# pairs), curl (a camera posting multipart events), openssl (test certificates), VictoriaMetrics (a
+# server of the InfluxDB v2 write API), and pymodbus in a project-local virtualenv (.venv). Safe to run again; does nothing when all
 # are present. Used by ./test.sh; see ../shared/PEERS.md for why each peer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ command -v mosquitto_pub >/dev/null 2>&1 || need_apt+=(mosquitto-clients)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl ca-certificates)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need_apt+=(victoria-metrics)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -225,6 +225,7 @@ fn hub_case(
             client_id: "hub-bench".into(),
             auth: hub::keys::AuthPolicy::Required,
             metrics_auth: false,
+            influx: None,
         }))
         .unwrap();
     let end = Instant::now() + Duration::from_secs(15);

@@ -13,6 +13,7 @@ pub mod broker;
 pub mod commands;
 pub mod demo;
 pub mod evidence;
+pub mod influx;
 pub mod ingest;
 pub mod keys;
 pub mod metrics;
@@ -54,6 +55,8 @@ pub struct HubConfig {
     pub auth: keys::AuthPolicy,
     /// `/metrics` needs an API token too (by default it is open, like `/healthz`).
     pub metrics_auth: bool,
+    /// Also write every reading and event to this InfluxDB 2.
+    pub influx: Option<influx::InfluxConfig>,
 }
 
 /// A started hub.
@@ -79,7 +82,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let topics = TopicScheme::new(&cfg.topic_root)?;
     let limits = Limits::default();
     let metrics = Arc::new(metrics::Metrics::default());
-    let (store, writer) = store::Store::open(&cfg.data_dir, metrics.clone())?;
+    let (store, writer) = store::Store::open(&cfg.data_dir, metrics.clone(), cfg.influx.clone())?;
     let keys = keys::KeyRing::open(store.path(), cfg.auth)?;
     if cfg.auth == keys::AuthPolicy::AllowUnsigned {
         tracing::warn!("--allow-unsigned: gateways without a key may send unsigned messages");

@@ -137,6 +137,16 @@ struct CommonArgs {
     /// Require an API token for /metrics too.
     #[arg(long)]
     metrics_auth: bool,
+    /// Also write every reading and event to this InfluxDB 2 (http://host:8086); see docs/INFLUXDB.md.
+    #[arg(long, value_name = "URL", requires_all = ["influx_org", "influx_bucket", "influx_token_file"])]
+    influx_url: Option<String>,
+    #[arg(long)]
+    influx_org: Option<String>,
+    #[arg(long)]
+    influx_bucket: Option<String>,
+    /// File holding the InfluxDB API token (kept out of the process list).
+    #[arg(long, value_name = "FILE")]
+    influx_token_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -189,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
                     listen: a.common.mqtt_listen,
                 },
             };
-            let mut cfg = config(&a.common, mqtt);
+            let mut cfg = config(&a.common, mqtt)?;
             if a.allow_unsigned {
                 cfg.auth = hub::keys::AuthPolicy::AllowUnsigned;
             }
@@ -208,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
                 start_hour: a.start_hour,
                 seed: a.seed,
             };
-            hub::demo::run(config(&a.common, mqtt), opts, shutdown_signal()).await?;
+            hub::demo::run(config(&a.common, mqtt)?, opts, shutdown_signal()).await?;
         }
         Command::Keys(k) => return keys(k),
         Command::Tokens(t) => return tokens(t),
@@ -226,8 +236,8 @@ fn parse_broker(s: &str) -> Result<Broker, String> {
     Ok(b)
 }
 
-fn config(c: &CommonArgs, mqtt: MqttMode) -> HubConfig {
-    HubConfig {
+fn base_config(c: &CommonArgs, mqtt: MqttMode) -> anyhow::Result<HubConfig> {
+    Ok(HubConfig {
         http: c.http,
         data_dir: c.data_dir.clone(),
         mqtt,
@@ -235,7 +245,29 @@ fn config(c: &CommonArgs, mqtt: MqttMode) -> HubConfig {
         client_id: "hub-ingest".into(),
         auth: hub::keys::AuthPolicy::Required,
         metrics_auth: c.metrics_auth,
+        influx: None,
+    })
+}
+
+/// The hub configuration from the common arguments, reading secret files.
+fn config(c: &CommonArgs, mqtt: MqttMode) -> anyhow::Result<HubConfig> {
+    let mut cfg = base_config(c, mqtt)?;
+    if let (Some(url), Some(org), Some(bucket), Some(file)) = (
+        &c.influx_url,
+        &c.influx_org,
+        &c.influx_bucket,
+        &c.influx_token_file,
+    ) {
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        cfg.influx = Some(hub::influx::InfluxConfig::new(
+            url,
+            org,
+            bucket,
+            token.trim(),
+        ));
     }
+    Ok(cfg)
 }
 
 fn tokens(cmd: TokensCommand) -> anyhow::Result<()> {

@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Age of each envelope (now − its `sentAt`) when its batch commits: transit, broker queueing,
     /// ingest and store together; a gateway's backlog after an outage shows as a long tail.
     pub commit_age: Histogram,
+    /// The InfluxDB sink's counters, when it runs.
+    pub influx: std::sync::OnceLock<std::sync::Arc<crate::influx::SinkMetrics>>,
     rejected: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -224,6 +226,26 @@ impl Metrics {
             .iter()
         {
             let _ = writeln!(out, "hub_messages_rejected_total{{reason=\"{code}\"}} {n}");
+        }
+        if let Some(m) = self.influx.get() {
+            let _ = writeln!(
+                out,
+                "# HELP hub_influx_lines_written_total Lines written to InfluxDB\n# TYPE hub_influx_lines_written_total counter\nhub_influx_lines_written_total {}\n\
+                 # HELP hub_influx_batches_written_total Write requests InfluxDB accepted\n# TYPE hub_influx_batches_written_total counter\nhub_influx_batches_written_total {}\n\
+                 # HELP hub_influx_retries_total Write requests retried (busy, unreachable, 5xx)\n# TYPE hub_influx_retries_total counter\nhub_influx_retries_total {}\n\
+                 # HELP hub_influx_queued_items Items waiting for the sink\n# TYPE hub_influx_queued_items gauge\nhub_influx_queued_items {}\n\
+                 # HELP hub_influx_dropped_total Items or lines not written, by reason\n# TYPE hub_influx_dropped_total counter\n\
+                 hub_influx_dropped_total{{reason=\"queue_full\"}} {}\nhub_influx_dropped_total{{reason=\"rejected\"}} {}\n\
+                 hub_influx_dropped_total{{reason=\"too_large\"}} {}\nhub_influx_dropped_total{{reason=\"bad_quality\"}} {}",
+                m.lines_written.load(Relaxed),
+                m.batches_written.load(Relaxed),
+                m.retries.load(Relaxed),
+                m.queued_lines.load(Relaxed),
+                m.dropped_queue_full.load(Relaxed),
+                m.dropped_rejected.load(Relaxed),
+                m.dropped_too_large.load(Relaxed),
+                m.skipped_bad_quality.load(Relaxed),
+            );
         }
         self.commit_age.render(
             &mut out,

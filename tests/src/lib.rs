@@ -17,10 +17,30 @@ pub fn init_logs() {
     }
 }
 
-/// A loopback address with a port that was free a moment ago.
+/// A loopback address with a port that was free a moment ago, never the same twice in one test
+/// process. Taken below Linux's ephemeral range (32768 and up), so that an outgoing connection of
+/// another test cannot be given the port between this call and the bind that uses it.
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    // Each test process starts somewhere else in the range (test binaries run one after another,
+    // but a port may linger in TIME_WAIT).
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id().wrapping_mul(7919)) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = LOW + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free loopback port in {LOW}..{}", LOW + SPAN);
 }
 
 /// Waits until something accepts TCP connections at `addr`.
@@ -43,6 +63,14 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// A started peer process, killed when dropped.
+    pub fn new(name: &str, child: Child) -> Self {
+        Self {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
     /// SIGTERM and wait (a broker saves its persistent state), then the value of `Drop` is moot.
     pub fn terminate(mut self) {
         let _ = nix::sys::signal::kill(
@@ -428,6 +456,7 @@ fn start_embedded_hub_with(
             client_id: "hub-ingest".into(),
             auth,
             metrics_auth: false,
+            influx: None,
         }))
         .unwrap();
     wait_hub_ready(http);

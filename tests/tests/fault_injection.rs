@@ -47,6 +47,7 @@ fn start_hub(
             // The gateway signs with its key; nothing unsigned is taken.
             auth: hub::keys::AuthPolicy::Required,
             metrics_auth: false,
+            influx: None,
         }))
         .unwrap();
     tests::wait_hub_ready(http);

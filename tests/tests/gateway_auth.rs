@@ -269,6 +269,7 @@ fn mosquitto_with_the_shipped_acl() {
             client_id: "hub-acl".into(),
             auth: hub::keys::AuthPolicy::Required,
             metrics_auth: false,
+            influx: None,
         }))
         .unwrap();
     tests::wait_hub_ready(http);

@@ -57,6 +57,7 @@ fn config(
         client_id: "hub-ingest".into(),
         auth: hub::keys::AuthPolicy::AllowUnsigned,
         metrics_auth: false,
+        influx: None,
     }
 }
 

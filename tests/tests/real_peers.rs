@@ -77,6 +77,7 @@ poll_ms = 500
             client_id: "hub-test".into(),
             auth: hub::keys::AuthPolicy::AllowUnsigned,
             metrics_auth: false,
+            influx: None,
         }))
         .unwrap();
     tests::wait_hub_ready(http);

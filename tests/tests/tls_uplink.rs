@@ -163,6 +163,7 @@ fn uplink_over_tls_with_client_certificate_and_password() {
             client_id: "hub-tls-test".into(),
             auth: hub::keys::AuthPolicy::AllowUnsigned,
             metrics_auth: false,
+            influx: None,
         }))
         .unwrap();
     tests::wait_hub_ready(http);

@@ -132,6 +132,7 @@ impl Store {
     pub fn open(
         data_dir: &Path,
         metrics: Arc<Metrics>,
+        influx: Option<crate::influx::InfluxConfig>,
     ) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_owned(),
@@ -155,10 +156,22 @@ impl Store {
             source,
         })?;
         let reader = open(&path)?;
+        let sink = match influx {
+            Some(cfg) => {
+                let (sink, sink_metrics) =
+                    crate::influx::start(cfg, path.clone()).map_err(|e| StoreError::DataDir {
+                        path: path.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
+                let _ = metrics.influx.set(sink_metrics);
+                Some(sink)
+            }
+            None => None,
+        };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(wconn, rx, metrics))
+            .spawn(move || writer::run(wconn, rx, metrics, sink))
             .map_err(|e| StoreError::DataDir {
                 path: data_dir.to_owned(),
                 source: e,

@@ -24,6 +24,7 @@ pub(super) fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<(WriteOp, Option<Ack>)>,
     metrics: Arc<Metrics>,
+    sink: Option<crate::influx::Sink>,
 ) {
     let mut series = SeriesCache::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -39,9 +40,9 @@ pub(super) fn run(
         let mut attempt = 0u32;
         // A failed commit (disk full, I/O error) is retried: the batch is not acknowledged, so nothing
         // is lost, and the queue in front of us fills up and slows the broker down meanwhile.
-        loop {
+        let fresh = loop {
             match write_batch(&mut conn, &mut series, &batch, &metrics) {
-                Ok(()) => break,
+                Ok(fresh) => break fresh,
                 Err(e) => {
                     attempt += 1;
                     series.clear();
@@ -51,6 +52,17 @@ pub(super) fn run(
                     std::thread::sleep(wait);
                 }
             }
+        };
+        if let Some(sink) = &sink {
+            sink.offer(
+                fresh
+                    .into_iter()
+                    .filter_map(|i| match &batch[i].0 {
+                        WriteOp::Envelope { env, .. } => Some(env.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            );
         }
         let now = crate::now_ms();
         for (op, _) in &batch {
@@ -78,22 +90,27 @@ fn write_batch(
     series: &mut SeriesCache,
     batch: &[(WriteOp, Option<Ack>)],
     metrics: &Metrics,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Vec<usize>> {
     let mut tx = conn.transaction()?;
     let mut dead_letters = 0;
     // The latest value of each series written in this batch, applied once at its end: a series gets
     // one update per batch instead of one per reading.
     let mut latest = LatestMap::default();
     let mut staged = LatestMap::default();
-    for (op, _) in batch {
+    let mut fresh = Vec::new();
+    for (i, (op, _)) in batch.iter().enumerate() {
         // Each operation in a savepoint: one that the database refuses is set aside as a dead letter
         // instead of failing the whole batch forever.
         let sp = tx.savepoint()?;
         staged.clear();
-        let result = apply(&sp, series, op, &mut staged, metrics);
+        let mut new_envelope = false;
+        let result = apply(&sp, series, op, &mut staged, &mut new_envelope, metrics);
         match result {
             Ok(()) => {
                 sp.commit()?;
+                if new_envelope {
+                    fresh.push(i);
+                }
                 for (id, l) in staged.drain() {
                     merge_latest(&mut latest, id, l);
                 }
@@ -127,7 +144,8 @@ fn write_batch(
         )?;
     }
     write_latest(&tx, &latest)?;
-    tx.commit()
+    tx.commit()?;
+    Ok(fresh)
 }
 
 /// The newest reading of a series seen in a batch, and when the batch received the series.
@@ -218,11 +236,13 @@ fn apply(
     series: &mut SeriesCache,
     op: &WriteOp,
     latest: &mut LatestMap,
+    fresh: &mut bool,
     metrics: &Metrics,
 ) -> rusqlite::Result<()> {
     match op {
         WriteOp::Envelope { env, received } => {
-            write_envelope(tx, series, env, received.unix_millis(), latest, metrics)
+            *fresh = write_envelope(tx, series, env, received.unix_millis(), latest, metrics)?;
+            Ok(())
         }
         WriteOp::Presence { presence, received } => {
             write_presence(tx, presence, received.unix_millis())
@@ -348,7 +368,7 @@ fn write_envelope(
     received: i64,
     latest: &mut LatestMap,
     metrics: &Metrics,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<bool> {
     let gw = env.gateway.as_str();
     let fresh = tx.execute(
         "INSERT OR IGNORE INTO envelopes (gateway, boot, seq, received, items) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -356,7 +376,7 @@ fn write_envelope(
     )?;
     if fresh == 0 {
         metrics.envelopes_duplicate.fetch_add(1, Relaxed);
-        return Ok(());
+        return Ok(false);
     }
     tx.execute(
         "INSERT INTO gateways (id, boot, state, clock, last_seen) VALUES (?1, ?2, 'online', ?3, ?4)
@@ -457,7 +477,7 @@ fn write_envelope(
     metrics.readings_stored.fetch_add(readings, Relaxed);
     metrics.events_stored.fetch_add(events, Relaxed);
     metrics.envelopes_stored.fetch_add(1, Relaxed);
-    Ok(())
+    Ok(true)
 }
 
 fn write_presence(tx: &Connection, p: &Presence, received: i64) -> rusqlite::Result<()> {
