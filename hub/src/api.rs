@@ -26,6 +26,10 @@ pub struct ApiState {
     pub keys: Arc<crate::keys::KeyRing>,
     /// `/metrics` needs a token too.
     pub metrics_auth: bool,
+    /// The live feed (`/api/v1/stream`).
+    pub live: crate::live::Live,
+    /// Cancelled when the HTTP server stops: long-lived responses (the live feed) end then.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: ApiState) -> axum::Router {
@@ -58,6 +62,7 @@ pub fn router(state: ApiState) -> axum::Router {
             get(crate::evidence::get_evidence),
         )
         .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/stream", get(crate::live::stream))
         .route_layer(auth);
     axum::Router::new()
         .route("/healthz", get(healthz))

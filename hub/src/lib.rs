@@ -16,6 +16,7 @@ pub mod evidence;
 pub mod influx;
 pub mod ingest;
 pub mod keys;
+pub mod live;
 pub mod metrics;
 pub mod store;
 
@@ -82,7 +83,13 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let topics = TopicScheme::new(&cfg.topic_root)?;
     let limits = Limits::default();
     let metrics = Arc::new(metrics::Metrics::default());
-    let (store, writer) = store::Store::open(&cfg.data_dir, metrics.clone(), cfg.influx.clone())?;
+    let live = live::Live::default();
+    let (store, writer) = store::Store::open(
+        &cfg.data_dir,
+        metrics.clone(),
+        cfg.influx.clone(),
+        live.clone(),
+    )?;
     let keys = keys::KeyRing::open(store.path(), cfg.auth)?;
     if cfg.auth == keys::AuthPolicy::AllowUnsigned {
         tracing::warn!("--allow-unsigned: gateways without a key may send unsigned messages");
@@ -153,6 +160,8 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         topics: topics.clone(),
         keys: keys.clone(),
         metrics_auth: cfg.metrics_auth,
+        live,
+        stopping: http_stop.clone(),
     });
     let stop = http_stop.clone();
     let http = tokio::spawn(async move {

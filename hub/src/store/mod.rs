@@ -133,6 +133,7 @@ impl Store {
         data_dir: &Path,
         metrics: Arc<Metrics>,
         influx: Option<crate::influx::InfluxConfig>,
+        live: crate::live::Live,
     ) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_owned(),
@@ -171,7 +172,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(wconn, rx, metrics, sink))
+            .spawn(move || writer::run(wconn, rx, metrics, sink, live))
             .map_err(|e| StoreError::DataDir {
                 path: data_dir.to_owned(),
                 source: e,

@@ -25,6 +25,7 @@ pub(super) fn run(
     mut rx: mpsc::Receiver<(WriteOp, Option<Ack>)>,
     metrics: Arc<Metrics>,
     sink: Option<crate::influx::Sink>,
+    live: crate::live::Live,
 ) {
     let mut series = SeriesCache::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -53,6 +54,9 @@ pub(super) fn run(
                 }
             }
         };
+        if live.wanted() {
+            publish_live(&live, &batch, &fresh);
+        }
         if let Some(sink) = &sink {
             sink.offer(
                 fresh
@@ -83,6 +87,44 @@ pub(super) fn run(
         }
     }
     tracing::info!("store writer stopped: queue closed and drained");
+}
+
+/// Puts what a committed batch stored on the live feed.
+fn publish_live(live: &crate::live::Live, batch: &[(WriteOp, Option<Ack>)], fresh: &[usize]) {
+    for &i in fresh {
+        if let WriteOp::Envelope { env, .. } = &batch[i].0 {
+            live.envelope(env);
+        }
+    }
+    for (op, _) in batch {
+        match op {
+            WriteOp::Presence { presence, .. } => live.send(crate::live::LiveItem {
+                kind: "presence",
+                gateway: presence.gateway.to_string(),
+                device: None,
+                data: serde_json::json!({
+                    "gateway": presence.gateway.as_str(),
+                    "state": presence.state,
+                    "boot": presence.boot.to_string(),
+                    "ts": presence.sent_at.to_rfc3339(),
+                }),
+            }),
+            WriteOp::Reply { reply, .. } => live.send(crate::live::LiveItem {
+                kind: "reply",
+                gateway: reply.gateway.to_string(),
+                device: Some(reply.device.to_string()),
+                data: serde_json::json!({
+                    "gateway": reply.gateway.as_str(),
+                    "device": reply.device.as_str(),
+                    "command": reply.id.to_string(),
+                    "outcome": reply.outcome,
+                    "detail": reply.detail,
+                    "ts": reply.at.to_rfc3339(),
+                }),
+            }),
+            _ => {}
+        }
+    }
 }
 
 fn write_batch(
