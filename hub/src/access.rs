@@ -17,7 +17,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -160,13 +159,9 @@ pub struct TokenInfo {
 
 impl TokenAdmin {
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create {}", data_dir.display()))?;
-        let path = data_dir.join("hub.sqlite3");
-        let mut conn =
-            Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        crate::store::prepare(&mut conn).with_context(|| format!("database {}", path.display()))?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn: crate::store::open_database(data_dir)?,
+        })
     }
 
     /// Makes a token and returns it (it is not kept: only its hash is).

@@ -44,13 +44,9 @@ pub struct KeyAdmin {
 impl KeyAdmin {
     /// Opens the hub database under `data_dir` (creating and migrating it if needed).
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("cannot create {}", data_dir.display()))?;
-        let path = data_dir.join("hub.sqlite3");
-        let mut conn =
-            Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-        crate::store::prepare(&mut conn).with_context(|| format!("database {}", path.display()))?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn: crate::store::open_database(data_dir)?,
+        })
     }
 
     /// Makes a new random key for `gateway` (its other keys stay valid).

@@ -9,22 +9,7 @@ use std::time::Duration;
 use tests::{eventually, free_addr, get_json, mosquitto};
 
 fn publish(port: u16, topic: &str, payload: &str) {
-    let status = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-m",
-            payload,
-        ])
-        .status()
-        .expect("mosquitto_pub (run ./test.sh, which installs it)");
-    assert!(status.success());
+    assert!(tests::mosquitto_pub(port, None, topic, payload.as_bytes()));
 }
 
 #[test]

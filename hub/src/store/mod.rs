@@ -119,6 +119,19 @@ impl std::fmt::Debug for Store {
 /// stops acknowledging: a slow disk slows the gateways' uplink instead of growing the hub's memory.
 pub const WRITE_QUEUE: usize = 4096;
 
+/// Opens (creating and migrating) the hub database under `data_dir` on a connection of its own,
+/// for tools that work beside a running hub (`hub keys`, `hub tokens`).
+pub fn open_database(data_dir: &Path) -> anyhow::Result<Connection> {
+    use anyhow::Context;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let path = data_dir.join("hub.sqlite3");
+    let mut conn =
+        Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    prepare(&mut conn).with_context(|| format!("database {}", path.display()))?;
+    Ok(conn)
+}
+
 /// Configures a connection and brings its database to the newest schema (for tools that open the
 /// database beside a running hub, such as `hub keys`).
 pub fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
