@@ -117,7 +117,10 @@ impl Setup {
             None => config.uplink.broker.clone(),
         };
         let tls = if broker.tls {
-            Some(crate::tls::client_config(config.uplink.tls.as_ref())?)
+            Some(firmware_config::tls::client_config(
+                config.uplink.tls.as_ref(),
+                "[uplink.tls]",
+            )?)
         } else {
             None
         };
@@ -175,11 +178,24 @@ impl Setup {
                 jobs,
             });
         }
+        let key = load_key(
+            opts.key_file.as_ref().or(config.uplink.key_file.as_ref()),
+            &config.gateway,
+        )?;
+        // No login configured but a key: log in as the gateway with the password derived from
+        // the key (what the hub's embedded broker expects; see protocol::auth::broker_password).
+        let (username, password) = match (&config.uplink.username, password, &key) {
+            (None, None, Some(k)) => (
+                Some(config.gateway.to_string()),
+                Some(protocol::auth::broker_password(k, config.gateway.as_str())),
+            ),
+            (user, password, _) => (user.clone(), password),
+        };
         let mut uplink = UplinkConfig {
             host: broker.host.clone(),
             port: broker.port,
             client_id: config.uplink.client_id.clone(),
-            username: config.uplink.username.clone(),
+            username,
             password,
             keep_alive: Duration::from_secs(u64::from(config.uplink.keep_alive_s.max(5))),
             topics: TopicScheme::new(&config.uplink.topic_root)?,
@@ -194,10 +210,7 @@ impl Setup {
             data_dir: None,
             replay_items_per_s: config.agent.replay_items_per_s,
             ack_timeout: Duration::from_secs(u64::from(config.agent.ack_timeout_s)),
-            key: load_key(
-                opts.key_file.as_ref().or(config.uplink.key_file.as_ref()),
-                &config.gateway,
-            )?,
+            key,
         };
         let data_dir = opts
             .data_dir

@@ -23,7 +23,6 @@ pub mod rules;
 pub mod spool;
 pub mod status;
 pub mod sysinfo;
-pub mod tls;
 pub mod uplink;
 
 use std::path::PathBuf;

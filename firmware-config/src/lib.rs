@@ -35,6 +35,7 @@ pub mod register;
 pub mod rules;
 pub mod schema;
 pub mod timing;
+pub mod tls;
 
 pub use camera::{Camera, CameraSetup, CameraSpec};
 pub use config::{Bus, Device, GatewayConfig};

@@ -214,6 +214,7 @@ fn hub_case(
             url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{port}")).unwrap(),
             username: None,
             password: None,
+            tls: None,
         }
     };
     let hub = rt
@@ -226,6 +227,7 @@ fn hub_case(
             auth: hub::keys::AuthPolicy::Required,
             metrics_auth: false,
             influx: None,
+            retention: Default::default(),
         }))
         .unwrap();
     let end = Instant::now() + Duration::from_secs(15);

@@ -158,6 +158,8 @@ struct ReadingsParams {
     from: Option<String>,
     to: Option<String>,
     max_points: Option<usize>,
+    /// Bucket width: `30s`, `5m`, `1h`, `1d`, or seconds.
+    step: Option<String>,
 }
 
 /// Default and largest number of points one readings request returns.
@@ -191,14 +193,67 @@ async fn readings(
             format!("max_points must be 1..={MAX_POINTS}"),
         ));
     }
+    let step_ms = p.step.as_deref().map(parse_step).transpose()?;
+    let span = to.unix_millis() - from.unix_millis();
+    if let Some(step) = step_ms
+        && span / step >= MAX_POINTS as i64
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "step {} is too fine for this range: it would give {} buckets, at most {MAX_POINTS} are served",
+                p.step.unwrap_or_default(),
+                span / step + 1
+            ),
+        ));
+    }
     let q = ReadingsQuery {
         asset: id,
         metric,
         from_ms: from.unix_millis(),
         to_ms: to.unix_millis(),
         max_points,
+        step_ms,
     };
-    Ok(Json(s.store.readings(q).await?))
+    let r = s.store.readings(q).await?;
+    let mut response = Json(r.points).into_response();
+    if let Some(step) = r.step_ms {
+        // Which bucket width answered (chosen by the hub when not asked for).
+        response
+            .headers_mut()
+            .insert("x-step-seconds", header::HeaderValue::from(step / 1000));
+    }
+    Ok(response)
+}
+
+/// A bucket width: a whole number of seconds, minutes, hours or days (`30s`, `5m`, `1h`, `1d`), or
+/// of seconds without a unit.
+fn parse_step(s: &str) -> Result<i64, ApiError> {
+    let bad = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "query parameter step: {s:?} is not a duration such as 30s, 5m, 1h or 1d (1 s to 366 d)"
+            ),
+        )
+    };
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: i64 = digits.parse().map_err(|_| bad())?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    let ms = n.checked_mul(unit_ms).ok_or_else(bad)?;
+    if !(1_000..=366 * 86_400_000).contains(&ms) {
+        return Err(bad());
+    }
+    Ok(ms)
 }
 
 /// An optional RFC 3339 query parameter.

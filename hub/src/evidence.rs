@@ -251,6 +251,16 @@ pub async fn get_evidence(
         };
         return Err(ApiError::new(StatusCode::NOT_FOUND, msg));
     };
+    if let Some(at) = meta.expired_at {
+        return Err(ApiError::new(
+            StatusCode::GONE,
+            format!(
+                "evidence {sha} was deleted on {} after its retention period ({} days)",
+                protocol::Timestamp::from_unix_millis(at).to_rfc3339(),
+                s.store.retention().evidence_days
+            ),
+        ));
+    }
     let path = s.evidence.path(&sha);
     let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
         .await

@@ -30,6 +30,8 @@ pub struct Outgoing {
 /// Where and how the ingest client connects.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
+    /// TLS to the broker (`mqtts://`).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     pub host: String,
     pub port: u16,
     pub client_id: String,
@@ -56,6 +58,11 @@ pub async fn run(
     opts.set_max_packet_size(cfg.limits.max_payload + 4096, cfg.limits.max_payload + 4096);
     if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
         opts.set_credentials(u.clone(), p.clone());
+    }
+    if let Some(tls) = &cfg.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Publish>();

@@ -257,6 +257,20 @@ impl KeyRing {
         changed
     }
 
+    /// Whether `password` is the broker password of a current key of gateway `username` (see
+    /// [`protocol::auth::broker_password`]). A miss reloads the keys if they changed (a key added
+    /// a moment ago works at once).
+    pub fn check_broker_login(&self, username: &str, password: &str) -> bool {
+        let matches = || {
+            let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
+            ring.keys.get(username).is_some_and(|keys| {
+                keys.iter()
+                    .any(|k| protocol::auth::verify_broker_password(k, username, password))
+            })
+        };
+        matches() || (self.refresh() && matches())
+    }
+
     /// True when `payload` is signed with a key id this ring does not hold for `gateway` (worth a
     /// reload before refusing it: the key may have just been added).
     pub fn names_unknown_key(&self, gateway: &GatewayId, payload: &[u8]) -> bool {

@@ -40,6 +40,9 @@ pub enum MqttMode {
         url: Broker,
         username: Option<String>,
         password: Option<String>,
+        /// CA and client certificate for `mqtts://` (system roots and no client certificate when
+        /// `None`).
+        tls: Option<firmware_config::TlsSpec>,
     },
 }
 
@@ -58,6 +61,8 @@ pub struct HubConfig {
     pub metrics_auth: bool,
     /// Also write every reading and event to this InfluxDB 2.
     pub influx: Option<influx::InfluxConfig>,
+    /// How long raw readings, rollups and evidence images are kept.
+    pub retention: store::Retention,
 }
 
 /// A started hub.
@@ -74,6 +79,13 @@ pub struct RunningHub {
     pub metrics: Arc<metrics::Metrics>,
 }
 
+/// A password for the hub's own login to its embedded broker, new at every start.
+fn random_password() -> anyhow::Result<String> {
+    let mut raw = [0u8; 24];
+    getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("no random numbers: {e}"))?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 pub(crate) fn now_ms() -> i64 {
     protocol::Timestamp::now().unix_millis()
 }
@@ -81,6 +93,9 @@ pub(crate) fn now_ms() -> i64 {
 /// Starts the broker (embedded mode), the store, ingest and the HTTP API.
 pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let topics = TopicScheme::new(&cfg.topic_root)?;
+    cfg.retention
+        .validate()
+        .map_err(|e| anyhow::anyhow!("retention: {e}"))?;
     let limits = Limits::default();
     let metrics = Arc::new(metrics::Metrics::default());
     let live = live::Live::default();
@@ -89,6 +104,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         metrics.clone(),
         cfg.influx.clone(),
         live.clone(),
+        cfg.retention,
     )?;
     let keys = keys::KeyRing::open(store.path(), cfg.auth)?;
     if cfg.auth == keys::AuthPolicy::AllowUnsigned {
@@ -101,18 +117,32 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
 
     let (ingest_cfg, mqtt_addr) = match &cfg.mqtt {
         MqttMode::Embedded { listen } => {
-            broker::start(*listen, limits.max_payload)?;
+            // Logins are required when messages must be signed: gateways log in with their key.
+            let logins = match cfg.auth {
+                keys::AuthPolicy::Required => Some(broker::BrokerLogins {
+                    keys: keys.clone(),
+                    hub_username: format!("{}-{}", cfg.client_id, std::process::id()),
+                    hub_password: random_password()?,
+                    metrics: metrics.clone(),
+                }),
+                keys::AuthPolicy::AllowUnsigned => {
+                    tracing::warn!("--allow-unsigned: the embedded broker takes anonymous clients");
+                    None
+                }
+            };
+            broker::start(*listen, limits.max_payload, logins.clone())?;
             let host = if listen.ip().is_unspecified() {
                 "127.0.0.1".to_owned()
             } else {
                 listen.ip().to_string()
             };
             let ingest = ingest::IngestConfig {
+                tls: None,
                 host,
                 port: listen.port(),
                 client_id: cfg.client_id.clone(),
-                username: None,
-                password: None,
+                username: logins.as_ref().map(|l| l.hub_username.clone()),
+                password: logins.map(|l| l.hub_password),
                 topics: topics.clone(),
                 limits,
                 keys: keys.clone(),
@@ -123,8 +153,22 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
             url,
             username,
             password,
+            tls,
         } => {
+            let tls = match (url.tls, tls) {
+                (true, spec) => Some(firmware_config::tls::client_config(
+                    spec.as_ref(),
+                    "broker TLS:",
+                )?),
+                (false, Some(_)) => anyhow::bail!(
+                    "TLS files are given but the broker URL mqtt://{}:{} is not TLS; use mqtts://",
+                    url.host,
+                    url.port
+                ),
+                (false, None) => None,
+            };
             let ingest = ingest::IngestConfig {
+                tls,
                 host: url.host.clone(),
                 port: url.port,
                 client_id: cfg.client_id.clone(),

@@ -106,9 +106,18 @@ enum KeysCommand {
 struct ServeArgs {
     #[command(flatten)]
     common: CommonArgs,
-    /// Use this external broker (mqtt://host:port) instead of the embedded one.
-    #[arg(long, value_name = "URL", value_parser = parse_broker)]
+    /// Use this external broker (mqtt://host:port, or mqtts://host:port for TLS) instead of the
+    /// embedded one.
+    #[arg(long, value_name = "URL", value_parser = Broker::parse)]
     broker: Option<Broker>,
+    /// CA certificate(s) (PEM) that sign the broker's certificate; the system's roots by default.
+    #[arg(long, requires = "broker", value_name = "FILE")]
+    broker_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for brokers that require one (with --broker-key-file).
+    #[arg(long, requires_all = ["broker", "broker_key_file"], value_name = "FILE")]
+    broker_cert_file: Option<PathBuf>,
+    #[arg(long, requires = "broker_cert_file", value_name = "FILE")]
+    broker_key_file: Option<PathBuf>,
     #[arg(long, requires = "broker", env = "HUB_BROKER_USERNAME")]
     broker_username: Option<String>,
     /// File holding the broker password (kept out of the process list).
@@ -147,6 +156,18 @@ struct CommonArgs {
     /// File holding the InfluxDB API token (kept out of the process list).
     #[arg(long, value_name = "FILE")]
     influx_token_file: Option<PathBuf>,
+    /// Days raw readings are kept (and envelope names, which recognise redelivered data).
+    #[arg(long, value_name = "DAYS", default_value_t = hub::store::Retention::default().raw_days)]
+    keep_raw_days: u32,
+    /// Days 1-minute rollups are kept.
+    #[arg(long, value_name = "DAYS", default_value_t = hub::store::Retention::default().minute_days)]
+    keep_minute_days: u32,
+    /// Days 1-hour rollups are kept.
+    #[arg(long, value_name = "DAYS", default_value_t = hub::store::Retention::default().hour_days)]
+    keep_hour_days: u32,
+    /// Days evidence images are kept; then they are deleted and their records marked expired.
+    #[arg(long, value_name = "DAYS", default_value_t = hub::store::Retention::default().evidence_days)]
+    keep_evidence_days: u32,
 }
 
 #[derive(Args)]
@@ -194,6 +215,13 @@ async fn main() -> anyhow::Result<()> {
                     url,
                     username: a.broker_username,
                     password,
+                    tls: (a.broker_ca_file.is_some() || a.broker_cert_file.is_some()).then_some(
+                        firmware_config::TlsSpec {
+                            ca_file: a.broker_ca_file,
+                            client_cert_file: a.broker_cert_file,
+                            client_key_file: a.broker_key_file,
+                        },
+                    ),
                 },
                 None => MqttMode::Embedded {
                     listen: a.common.mqtt_listen,
@@ -226,16 +254,6 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn parse_broker(s: &str) -> Result<Broker, String> {
-    let b = Broker::parse(s)?;
-    if b.tls {
-        return Err(
-            "TLS to an external broker (mqtts://) is not supported by this build yet".into(),
-        );
-    }
-    Ok(b)
-}
-
 fn base_config(c: &CommonArgs, mqtt: MqttMode) -> anyhow::Result<HubConfig> {
     Ok(HubConfig {
         http: c.http,
@@ -246,6 +264,12 @@ fn base_config(c: &CommonArgs, mqtt: MqttMode) -> anyhow::Result<HubConfig> {
         auth: hub::keys::AuthPolicy::Required,
         metrics_auth: c.metrics_auth,
         influx: None,
+        retention: hub::store::Retention {
+            raw_days: c.keep_raw_days,
+            minute_days: c.keep_minute_days,
+            hour_days: c.keep_hour_days,
+            evidence_days: c.keep_evidence_days,
+        },
     })
 }
 

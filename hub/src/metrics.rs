@@ -31,7 +31,13 @@ pub struct Metrics {
     pub commit_age: Histogram,
     /// The InfluxDB sink's counters, when it runs.
     pub influx: std::sync::OnceLock<std::sync::Arc<crate::influx::SinkMetrics>>,
+    /// Logins the embedded broker refused.
+    pub broker_logins_refused: AtomicU64,
+    /// Time the writer spent rolling readings up into minutes and hours.
+    pub rollup_micros: AtomicU64,
     rejected: Mutex<BTreeMap<String, u64>>,
+    /// Rows (or files) deleted by retention, by kind.
+    retention: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Upper bounds (milliseconds) of the [`Histogram`] buckets.
@@ -111,6 +117,12 @@ impl Metrics {
         *map.entry(code.to_owned()).or_default() += 1;
     }
 
+    /// Counts what retention deleted.
+    pub fn retention_deleted(&self, kind: &'static str, n: u64) {
+        let mut map = self.retention.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(kind).or_default() += n;
+    }
+
     pub fn rejected_total(&self) -> u64 {
         self.rejected
             .lock()
@@ -121,7 +133,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 18] = [
             (
                 "hub_messages_received_total",
                 "MQTT messages received on gateway topics",
@@ -171,6 +183,16 @@ impl Metrics {
                 "hub_store_batch_micros_total",
                 "Time spent writing batches, microseconds",
                 &self.store_batch_micros,
+            ),
+            (
+                "hub_broker_logins_refused_total",
+                "Logins the embedded broker refused (unknown user or wrong password)",
+                &self.broker_logins_refused,
+            ),
+            (
+                "hub_rollup_micros_total",
+                "Time spent rolling readings up into 1-minute and 1-hour buckets, microseconds",
+                &self.rollup_micros,
             ),
             (
                 "hub_store_errors_total",
@@ -226,6 +248,18 @@ impl Metrics {
             .iter()
         {
             let _ = writeln!(out, "hub_messages_rejected_total{{reason=\"{code}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP hub_retention_deleted_total Rows (evidence: images) deleted after their retention period, by kind\n# TYPE hub_retention_deleted_total counter"
+        );
+        for (kind, n) in self
+            .retention
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "hub_retention_deleted_total{{kind=\"{kind}\"}} {n}");
         }
         if let Some(m) = self.influx.get() {
             let _ = writeln!(

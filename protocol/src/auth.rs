@@ -59,6 +59,34 @@ pub fn verify_evidence_mac(
         .map_err(|_| AuthError::BadMac)
 }
 
+/// What a broker password's MAC input starts with (see [`broker_password`]).
+pub const BROKER_PASSWORD_DOMAIN: &[u8] = b"city-iot/broker-password/v1\n";
+
+/// The password a gateway logs in to the hub's embedded broker with (its username is its gateway
+/// id): derived from its message key, so an installer provisions one secret, not two, and rotating
+/// the key rotates the password. Knowing the password lets one connect, not sign. Base64, no padding.
+pub fn broker_password(key: &Key, gateway: &str) -> String {
+    B64.encode(broker_hmac(key, gateway).finalize().into_bytes())
+}
+
+/// Checks a broker password against a key (constant time).
+pub fn verify_broker_password(key: &Key, gateway: &str, password: &str) -> bool {
+    let Ok(mac) = B64.decode(password.trim_end_matches('=')) else {
+        return false;
+    };
+    broker_hmac(key, gateway).verify_slice(&mac).is_ok()
+}
+
+fn broker_hmac(key: &Key, gateway: &str) -> HmacSha256 {
+    let mut m = match HmacSha256::new_from_slice(&key.secret) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC takes keys of every length"),
+    };
+    m.update(BROKER_PASSWORD_DOMAIN);
+    m.update(gateway.as_bytes());
+    m
+}
+
 fn evidence_hmac(key: &Key, gateway: &str, sha256: &str) -> HmacSha256 {
     let mut m = match HmacSha256::new_from_slice(&key.secret) {
         Ok(m) => m,

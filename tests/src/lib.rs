@@ -457,6 +457,7 @@ fn start_embedded_hub_with(
             auth,
             metrics_auth: false,
             influx: None,
+            retention: Default::default(),
         }))
         .unwrap();
     wait_hub_ready(http);
@@ -540,6 +541,36 @@ pub fn mosquitto_pub(port: u16, login: Option<(&str, &str)>, topic: &str, payloa
         .expect("mosquitto_pub (run ./test.sh, which installs it)")
         .status
         .success()
+}
+
+/// Publishes each (topic, payload) to the broker on `port` at QoS 1 and waits for every PUBACK.
+pub async fn publish_all(port: u16, msgs: Vec<(String, Vec<u8>)>) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = format!(
+        "test-pub-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut ev) = AsyncClient::new(opts, 100);
+    let n = msgs.len();
+    tokio::spawn(async move {
+        for (t, p) in msgs {
+            client.publish(t, QoS::AtLeastOnce, false, p).await.unwrap();
+        }
+    });
+    let mut acked = 0;
+    while acked < n {
+        let event = tokio::time::timeout(Duration::from_secs(10), ev.poll())
+            .await
+            .expect("broker answers")
+            .unwrap();
+        if let Event::Incoming(Packet::PubAck(_)) = event {
+            acked += 1;
+        }
+    }
 }
 
 /// Messages as a gateway encodes them, for tests that play a gateway.

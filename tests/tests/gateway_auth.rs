@@ -70,6 +70,10 @@ fn hub_cli(data_dir: &Path, args: &[&str]) -> String {
 }
 
 /// The key with `id` but the secret of `other`: what a gateway holding another's secret could forge.
+fn boot_of(n: u128) -> BootId {
+    BootId::from_uuid(uuid::Uuid::from_u128(n + 1))
+}
+
 fn forged(id: &str, other: &Key) -> Key {
     Key::new(KeyId::new(id).unwrap(), other.secret().to_vec()).unwrap()
 }
@@ -87,12 +91,36 @@ fn embedded_broker_forgeries_replay_and_key_rotation() {
     let hub = tests::start_embedded_hub_signed(&rt, &hub_dir, http, mqtt);
     let base = format!("http://{http}");
     let port = mqtt.port();
-    let pub_ = |topic: &str, payload: Vec<u8>| assert!(mosquitto_pub(port, None, topic, &payload));
+    // The embedded broker takes only logins: a gateway's id with the password derived from its key.
+    let (pa, pb) = (
+        protocol::auth::broker_password(&ka, "gw-a"),
+        protocol::auth::broker_password(&kb, "gw-b"),
+    );
+    let t = "city/v1/gw/gw-a/state";
+    let hello = seal(&ka, t, &presence("gw-a", boot_of(0), "dust-a"));
+    assert!(
+        !mosquitto_pub(port, None, t, &hello),
+        "anonymous login taken"
+    );
+    assert!(
+        !mosquitto_pub(port, Some(("gw-a", "guess")), t, &hello),
+        "wrong password taken"
+    );
+    assert!(
+        !mosquitto_pub(port, Some(("gw-b", &pa)), t, &hello),
+        "gw-a's password taken for gw-b"
+    );
+    // Everything below is published by gw-a (the rogue, which has no ACL to stop it) except gw-b's
+    // own presence.
+    let pub_ = |topic: &str, payload: Vec<u8>| {
+        assert!(mosquitto_pub(port, Some(("gw-a", &pa)), topic, &payload))
+    };
     let boot = BootId::from_uuid(uuid::Uuid::new_v4());
 
-    for (gw, key, asset) in [("gw-a", &ka, "dust-a"), ("gw-b", &kb, "dust-b")] {
+    for (gw, key, asset, pass) in [("gw-a", &ka, "dust-a", &pa), ("gw-b", &kb, "dust-b", &pb)] {
         let t = format!("city/v1/gw/{gw}/state");
-        pub_(&t, seal(key, &t, &presence(gw, boot, asset)));
+        let p = seal(key, &t, &presence(gw, boot, asset));
+        assert!(mosquitto_pub(port, Some((gw, pass)), &t, &p));
     }
     pub_(
         &up("gw-a"),
@@ -167,6 +195,11 @@ fn embedded_broker_forgeries_replay_and_key_rotation() {
         metrics.contains("hub_envelopes_duplicate_total 1"),
         "{metrics}"
     );
+    // Wrong passwords are counted; rumqttd refuses an anonymous client before asking the hub.
+    assert!(
+        metrics.contains("hub_broker_logins_refused_total 2"),
+        "{metrics}"
+    );
 
     // Rotation with the real CLI beside the running hub: a second key works at once...
     let k2_file = dir.path().join("a2.key");
@@ -201,10 +234,18 @@ fn embedded_broker_forgeries_replay_and_key_rotation() {
         "secrets never listed"
     );
     std::thread::sleep(hub::keys::RELOAD_EVERY + Duration::from_secs(1));
-    pub_(
-        &up("gw-a"),
-        seal(&ka, &up("gw-a"), &envelope("gw-a", boot, 8, 4.0)),
+    // The broker password derived from the revoked key no longer logs in; k2's does.
+    let late = seal(&ka, &up("gw-a"), &envelope("gw-a", boot, 8, 4.0));
+    assert!(
+        !mosquitto_pub(port, Some(("gw-a", &pa)), &up("gw-a"), &late),
+        "a revoked key's broker password still logs in"
     );
+    let pa2 = protocol::auth::broker_password(&k2.key, "gw-a");
+    let pub_ = |topic: &str, payload: Vec<u8>| {
+        assert!(mosquitto_pub(port, Some(("gw-a", &pa2)), topic, &payload))
+    };
+    // A message signed with the revoked key (say, still in the gateway's spool) is refused.
+    pub_(&up("gw-a"), late);
     eventually(Duration::from_secs(10), "the revoked key refused", || {
         dead(&base)
             .last()
@@ -264,12 +305,14 @@ fn mosquitto_with_the_shipped_acl() {
                 url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{port}")).unwrap(),
                 username: Some("hub".into()),
                 password: Some("hub-pw".into()),
+                tls: None,
             },
             topic_root: "city".into(),
             client_id: "hub-acl".into(),
             auth: hub::keys::AuthPolicy::Required,
             metrics_auth: false,
             influx: None,
+            retention: Default::default(),
         }))
         .unwrap();
     tests::wait_hub_ready(http);

@@ -219,11 +219,19 @@ lat = 32.041
     };
     let forged = protocol::encode(&forged, &protocol::Limits::default()).unwrap();
     let wrong = protocol::auth::Key::new(key.id.clone(), vec![7; 32]).unwrap();
+    let rogue = tests::provision_key(&hub_dir, "gw-rogue", "k1", &dir.path().join("rogue.key"));
+    let rogue_password = protocol::auth::broker_password(&rogue, "gw-rogue");
     for payload in [
         forged.clone(),
         protocol::auth::seal(&wrong, cmd_topic, &forged),
     ] {
-        assert!(tests::mosquitto_pub(mqtt.port(), None, cmd_topic, &payload));
+        // Sent by another gateway of the town, logged in with its own key's broker password.
+        assert!(tests::mosquitto_pub(
+            mqtt.port(),
+            Some(("gw-rogue", &rogue_password)),
+            cmd_topic,
+            &payload
+        ));
     }
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(

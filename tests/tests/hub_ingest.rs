@@ -5,42 +5,11 @@
 use std::time::Duration;
 
 use protocol::BootId;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tests::wire::envelope;
 use tests::{eventually, free_addr, get_json};
 
 fn presence(gateway: &str, boot: BootId) -> Vec<u8> {
     tests::wire::presence(gateway, boot, "dust-1")
-}
-
-/// Publishes each (topic, payload) at QoS 1 and waits for every PUBACK.
-async fn publish_all(port: u16, msgs: Vec<(String, Vec<u8>)>) {
-    let mut opts = MqttOptions::new(format!("test-pub-{}", fastrand_id()), "127.0.0.1", port);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut ev) = AsyncClient::new(opts, 100);
-    let n = msgs.len();
-    tokio::spawn(async move {
-        for (t, p) in msgs {
-            client.publish(t, QoS::AtLeastOnce, false, p).await.unwrap();
-        }
-    });
-    let mut acked = 0;
-    while acked < n {
-        let event = tokio::time::timeout(Duration::from_secs(10), ev.poll())
-            .await
-            .expect("broker answers")
-            .unwrap();
-        if let Event::Incoming(Packet::PubAck(_)) = event {
-            acked += 1;
-        }
-    }
-}
-
-fn fastrand_id() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
 }
 
 fn config(
@@ -58,6 +27,7 @@ fn config(
         auth: hub::keys::AuthPolicy::AllowUnsigned,
         metrics_auth: false,
         influx: None,
+        retention: Default::default(),
     }
 }
 
@@ -79,7 +49,7 @@ fn bad_input_is_set_aside_and_redelivery_is_stored_once() {
     let mut too_new =
         serde_json::from_slice::<serde_json::Value>(&envelope("gw-a", boot, 9, 1.0)).unwrap();
     too_new["v"] = 2.into();
-    rt.block_on(publish_all(
+    rt.block_on(tests::publish_all(
         mqtt.port(),
         vec![
             ("city/v1/gw/gw-a/state".into(), presence("gw-a", boot)),
@@ -165,7 +135,7 @@ fn bad_input_is_set_aside_and_redelivery_is_stored_once() {
         .block_on(hub::start(config(dir.path(), http2, mqtt2)))
         .unwrap();
     tests::wait_hub_ready(http2);
-    rt.block_on(publish_all(
+    rt.block_on(tests::publish_all(
         mqtt2.port(),
         vec![(up.clone(), envelope("gw-a", boot, 1, 11.0))],
     ));

@@ -50,6 +50,7 @@ fn start_hub(
             auth: hub::keys::AuthPolicy::AllowUnsigned,
             metrics_auth: false,
             influx: Some(influx),
+            retention: Default::default(),
         }))
         .unwrap();
     tests::wait_hub_ready(http);

@@ -72,12 +72,14 @@ poll_ms = 500
                     .unwrap(),
                 username: None,
                 password: None,
+                tls: None,
             },
             topic_root: "city".into(),
             client_id: "hub-test".into(),
             auth: hub::keys::AuthPolicy::AllowUnsigned,
             metrics_auth: false,
             influx: None,
+            retention: Default::default(),
         }))
         .unwrap();
     tests::wait_hub_ready(http);

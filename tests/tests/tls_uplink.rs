@@ -1,6 +1,7 @@
-//! The uplink over TLS to a real Mosquitto: server verified against the configured CA, a client
-//! certificate, and a username and password; the hub (a plain loopback listener of the same broker)
-//! sees the gateway. A gateway that trusts another CA never gets through.
+//! TLS to a real Mosquitto, from both ends: the gateway's uplink and the hub's ingest connection
+//! each verify the broker against the configured CA and present a client certificate, with a
+//! username and password too; the hub sees the gateway. A gateway or a hub that trusts another CA
+//! never gets through.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -93,6 +94,20 @@ fn pki(dir: &Path, ca: &str, certs: &[(&str, bool)]) {
     }
 }
 
+/// The hub as a client of the broker's TLS listener, trusting `ca`, with its own certificate.
+fn hub_tls(d: &Path, tls_port: u16, ca: &str) -> hub::MqttMode {
+    hub::MqttMode::External {
+        url: hub::Broker::parse(&format!("mqtts://127.0.0.1:{tls_port}")).unwrap(),
+        username: Some("hub".into()),
+        password: Some("hub-secret".into()),
+        tls: Some(firmware_config::TlsSpec {
+            ca_file: Some(d.join(format!("{ca}.crt"))),
+            client_cert_file: Some(d.join("hub.crt")),
+            client_key_file: Some(d.join("hub.key")),
+        }),
+    }
+}
+
 fn gateway_file(dir: &Path, id: &str, tls_port: u16, ca: &str) -> std::path::PathBuf {
     let f = dir.join(format!("{id}.toml"));
     let d = dir.display();
@@ -121,7 +136,11 @@ fn uplink_over_tls_with_client_certificate_and_password() {
     tests::init_logs();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    pki(d, "city-ca", &[("broker", true), ("gateway", false)]);
+    pki(
+        d,
+        "city-ca",
+        &[("broker", true), ("gateway", false), ("hub", false)],
+    );
     pki(d, "other-ca", &[]);
     let passwd = d.join("passwd");
     std::fs::write(&passwd, "").unwrap();
@@ -154,16 +173,13 @@ fn uplink_over_tls_with_client_certificate_and_password() {
                 tests::provision_admin(&d.join("hub"));
                 d.join("hub")
             },
-            mqtt: hub::MqttMode::External {
-                url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{plain}")).unwrap(),
-                username: Some("hub".into()),
-                password: Some("hub-secret".into()),
-            },
+            mqtt: hub_tls(d, tls, "city-ca"),
             topic_root: "city".into(),
             client_id: "hub-tls-test".into(),
             auth: hub::keys::AuthPolicy::AllowUnsigned,
             metrics_auth: false,
             influx: None,
+            retention: Default::default(),
         }))
         .unwrap();
     tests::wait_hub_ready(http);
@@ -193,4 +209,36 @@ fn uplink_over_tls_with_client_certificate_and_password() {
     good.stop(&rt);
     wrong.stop(&rt);
     rt.block_on(hub.stop());
+
+    // A hub that trusts another CA refuses the broker: it starts, but never becomes ready.
+    let http2 = free_addr();
+    let cfg = |mqtt| hub::HubConfig {
+        http: http2,
+        data_dir: d.join("hub"),
+        mqtt,
+        topic_root: "city".into(),
+        client_id: "hub-tls-test-2".into(),
+        auth: hub::keys::AuthPolicy::AllowUnsigned,
+        metrics_auth: false,
+        influx: None,
+        retention: Default::default(),
+    };
+    let doubting = rt
+        .block_on(hub::start(cfg(hub_tls(d, tls, "other-ca"))))
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (status, health) = tests::get_status(&format!("http://{http2}/healthz"));
+    assert_eq!(
+        (status, health["mqtt"].as_str()),
+        (503, Some("connecting")),
+        "{health}"
+    );
+    rt.block_on(doubting.stop());
+    // TLS files with a plain mqtt:// URL are a mistake worth stopping for.
+    let mut plain_with_files = hub_tls(d, tls, "city-ca");
+    if let hub::MqttMode::External { url, .. } = &mut plain_with_files {
+        url.tls = false;
+    }
+    let err = rt.block_on(hub::start(cfg(plain_with_files))).unwrap_err();
+    assert!(format!("{err:#}").contains("use mqtts://"), "{err:#}");
 }

@@ -54,6 +54,8 @@ pub struct EvidenceMeta {
     pub bytes: u64,
     /// Stored (uploaded and verified).
     pub stored: bool,
+    /// When the image was deleted after its retention period (the record stays).
+    pub expired_at: Option<i64>,
 }
 
 impl Store {
@@ -82,6 +84,7 @@ impl Store {
                 media_type,
                 bytes: bytes.max(0) as u64,
                 stored: is_stored(c, &sha256)?,
+                expired_at: None,
             }))
         })
         .await
@@ -91,13 +94,14 @@ impl Store {
     pub async fn evidence(&self, sha256: String) -> Result<Option<EvidenceMeta>, StoreError> {
         self.read(move |c| {
             Ok(c.query_row(
-                "SELECT media_type, bytes FROM evidence WHERE sha256 = ?1",
+                "SELECT media_type, bytes, expired_at FROM evidence WHERE sha256 = ?1",
                 [&sha256],
                 |r| {
                     Ok(EvidenceMeta {
                         media_type: r.get(0)?,
                         bytes: r.get::<_, i64>(1)?.max(0) as u64,
                         stored: true,
+                        expired_at: r.get(2)?,
                     })
                 },
             )

@@ -3,6 +3,7 @@
 
 mod events;
 mod query;
+pub mod rollup;
 mod schema;
 mod writer;
 
@@ -15,7 +16,10 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 pub use events::{EventView, EventsQuery, EvidenceMeta, EvidenceView};
-pub use query::{AssetView, DeadLetterView, GatewayView, ReadingPoint, ReadingsQuery};
+pub use query::{
+    AssetView, DeadLetterView, GatewayView, ReadingPoint, Readings, ReadingsQuery, auto_step,
+};
+pub use rollup::Retention;
 
 use crate::metrics::Metrics;
 
@@ -107,6 +111,7 @@ pub struct Store {
     writes: mpsc::Sender<(WriteOp, Option<Ack>)>,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
+    retention: Retention,
 }
 
 impl std::fmt::Debug for Store {
@@ -147,6 +152,7 @@ impl Store {
         metrics: Arc<Metrics>,
         influx: Option<crate::influx::InfluxConfig>,
         live: crate::live::Live,
+        retention: Retention,
     ) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_owned(),
@@ -170,6 +176,11 @@ impl Store {
             source,
         })?;
         let reader = open(&path)?;
+        let maintenance = rollup::Maintenance::load(&wconn, retention, data_dir.join("evidence"))
+            .map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
         let sink = match influx {
             Some(cfg) => {
                 let (sink, sink_metrics) =
@@ -185,7 +196,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(wconn, rx, metrics, sink, live))
+            .spawn(move || writer::run(wconn, rx, metrics, sink, live, maintenance))
             .map_err(|e| StoreError::DataDir {
                 path: data_dir.to_owned(),
                 source: e,
@@ -195,6 +206,7 @@ impl Store {
                 writes: tx,
                 reader: Arc::new(Mutex::new(reader)),
                 path,
+                retention,
             },
             handle,
         ))
@@ -202,6 +214,10 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    pub fn retention(&self) -> Retention {
+        self.retention
     }
 
     /// Queues a write, waiting while the queue is full.

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+use super::rollup::{DAY_MS, HOUR_MS, MINUTE_MS};
 use super::{Store, StoreError};
 
 /// An asset as the API lists it.
@@ -42,6 +43,21 @@ pub struct ReadingPoint {
     pub value: serde_json::Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quality: Option<String>,
+    /// In a bucketed answer (`value` is then the mean): the smallest and largest reading and how
+    /// many good readings the bucket holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+}
+
+/// Readings as the API answers them: the points and, when they are buckets, their width.
+#[derive(Debug, Clone)]
+pub struct Readings {
+    pub points: Vec<ReadingPoint>,
+    pub step_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -50,8 +66,12 @@ pub struct ReadingsQuery {
     pub metric: String,
     pub from_ms: i64,
     pub to_ms: i64,
-    /// More points than this in the range are averaged into this many time buckets.
+    /// More raw points than this in the range are answered in time buckets instead, at most this
+    /// many.
     pub max_points: usize,
+    /// Bucket width asked for; `None`: raw points if there are few enough, else buckets of a
+    /// width chosen to fit `max_points`.
+    pub step_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,8 +120,10 @@ impl Store {
         self.read(list_assets).await
     }
 
-    pub async fn readings(&self, q: ReadingsQuery) -> Result<Vec<ReadingPoint>, StoreError> {
-        self.read(move |c| readings(c, &q)).await
+    pub async fn readings(&self, q: ReadingsQuery) -> Result<Readings, StoreError> {
+        let retention = self.retention();
+        self.read(move |c| readings(c, &q, retention, crate::now_ms()))
+            .await
     }
 
     /// How many gateways the hub knows; cheap enough for every health check.
@@ -213,7 +235,12 @@ fn last_answered(
     Ok(out)
 }
 
-fn readings(c: &Connection, q: &ReadingsQuery) -> Result<Vec<ReadingPoint>, StoreError> {
+fn readings(
+    c: &Connection,
+    q: &ReadingsQuery,
+    retention: super::Retention,
+    now_ms: i64,
+) -> Result<Readings, StoreError> {
     let series: Option<(i64, Option<String>)> = c
         .query_row(
             "SELECT s.id, s.vtype FROM assets a JOIN series s ON s.gateway = a.gateway AND s.device = a.device
@@ -229,50 +256,107 @@ fn readings(c: &Connection, q: &ReadingsQuery) -> Result<Vec<ReadingPoint>, Stor
             |r| r.get(0),
         )?;
         return if known {
-            Ok(Vec::new())
+            Ok(Readings {
+                points: Vec::new(),
+                step_ms: q.step_ms,
+            })
         } else {
             Err(StoreError::UnknownAsset(q.asset.clone()))
         };
     };
-    let count: i64 = c.query_row(
-        "SELECT COUNT(*) FROM readings WHERE series = ?1 AND ts >= ?2 AND ts <= ?3",
-        params![series, q.from_ms, q.to_ms],
-        |r| r.get(0),
-    )?;
-    let mut out = Vec::new();
-    if count as usize <= q.max_points {
-        let mut stmt = c.prepare_cached(
-            "SELECT ts, value, text, quality FROM readings
-             WHERE series = ?1 AND ts >= ?2 AND ts <= ?3 AND (value IS NOT NULL OR text IS NOT NULL) ORDER BY ts",
-        )?;
-        let mut rows = stmt.query(params![series, q.from_ms, q.to_ms])?;
-        while let Some(r) = rows.next()? {
-            out.push(ReadingPoint {
-                ts: rfc3339(r.get(0)?),
-                value: json_value(r.get(1)?, r.get(2)?, vtype.as_deref()),
-                quality: r.get(3)?,
-            });
+    let step_ms = match q.step_ms {
+        Some(step) => Some(step),
+        None => {
+            // Raw points when there are few enough and the range is still kept raw.
+            let raw_kept = q.from_ms >= now_ms - i64::from(retention.raw_days) * DAY_MS;
+            let few = raw_kept
+                && {
+                    let n: i64 = c.query_row(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM readings WHERE series = ?1 AND ts >= ?2 AND ts <= ?3 LIMIT ?4)",
+                    params![series, q.from_ms, q.to_ms, q.max_points as i64 + 1],
+                    |r| r.get(0),
+                )?;
+                    n as usize <= q.max_points
+                };
+            (!few).then(|| {
+                auto_step(
+                    q.to_ms - q.from_ms,
+                    q.max_points,
+                    q.from_ms,
+                    now_ms,
+                    retention,
+                )
+            })
         }
-    } else {
-        // Server-side downsampling: the mean of each of `max_points` equal time buckets, stamped at
-        // the bucket's first reading. Text values are not averaged; they are left out here.
-        let bucket = ((q.to_ms - q.from_ms) / q.max_points as i64).max(1);
-        let mut stmt = c.prepare_cached(
-            "SELECT MIN(ts), AVG(value) FROM readings
-             WHERE series = ?1 AND ts >= ?2 AND ts <= ?3 AND value IS NOT NULL
-             GROUP BY (ts - ?2) / ?4 ORDER BY 1",
-        )?;
-        let mut rows = stmt.query(params![series, q.from_ms, q.to_ms, bucket])?;
-        while let Some(r) = rows.next()? {
-            // Averaged booleans become the fraction of time true (0..1), which is what a chart wants.
-            out.push(ReadingPoint {
-                ts: rfc3339(r.get(0)?),
-                value: json_value(r.get(1)?, None, None),
-                quality: None,
-            });
+    };
+    let mut points = Vec::new();
+    match step_ms {
+        None => {
+            let mut stmt = c.prepare_cached(
+                "SELECT ts, value, text, quality FROM readings
+                 WHERE series = ?1 AND ts >= ?2 AND ts <= ?3 AND (value IS NOT NULL OR text IS NOT NULL) ORDER BY ts",
+            )?;
+            let mut rows = stmt.query(params![series, q.from_ms, q.to_ms])?;
+            while let Some(r) = rows.next()? {
+                points.push(ReadingPoint {
+                    ts: rfc3339(r.get(0)?),
+                    value: json_value(r.get(1)?, r.get(2)?, vtype.as_deref()),
+                    quality: r.get(3)?,
+                    min: None,
+                    max: None,
+                    count: None,
+                });
+            }
+        }
+        Some(step) => {
+            // Server-side downsampling: the mean, minimum and maximum of the good numeric readings
+            // in each bucket (booleans: the fraction of time true), from the rollups where they
+            // exist. Text values are not averaged; they are left out here.
+            for b in super::rollup::buckets(c, series, q.from_ms, q.to_ms, step)? {
+                points.push(ReadingPoint {
+                    ts: rfc3339(b.ts),
+                    value: json_value(Some(b.sum / b.n.max(1) as f64), None, None),
+                    quality: None,
+                    min: Some(b.min),
+                    max: Some(b.max),
+                    count: Some(b.n),
+                });
+            }
         }
     }
-    Ok(out)
+    Ok(Readings { points, step_ms })
+}
+
+/// Bucket widths a chart reads well, from 1 s to a week.
+const NICE_STEPS_S: [i64; 20] = [
+    1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10_800, 21_600, 43_200, 86_400,
+    172_800, 604_800,
+];
+
+/// The bucket width for a range of `span_ms` in at most `max_points` buckets: the smallest nice
+/// width that fits, and no finer than what is still kept for data as old as `from_ms`.
+pub fn auto_step(
+    span_ms: i64,
+    max_points: usize,
+    from_ms: i64,
+    now_ms: i64,
+    retention: super::Retention,
+) -> i64 {
+    let needed = (span_ms / max_points.max(1) as i64).max(1);
+    let mut floor = 1_000;
+    if from_ms < now_ms - i64::from(retention.raw_days) * DAY_MS {
+        floor = MINUTE_MS;
+    }
+    if from_ms < now_ms - i64::from(retention.minute_days) * DAY_MS {
+        floor = HOUR_MS;
+    }
+    let wanted = needed.max(floor);
+    NICE_STEPS_S
+        .iter()
+        .map(|s| s * 1000)
+        .find(|&s| s >= wanted)
+        // Longer than a week: whole days.
+        .unwrap_or_else(|| (wanted + DAY_MS - 1) / DAY_MS * DAY_MS)
 }
 
 fn list_gateways(c: &Connection) -> Result<Vec<GatewayView>, StoreError> {

@@ -162,6 +162,41 @@ const MIGRATIONS: &[&str] = &[
         revoked_at  INTEGER
     );
     "#,
+    // 6: 1-minute and 1-hour rollups of the numeric readings (see store::rollup), the minutes to
+    // recompute because readings came late, how far the rollups go; envelope names by age (so
+    // retention can delete them) and evidence images deleted after their retention period.
+    r#"
+    CREATE TABLE rollup_1m (
+        series  INTEGER NOT NULL,
+        ts      INTEGER NOT NULL,
+        n       INTEGER NOT NULL,
+        sum     REAL NOT NULL,
+        min     REAL NOT NULL,
+        max     REAL NOT NULL,
+        PRIMARY KEY (series, ts)
+    ) WITHOUT ROWID;
+    CREATE TABLE rollup_1h (
+        series  INTEGER NOT NULL,
+        ts      INTEGER NOT NULL,
+        n       INTEGER NOT NULL,
+        sum     REAL NOT NULL,
+        min     REAL NOT NULL,
+        max     REAL NOT NULL,
+        PRIMARY KEY (series, ts)
+    ) WITHOUT ROWID;
+    CREATE TABLE rollup_dirty (
+        series  INTEGER NOT NULL,
+        ts      INTEGER NOT NULL,
+        PRIMARY KEY (series, ts)
+    ) WITHOUT ROWID;
+    CREATE TABLE rollup_state (
+        id         INTEGER PRIMARY KEY CHECK (id = 0),
+        watermark  INTEGER NOT NULL
+    );
+    INSERT INTO rollup_state VALUES (0, 0);
+    CREATE INDEX envelopes_by_received ON envelopes (received);
+    ALTER TABLE evidence ADD COLUMN expired_at INTEGER;
+    "#,
 ];
 
 /// Brings the database to the newest schema version.

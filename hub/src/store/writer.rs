@@ -26,10 +26,33 @@ pub(super) fn run(
     metrics: Arc<Metrics>,
     sink: Option<crate::influx::Sink>,
     live: crate::live::Live,
+    mut maintenance: super::rollup::Maintenance,
 ) {
     let mut series = SeriesCache::default();
+    maintenance.run_due(&mut conn, &metrics);
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
+    // Waiting for the next write with a timeout, so rollups and retention run on an idle hub too
+    // (a current-thread runtime of its own: only its timer is used).
+    let idle = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "store writer cannot start its timer; not started");
+            return;
+        }
+    };
+    loop {
+        let wait = maintenance.next_due();
+        let first = match idle.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+            Ok(Some(op)) => op,
+            Ok(None) => break,
+            Err(_) => {
+                maintenance.run_due(&mut conn, &metrics);
+                continue;
+            }
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -42,7 +65,8 @@ pub(super) fn run(
         // A failed commit (disk full, I/O error) is retried: the batch is not acknowledged, so nothing
         // is lost, and the queue in front of us fills up and slows the broker down meanwhile.
         let fresh = loop {
-            match write_batch(&mut conn, &mut series, &batch, &metrics) {
+            let late = Late::new(&maintenance);
+            match write_batch(&mut conn, &mut series, &batch, &metrics, late) {
                 Ok(fresh) => break fresh,
                 Err(e) => {
                     attempt += 1;
@@ -85,6 +109,8 @@ pub(super) fn run(
                 ack();
             }
         }
+        // Between batches (never holding an acknowledgement back): rollups and retention.
+        maintenance.run_due(&mut conn, &metrics);
     }
     tracing::info!("store writer stopped: queue closed and drained");
 }
@@ -132,6 +158,7 @@ fn write_batch(
     series: &mut SeriesCache,
     batch: &[(WriteOp, Option<Ack>)],
     metrics: &Metrics,
+    mut late: Late,
 ) -> rusqlite::Result<Vec<usize>> {
     let mut tx = conn.transaction()?;
     let mut dead_letters = 0;
@@ -146,7 +173,15 @@ fn write_batch(
         let sp = tx.savepoint()?;
         staged.clear();
         let mut new_envelope = false;
-        let result = apply(&sp, series, op, &mut staged, &mut new_envelope, metrics);
+        let result = apply(
+            &sp,
+            series,
+            op,
+            &mut staged,
+            &mut new_envelope,
+            metrics,
+            &mut late,
+        );
         match result {
             Ok(()) => {
                 sp.commit()?;
@@ -186,8 +221,34 @@ fn write_batch(
         )?;
     }
     write_latest(&tx, &latest)?;
+    super::rollup::mark_dirty(&tx, &late.minutes)?;
     tx.commit()?;
     Ok(fresh)
+}
+
+/// Readings of a batch that fall in minutes already rolled up (see [`super::rollup`]).
+struct Late {
+    watermark: i64,
+    /// Older than raw retention: not kept long enough to recompute a minute from.
+    raw_cutoff: i64,
+    minutes: std::collections::HashSet<(i64, i64)>,
+}
+
+impl Late {
+    fn new(m: &super::rollup::Maintenance) -> Self {
+        Self {
+            watermark: m.watermark(),
+            raw_cutoff: m.raw_cutoff(crate::now_ms()),
+            minutes: Default::default(),
+        }
+    }
+
+    fn note(&mut self, series: i64, ts: i64) {
+        if ts < self.watermark && ts >= self.raw_cutoff {
+            let minute = ts - ts.rem_euclid(super::rollup::MINUTE_MS);
+            self.minutes.insert((series, minute));
+        }
+    }
 }
 
 /// The newest reading of a series seen in a batch, and when the batch received the series.
@@ -280,10 +341,19 @@ fn apply(
     latest: &mut LatestMap,
     fresh: &mut bool,
     metrics: &Metrics,
+    late: &mut Late,
 ) -> rusqlite::Result<()> {
     match op {
         WriteOp::Envelope { env, received } => {
-            *fresh = write_envelope(tx, series, env, received.unix_millis(), latest, metrics)?;
+            *fresh = write_envelope(
+                tx,
+                series,
+                env,
+                received.unix_millis(),
+                latest,
+                metrics,
+                late,
+            )?;
             Ok(())
         }
         WriteOp::Presence { presence, received } => {
@@ -410,6 +480,7 @@ fn write_envelope(
     received: i64,
     latest: &mut LatestMap,
     metrics: &Metrics,
+    late: &mut Late,
 ) -> rusqlite::Result<bool> {
     let gw = env.gateway.as_str();
     let fresh = tx.execute(
@@ -458,6 +529,9 @@ fn write_envelope(
                 };
                 let ts = r.observed_at.unix_millis();
                 insert_reading.execute(params![id, ts, value, text, quality])?;
+                if value.is_some() {
+                    late.note(id, ts);
+                }
                 let vtype = r.value.as_ref().map(|v| match v {
                     Value::Bool(_) => "bool",
                     Value::Number(_) => "number",
