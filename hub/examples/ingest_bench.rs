@@ -228,6 +228,7 @@ fn hub_case(
             metrics_auth: false,
             influx: None,
             retention: Default::default(),
+            rate_limit: Some(Default::default()),
         }))
         .unwrap();
     let end = Instant::now() + Duration::from_secs(15);

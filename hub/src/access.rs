@@ -238,6 +238,146 @@ impl TokenAdmin {
     }
 }
 
+/// The tokens file (`hub serve --tokens-file`): tokens as configuration, kept as their SHA-256
+/// only, so the file may live in a repository with the rest of the hub's configuration.
+///
+/// ```toml
+/// [[token]]
+/// name = "control-room"
+/// role = "operator"
+/// sha256 = "…64 hex digits…"   # `hub tokens hash` prints it for a token
+///
+/// [[token]]
+/// name = "lighting-crew-1"
+/// role = "crew"
+/// department = "lighting"
+/// sha256 = "…"
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokensFile {
+    #[serde(default)]
+    token: Vec<TokenEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenEntry {
+    name: toml::Spanned<String>,
+    role: Role,
+    #[serde(default)]
+    department: Option<String>,
+    sha256: toml::Spanned<String>,
+}
+
+impl TokenAdmin {
+    /// Makes the tokens of a tokens file current: adds and updates them, and revokes tokens that
+    /// came from the file before and are no longer in it. Every problem is reported with the
+    /// file and line; nothing changes unless the whole file is right.
+    pub fn sync_file(&mut self, file: &Path) -> anyhow::Result<usize> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", file.display()))?;
+        let parsed: TokensFile =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+        let mut problems = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        let mut hashes = std::collections::HashSet::new();
+        let mut entries = Vec::new();
+        for t in &parsed.token {
+            let at = format!("{}:{}", file.display(), line(t.name.span().start));
+            let name = t.name.get_ref().trim();
+            if name.is_empty() || name.len() > 100 || name.contains('#') {
+                problems.push(format!(
+                    "{at}: token name {name:?} must be 1 to 100 characters without '#'"
+                ));
+            }
+            if !names.insert(name.to_owned()) {
+                problems.push(format!("{at}: token name {name:?} appears twice"));
+            }
+            if (t.role == Role::Crew) != t.department.is_some() {
+                problems.push(format!("{at}: token {name:?}: a crew token needs a department, and only a crew token has one"));
+            }
+            let hex = t.sha256.get_ref().trim().to_ascii_lowercase();
+            let digest = (hex.len() == 64)
+                .then(|| {
+                    (0..32)
+                        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok())
+                        .collect::<Option<Vec<u8>>>()
+                })
+                .flatten();
+            match digest {
+                Some(d) => {
+                    if !hashes.insert(d.clone()) {
+                        problems.push(format!(
+                            "{}:{}: token {name:?}: the same token as another entry",
+                            file.display(),
+                            line(t.sha256.span().start)
+                        ));
+                    }
+                    entries.push((name.to_owned(), t.role, t.department.clone(), d));
+                }
+                None => problems.push(format!(
+                    "{}:{}: token {name:?}: sha256 must be 64 hex digits (the SHA-256 of the token; `hub tokens hash` prints it), not the token itself",
+                    file.display(),
+                    line(t.sha256.span().start)
+                )),
+            }
+        }
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
+        let now = crate::now_ms();
+        let tx = self.conn.transaction()?;
+        for (name, role, department, digest) in &entries {
+            let cli: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE name = ?1 AND source = 'cli')",
+                [name],
+                |r| r.get(0),
+            )?;
+            anyhow::ensure!(
+                !cli,
+                "{}: token {name:?} exists already, made with `hub tokens add`; revoke it or rename the entry",
+                file.display()
+            );
+            tx.execute(
+                "INSERT INTO api_tokens (name, role, department, hash, created_at, source) VALUES (?1, ?2, ?3, ?4, ?5, 'config')
+                 ON CONFLICT (name) DO UPDATE SET role = ?2, department = ?3, hash = ?4, revoked_at = NULL",
+                params![name, role.as_str(), department, digest, now],
+            )
+            .map_err(|e| anyhow::anyhow!("{}: token {name:?}: {e} (is the same token also made with `hub tokens add`?)", file.display()))?;
+        }
+        let keep: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
+        let stale: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT name FROM api_tokens WHERE source = 'config' AND revoked_at IS NULL",
+            )?;
+            let names = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            names
+                .into_iter()
+                .filter(|n| !keep.contains(&n.as_str()))
+                .collect()
+        };
+        for name in &stale {
+            tx.execute(
+                "UPDATE api_tokens SET revoked_at = ?2, name = name || '#revoked-' || ?2 WHERE name = ?1",
+                params![name, now],
+            )?;
+            tracing::info!(token = %name, "token no longer in the tokens file: revoked");
+        }
+        tx.commit()?;
+        Ok(entries.len())
+    }
+}
+
+/// The SHA-256 of a token in hex, as a tokens file names it.
+pub fn token_sha256_hex(token: &str) -> String {
+    hash(token.trim())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Looks a token up (current tokens only).
 pub(crate) fn lookup(conn: &Connection, token: &str) -> rusqlite::Result<Option<Principal>> {
     conn.query_row(
@@ -315,6 +455,67 @@ pub async fn require_token(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn tokens_file_adds_updates_revokes_and_reports_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut admin = TokenAdmin::open(dir.path()).unwrap();
+        let cli = admin.add("made-by-cli", Role::Admin, None).unwrap();
+        let (t1, t2) = ("a".repeat(40), "b".repeat(40));
+        let file = dir.path().join("tokens.toml");
+        let write = |body: String| std::fs::write(&file, body).unwrap();
+        write(format!(
+            "[[token]]\nname = \"control-room\"\nrole = \"operator\"\nsha256 = \"{}\"\n\n\
+             [[token]]\nname = \"crew-1\"\nrole = \"crew\"\ndepartment = \"lighting\"\nsha256 = \"{}\"\n",
+            token_sha256_hex(&t1),
+            token_sha256_hex(&t2)
+        ));
+        assert_eq!(admin.sync_file(&file).unwrap(), 2);
+        let db = crate::store::open_database(dir.path()).unwrap();
+        let who = |t: &str| lookup(&db, t).unwrap();
+        assert_eq!(who(&t1).unwrap().role, Role::Operator);
+        assert_eq!(who(&t2).unwrap().department.as_deref(), Some("lighting"));
+        assert!(
+            who(&cli).is_some(),
+            "tokens made with the CLI are left alone"
+        );
+        // Synced again (a restart): nothing changes.
+        assert_eq!(admin.sync_file(&file).unwrap(), 2);
+        assert!(who(&t1).is_some());
+        // crew-1 leaves the file: revoked; control-room gets a new role.
+        write(format!(
+            "[[token]]\nname = \"control-room\"\nrole = \"enforcement\"\nsha256 = \"{}\"\n",
+            token_sha256_hex(&t1)
+        ));
+        admin.sync_file(&file).unwrap();
+        assert_eq!(who(&t1).unwrap().role, Role::Enforcement);
+        assert!(who(&t2).is_none(), "removed from the file: revoked");
+        // Mistakes name the file and line, and change nothing.
+        write(
+            "[[token]]\nname = \"ok\"\nrole = \"operator\"\nsha256 = \"{}\"\n\n[[token]]\nname = \"bad\"\nrole = \"crew\"\nsha256 = \"cty_not_a_hash\"\n"
+                .replace("{}", &token_sha256_hex(&"c".repeat(40))),
+        );
+        let err = admin.sync_file(&file).unwrap_err().to_string();
+        assert!(
+            err.contains("tokens.toml:7: token \"bad\": a crew token needs a department"),
+            "{err}"
+        );
+        assert!(
+            err.contains("tokens.toml:9: token \"bad\": sha256 must be 64 hex digits"),
+            "{err}"
+        );
+        assert!(who(&t1).is_some(), "nothing changed");
+        write("[[token]]\nname = \"x\"\nrole = \"mayor\"\nsha256 = \"00\"\n".into());
+        let err = admin.sync_file(&file).unwrap_err().to_string();
+        assert!(err.contains("line 3") && err.contains("mayor"), "{err}");
+        write(format!(
+            "[[token]]\nname = \"made-by-cli\"\nrole = \"operator\"\nsha256 = \"{}\"\n",
+            token_sha256_hex(&t2)
+        ));
+        let err = admin.sync_file(&file).unwrap_err().to_string();
+        assert!(err.contains("made with `hub tokens add`"), "{err}");
+    }
 
     #[test]
     fn masks_plates_everywhere_in_attributes() {

@@ -62,6 +62,7 @@ pub fn router(state: ApiState) -> axum::Router {
             get(crate::evidence::get_evidence),
         )
         .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/stream", get(crate::live::stream))
         .route_layer(auth);
     axum::Router::new()
@@ -300,7 +301,78 @@ async fn dead_letters(
     Ok(Json(list))
 }
 
+/// The OpenAPI 3.1 document of this API (hand-written next to the handlers: a test checks that it
+/// and the router name the same paths).
+pub const OPENAPI: &str = include_str!("../api/openapi.json");
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
 /// `GET /api/v1/whoami`: the token's name, role and department.
 async fn whoami(Extension(who): Extension<Principal>) -> Json<Principal> {
     Json(who)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Every path the router serves is in the OpenAPI document, and every documented path is
+    /// served, with the same methods.
+    #[test]
+    fn openapi_document_and_router_agree() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let documented: std::collections::BTreeSet<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(path, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |m| (path.clone(), m.to_uppercase()))
+            })
+            .collect();
+        // The routes as the code declares them (this file and the handlers' modules).
+        let mut served = std::collections::BTreeSet::new();
+        let src = include_str!("api.rs");
+        let src = &src[..src.find("#[cfg(test)]").unwrap()];
+        let mut rest = src;
+        while let Some(i) = rest.find(".route(") {
+            rest = &rest[i + 7..];
+            let start = rest.find('"').unwrap() + 1;
+            let end = start + rest[start..].find('"').unwrap();
+            let path = rest[start..end].to_owned();
+            let call = &rest[end..rest.find(";").unwrap_or(rest.len()).min(end + 300)];
+            let call = &call[..call.find(".route(").unwrap_or(call.len())];
+            for (needle, method) in [
+                ("get(", "GET"),
+                ("post(", "POST"),
+                ("put(", "PUT"),
+                ("delete(", "DELETE"),
+            ] {
+                if call.contains(needle) {
+                    served.insert((path.clone(), method.to_owned()));
+                }
+            }
+        }
+        assert!(served.len() >= 14, "{served:?}");
+        let missing: Vec<_> = served.difference(&documented).collect();
+        let extra: Vec<_> = documented.difference(&served).collect();
+        assert!(missing.is_empty(), "served but not documented: {missing:?}");
+        assert!(extra.is_empty(), "documented but not served: {extra:?}");
+        // Every $ref points at something.
+        let text = OPENAPI;
+        let mut rest = text;
+        while let Some(i) = rest.find("\"$ref\": \"#/") {
+            rest = &rest[i + 9..];
+            let end = rest.find('"').unwrap();
+            let pointer = &rest[1..end];
+            assert!(doc.pointer(pointer).is_some(), "dangling $ref {pointer}");
+            rest = &rest[end..];
+        }
+    }
 }

@@ -41,6 +41,8 @@ pub struct IngestConfig {
     pub limits: Limits,
     /// Every message is authenticated with its gateway's key (see [`crate::keys`]).
     pub keys: Arc<KeyRing>,
+    /// Per-gateway message rate limit; `None`: none.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Runs until `shutdown` is cancelled. Connection failures are retried with backoff, never fatal.
@@ -71,6 +73,7 @@ pub async fn run(
         .map(|c| cfg.topics.filter_all(*c))
         .collect();
     let mut failures = 0u32;
+    let mut limiter = RateLimiter::new(cfg.rate_limit);
     let mut reload = tokio::time::interval(crate::keys::RELOAD_EVERY);
     reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -117,25 +120,20 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    // A key added moments ago: reload (if the key table changed) before refusing.
-                    if let Ok((gw, _)) = cfg.topics.parse(&p.topic)
-                        && cfg.keys.names_unknown_key(&gw, &p.payload)
-                    {
-                        let keys = cfg.keys.clone();
-                        let _ = tokio::task::spawn_blocking(move || keys.refresh()).await;
-                    }
                     let tx = ack_tx.clone();
                     let needs_ack = p.qos != QoS::AtMostOnce;
-                    let op = classify(&cfg, &p, &metrics);
+                    let op = classify(&cfg, &p, &metrics, &mut limiter);
                     let ack: Option<Ack> = needs_ack.then(|| Box::new(move || { let _ = tx.send(p); }) as Ack);
-                    match op {
-                        Some(op) => {
-                            if store.write(op, ack).await.is_err() {
-                                tracing::error!("store closed; ingest stops");
-                                break;
-                            }
-                        }
-                        None => if let Some(ack) = ack { ack() },
+                    // Nothing to store still goes through the store's queue, so that every
+                    // acknowledgement leaves in the order the messages came.
+                    let op = match op {
+                        Some(op) => op,
+                        None if ack.is_none() => continue,
+                        None => WriteOp::Skip,
+                    };
+                    if store.write(op, ack).await.is_err() {
+                        tracing::error!("store closed; ingest stops");
+                        break;
                     }
                 }
                 Ok(_) => {}
@@ -173,7 +171,12 @@ pub async fn run(
 }
 
 /// Decodes one message into the write it causes, or a dead letter. `None`: nothing to store.
-fn classify(cfg: &IngestConfig, p: &Publish, metrics: &Metrics) -> Option<WriteOp> {
+fn classify(
+    cfg: &IngestConfig,
+    p: &Publish,
+    metrics: &Metrics,
+    limiter: &mut RateLimiter,
+) -> Option<WriteOp> {
     metrics.messages_received.fetch_add(1, Relaxed);
     let received = Timestamp::now();
     let dead = |gateway: Option<String>, code: &str, reason: String| {
@@ -203,7 +206,8 @@ fn classify(cfg: &IngestConfig, p: &Publish, metrics: &Metrics) -> Option<WriteO
             "gateways do not publish on the command topic".into(),
         );
     }
-    let msg = match cfg.keys.check(&gateway, &p.topic, &p.payload) {
+    // A key added moments ago is picked up here (see KeyRing::check_fresh).
+    let msg = match cfg.keys.check_fresh(&gateway, &p.topic, &p.payload) {
         Ok(Verdict::Signed(m)) => m,
         Ok(Verdict::UnsignedAllowed(m)) => {
             metrics.unsigned_accepted.fetch_add(1, Relaxed);
@@ -214,6 +218,28 @@ fn classify(cfg: &IngestConfig, p: &Publish, metrics: &Metrics) -> Option<WriteO
             return dead(gw, e.code(), reason);
         }
     };
+    // Counted against the gateway only once it is known to be that gateway's (a forgery under its
+    // topic must not use up its budget).
+    match limiter.take(gateway.as_str(), received.unix_millis()) {
+        Limited::No => {}
+        Limited::Sample(dropped) => {
+            let limit = cfg.rate_limit.unwrap_or_default();
+            return dead(
+                gw,
+                "rate_limited",
+                format!(
+                    "gateway {gateway} sends more than {} messages/s (bursts up to {}); messages over the limit are counted and one per {} s kept here ({dropped} dropped since the last one kept)",
+                    limit.per_s,
+                    limit.burst,
+                    LIMITED_SAMPLE_MS / 1000
+                ),
+            );
+        }
+        Limited::Drop => {
+            metrics.rejected("rate_limited");
+            return None;
+        }
+    }
     macro_rules! decode {
         ($t:ty) => {
             match protocol::decode::<$t>(msg, &cfg.limits) {
@@ -263,6 +289,94 @@ fn classify(cfg: &IngestConfig, p: &Publish, metrics: &Metrics) -> Option<WriteO
     }
 }
 
+/// A per-gateway message rate limit: a token bucket of `burst` messages refilled at `per_s`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_s: f64,
+    pub burst: f64,
+}
+
+impl Default for RateLimit {
+    /// Far above what an agent sends, even replaying a day's spool (it paces itself to
+    /// `replay_items_per_s`, 500 items/s by default, in batches): the limit is for a gateway gone
+    /// wrong, not for a busy one.
+    fn default() -> Self {
+        Self {
+            per_s: 200.0,
+            burst: 2_000.0,
+        }
+    }
+}
+
+/// How often a limited gateway's message is kept as a dead letter (the others are only counted,
+/// so a flood cannot fill the store through the dead letters either).
+const LIMITED_SAMPLE_MS: i64 = 10_000;
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at_ms: i64,
+    /// When a limited message of this gateway was last kept as a dead letter.
+    sampled_ms: Option<i64>,
+    /// Limited messages not kept since then.
+    unsampled: u64,
+}
+
+/// What the limiter decided about one message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Limited {
+    No,
+    /// Over the limit; keep this one as a dead letter (`n` more were dropped since the last one).
+    Sample(u64),
+    /// Over the limit; count it only.
+    Drop,
+}
+
+/// Token buckets by gateway, for the ingest task.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    limit: Option<RateLimit>,
+    buckets: std::collections::HashMap<String, Bucket>,
+}
+
+impl RateLimiter {
+    pub fn new(limit: Option<RateLimit>) -> Self {
+        Self {
+            limit,
+            buckets: Default::default(),
+        }
+    }
+
+    pub fn take(&mut self, gateway: &str, now_ms: i64) -> Limited {
+        let Some(limit) = self.limit else {
+            return Limited::No;
+        };
+        let b = match self.buckets.get_mut(gateway) {
+            Some(b) => b,
+            None => self.buckets.entry(gateway.to_owned()).or_insert(Bucket {
+                tokens: limit.burst,
+                at_ms: now_ms,
+                sampled_ms: None,
+                unsampled: 0,
+            }),
+        };
+        let elapsed = (now_ms - b.at_ms).max(0) as f64 / 1000.0;
+        b.tokens = (b.tokens + elapsed * limit.per_s).min(limit.burst);
+        b.at_ms = now_ms;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return Limited::No;
+        }
+        if b.sampled_ms.is_none_or(|t| now_ms - t >= LIMITED_SAMPLE_MS) {
+            b.sampled_ms = Some(now_ms);
+            Limited::Sample(std::mem::take(&mut b.unsampled))
+        } else {
+            b.unsampled += 1;
+            Limited::Drop
+        }
+    }
+}
+
 /// Items stamped by an unsynchronised gateway clock are shifted by the difference between the hub's
 /// receive time and the gateway's `sentAt`: the best estimate of the gateway clock's error (it
 /// includes the transit time, which is small compared with a clock that restarted at 1970).
@@ -284,6 +398,34 @@ pub fn correct_clock(mut env: Envelope, received: Timestamp) -> Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limit_is_a_token_bucket_per_gateway_with_sampled_dead_letters() {
+        let mut l = RateLimiter::new(Some(RateLimit {
+            per_s: 10.0,
+            burst: 5.0,
+        }));
+        let t = 1_000_000;
+        for _ in 0..5 {
+            assert_eq!(l.take("gw-a", t), Limited::No);
+        }
+        // The burst is spent: the first refusal is kept, the next ones only counted.
+        assert_eq!(l.take("gw-a", t), Limited::Sample(0));
+        assert_eq!(l.take("gw-a", t + 50), Limited::Drop);
+        // Another gateway has its own bucket.
+        assert_eq!(l.take("gw-b", t), Limited::No);
+        // 100 ms later one token is back (10/s).
+        assert_eq!(l.take("gw-a", t + 100), Limited::No);
+        assert_eq!(l.take("gw-a", t + 100), Limited::Drop);
+        // Ten seconds on, the bucket is full again; refusals are sampled again then.
+        for _ in 0..5 {
+            assert_eq!(l.take("gw-a", t + 10_100), Limited::No);
+        }
+        assert_eq!(l.take("gw-a", t + 10_100), Limited::Sample(2));
+        // No limit configured: never limited.
+        let mut off = RateLimiter::new(None);
+        assert!((0..10_000).all(|_| off.take("gw-a", t) == Limited::No));
+    }
 
     #[test]
     fn unsynced_times_are_shifted_to_hub_time() {

@@ -170,8 +170,13 @@ pub struct KeyRing {
     conn: Mutex<Connection>,
     /// The table version the ring holds.
     loaded: Mutex<i64>,
+    /// When an unknown key id last made the ring look at the key table.
+    unknown_reload: Mutex<Option<std::time::Instant>>,
     pub policy: AuthPolicy,
 }
+
+/// Least time between key-table reads caused by unknown key ids.
+pub const UNKNOWN_KEY_RELOAD_GAP: Duration = Duration::from_millis(100);
 
 /// What authentication decided about a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -192,6 +197,7 @@ impl KeyRing {
             ring: RwLock::new(Ring::default()),
             conn: Mutex::new(conn),
             loaded: Mutex::new(-1),
+            unknown_reload: Mutex::new(None),
             policy,
         };
         ring.reload()?;
@@ -271,17 +277,36 @@ impl KeyRing {
         matches() || (self.refresh() && matches())
     }
 
-    /// True when `payload` is signed with a key id this ring does not hold for `gateway` (worth a
-    /// reload before refusing it: the key may have just been added).
-    pub fn names_unknown_key(&self, gateway: &GatewayId, payload: &[u8]) -> bool {
-        let Ok(Opened::Signed { kid, .. }) = protocol::auth::open(payload) else {
-            return false;
-        };
-        let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
-        !ring
-            .keys
-            .get(gateway.as_str())
-            .is_some_and(|ks| ks.iter().any(|k| k.id == kid))
+    /// [`Self::check`], but a key id the ring does not hold makes it read the key table again
+    /// first (if it changed: a key added a moment ago works from its first message). At most one
+    /// such read per [`UNKNOWN_KEY_RELOAD_GAP`], so a flood of made-up key ids costs nothing.
+    pub fn check_fresh<'a>(
+        &self,
+        gateway: &GatewayId,
+        topic: &str,
+        payload: &'a [u8],
+    ) -> Result<Verdict<'a>, AuthError> {
+        match self.check(gateway, topic, payload) {
+            Err(AuthError::UnknownKey(kid)) => {
+                let due = {
+                    let mut last = self
+                        .unknown_reload
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let due = last.is_none_or(|t| t.elapsed() >= UNKNOWN_KEY_RELOAD_GAP);
+                    if due {
+                        *last = Some(std::time::Instant::now());
+                    }
+                    due
+                };
+                if due && self.refresh() {
+                    self.check(gateway, topic, payload)
+                } else {
+                    Err(AuthError::UnknownKey(kid))
+                }
+            }
+            other => other,
+        }
     }
 
     /// Authenticates a message that arrived on `topic`, which names `gateway`.
@@ -389,6 +414,10 @@ pub fn explain(e: &AuthError, gateway: &GatewayId, policy: AuthPolicy) -> String
 mod tests {
     use super::*;
 
+    fn forged_key(k: &Key) -> Key {
+        Key::new(KeyId::new("made-up").unwrap(), k.secret().to_vec()).unwrap()
+    }
+
     #[test]
     fn add_verify_rotate_revoke() {
         let dir = tempfile::tempdir().unwrap();
@@ -414,11 +443,23 @@ mod tests {
         // Rotation: a second key works once reloaded; commands follow the key last used.
         let k2 = admin.add(&gw, Some(KeyId::new("k-two").unwrap())).unwrap();
         let p2 = protocol::auth::seal(&k2, topic, msg);
-        assert!(ring.names_unknown_key(&gw, &p2));
-        assert!(ring.refresh(), "the table changed");
-        assert!(!ring.refresh(), "and is loaded now");
+        assert!(matches!(
+            ring.check(&gw, topic, &p2),
+            Err(AuthError::UnknownKey(_))
+        ));
         assert_eq!(ring.signing_key("gw-a").unwrap().id, k1.id);
-        assert!(ring.check(&gw, topic, &p2).is_ok());
+        // check_fresh reads the key table on an unknown key id, and takes it from its first message.
+        assert!(ring.check_fresh(&gw, topic, &p2).is_ok());
+        assert!(!ring.refresh(), "loaded now");
+        // Made-up key ids are refused and change nothing (the table is read at most once per
+        // UNKNOWN_KEY_RELOAD_GAP for them).
+        let bogus = protocol::auth::seal(&forged_key(&kb), topic, msg);
+        let reads = |ring: &KeyRing| *ring.loaded.lock().unwrap();
+        let before = reads(&ring);
+        for _ in 0..100 {
+            assert!(ring.check_fresh(&gw, topic, &bogus).is_err());
+        }
+        assert_eq!(reads(&ring), before, "nothing changed, nothing reloaded");
         assert_eq!(ring.signing_key("gw-a").unwrap().id, k2.id);
         admin.revoke(&gw, &k1.id).unwrap();
         assert!(admin.revoke(&gw, &k1.id).is_err(), "revoked twice");

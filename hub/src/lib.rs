@@ -63,6 +63,8 @@ pub struct HubConfig {
     pub influx: Option<influx::InfluxConfig>,
     /// How long raw readings, rollups and evidence images are kept.
     pub retention: store::Retention,
+    /// Per-gateway message rate limit; `None`: none.
+    pub rate_limit: Option<ingest::RateLimit>,
 }
 
 /// A started hub.
@@ -146,6 +148,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
                 topics: topics.clone(),
                 limits,
                 keys: keys.clone(),
+                rate_limit: cfg.rate_limit,
             };
             (ingest, Some(*listen))
         }
@@ -177,6 +180,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
                 topics: topics.clone(),
                 limits,
                 keys: keys.clone(),
+                rate_limit: cfg.rate_limit,
             };
             (ingest, None)
         }

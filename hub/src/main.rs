@@ -56,6 +56,8 @@ enum TokensCommand {
         #[arg(long, default_value = "data")]
         data_dir: PathBuf,
     },
+    /// Print the SHA-256 of a token read from standard input, for the tokens file.
+    Hash,
     /// Revoke a token: refused from the next request on.
     Revoke {
         name: String,
@@ -123,6 +125,10 @@ struct ServeArgs {
     /// File holding the broker password (kept out of the process list).
     #[arg(long, requires = "broker_username", value_name = "FILE")]
     broker_password_file: Option<PathBuf>,
+    /// Tokens as configuration (names, roles and SHA-256 only; see `hub tokens hash`), made
+    /// current at start: tokens that left the file are revoked.
+    #[arg(long, value_name = "FILE")]
+    tokens_file: Option<PathBuf>,
     /// Take unsigned messages from gateways that have no key on this hub (counted; a gateway
     /// with a key must still sign). For moving a fleet over to keys, and for development.
     #[arg(long)]
@@ -156,6 +162,13 @@ struct CommonArgs {
     /// File holding the InfluxDB API token (kept out of the process list).
     #[arg(long, value_name = "FILE")]
     influx_token_file: Option<PathBuf>,
+    /// Messages per second one gateway may send on average (0: no limit); messages over it are
+    /// counted (`rate_limited`) and one per 10 s kept as a dead letter.
+    #[arg(long, value_name = "PER_S", default_value_t = hub::ingest::RateLimit::default().per_s)]
+    gateway_rate_limit: f64,
+    /// Messages one gateway may send in a burst above the average.
+    #[arg(long, value_name = "MESSAGES", default_value_t = hub::ingest::RateLimit::default().burst)]
+    gateway_rate_burst: f64,
     /// Days raw readings are kept (and envelope names, which recognise redelivered data).
     #[arg(long, value_name = "DAYS", default_value_t = hub::store::Retention::default().raw_days)]
     keep_raw_days: u32,
@@ -227,6 +240,10 @@ async fn main() -> anyhow::Result<()> {
                     listen: a.common.mqtt_listen,
                 },
             };
+            if let Some(file) = &a.tokens_file {
+                let n = hub::access::TokenAdmin::open(&a.common.data_dir)?.sync_file(file)?;
+                tracing::info!(tokens = n, file = %file.display(), "tokens file loaded");
+            }
             let mut cfg = config(&a.common, mqtt)?;
             if a.allow_unsigned {
                 cfg.auth = hub::keys::AuthPolicy::AllowUnsigned;
@@ -270,6 +287,10 @@ fn base_config(c: &CommonArgs, mqtt: MqttMode) -> anyhow::Result<HubConfig> {
             hour_days: c.keep_hour_days,
             evidence_days: c.keep_evidence_days,
         },
+        rate_limit: (c.gateway_rate_limit > 0.0).then_some(hub::ingest::RateLimit {
+            per_s: c.gateway_rate_limit,
+            burst: c.gateway_rate_burst,
+        }),
     })
 }
 
@@ -337,6 +358,16 @@ fn tokens(cmd: TokensCommand) -> anyhow::Result<()> {
                     t.revoked_at.as_deref().unwrap_or("-")
                 );
             }
+        }
+        TokensCommand::Hash => {
+            let mut token = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut token)
+                .context("cannot read the token from standard input")?;
+            anyhow::ensure!(
+                token.trim().len() >= 32,
+                "give the token on standard input (at least 32 characters)"
+            );
+            println!("{}", hub::access::token_sha256_hex(&token));
         }
         TokensCommand::Revoke { name, data_dir } => {
             TokenAdmin::open(&data_dir)?.revoke(&name)?;

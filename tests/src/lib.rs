@@ -458,6 +458,7 @@ fn start_embedded_hub_with(
             metrics_auth: false,
             influx: None,
             retention: Default::default(),
+            rate_limit: Some(Default::default()),
         }))
         .unwrap();
     wait_hub_ready(http);

@@ -52,6 +52,7 @@ fn start_hub(
             metrics_auth: false,
             influx: None,
             retention: Default::default(),
+            rate_limit: Some(Default::default()),
         }))
         .unwrap();
     tests::wait_hub_ready(http);

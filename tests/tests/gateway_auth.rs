@@ -313,6 +313,7 @@ fn mosquitto_with_the_shipped_acl() {
             metrics_auth: false,
             influx: None,
             retention: Default::default(),
+            rate_limit: Some(Default::default()),
         }))
         .unwrap();
     tests::wait_hub_ready(http);

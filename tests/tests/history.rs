@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use protocol::{BootId, ClockState, Envelope, GatewayId, Item, Limits, Reading, Timestamp, Value};
-use tests::{eventually, free_addr, get_status};
+use tests::{eventually, free_addr, get_status, get_status_as};
 
 const EVERY_MS: i64 = 10_000;
 const READINGS: i64 = 3 * 360; // three hours, one every 10 s
@@ -162,6 +162,19 @@ fn step_queries_answer_from_rollups_like_the_raw_readings() {
             "{q}: {body}"
         );
     }
+
+    // The API describes itself (behind a token, like everything under /api/v1).
+    let doc = tests::get_json(&format!("{base}/api/v1/openapi.json")).unwrap();
+    assert!(
+        doc["paths"]["/api/v1/assets/{id}/readings"]["get"]["parameters"]
+            .to_string()
+            .contains("step"),
+        "{doc}"
+    );
+    assert_eq!(
+        get_status_as(&format!("{base}/api/v1/openapi.json"), "nope").0,
+        401
+    );
 
     let metrics = ureq::get(&format!("{base}/metrics"))
         .call()

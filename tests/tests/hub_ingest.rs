@@ -28,6 +28,7 @@ fn config(
         metrics_auth: false,
         influx: None,
         retention: Default::default(),
+        rate_limit: Some(Default::default()),
     }
 }
 
@@ -156,4 +157,99 @@ fn bad_input_is_set_aside_and_redelivery_is_stored_once() {
 
 fn uuid_v(n: u128) -> uuid::Uuid {
     uuid::Uuid::from_u128(n)
+}
+
+#[test]
+fn a_gateway_over_its_rate_limit_is_counted_and_sampled_others_unaffected() {
+    tests::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (http, mqtt) = (free_addr(), free_addr());
+    let mut cfg = config(dir.path(), http, mqtt);
+    cfg.rate_limit = Some(hub::ingest::RateLimit {
+        per_s: 2.0,
+        burst: 10.0,
+    });
+    let hub = rt.block_on(hub::start(cfg)).unwrap();
+    let base = format!("http://{http}");
+    tests::wait_hub_ready(http);
+    let (noisy, quiet) = (BootId::from_uuid(uuid_v(7)), BootId::from_uuid(uuid_v(8)));
+    let mut msgs = vec![
+        (
+            "city/v1/gw/gw-noisy/state".to_owned(),
+            tests::wire::presence("gw-noisy", noisy, "dust-noisy"),
+        ),
+        (
+            "city/v1/gw/gw-quiet/state".to_owned(),
+            tests::wire::presence("gw-quiet", quiet, "dust-quiet"),
+        ),
+    ];
+    for seq in 0..60 {
+        msgs.push((
+            "city/v1/gw/gw-noisy/up".into(),
+            envelope("gw-noisy", noisy, seq, seq as f64),
+        ));
+        if seq % 10 == 0 {
+            msgs.push((
+                "city/v1/gw/gw-quiet/up".into(),
+                envelope("gw-quiet", quiet, seq, seq as f64),
+            ));
+        }
+    }
+    rt.block_on(tests::publish_all(mqtt.port(), msgs));
+    let count = |asset: &str| {
+        get_json(&format!(
+            "{base}/api/v1/assets/{asset}/readings?metric=pm10"
+        ))
+        .and_then(|r| r.as_array().map(Vec::len))
+        .unwrap_or(0)
+    };
+    let limited = |text: &str| -> usize {
+        text.lines()
+            .find_map(|l| l.strip_prefix("hub_messages_rejected_total{reason=\"rate_limited\"} "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let metrics = || {
+        ureq::get(&format!("{base}/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+    };
+    // Every noisy message is either stored or counted as limited; the quiet gateway loses nothing.
+    let (stored, over) = eventually(
+        Duration::from_secs(10),
+        "all 60 noisy envelopes accounted for",
+        || {
+            let (s, l) = (count("dust-noisy"), limited(&metrics()));
+            (s + l == 60).then_some((s, l))
+        },
+    );
+    assert!(
+        (9..=20).contains(&stored),
+        "burst of 10 (one for the presence) plus 2/s: {stored} stored"
+    );
+    assert!(over >= 40, "{over}");
+    assert_eq!(count("dust-quiet"), 6);
+    // One limited message kept as a dead letter (one per 10 s), with the reason.
+    let letters = get_json(&format!("{base}/api/v1/dead-letters")).unwrap();
+    let limited_letters: Vec<_> = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["code"] == "rate_limited")
+        .collect();
+    assert_eq!(limited_letters.len(), 1, "{letters}");
+    assert_eq!(limited_letters[0]["gateway"], "gw-noisy");
+    assert!(
+        limited_letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("more than 2 messages/s"),
+        "{}",
+        limited_letters[0]
+    );
+    rt.block_on(hub.stop());
 }

@@ -51,6 +51,7 @@ fn start_hub(
             metrics_auth: false,
             influx: Some(influx),
             retention: Default::default(),
+            rate_limit: Some(Default::default()),
         }))
         .unwrap();
     tests::wait_hub_ready(http);

@@ -80,6 +80,7 @@ poll_ms = 500
             metrics_auth: false,
             influx: None,
             retention: Default::default(),
+            rate_limit: Some(Default::default()),
         }))
         .unwrap();
     tests::wait_hub_ready(http);

@@ -180,6 +180,7 @@ fn uplink_over_tls_with_client_certificate_and_password() {
             metrics_auth: false,
             influx: None,
             retention: Default::default(),
+            rate_limit: Some(Default::default()),
         }))
         .unwrap();
     tests::wait_hub_ready(http);
@@ -222,6 +223,7 @@ fn uplink_over_tls_with_client_certificate_and_password() {
         metrics_auth: false,
         influx: None,
         retention: Default::default(),
+        rate_limit: Some(Default::default()),
     };
     let doubting = rt
         .block_on(hub::start(cfg(hub_tls(d, tls, "other-ca"))))

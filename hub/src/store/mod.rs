@@ -79,6 +79,10 @@ pub enum WriteOp {
         gateway: String,
         received: Timestamp,
     },
+    /// Nothing to write, but acknowledged in order with the writes around it (MQTT requires
+    /// PUBACKs in the order the messages came: a message the hub drops, such as one over its
+    /// gateway's rate limit, must not be acknowledged ahead of earlier ones still being stored).
+    Skip,
     DeadLetter {
         received: Timestamp,
         topic: String,
@@ -101,6 +105,7 @@ impl std::fmt::Debug for WriteOp {
             WriteOp::Evidence { sha256, .. } => write!(f, "Evidence({sha256})"),
             WriteOp::Command { command, .. } => write!(f, "Command({})", command.id),
             WriteOp::Reply { reply, .. } => write!(f, "Reply({})", reply.id),
+            WriteOp::Skip => write!(f, "Skip"),
         }
     }
 }

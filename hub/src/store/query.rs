@@ -267,8 +267,16 @@ fn readings(
     let step_ms = match q.step_ms {
         Some(step) => Some(step),
         None => {
-            // Raw points when there are few enough and the range is still kept raw.
-            let raw_kept = q.from_ms >= now_ms - i64::from(retention.raw_days) * DAY_MS;
+            // Raw points when there are few enough and the raw readings cover the range: it is
+            // within raw retention, or nothing older than that was ever rolled up (there was no
+            // data then).
+            let raw_cutoff = now_ms - i64::from(retention.raw_days) * DAY_MS;
+            let raw_kept = q.from_ms >= raw_cutoff
+                || !c.query_row(
+                    "SELECT EXISTS (SELECT 1 FROM rollup_1h WHERE series = ?1 AND ts >= ?2 AND ts < ?3)",
+                    params![series, q.from_ms - q.from_ms.rem_euclid(HOUR_MS), raw_cutoff],
+                    |r| r.get::<_, bool>(0),
+                )?;
             let few = raw_kept
                 && {
                     let n: i64 = c.query_row(

@@ -197,6 +197,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX envelopes_by_received ON envelopes (received);
     ALTER TABLE evidence ADD COLUMN expired_at INTEGER;
     "#,
+    // 7: where a token comes from: `hub tokens add` ('cli') or the hub's tokens file ('config').
+    r#"
+    ALTER TABLE api_tokens ADD COLUMN source TEXT NOT NULL DEFAULT 'cli';
+    "#,
 ];
 
 /// Brings the database to the newest schema version.

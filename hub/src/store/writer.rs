@@ -430,6 +430,7 @@ fn apply(
             )?;
             Ok(())
         }
+        WriteOp::Skip => Ok(()),
         WriteOp::DeadLetter {
             received,
             topic,
