@@ -11,6 +11,14 @@
 //!
 //! Then the same into the hub's embedded broker (rumqttd), which has no bare-subscriber twin.
 //! Prints a markdown table. Each case is timed from the first publish.
+//!
+//! `... --example ingest_bench -- paced RATE [SECONDS]`: latency at a sustainable rate instead. Ten
+//! gateways publish envelopes of 100 readings, RATE readings/s in all, for SECONDS (default 60),
+//! into the hub on Mosquitto; prints the envelopes' age at commit (publish to committed, p50 / p90 /
+//! p99 as histogram bucket bounds) and whether the hub kept up.
+//!
+//! The hub's per-gateway rate limit is off here: one publisher plays each gateway far faster than
+//! an agent would.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::net::{SocketAddr, TcpListener};
@@ -94,6 +102,18 @@ fn key(i: usize) -> Key {
 /// signing each just before it goes (so `sentAt` is the real send time). Returns when every one is
 /// acknowledged by the broker.
 async fn publish(port: u16, gateways: usize, envelopes: usize) -> Duration {
+    publish_with(port, gateways, envelopes, PER_ENVELOPE, None).await
+}
+
+/// Publishes `envelopes` of `per_envelope` readings round-robin from `gateways`; with `rate`
+/// (envelopes/s) paced evenly, otherwise as fast as the broker takes them.
+async fn publish_with(
+    port: u16,
+    gateways: usize,
+    envelopes: usize,
+    per_envelope: usize,
+    rate: Option<f64>,
+) -> Duration {
     let mut opts = MqttOptions::new(format!("bench-pub-{port}"), "127.0.0.1", port);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     opts.set_inflight(100);
@@ -107,7 +127,11 @@ async fn publish(port: u16, gateways: usize, envelopes: usize) -> Duration {
     let base = Timestamp::now().add_millis(-3_600_000);
     let producer = tokio::spawn(async move {
         let limits = Limits::default();
+        let start = tokio::time::Instant::now();
         for n in 0..envelopes {
+            if let Some(rate) = rate {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(n as f64 / rate)).await;
+            }
             let g = n % gateways;
             let seq = (n / gateways) as u64;
             let env = Envelope {
@@ -117,13 +141,13 @@ async fn publish(port: u16, gateways: usize, envelopes: usize) -> Duration {
                 seq,
                 sent_at: Timestamp::now(),
                 clock: ClockState::Synced,
-                items: (0..PER_ENVELOPE)
+                items: (0..per_envelope)
                     .map(|r| {
                         Item::Reading(Reading {
                             device: format!("dev-{}", r % 50).parse().unwrap(),
                             metric: format!("m{}", r / 50).parse().unwrap(),
                             observed_at: base.add_millis(seq as i64 * 1000),
-                            value: Some(Value::Number((n * PER_ENVELOPE + r) as f64)),
+                            value: Some(Value::Number((n * per_envelope + r) as f64)),
                             unit: None,
                             quality: Default::default(),
                         })
@@ -228,7 +252,7 @@ fn hub_case(
             metrics_auth: false,
             influx: None,
             retention: Default::default(),
-            rate_limit: Some(Default::default()),
+            rate_limit: None,
         }))
         .unwrap();
     let end = Instant::now() + Duration::from_secs(15);
@@ -278,7 +302,85 @@ fn hub_case(
     row
 }
 
+/// Latency at a paced rate: `readings_per_s` from 10 gateways in envelopes of 100, for `secs`.
+fn paced(readings_per_s: f64, secs: f64) {
+    const GATEWAYS: usize = 10;
+    const PER: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let data = dir.path().join("hub-paced");
+    let admin = hub::keys::KeyAdmin::open(&data).unwrap();
+    for g in 0..GATEWAYS {
+        admin.import(&gateway(g), &key(g)).unwrap();
+    }
+    drop(admin);
+    let port = free_port();
+    let _broker = mosquitto(dir.path(), port);
+    let hub = rt
+        .block_on(hub::start(hub::HubConfig {
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: data,
+            mqtt: hub::MqttMode::External {
+                url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{port}")).unwrap(),
+                username: None,
+                password: None,
+                tls: None,
+            },
+            topic_root: "city".into(),
+            client_id: "hub-bench-paced".into(),
+            auth: hub::keys::AuthPolicy::Required,
+            metrics_auth: false,
+            influx: None,
+            retention: Default::default(),
+            rate_limit: None,
+        }))
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(15);
+    while !hub.metrics.ingest_ready.load(Relaxed) {
+        assert!(Instant::now() < end, "hub never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let env_rate = readings_per_s / PER as f64;
+    let envelopes = ((env_rate * secs) as usize).max(GATEWAYS);
+    let took = rt
+        .block_on(publish_with(port, GATEWAYS, envelopes, PER, Some(env_rate)))
+        .as_secs_f64();
+    let end = Instant::now() + Duration::from_secs(120);
+    while hub.metrics.envelopes_stored.load(Relaxed) < envelopes as u64 {
+        assert!(Instant::now() < end, "the hub fell behind for good");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let q = |x| {
+        hub.metrics
+            .commit_age
+            .quantile_ms(x)
+            .map_or("> 300 s".into(), |v| format!("≤ {v} ms"))
+    };
+    println!(
+        "| {readings_per_s:.0} readings/s ({env_rate:.0} envelopes/s of {PER}, {GATEWAYS} gateways) | {secs:.0} s | {} / {} / {} | publisher took {took:.1} s |",
+        q(0.5),
+        q(0.9),
+        q(0.99)
+    );
+    rt.block_on(hub.stop());
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("paced") {
+        let rate: f64 = std::env::args()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .expect("paced RATE [SECONDS]: RATE in readings/s");
+        let secs: f64 = std::env::args()
+            .nth(3)
+            .map_or(60.0, |a| a.parse().expect("SECONDS must be a number"));
+        paced(rate, secs);
+        return;
+    }
     let readings: usize = std::env::args()
         .nth(1)
         .map(|a| a.parse().expect("READINGS must be a number"))

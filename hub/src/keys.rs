@@ -170,13 +170,8 @@ pub struct KeyRing {
     conn: Mutex<Connection>,
     /// The table version the ring holds.
     loaded: Mutex<i64>,
-    /// When an unknown key id last made the ring look at the key table.
-    unknown_reload: Mutex<Option<std::time::Instant>>,
     pub policy: AuthPolicy,
 }
-
-/// Least time between key-table reads caused by unknown key ids.
-pub const UNKNOWN_KEY_RELOAD_GAP: Duration = Duration::from_millis(100);
 
 /// What authentication decided about a message.
 #[derive(Debug, PartialEq, Eq)]
@@ -197,7 +192,6 @@ impl KeyRing {
             ring: RwLock::new(Ring::default()),
             conn: Mutex::new(conn),
             loaded: Mutex::new(-1),
-            unknown_reload: Mutex::new(None),
             policy,
         };
         ring.reload()?;
@@ -277,9 +271,10 @@ impl KeyRing {
         matches() || (self.refresh() && matches())
     }
 
-    /// [`Self::check`], but a key id the ring does not hold makes it read the key table again
-    /// first (if it changed: a key added a moment ago works from its first message). At most one
-    /// such read per [`UNKNOWN_KEY_RELOAD_GAP`], so a flood of made-up key ids costs nothing.
+    /// [`Self::check`], but a key id the ring does not hold makes it look at the key table first
+    /// and reload it if it changed: a key added a moment ago works from its first message. The
+    /// look is one single-row read of the version (microseconds), so even a stream of made-up key
+    /// ids (which only a logged-in client can send) costs little.
     pub fn check_fresh<'a>(
         &self,
         gateway: &GatewayId,
@@ -287,24 +282,7 @@ impl KeyRing {
         payload: &'a [u8],
     ) -> Result<Verdict<'a>, AuthError> {
         match self.check(gateway, topic, payload) {
-            Err(AuthError::UnknownKey(kid)) => {
-                let due = {
-                    let mut last = self
-                        .unknown_reload
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    let due = last.is_none_or(|t| t.elapsed() >= UNKNOWN_KEY_RELOAD_GAP);
-                    if due {
-                        *last = Some(std::time::Instant::now());
-                    }
-                    due
-                };
-                if due && self.refresh() {
-                    self.check(gateway, topic, payload)
-                } else {
-                    Err(AuthError::UnknownKey(kid))
-                }
-            }
+            Err(AuthError::UnknownKey(_)) if self.refresh() => self.check(gateway, topic, payload),
             other => other,
         }
     }
@@ -451,8 +429,7 @@ mod tests {
         // check_fresh reads the key table on an unknown key id, and takes it from its first message.
         assert!(ring.check_fresh(&gw, topic, &p2).is_ok());
         assert!(!ring.refresh(), "loaded now");
-        // Made-up key ids are refused and change nothing (the table is read at most once per
-        // UNKNOWN_KEY_RELOAD_GAP for them).
+        // Made-up key ids are refused and change nothing.
         let bogus = protocol::auth::seal(&forged_key(&kb), topic, msg);
         let reads = |ring: &KeyRing| *ring.loaded.lock().unwrap();
         let before = reads(&ring);
