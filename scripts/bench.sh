@@ -29,6 +29,11 @@ echo
 echo "## Hub ingest vs a bare subscriber"
 ./target/release/examples/ingest_bench "${INGEST_READINGS:-1000000}" 2>/dev/null
 echo
+echo "### Hub ingest latency at paced rates"
+for rate in 10000 25000 50000; do
+  ./target/release/examples/ingest_bench paced "$rate" 60 2>/dev/null
+done
+echo
 if [[ -x scripts/bench-gateway.sh ]]; then
     echo "## Agent vs a peer gateway"
     ./scripts/bench-gateway.sh

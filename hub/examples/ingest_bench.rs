@@ -101,8 +101,8 @@ fn key(i: usize) -> Key {
 /// Publishes `envelopes` envelopes round-robin from `gateways` gateways at QoS 1, encoding and
 /// signing each just before it goes (so `sentAt` is the real send time). Returns when every one is
 /// acknowledged by the broker.
-async fn publish(port: u16, gateways: usize, envelopes: usize) -> Duration {
-    publish_with(port, gateways, envelopes, PER_ENVELOPE, None).await
+async fn publish(port: u16, gateways: usize, envelopes: usize, embedded: bool) -> Duration {
+    publish_with(port, gateways, envelopes, PER_ENVELOPE, None, embedded).await
 }
 
 /// Publishes `envelopes` of `per_envelope` readings round-robin from `gateways`; with `rate`
@@ -113,11 +113,19 @@ async fn publish_with(
     envelopes: usize,
     per_envelope: usize,
     rate: Option<f64>,
+    embedded: bool,
 ) -> Duration {
     let mut opts = MqttOptions::new(format!("bench-pub-{port}"), "127.0.0.1", port);
     opts.set_max_packet_size(1 << 20, 1 << 20);
     opts.set_inflight(100);
     opts.set_keep_alive(Duration::from_secs(30));
+    if embedded {
+        // The embedded broker takes logins only: as the first gateway, with its key's password.
+        opts.set_credentials(
+            gateway(0).to_string(),
+            protocol::auth::broker_password(&key(0), gateway(0).as_str()),
+        );
+    }
     let (client, mut ev) = AsyncClient::new(opts, 200);
     let boots: Vec<BootId> = (0..gateways)
         .map(|_| BootId::from_uuid(uuid::Uuid::new_v4()))
@@ -200,7 +208,7 @@ fn bare(dir: &Path, rt: &tokio::runtime::Runtime, gateways: usize, envelopes: us
     std::thread::sleep(Duration::from_millis(700)); // let it subscribe
     let started = Instant::now();
     let publish_secs = rt
-        .block_on(publish(port, gateways, envelopes))
+        .block_on(publish(port, gateways, envelopes, false))
         .as_secs_f64();
     let status = sub.0.wait().unwrap();
     assert!(status.success(), "mosquitto_sub failed: {status}");
@@ -262,7 +270,7 @@ fn hub_case(
     }
     let started = Instant::now();
     let publish_secs = rt
-        .block_on(publish(port, gateways, envelopes))
+        .block_on(publish(port, gateways, envelopes, embedded))
         .as_secs_f64();
     let end = Instant::now() + Duration::from_secs(600);
     while hub.metrics.envelopes_stored.load(Relaxed) < envelopes as u64 {
@@ -347,7 +355,14 @@ fn paced(readings_per_s: f64, secs: f64) {
     let env_rate = readings_per_s / PER as f64;
     let envelopes = ((env_rate * secs) as usize).max(GATEWAYS);
     let took = rt
-        .block_on(publish_with(port, GATEWAYS, envelopes, PER, Some(env_rate)))
+        .block_on(publish_with(
+            port,
+            GATEWAYS,
+            envelopes,
+            PER,
+            Some(env_rate),
+            false,
+        ))
         .as_secs_f64();
     let end = Instant::now() + Duration::from_secs(120);
     while hub.metrics.envelopes_stored.load(Relaxed) < envelopes as u64 {
