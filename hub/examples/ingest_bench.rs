@@ -222,33 +222,18 @@ fn bare(dir: &Path, rt: &tokio::runtime::Runtime, gateways: usize, envelopes: us
     }
 }
 
-fn hub_case(
-    dir: &Path,
+/// A hub with the keys of `gateways` bench gateways under `data`, on `mqtt`, once subscribed.
+fn start_hub(
     rt: &tokio::runtime::Runtime,
+    data: PathBuf,
+    mqtt: hub::MqttMode,
     gateways: usize,
-    envelopes: usize,
-    embedded: bool,
-) -> Row {
-    let data = dir.join(format!("hub-{gateways}-{embedded}"));
+) -> hub::RunningHub {
     let admin = hub::keys::KeyAdmin::open(&data).unwrap();
     for g in 0..gateways {
         admin.import(&gateway(g), &key(g)).unwrap();
     }
     drop(admin);
-    let port = free_port();
-    let broker = (!embedded).then(|| mosquitto(dir, port));
-    let mqtt = if embedded {
-        hub::MqttMode::Embedded {
-            listen: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
-    } else {
-        hub::MqttMode::External {
-            url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{port}")).unwrap(),
-            username: None,
-            password: None,
-            tls: None,
-        }
-    };
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
             http: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -268,6 +253,37 @@ fn hub_case(
         assert!(Instant::now() < end, "hub never subscribed");
         std::thread::sleep(Duration::from_millis(20));
     }
+    hub
+}
+
+/// The hub as a client of the Mosquitto on `port`.
+fn external(port: u16) -> hub::MqttMode {
+    hub::MqttMode::External {
+        url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{port}")).unwrap(),
+        username: None,
+        password: None,
+        tls: None,
+    }
+}
+
+fn hub_case(
+    dir: &Path,
+    rt: &tokio::runtime::Runtime,
+    gateways: usize,
+    envelopes: usize,
+    embedded: bool,
+) -> Row {
+    let data = dir.join(format!("hub-{gateways}-{embedded}"));
+    let port = free_port();
+    let broker = (!embedded).then(|| mosquitto(dir, port));
+    let mqtt = if embedded {
+        hub::MqttMode::Embedded {
+            listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    } else {
+        external(port)
+    };
+    let hub = start_hub(rt, data, mqtt, gateways);
     let started = Instant::now();
     let publish_secs = rt
         .block_on(publish(port, gateways, envelopes, embedded))
@@ -320,38 +336,9 @@ fn paced(readings_per_s: f64, secs: f64) {
         .enable_all()
         .build()
         .unwrap();
-    let data = dir.path().join("hub-paced");
-    let admin = hub::keys::KeyAdmin::open(&data).unwrap();
-    for g in 0..GATEWAYS {
-        admin.import(&gateway(g), &key(g)).unwrap();
-    }
-    drop(admin);
     let port = free_port();
     let _broker = mosquitto(dir.path(), port);
-    let hub = rt
-        .block_on(hub::start(hub::HubConfig {
-            http: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: data,
-            mqtt: hub::MqttMode::External {
-                url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{port}")).unwrap(),
-                username: None,
-                password: None,
-                tls: None,
-            },
-            topic_root: "city".into(),
-            client_id: "hub-bench-paced".into(),
-            auth: hub::keys::AuthPolicy::Required,
-            metrics_auth: false,
-            influx: None,
-            retention: Default::default(),
-            rate_limit: None,
-        }))
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(15);
-    while !hub.metrics.ingest_ready.load(Relaxed) {
-        assert!(Instant::now() < end, "hub never subscribed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let hub = start_hub(&rt, dir.path().join("hub-paced"), external(port), GATEWAYS);
     let env_rate = readings_per_s / PER as f64;
     let envelopes = ((env_rate * secs) as usize).max(GATEWAYS);
     let took = rt

@@ -348,6 +348,16 @@ pub fn get_json_as(url: &str, token: &str) -> Option<serde_json::Value> {
     resp.body_mut().read_json().ok()
 }
 
+/// The hub's `/metrics` text (Prometheus format) at `base`.
+pub fn metrics_text(base: &str) -> String {
+    ureq::get(&format!("{base}/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
 /// Status code and JSON body of a GET.
 pub fn get_status(url: &str) -> (u16, serde_json::Value) {
     get_status_as(url, TEST_TOKEN)

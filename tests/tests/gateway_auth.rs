@@ -185,12 +185,7 @@ fn embedded_broker_forgeries_replay_and_key_rotation() {
         ],
         "{d:?}"
     );
-    let metrics = ureq::get(&format!("{base}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = tests::metrics_text(&base);
     assert!(
         metrics.contains("hub_envelopes_duplicate_total 1"),
         "{metrics}"

@@ -176,12 +176,7 @@ fn step_queries_answer_from_rollups_like_the_raw_readings() {
         401
     );
 
-    let metrics = ureq::get(&format!("{base}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = tests::metrics_text(&base);
     assert!(metrics.contains("hub_rollup_micros_total "), "{metrics}");
     rt.block_on(hub.stop());
 }

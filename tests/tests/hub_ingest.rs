@@ -114,12 +114,7 @@ fn bad_input_is_set_aside_and_redelivery_is_stored_once() {
         vec![10.0, 11.0],
         "each envelope once, the impostor's 666 nowhere"
     );
-    let metrics = ureq::get(&format!("{base}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
+    let metrics = tests::metrics_text(&base);
     assert!(
         metrics.contains("hub_envelopes_duplicate_total 1"),
         "{metrics}"
@@ -210,14 +205,7 @@ fn a_gateway_over_its_rate_limit_is_counted_and_sampled_others_unaffected() {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    let metrics = || {
-        ureq::get(&format!("{base}/metrics"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap()
-    };
+    let metrics = || tests::metrics_text(&base);
     // Every noisy message is either stored or counted as limited; the quiet gateway loses nothing.
     let (stored, over) = eventually(
         Duration::from_secs(10),

@@ -494,15 +494,7 @@ pub(super) fn buckets(
              WHERE series = ?1 AND ts >= ?2 AND ts < ?3 AND value IS NOT NULL AND quality IS NULL
              GROUP BY 1 ORDER BY 1",
         )?;
-        let rows = stmt.query_map(params![series, raw_from, end, step_ms], |r| {
-            Ok(Bucket {
-                ts: r.get(0)?,
-                n: r.get(1)?,
-                sum: r.get(2)?,
-                min: r.get(3)?,
-                max: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![series, raw_from, end, step_ms], bucket_row)?;
         for b in rows {
             parts.push(b?);
         }
@@ -519,6 +511,17 @@ pub(super) fn buckets(
     Ok(out)
 }
 
+/// A bucket from a row of (ts, n, sum, min, max).
+fn bucket_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Bucket> {
+    Ok(Bucket {
+        ts: r.get(0)?,
+        n: r.get(1)?,
+        sum: r.get(2)?,
+        min: r.get(3)?,
+        max: r.get(4)?,
+    })
+}
+
 fn rollup_rows(
     c: &Connection,
     table: &str,
@@ -532,15 +535,7 @@ fn rollup_rows(
         "SELECT (ts / ?4) * ?4, SUM(n), SUM(sum), MIN(min), MAX(max) FROM {table}
          WHERE series = ?1 AND ts >= ?2 AND ts < ?3 GROUP BY 1 ORDER BY 1"
     ))?;
-    let rows = stmt.query_map(params![series, from, to, step_ms], |r| {
-        Ok(Bucket {
-            ts: r.get(0)?,
-            n: r.get(1)?,
-            sum: r.get(2)?,
-            min: r.get(3)?,
-            max: r.get(4)?,
-        })
-    })?;
+    let rows = stmt.query_map(params![series, from, to, step_ms], bucket_row)?;
     for b in rows {
         out.push(b?);
     }
