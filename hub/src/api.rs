@@ -61,6 +61,15 @@ pub fn router(state: ApiState) -> axum::Router {
             "/api/v1/evidence/{sha256}",
             get(crate::evidence::get_evidence),
         )
+        .route(
+            "/api/v1/tasks",
+            get(crate::tasks::list).post(crate::tasks::file),
+        )
+        .route("/api/v1/tasks/{id}", get(crate::tasks::get_one))
+        .route(
+            "/api/v1/tasks/{id}/actions",
+            axum::routing::post(crate::tasks::act),
+        )
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/stream", get(crate::live::stream))

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use protocol::{
-    Channel, ClockState, Envelope, Heartbeat, Item, Limits, Presence, Reply, Timestamp, TopicScheme,
+    Channel, ClockState, Envelope, GatewayId, Heartbeat, Item, Limits, Presence, Reply, Timestamp,
+    TopicScheme,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
@@ -19,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 use crate::keys::{KeyRing, Verdict};
 use crate::metrics::Metrics;
 use crate::store::{Ack, Store, WriteOp};
+
+/// Messages being verified and decoded at once (on the runtime's worker threads); more wait in the
+/// broker connection.
+const DECODING_MAX: usize = 64;
 
 /// A message the hub publishes (a command to a gateway).
 #[derive(Debug)]
@@ -74,6 +80,8 @@ pub async fn run(
         .collect();
     let mut failures = 0u32;
     let mut limiter = RateLimiter::new(cfg.rate_limit);
+    let cfg = Arc::new(cfg);
+    let mut decoding = futures_util::stream::FuturesOrdered::new();
     let mut reload = tokio::time::interval(crate::keys::RELOAD_EVERY);
     reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -103,7 +111,28 @@ pub async fn run(
                     tracing::warn!(error = %e, "could not queue a broker acknowledgement");
                 }
             }
-            ev = eventloop.poll() => match ev {
+            Some(done) = decoding.next(), if !decoding.is_empty() => {
+                let Ok((p, op, authenticated)) = done else {
+                    tracing::error!("a message's decoding panicked; ingest stops (the broker redelivers it)");
+                    break;
+                };
+                let op = limit(op, authenticated, &p, &cfg, &metrics, &mut limiter);
+                let needs_ack = p.qos != QoS::AtMostOnce;
+                let tx = ack_tx.clone();
+                let ack: Option<Ack> = needs_ack.then(|| Box::new(move || { let _ = tx.send(p); }) as Ack);
+                // Nothing to store still goes through the store's queue, so that every
+                // acknowledgement leaves in the order the messages came.
+                let op = match op {
+                    Some(op) => op,
+                    None if ack.is_none() => continue,
+                    None => WriteOp::Skip,
+                };
+                if store.write(op, ack).await.is_err() {
+                    tracing::error!("store closed; ingest stops");
+                    break;
+                }
+            }
+            ev = eventloop.poll(), if decoding.len() < DECODING_MAX => match ev {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     failures = 0;
                     metrics.mqtt_connections.fetch_add(1, Relaxed);
@@ -120,21 +149,14 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let tx = ack_tx.clone();
-                    let needs_ack = p.qos != QoS::AtMostOnce;
-                    let op = classify(&cfg, &p, &metrics, &mut limiter);
-                    let ack: Option<Ack> = needs_ack.then(|| Box::new(move || { let _ = tx.send(p); }) as Ack);
-                    // Nothing to store still goes through the store's queue, so that every
-                    // acknowledgement leaves in the order the messages came.
-                    let op = match op {
-                        Some(op) => op,
-                        None if ack.is_none() => continue,
-                        None => WriteOp::Skip,
-                    };
-                    if store.write(op, ack).await.is_err() {
-                        tracing::error!("store closed; ingest stops");
-                        break;
-                    }
+                    // Verified and decoded on the runtime's workers, several at once; the results
+                    // are taken in arrival order below.
+                    let (cfg, metrics) = (cfg.clone(), metrics.clone());
+                    decoding.push_back(tokio::spawn(async move {
+                        let mut authenticated = None;
+                        let op = classify(&cfg, &p, &metrics, &mut authenticated);
+                        (p, op, authenticated)
+                    }));
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -170,12 +192,52 @@ pub async fn run(
     tracing::info!("ingest stopped");
 }
 
+/// Applies the rate limit of the gateway a message was authenticated as, in arrival order.
+fn limit(
+    op: Option<WriteOp>,
+    authenticated: Option<GatewayId>,
+    p: &Publish,
+    cfg: &IngestConfig,
+    metrics: &Metrics,
+    limiter: &mut RateLimiter,
+) -> Option<WriteOp> {
+    let Some(gateway) = authenticated else {
+        return op;
+    };
+    let received = Timestamp::now();
+    match limiter.take(gateway.as_str(), received.unix_millis()) {
+        Limited::No => op,
+        Limited::Sample(dropped) => {
+            let limit = cfg.rate_limit.unwrap_or_default();
+            metrics.rejected("rate_limited");
+            Some(WriteOp::DeadLetter {
+                received,
+                topic: p.topic.clone(),
+                gateway: Some(gateway.to_string()),
+                code: "rate_limited".into(),
+                reason: format!(
+                    "gateway {gateway} sends more than {} messages/s (bursts up to {}); messages over the limit are counted and one per {} s kept here ({dropped} dropped since the last one kept)",
+                    limit.per_s,
+                    limit.burst,
+                    LIMITED_SAMPLE_MS / 1000
+                ),
+                payload: p.payload.to_vec(),
+            })
+        }
+        Limited::Drop => {
+            metrics.rejected("rate_limited");
+            None
+        }
+    }
+}
+
 /// Decodes one message into the write it causes, or a dead letter. `None`: nothing to store.
+/// `authenticated` is set to the gateway once the message is known to be its.
 fn classify(
     cfg: &IngestConfig,
     p: &Publish,
     metrics: &Metrics,
-    limiter: &mut RateLimiter,
+    authenticated: &mut Option<GatewayId>,
 ) -> Option<WriteOp> {
     metrics.messages_received.fetch_add(1, Relaxed);
     let received = Timestamp::now();
@@ -218,28 +280,9 @@ fn classify(
             return dead(gw, e.code(), reason);
         }
     };
-    // Counted against the gateway only once it is known to be that gateway's (a forgery under its
-    // topic must not use up its budget).
-    match limiter.take(gateway.as_str(), received.unix_millis()) {
-        Limited::No => {}
-        Limited::Sample(dropped) => {
-            let limit = cfg.rate_limit.unwrap_or_default();
-            return dead(
-                gw,
-                "rate_limited",
-                format!(
-                    "gateway {gateway} sends more than {} messages/s (bursts up to {}); messages over the limit are counted and one per {} s kept here ({dropped} dropped since the last one kept)",
-                    limit.per_s,
-                    limit.burst,
-                    LIMITED_SAMPLE_MS / 1000
-                ),
-            );
-        }
-        Limited::Drop => {
-            metrics.rejected("rate_limited");
-            return None;
-        }
-    }
+    // From here on the message is known to be this gateway's: it counts against its rate limit
+    // (a forgery under its topic must not use up its budget).
+    *authenticated = Some(gateway.clone());
     macro_rules! decode {
         ($t:ty) => {
             match protocol::decode::<$t>(msg, &cfg.limits) {

@@ -19,6 +19,7 @@ pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod store;
+pub mod tasks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

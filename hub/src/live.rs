@@ -35,7 +35,7 @@ const CAPACITY: usize = 16_384;
 /// One thing that happened, as it goes on the feed.
 #[derive(Debug, Clone)]
 pub struct LiveItem {
-    /// `reading`, `event`, `presence`, `reply`.
+    /// `reading`, `event`, `presence`, `reply`, `task`.
     pub kind: &'static str,
     pub gateway: String,
     pub device: Option<String>,
@@ -141,14 +141,15 @@ pub async fn stream(
     let types: Option<Vec<String>> = p
         .types
         .map(|t| t.split(',').map(|x| x.trim().to_owned()).collect());
-    if let Some(bad) = types
-        .iter()
-        .flatten()
-        .find(|t| !matches!(t.as_str(), "reading" | "event" | "presence" | "reply"))
-    {
+    if let Some(bad) = types.iter().flatten().find(|t| {
+        !matches!(
+            t.as_str(),
+            "reading" | "event" | "presence" | "reply" | "task"
+        )
+    }) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("types: unknown kind {bad:?}; use reading, event, presence, reply"),
+            format!("types: unknown kind {bad:?}; use reading, event, presence, reply, task"),
         ));
     }
     let mask = !who.sees_plates();
@@ -162,6 +163,16 @@ pub async fn stream(
                 && types
                     .as_ref()
                     .is_none_or(|t| t.iter().any(|k| k == item.kind));
+            // Task changes carry no gateway: a gateway or device filter leaves them out; a crew
+            // sees its own department's only.
+            let wanted = if item.kind == "task" {
+                p.gateway.is_none()
+                    && p.device.is_none()
+                    && types.as_ref().is_none_or(|t| t.iter().any(|k| k == "task"))
+                    && crate::tasks::live_visible(&who, &item.data)
+            } else {
+                wanted
+            };
             if !wanted {
                 return None;
             }

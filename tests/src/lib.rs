@@ -348,6 +348,60 @@ pub fn get_json_as(url: &str, token: &str) -> Option<serde_json::Value> {
     resp.body_mut().read_json().ok()
 }
 
+/// POST `body` as JSON to `url` with `token`: status code and JSON answer.
+pub fn post_json_as(url: &str, token: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let mut resp = ureq::post(url)
+        .header("authorization", &format!("Bearer {token}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_json(body)
+        .unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        resp.body_mut()
+            .read_json()
+            .unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Opens the live feed (server-sent events) at `url` with `token` and forwards each
+/// `(event, data)` pair to the returned receiver.
+pub fn sse_subscribe(
+    url: &str,
+    token: &str,
+) -> std::sync::mpsc::Receiver<(String, serde_json::Value)> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let resp = ureq::get(url)
+        .header("authorization", &format!("Bearer {token}"))
+        .call()
+        .unwrap();
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let reader = std::io::BufReader::new(resp.into_body().into_reader());
+    std::thread::spawn(move || {
+        let mut event = String::new();
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if let Some(e) = line.strip_prefix("event: ") {
+                event = e.to_owned();
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                let data = serde_json::from_str(d).unwrap_or(serde_json::Value::Null);
+                if tx.send((event.clone(), data)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// The hub's `/metrics` text (Prometheus format) at `base`.
 pub fn metrics_text(base: &str) -> String {
     ureq::get(&format!("{base}/metrics"))

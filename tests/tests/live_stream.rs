@@ -2,7 +2,6 @@
 //! stream as it is stored, filtered as asked; a bad filter is a 400 and no token a 401.
 #![allow(clippy::unwrap_used)]
 
-use std::io::BufRead;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -10,35 +9,8 @@ use protocol::BootId;
 use tests::wire::{envelope, presence};
 use tests::{free_addr, mosquitto_pub};
 
-/// Opens the stream at `url` and forwards each `(event, data)` pair to the returned receiver.
 fn subscribe(url: &str) -> mpsc::Receiver<(String, serde_json::Value)> {
-    let (tx, rx) = mpsc::channel();
-    let resp = ureq::get(url)
-        .header("authorization", &tests::bearer())
-        .call()
-        .unwrap();
-    assert_eq!(
-        resp.headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok()),
-        Some("text/event-stream")
-    );
-    let reader = std::io::BufReader::new(resp.into_body().into_reader());
-    std::thread::spawn(move || {
-        let mut event = String::new();
-        for line in reader.lines() {
-            let Ok(line) = line else { return };
-            if let Some(e) = line.strip_prefix("event: ") {
-                event = e.to_owned();
-            } else if let Some(d) = line.strip_prefix("data: ") {
-                let data = serde_json::from_str(d).unwrap_or(serde_json::Value::Null);
-                if tx.send((event.clone(), data)).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    rx
+    tests::sse_subscribe(url, tests::TEST_TOKEN)
 }
 
 fn next(rx: &mpsc::Receiver<(String, serde_json::Value)>) -> (String, serde_json::Value) {

@@ -201,6 +201,44 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE api_tokens ADD COLUMN source TEXT NOT NULL DEFAULT 'cli';
     "#,
+    // 8: tasks (the closed loop, see crate::tasks) and their audit trail.
+    r#"
+    CREATE TABLE tasks (
+        id            INTEGER PRIMARY KEY,
+        kind          TEXT NOT NULL,
+        category      TEXT NOT NULL,
+        rule          TEXT NOT NULL,
+        -- What the task is about: an asset id, a plate in a zone, or a report of its own.
+        subject       TEXT NOT NULL,
+        asset         TEXT,
+        road_segment  TEXT,
+        grid          TEXT,
+        zone          TEXT,
+        department    TEXT,
+        severity      TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        title         TEXT NOT NULL,
+        detail        TEXT NOT NULL,
+        opened_at     INTEGER NOT NULL,
+        due_at        INTEGER,
+        updated_at    INTEGER NOT NULL,
+        closed_at     INTEGER
+    );
+    -- One open task per subject and rule.
+    CREATE UNIQUE INDEX tasks_one_open ON tasks (subject, rule) WHERE state NOT IN ('closed', 'cancelled');
+    CREATE INDEX tasks_by_state ON tasks (state, department);
+    CREATE TABLE task_events (
+        id          INTEGER PRIMARY KEY,
+        task        INTEGER NOT NULL REFERENCES tasks (id),
+        at          INTEGER NOT NULL,
+        actor       TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        from_state  TEXT,
+        to_state    TEXT NOT NULL,
+        note        TEXT
+    );
+    CREATE INDEX task_events_by_task ON task_events (task, id);
+    "#,
 ];
 
 /// Brings the database to the newest schema version.

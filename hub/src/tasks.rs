@@ -1,0 +1,679 @@
+//! Tasks: the closed loop of city management (DOMAIN.md). A task is filed (by a rule, or by an
+//! operator from a citizen's report), dispatched to a department, accepted and handled by its crew,
+//! verified and closed, with reopen and cancel; every transition is kept in an audit trail with who,
+//! when and why, and goes out on the live feed.
+//!
+//! ```text
+//! filed ─dispatch─▶ dispatched ─accept─▶ accepted ─start─▶ handling ─handle─▶ handled ─verify─▶ verified ─close─▶ closed
+//!                        ▲                   └────────────handle──────────────┘                                  │
+//!                        └──────────────────────────── reopen (from handled, verified, closed) ◀─────────────────┘
+//! any state but closed and cancelled ─cancel─▶ cancelled
+//! ```
+//!
+//! At most one open task exists per (subject, rule) — the subject being an asset, or a plate in a
+//! zone — enforced by a unique index, so a rule that fires again finds the task it already opened.
+//!
+//! Who may do what: operators and admins file, dispatch, verify, close, reopen and cancel; a crew
+//! token works (accept, start, handle) the maintenance tasks of its own department and sees only
+//! those; an enforcement token works enforcement tasks. Installers read.
+
+use axum::Extension;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::access::{Principal, Role};
+use crate::api::{ApiError, ApiState};
+
+/// Where a task is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Filed,
+    Dispatched,
+    Accepted,
+    Handling,
+    Handled,
+    Verified,
+    Closed,
+    Cancelled,
+}
+
+const STATES: [TaskState; 8] = [
+    TaskState::Filed,
+    TaskState::Dispatched,
+    TaskState::Accepted,
+    TaskState::Handling,
+    TaskState::Handled,
+    TaskState::Verified,
+    TaskState::Closed,
+    TaskState::Cancelled,
+];
+
+impl TaskState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Filed => "filed",
+            TaskState::Dispatched => "dispatched",
+            TaskState::Accepted => "accepted",
+            TaskState::Handling => "handling",
+            TaskState::Handled => "handled",
+            TaskState::Verified => "verified",
+            TaskState::Closed => "closed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TaskState> {
+        STATES.into_iter().find(|t| t.as_str() == s)
+    }
+
+    pub fn is_open(self) -> bool {
+        !matches!(self, TaskState::Closed | TaskState::Cancelled)
+    }
+}
+
+/// What a person does to a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Dispatch,
+    Accept,
+    Start,
+    Handle,
+    Verify,
+    Close,
+    Reopen,
+    Cancel,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Dispatch => "dispatch",
+            Action::Accept => "accept",
+            Action::Start => "start",
+            Action::Handle => "handle",
+            Action::Verify => "verify",
+            Action::Close => "close",
+            Action::Reopen => "reopen",
+            Action::Cancel => "cancel",
+        }
+    }
+
+    /// The state the action leads to from `from`, or why it cannot be done.
+    pub fn apply(self, from: TaskState) -> Result<TaskState, String> {
+        use TaskState::*;
+        let to = match (self, from) {
+            (Action::Dispatch, Filed) => Dispatched,
+            (Action::Accept, Dispatched) => Accepted,
+            (Action::Start, Accepted) => Handling,
+            (Action::Handle, Accepted | Handling) => Handled,
+            (Action::Verify, Handled) => Verified,
+            (Action::Close, Verified) => Closed,
+            (Action::Reopen, Handled | Verified | Closed) => Dispatched,
+            (Action::Cancel, s) if s.is_open() => Cancelled,
+            (a, s) => {
+                return Err(format!(
+                    "cannot {} a task that is {}",
+                    a.as_str(),
+                    s.as_str()
+                ));
+            }
+        };
+        Ok(to)
+    }
+
+    /// Actions that must say why.
+    fn needs_note(self) -> bool {
+        matches!(self, Action::Handle | Action::Reopen | Action::Cancel)
+    }
+}
+
+/// Enforcement (illegal parking, trucks, street trading, dust at sites) or maintenance (lamps,
+/// waterlogging, bins, dead sensors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Enforcement,
+    Maintenance,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Enforcement => "enforcement",
+            Kind::Maintenance => "maintenance",
+        }
+    }
+}
+
+/// A task as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskView {
+    pub id: i64,
+    pub kind: String,
+    pub category: String,
+    pub rule: String,
+    pub subject: String,
+    pub asset: Option<String>,
+    pub road_segment: Option<String>,
+    pub grid: Option<String>,
+    pub zone: Option<String>,
+    pub department: Option<String>,
+    pub severity: String,
+    pub state: String,
+    pub title: String,
+    pub detail: serde_json::Value,
+    pub opened_at: String,
+    pub due_at: Option<String>,
+    pub updated_at: String,
+    pub closed_at: Option<String>,
+    /// The audit trail (task detail only), oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<TaskEvent>>,
+}
+
+/// One transition in a task's audit trail.
+#[derive(Debug, Clone, Serialize)]
+pub struct TaskEvent {
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub from: Option<String>,
+    pub to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Whether `who` may do `action` to a task of `kind` in `department`.
+fn may(who: &Principal, action: Action, kind: &str, department: Option<&str>) -> bool {
+    let work = matches!(action, Action::Accept | Action::Start | Action::Handle);
+    match who.role {
+        Role::Admin | Role::Operator => true,
+        Role::Crew => {
+            work && kind == Kind::Maintenance.as_str()
+                && department.is_some()
+                && department == who.department.as_deref()
+        }
+        Role::Enforcement => work && kind == Kind::Enforcement.as_str(),
+        Role::Installer => false,
+    }
+}
+
+/// Whether `who` sees a task of `department` (crews see their own department's only).
+fn sees(who: &Principal, department: Option<&str>) -> bool {
+    who.role != Role::Crew || (department.is_some() && department == who.department.as_deref())
+}
+
+fn rfc3339(ms: i64) -> String {
+    protocol::Timestamp::from_unix_millis(ms).to_rfc3339()
+}
+
+const COLUMNS: &str =
+    "id, kind, category, rule, subject, asset, road_segment, grid, zone, department,
+    severity, state, title, detail, opened_at, due_at, updated_at, closed_at";
+
+fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskView> {
+    Ok(TaskView {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        category: r.get(2)?,
+        rule: r.get(3)?,
+        subject: r.get(4)?,
+        asset: r.get(5)?,
+        road_segment: r.get(6)?,
+        grid: r.get(7)?,
+        zone: r.get(8)?,
+        department: r.get(9)?,
+        severity: r.get(10)?,
+        state: r.get(11)?,
+        title: r.get(12)?,
+        detail: serde_json::from_str(&r.get::<_, String>(13)?).unwrap_or_default(),
+        opened_at: rfc3339(r.get(14)?),
+        due_at: r.get::<_, Option<i64>>(15)?.map(rfc3339),
+        updated_at: rfc3339(r.get(16)?),
+        closed_at: r.get::<_, Option<i64>>(17)?.map(rfc3339),
+        history: None,
+    })
+}
+
+fn load(c: &Connection, id: i64) -> rusqlite::Result<Option<TaskView>> {
+    c.query_row(
+        &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
+        [id],
+        view,
+    )
+    .optional()
+}
+
+fn history(c: &Connection, id: i64) -> rusqlite::Result<Vec<TaskEvent>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT at, actor, action, from_state, to_state, note FROM task_events WHERE task = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok(TaskEvent {
+            at: rfc3339(r.get(0)?),
+            actor: r.get(1)?,
+            action: r.get(2)?,
+            from: r.get(3)?,
+            to: r.get(4)?,
+            note: r.get(5)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Puts a task change on the live feed.
+fn announce(s: &ApiState, t: &TaskView, action: &str) {
+    s.live.send(crate::live::LiveItem {
+        kind: "task",
+        gateway: String::new(),
+        device: None,
+        data: serde_json::json!({
+            "id": t.id,
+            "action": action,
+            "state": t.state,
+            "kind": t.kind,
+            "category": t.category,
+            "subject": t.subject,
+            "asset": t.asset,
+            "department": t.department,
+            "title": t.title,
+            "ts": t.updated_at,
+        }),
+    });
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    #[serde(rename = "token")]
+    _token: Option<String>,
+    /// `open` (default), `closed` (closed or cancelled), `all`, or one state.
+    status: Option<String>,
+    category: Option<String>,
+    department: Option<String>,
+    kind: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/tasks?status=open&category=&department=&kind=&limit=`: newest first.
+pub async fn list(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let states: Vec<&'static str> = match p.status.as_deref().unwrap_or("open") {
+        "open" => STATES
+            .iter()
+            .filter(|s| s.is_open())
+            .map(|s| s.as_str())
+            .collect(),
+        "closed" => vec!["closed", "cancelled"],
+        "all" => STATES.iter().map(|s| s.as_str()).collect(),
+        one => match TaskState::parse(one) {
+            Some(st) => vec![st.as_str()],
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "status {one:?}: use open, closed, all, or a state (filed, dispatched, accepted, handling, handled, verified, closed, cancelled)"
+                    ),
+                ));
+            }
+        },
+    };
+    // A crew sees its own department's tasks, whatever it asks for.
+    let department = match who.role {
+        Role::Crew => who.department.clone(),
+        _ => p.department,
+    };
+    let limit = p.limit.unwrap_or(200).clamp(1, 1000) as i64;
+    let (category, kind) = (p.category, p.kind);
+    let tasks = s
+        .store
+        .read(move |c| {
+            let placeholders = vec!["?"; states.len()].join(",");
+            let sql = format!(
+                "SELECT {COLUMNS} FROM tasks WHERE state IN ({placeholders})
+                   AND (?{n1} IS NULL OR category = ?{n1}) AND (?{n2} IS NULL OR department = ?{n2})
+                   AND (?{n3} IS NULL OR kind = ?{n3})
+                 ORDER BY id DESC LIMIT ?{n4}",
+                n1 = states.len() + 1,
+                n2 = states.len() + 2,
+                n3 = states.len() + 3,
+                n4 = states.len() + 4,
+            );
+            let mut values: Vec<rusqlite::types::Value> = states
+                .iter()
+                .map(|s| rusqlite::types::Value::Text((*s).to_owned()))
+                .collect();
+            for v in [category, department, kind] {
+                values.push(v.map_or(rusqlite::types::Value::Null, rusqlite::types::Value::Text));
+            }
+            values.push(rusqlite::types::Value::Integer(limit));
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(values), view)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?;
+    Ok(Json(tasks))
+}
+
+/// `GET /api/v1/tasks/{id}`: the task with its audit trail.
+pub async fn get_one(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+) -> Result<impl IntoResponse, ApiError> {
+    let task = s
+        .store
+        .read(move |c| {
+            let Some(mut t) = load(c, id)? else {
+                return Ok(None);
+            };
+            t.history = Some(history(c, id)?);
+            Ok(Some(t))
+        })
+        .await?;
+    match task {
+        Some(t) if sees(&who, t.department.as_deref()) => Ok(Json(t)),
+        // A task of another department does not exist for a crew.
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no task {id}"),
+        )),
+    }
+}
+
+/// A task an operator files by hand (a citizen's report, a patrol's finding).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    kind: Kind,
+    category: String,
+    title: String,
+    /// The asset it is about; its road segment, grid and zone are filled in.
+    asset: Option<String>,
+    department: Option<String>,
+    /// info, warning (default) or critical.
+    severity: Option<String>,
+    /// Hours until it is due.
+    due_in_h: Option<f64>,
+    note: Option<String>,
+}
+
+/// `POST /api/v1/tasks`: file a task by hand (operators and admins).
+pub async fn file(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    body: Result<Json<NewTask>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !matches!(who.role, Role::Admin | Role::Operator) {
+        return Err(who.forbidden("filing tasks"));
+    }
+    let Json(t) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let category = t.category.trim().to_owned();
+    if category.is_empty() || category.len() > 64 {
+        return Err(bad(
+            "category must be 1 to 64 characters, e.g. \"lamp_out\"".into(),
+        ));
+    }
+    let title = t.title.trim().to_owned();
+    if title.is_empty() || title.len() > 500 {
+        return Err(bad("title must be 1 to 500 characters".into()));
+    }
+    let severity = t.severity.unwrap_or_else(|| "warning".into());
+    if !matches!(severity.as_str(), "info" | "warning" | "critical") {
+        return Err(bad(format!(
+            "severity {severity:?}: use info, warning or critical"
+        )));
+    }
+    let due_ms = match t.due_in_h {
+        Some(h) if !(0.0..=24.0 * 366.0).contains(&h) => {
+            return Err(bad("due_in_h must be 0 to 8784 hours".into()));
+        }
+        Some(h) => Some((h * 3_600_000.0) as i64),
+        None => None,
+    };
+    let actor = who.name.clone();
+    let now = crate::now_ms();
+    let created = s
+        .store
+        .read(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let place: Option<(Option<String>, Option<String>, Option<String>)> = match &t.asset {
+                Some(a) => tx
+                    .query_row(
+                        "SELECT road_segment, grid, zone FROM assets WHERE id = ?1",
+                        [a],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?,
+                None => Some((None, None, None)),
+            };
+            let Some((road_segment, grid, zone)) = place else {
+                return Ok(Err(format!(
+                    "no asset {:?}",
+                    t.asset.unwrap_or_default()
+                )));
+            };
+            // A hand-filed task is its own subject: several reports about one asset are several tasks.
+            let subject = format!("report:{}", uuid::Uuid::new_v4());
+            tx.execute(
+                "INSERT INTO tasks (kind, category, rule, subject, asset, road_segment, grid, zone, department,
+                    severity, state, title, detail, opened_at, due_at, updated_at)
+                 VALUES (?1, ?2, 'manual', ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'filed', ?10, '{}', ?11, ?12, ?11)",
+                params![
+                    t.kind.as_str(),
+                    category,
+                    subject,
+                    t.asset,
+                    road_segment,
+                    grid,
+                    zone,
+                    t.department,
+                    severity,
+                    title,
+                    now,
+                    due_ms.map(|d| now + d)
+                ],
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.execute(
+                "INSERT INTO task_events (task, at, actor, action, from_state, to_state, note) VALUES (?1, ?2, ?3, 'file', NULL, 'filed', ?4)",
+                params![id, now, actor, t.note],
+            )?;
+            tx.commit()?;
+            Ok(Ok(load(c, id)?))
+        })
+        .await?
+        .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, m))?;
+    let task = created
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the new task vanished"))?;
+    announce(&s, &task, "file");
+    Ok((StatusCode::CREATED, Json(task)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionBody {
+    action: Action,
+    note: Option<String>,
+    /// Dispatch: the department to send it to (else the one it has).
+    department: Option<String>,
+}
+
+/// `POST /api/v1/tasks/{id}/actions` `{"action": "accept", "note": "..."}`.
+pub async fn act(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<i64>,
+    body: Result<Json<ActionBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(b) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let note = b
+        .note
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty());
+    if b.action.needs_note() && note.is_none() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "{} needs a note saying why (or what was done)",
+                b.action.as_str()
+            ),
+        ));
+    }
+    let who2 = who.clone();
+    let now = crate::now_ms();
+    let outcome = s
+        .store
+        .read(move |c| {
+            let tx = c.unchecked_transaction()?;
+            let Some(t) = load(&tx, id)? else {
+                return Ok(Err((StatusCode::NOT_FOUND, format!("no task {id}"))));
+            };
+            if !sees(&who2, t.department.as_deref()) {
+                return Ok(Err((StatusCode::NOT_FOUND, format!("no task {id}"))));
+            }
+            if !may(&who2, b.action, &t.kind, t.department.as_deref()) {
+                return Ok(Err((
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "role {} may not {} this {} task{}",
+                        who2.role.as_str(),
+                        b.action.as_str(),
+                        t.kind,
+                        t.department
+                            .as_deref()
+                            .map(|d| format!(" of department {d}"))
+                            .unwrap_or_default()
+                    ),
+                )));
+            }
+            let from = TaskState::parse(&t.state).unwrap_or(TaskState::Filed);
+            let to = match b.action.apply(from) {
+                Ok(to) => to,
+                Err(m) => return Ok(Err((StatusCode::CONFLICT, m))),
+            };
+            let department = if b.action == Action::Dispatch {
+                b.department.clone().or(t.department.clone())
+            } else {
+                t.department.clone()
+            };
+            if to == TaskState::Dispatched && department.is_none() {
+                return Ok(Err((
+                    StatusCode::BAD_REQUEST,
+                    "dispatch needs a department (this task has none): {\"action\":\"dispatch\",\"department\":\"...\"}".into(),
+                )));
+            }
+            tx.execute(
+                "UPDATE tasks SET state = ?2, department = ?3, updated_at = ?4,
+                    closed_at = CASE WHEN ?2 IN ('closed', 'cancelled') THEN ?4 ELSE NULL END
+                 WHERE id = ?1",
+                params![id, to.as_str(), department, now],
+            )?;
+            tx.execute(
+                "INSERT INTO task_events (task, at, actor, action, from_state, to_state, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![id, now, who2.name, b.action.as_str(), from.as_str(), to.as_str(), note],
+            )?;
+            tx.commit()?;
+            Ok(Ok(load(c, id)?))
+        })
+        .await?;
+    match outcome {
+        Ok(Some(t)) => {
+            announce(&s, &t, b.action.as_str());
+            Ok(Json(t))
+        }
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no task {id}"),
+        )),
+        Err((code, m)) => Err(ApiError::new(code, m)),
+    }
+}
+
+/// Whether a crew or enforcement subscriber of the live feed sees this task item.
+pub fn live_visible(who: &Principal, data: &serde_json::Value) -> bool {
+    sees(who, data["department"].as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_transitions_and_refusals() {
+        use TaskState::*;
+        let path = [
+            (Action::Dispatch, Filed, Dispatched),
+            (Action::Accept, Dispatched, Accepted),
+            (Action::Start, Accepted, Handling),
+            (Action::Handle, Handling, Handled),
+            (Action::Verify, Handled, Verified),
+            (Action::Close, Verified, Closed),
+            (Action::Reopen, Closed, Dispatched),
+            (Action::Handle, Accepted, Handled),
+            (Action::Cancel, Handling, Cancelled),
+        ];
+        for (a, from, to) in path {
+            assert_eq!(a.apply(from), Ok(to), "{a:?} from {from:?}");
+        }
+        for (a, from) in [
+            (Action::Close, Handled),
+            (Action::Accept, Filed),
+            (Action::Verify, Accepted),
+            (Action::Cancel, Closed),
+            (Action::Cancel, Cancelled),
+            (Action::Reopen, Dispatched),
+            (Action::Dispatch, Dispatched),
+        ] {
+            let e = a.apply(from).unwrap_err();
+            assert!(e.starts_with("cannot"), "{e}");
+        }
+    }
+
+    #[test]
+    fn crews_work_their_departments_maintenance_tasks_only() {
+        let crew = Principal {
+            name: "c".into(),
+            role: Role::Crew,
+            department: Some("lighting".into()),
+        };
+        assert!(may(&crew, Action::Accept, "maintenance", Some("lighting")));
+        assert!(may(&crew, Action::Handle, "maintenance", Some("lighting")));
+        assert!(!may(
+            &crew,
+            Action::Accept,
+            "maintenance",
+            Some("sanitation")
+        ));
+        assert!(!may(&crew, Action::Accept, "maintenance", None));
+        assert!(!may(&crew, Action::Accept, "enforcement", Some("lighting")));
+        assert!(!may(&crew, Action::Close, "maintenance", Some("lighting")));
+        assert!(sees(&crew, Some("lighting")) && !sees(&crew, Some("sanitation")));
+        let enforcement = Principal {
+            name: "e".into(),
+            role: Role::Enforcement,
+            department: None,
+        };
+        assert!(may(&enforcement, Action::Accept, "enforcement", None));
+        assert!(!may(&enforcement, Action::Accept, "maintenance", None));
+        assert!(!may(&enforcement, Action::Dispatch, "enforcement", None));
+        let installer = Principal {
+            name: "i".into(),
+            role: Role::Installer,
+            department: None,
+        };
+        assert!(!may(&installer, Action::Dispatch, "maintenance", None));
+        assert!(sees(&installer, Some("lighting")));
+    }
+}
