@@ -18,6 +18,7 @@ pub mod ingest;
 pub mod keys;
 pub mod live;
 pub mod metrics;
+pub mod rules;
 pub mod store;
 pub mod tasks;
 
@@ -78,6 +79,8 @@ pub struct RunningHub {
     ingest: tokio::task::JoinHandle<()>,
     http: tokio::task::JoinHandle<()>,
     writer: std::thread::JoinHandle<()>,
+    /// The rules that raise tasks (see [`rules`]).
+    rules: std::thread::JoinHandle<()>,
     store: store::Store,
     pub metrics: Arc<metrics::Metrics>,
 }
@@ -194,6 +197,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let shutdown = CancellationToken::new();
     let http_stop = CancellationToken::new();
     let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(256);
+    let rules = rules::start(store.path().to_owned(), live.clone(), shutdown.clone())?;
     let ingest = tokio::spawn(ingest::run(
         ingest_cfg,
         store.clone(),
@@ -230,6 +234,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         ingest,
         http,
         writer,
+        rules,
         store,
         metrics,
     })
@@ -257,10 +262,12 @@ impl RunningHub {
         let RunningHub {
             store,
             writer,
+            rules,
             http_stop,
             http,
             ..
         } = self;
+        let _ = tokio::task::spawn_blocking(move || rules.join()).await;
         http_stop.cancel();
         let _ = http.await;
         drop(store);

@@ -22,6 +22,7 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use rusqlite::TransactionBehavior::Immediate;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -267,9 +268,18 @@ fn history(c: &Connection, id: i64) -> rusqlite::Result<Vec<TaskEvent>> {
     rows.collect()
 }
 
-/// Puts a task change on the live feed.
+/// A task by id (for the rules).
+pub(crate) fn load_public(c: &Connection, id: i64) -> rusqlite::Result<Option<TaskView>> {
+    load(c, id)
+}
+
 fn announce(s: &ApiState, t: &TaskView, action: &str) {
-    s.live.send(crate::live::LiveItem {
+    announce_to(&s.live, t, action);
+}
+
+/// Puts a task change on the live feed.
+pub(crate) fn announce_to(live: &crate::live::Live, t: &TaskView, action: &str) {
+    live.send(crate::live::LiveItem {
         kind: "task",
         gateway: String::new(),
         device: None,
@@ -447,7 +457,9 @@ pub async fn file(
     let created = s
         .store
         .read(move |c| {
-            let tx = c.unchecked_transaction()?;
+            // IMMEDIATE: the write lock first (waiting for the store writer), so the read below cannot
+            // go stale before the write (a deferred transaction would fail to upgrade then).
+            let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
             let place: Option<(Option<String>, Option<String>, Option<String>)> = match &t.asset {
                 Some(a) => tx
                     .query_row(
@@ -536,7 +548,9 @@ pub async fn act(
     let outcome = s
         .store
         .read(move |c| {
-            let tx = c.unchecked_transaction()?;
+            // IMMEDIATE: the write lock first (waiting for the store writer), so the read below cannot
+            // go stale before the write (a deferred transaction would fail to upgrade then).
+            let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
             let Some(t) = load(&tx, id)? else {
                 return Ok(Err((StatusCode::NOT_FOUND, format!("no task {id}"))));
             };

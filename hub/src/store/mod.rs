@@ -2,7 +2,7 @@
 //! for the API. Sits after ingest in the hub's flow: ingest ─▶ store ─▶ API.
 
 mod events;
-mod query;
+pub(crate) mod query;
 pub mod rollup;
 mod schema;
 mod writer;

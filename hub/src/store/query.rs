@@ -210,7 +210,7 @@ fn list_assets(c: &Connection) -> Result<Vec<AssetView>, StoreError> {
 }
 
 /// When each device last answered a poll, by (gateway, device), from the latest heartbeats.
-fn last_answered(
+pub(crate) fn last_answered(
     c: &Connection,
 ) -> Result<std::collections::HashMap<(String, String), i64>, StoreError> {
     let mut stmt = c.prepare_cached(

@@ -1,0 +1,445 @@
+//! Rules that raise tasks by themselves. The first: devices and gateways gone silent (DOMAIN.md,
+//! "Device offline": no message for max(3 × report interval, 15 min); a gateway offline raises one
+//! task and suppresses its devices'; clears at the next message), routed to the device
+//! contractor.
+//!
+//! The rule reads the store's own state (when each device and gateway was last heard from), so it
+//! keeps nothing in memory that a restart could lose, and the one-open-task-per-(subject, rule)
+//! index means a restart, or a second evaluation, never opens a duplicate. When the device speaks
+//! again its task is verified by the sensor and closed, with that in the audit trail.
+//!
+//! Evaluation takes the clock as an argument ([`evaluate_offline`]); the hub runs it every
+//! [`EVERY`] on a thread of its own.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rusqlite::TransactionBehavior::Immediate;
+use rusqlite::{Connection, params};
+
+/// How often the hub evaluates.
+pub const EVERY: Duration = Duration::from_secs(30);
+/// The shortest silence that counts as offline.
+pub const MIN_SILENCE_MS: i64 = 15 * 60_000;
+/// The department offline devices go to.
+pub const DEVICE_CONTRACTOR: &str = "device-contractor";
+
+pub const RULE_DEVICE: &str = "device_offline";
+pub const RULE_GATEWAY: &str = "gateway_offline";
+
+/// What an evaluation changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Task ids opened.
+    pub opened: Vec<i64>,
+    /// Task ids closed because the device or gateway spoke again.
+    pub cleared: Vec<i64>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    protocol::Timestamp::from_unix_millis(ms).to_rfc3339()
+}
+
+/// Opens tasks for devices and gateways silent too long at `now_ms`, and closes those whose
+/// device or gateway has spoken since.
+pub fn evaluate_offline(c: &Connection, now_ms: i64) -> Result<Changes, crate::store::StoreError> {
+    // IMMEDIATE: the write lock first (waiting for the store writer), so the read below cannot
+    // go stale before the write (a deferred transaction would fail to upgrade then).
+    let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
+    let mut changes = Changes::default();
+    // Gateways: offline by their last will, or silent (heartbeats every few seconds) too long.
+    let mut gateways: Vec<(String, i64, bool)> = Vec::new();
+    {
+        let mut stmt = tx.prepare("SELECT id, last_seen, state FROM gateways")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, last_seen, state) = row?;
+            let silent = now_ms - last_seen > MIN_SILENCE_MS;
+            // A last will says offline at once; give it the same grace as silence, so a gateway
+            // that reboots is not a task.
+            let offline = silent || (state == "offline" && now_ms - last_seen > MIN_SILENCE_MS / 3);
+            gateways.push((id, last_seen, offline));
+        }
+    }
+    let offline_gateways: std::collections::HashSet<&str> = gateways
+        .iter()
+        .filter(|g| g.2)
+        .map(|g| g.0.as_str())
+        .collect();
+    for (id, last_seen, offline) in &gateways {
+        let subject = format!("gateway:{id}");
+        if *offline {
+            if let Some(t) = open_task(
+                &tx,
+                now_ms,
+                RULE_GATEWAY,
+                &subject,
+                None,
+                (None, None, None),
+                "critical",
+                &format!("Gateway {id} offline since {}", rfc3339(*last_seen)),
+                serde_json::json!({ "gateway": id, "lastSeen": rfc3339(*last_seen) }),
+            )? {
+                changes.opened.push(t);
+            }
+        } else if let Some(t) = clear(&tx, now_ms, RULE_GATEWAY, &subject, *last_seen)? {
+            changes.cleared.push(t);
+        }
+    }
+
+    // Devices: the newest of their readings and of the polls their gateway says they answered.
+    let answered = crate::store::query::last_answered(&tx)?;
+    let mut stmt = tx.prepare(
+        "SELECT a.id, a.gateway, a.device, a.report_interval_s, a.updated_at, a.road_segment, a.grid, a.zone,
+                (SELECT MAX(s.last_received) FROM series s WHERE s.gateway = a.gateway AND s.device = a.device)
+         FROM assets a ORDER BY a.id",
+    )?;
+    type Row = (
+        String,
+        String,
+        String,
+        Option<i64>,
+        i64,
+        (Option<String>, Option<String>, Option<String>),
+        Option<i64>,
+    );
+    let assets: Vec<Row> = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                (r.get(5)?, r.get(6)?, r.get(7)?),
+                r.get(8)?,
+            ))
+        })?
+        .collect::<Result<_, rusqlite::Error>>()?;
+    drop(stmt);
+    for (asset, gateway, device, interval_s, announced, place, received) in assets {
+        let heard = received
+            .into_iter()
+            .chain(answered.get(&(gateway.clone(), device.clone())).copied())
+            .max();
+        // Never heard from: counted from when its gateway announced it.
+        let since = heard.unwrap_or(announced);
+        let limit = (3 * interval_s.unwrap_or(0) * 1000).max(MIN_SILENCE_MS);
+        let subject = asset.clone();
+        if now_ms - since > limit && !offline_gateways.contains(gateway.as_str()) {
+            let title = match heard {
+                Some(t) => format!("{asset} silent since {}", rfc3339(t)),
+                None => format!("{asset} has never reported since it was installed"),
+            };
+            if let Some(t) = open_task(
+                &tx,
+                now_ms,
+                RULE_DEVICE,
+                &subject,
+                Some(&asset),
+                place,
+                "warning",
+                &title,
+                serde_json::json!({ "gateway": gateway, "device": device, "lastHeard": heard.map(rfc3339), "limitS": limit / 1000 }),
+            )? {
+                changes.opened.push(t);
+            }
+        } else if heard.is_some_and(|t| now_ms - t <= limit)
+            && let Some(t) = clear(&tx, now_ms, RULE_DEVICE, &subject, since)?
+        {
+            changes.cleared.push(t);
+        }
+    }
+    tx.commit()?;
+    Ok(changes)
+}
+
+/// Opens a task unless one is open for (subject, rule); returns the new task's id.
+#[allow(clippy::too_many_arguments)]
+fn open_task(
+    tx: &Connection,
+    now_ms: i64,
+    rule: &str,
+    subject: &str,
+    asset: Option<&str>,
+    place: (Option<String>, Option<String>, Option<String>),
+    severity: &str,
+    title: &str,
+    detail: serde_json::Value,
+) -> rusqlite::Result<Option<i64>> {
+    let n = tx.execute(
+        "INSERT OR IGNORE INTO tasks (kind, category, rule, subject, asset, road_segment, grid, zone, department,
+            severity, state, title, detail, opened_at, due_at, updated_at)
+         VALUES ('maintenance', ?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'dispatched', ?9, ?10, ?11, ?12, ?11)",
+        params![
+            rule,
+            subject,
+            asset,
+            place.0,
+            place.1,
+            place.2,
+            DEVICE_CONTRACTOR,
+            severity,
+            title,
+            detail.to_string(),
+            now_ms,
+            // Device repairs are due within two working days (DOMAIN.md's service standard for
+            // single faults); a gateway within one day.
+            now_ms + if rule == RULE_GATEWAY { 86_400_000 } else { 2 * 86_400_000 }
+        ],
+    )?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let id = tx.last_insert_rowid();
+    tx.execute(
+        "INSERT INTO task_events (task, at, actor, action, from_state, to_state, note)
+         VALUES (?1, ?2, 'rules', 'file', NULL, 'dispatched', ?3)",
+        params![id, now_ms, format!("rule {rule}: {title}")],
+    )?;
+    Ok(Some(id))
+}
+
+/// Closes the open task of (subject, rule), verified by the device or gateway speaking again.
+fn clear(
+    tx: &Connection,
+    now_ms: i64,
+    rule: &str,
+    subject: &str,
+    heard_ms: i64,
+) -> rusqlite::Result<Option<i64>> {
+    let open: Option<(i64, String)> = rusqlite::OptionalExtension::optional(tx.query_row(
+        "SELECT id, state FROM tasks WHERE subject = ?1 AND rule = ?2 AND state NOT IN ('closed', 'cancelled')",
+        params![subject, rule],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    ))?;
+    let Some((id, from)) = open else {
+        return Ok(None);
+    };
+    tx.execute(
+        "UPDATE tasks SET state = 'closed', updated_at = ?2, closed_at = ?2 WHERE id = ?1",
+        params![id, now_ms],
+    )?;
+    tx.execute(
+        "INSERT INTO task_events (task, at, actor, action, from_state, to_state, note)
+         VALUES (?1, ?2, 'rules', 'cleared', ?3, 'closed', ?4)",
+        params![
+            id,
+            now_ms,
+            from,
+            format!(
+                "verified by the sensor: heard from again at {}",
+                rfc3339(heard_ms)
+            )
+        ],
+    )?;
+    Ok(Some(id))
+}
+
+/// Runs the rules every [`EVERY`] on a thread of its own, with its own connection, putting what
+/// changed on the live feed; stops when `stop` is cancelled.
+pub fn start(
+    db: PathBuf,
+    live: crate::live::Live,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let conn = Connection::open(&db)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(std::thread::Builder::new()
+        .name("rules".into())
+        .spawn(move || {
+            while !stop.is_cancelled() {
+                match evaluate_offline(&conn, crate::now_ms()) {
+                    Ok(ch) => {
+                        for (ids, action) in [(&ch.opened, "file"), (&ch.cleared, "cleared")] {
+                            for &id in ids {
+                                if let Ok(Some(t)) = crate::tasks::load_public(&conn, id) {
+                                    tracing::info!(task = id, rule = %t.rule, subject = %t.subject, action, "task by rule");
+                                    crate::tasks::announce_to(&live, &t, action);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "rule evaluation failed; retrying"),
+                }
+                // Sleep in short steps so a stop is noticed quickly.
+                let until = std::time::Instant::now() + EVERY;
+                while std::time::Instant::now() < until && !stop.is_cancelled() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn db() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        crate::store::prepare(&mut c).unwrap();
+        c.execute_batch(
+            "INSERT INTO gateways (id, state, last_seen) VALUES ('gw-a', 'online', 0), ('gw-b', 'online', 0);
+             INSERT INTO assets (id, kind, gateway, device, report_interval_s, road_segment, updated_at)
+               VALUES ('lamp-1', 'streetlight', 'gw-a', 'd1', 60, 'zhongshan-rd-1', 0),
+                      ('bin-1', 'smart_bin', 'gw-a', 'd2', 1800, NULL, 0),
+                      ('lamp-2', 'streetlight', 'gw-b', 'd1', 60, NULL, 0),
+                      ('lamp-3', 'streetlight', 'gw-b', 'd2', 60, NULL, 0);
+             INSERT INTO series (gateway, device, metric, last_received) VALUES
+               ('gw-a', 'd1', 'power', 0), ('gw-a', 'd2', 'fill', 0), ('gw-b', 'd1', 'power', 0), ('gw-b', 'd2', 'power', 0);",
+        )
+        .unwrap();
+        c
+    }
+
+    fn heard(c: &Connection, gw: &str, device: &str, at: i64) {
+        c.execute(
+            "UPDATE series SET last_received = ?3 WHERE gateway = ?1 AND device = ?2",
+            params![gw, device, at],
+        )
+        .unwrap();
+        c.execute(
+            "UPDATE gateways SET last_seen = MAX(last_seen, ?2) WHERE id = ?1",
+            params![gw, at],
+        )
+        .unwrap();
+    }
+
+    fn open(c: &Connection) -> Vec<(String, String, String)> {
+        c.prepare("SELECT rule, subject, state FROM tasks WHERE state != 'closed' ORDER BY subject")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn silent_devices_raise_one_task_each_and_close_when_heard_again() {
+        let c = db();
+        // Everyone speaks until minute 10; gw-a's lamp and gw-b's lamps stay quiet afterwards.
+        for (gw, d) in [
+            ("gw-a", "d1"),
+            ("gw-a", "d2"),
+            ("gw-b", "d1"),
+            ("gw-b", "d2"),
+        ] {
+            heard(&c, gw, d, 10 * MIN);
+        }
+        // At 24 min 59 s nobody has been silent for 15 minutes: nothing.
+        assert_eq!(
+            evaluate_offline(&c, 25 * MIN - 1000).unwrap(),
+            Changes::default()
+        );
+        // gw-b keeps its lamp-3 talking, and the gateway with it; lamp-2 on gw-b is silent.
+        heard(&c, "gw-b", "d2", 24 * MIN);
+        heard(&c, "gw-a", "d2", 24 * MIN);
+        // At 25 min and 1 s lamp-1 and lamp-2 have been silent for more than 15 min (3 × 60 s is
+        // less); the bin reports every 30 min, so its limit is 90 min: not yet.
+        let ch = evaluate_offline(&c, 25 * MIN + 1000).unwrap();
+        assert_eq!(ch.opened.len(), 2);
+        assert_eq!(
+            open(&c),
+            vec![
+                (
+                    "device_offline".into(),
+                    "lamp-1".into(),
+                    "dispatched".into()
+                ),
+                (
+                    "device_offline".into(),
+                    "lamp-2".into(),
+                    "dispatched".into()
+                ),
+            ]
+        );
+        let (dept, segment): (String, String) = c
+            .query_row(
+                "SELECT department, road_segment FROM tasks WHERE subject = 'lamp-1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (dept.as_str(), segment.as_str()),
+            (DEVICE_CONTRACTOR, "zhongshan-rd-1")
+        );
+        // Evaluating again (or after a restart) opens nothing twice.
+        assert_eq!(evaluate_offline(&c, 26 * MIN).unwrap(), Changes::default());
+        // lamp-1 speaks again: its task is closed, verified by the sensor.
+        heard(&c, "gw-a", "d1", 27 * MIN);
+        let ch = evaluate_offline(&c, 27 * MIN + 1000).unwrap();
+        assert_eq!(ch.cleared.len(), 1);
+        let note: String = c
+            .query_row(
+                "SELECT note FROM task_events WHERE action = 'cleared'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(note.contains("verified by the sensor"), "{note}");
+        // Silent again later (its gateway still talking): a new task, the old one stays closed.
+        heard(&c, "gw-a", "d2", 40 * MIN);
+        heard(&c, "gw-b", "d2", 40 * MIN);
+        let ch = evaluate_offline(&c, 27 * MIN + 15 * MIN + 2000).unwrap();
+        assert_eq!(ch.opened.len(), 1);
+        let tasks: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM tasks WHERE subject = 'lamp-1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tasks, 2);
+    }
+
+    #[test]
+    fn an_offline_gateway_is_one_task_and_suppresses_its_devices() {
+        let c = db();
+        for (gw, d) in [
+            ("gw-a", "d1"),
+            ("gw-a", "d2"),
+            ("gw-b", "d1"),
+            ("gw-b", "d2"),
+        ] {
+            heard(&c, gw, d, 10 * MIN);
+        }
+        // gw-a keeps talking; gw-b falls silent with both its lamps.
+        heard(&c, "gw-a", "d1", 40 * MIN);
+        heard(&c, "gw-a", "d2", 40 * MIN);
+        evaluate_offline(&c, 40 * MIN).unwrap();
+        assert_eq!(
+            open(&c),
+            vec![(
+                "gateway_offline".into(),
+                "gateway:gw-b".into(),
+                "dispatched".into()
+            )],
+            "one task for the gateway, none for its two silent lamps"
+        );
+        // The gateway comes back with its lamps: the gateway task closes, no device task opens.
+        heard(&c, "gw-b", "d1", 41 * MIN);
+        heard(&c, "gw-b", "d2", 41 * MIN);
+        let ch = evaluate_offline(&c, 41 * MIN + 1000).unwrap();
+        assert_eq!((ch.opened.len(), ch.cleared.len()), (0, 1));
+        assert!(open(&c).is_empty());
+        // A last will marks a gateway offline after 5 minutes of silence, not at once.
+        c.execute(
+            "UPDATE gateways SET state = 'offline' WHERE id = 'gw-a'",
+            [],
+        )
+        .unwrap();
+        assert!(evaluate_offline(&c, 42 * MIN).unwrap().opened.is_empty());
+        let ch = evaluate_offline(&c, 40 * MIN + 5 * MIN + 1000).unwrap();
+        assert_eq!(ch.opened.len(), 1);
+    }
+}
