@@ -236,16 +236,9 @@ fn start_hub(
     drop(admin);
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
-            http: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: data,
-            mqtt,
-            topic_root: "city".into(),
             client_id: "hub-bench".into(),
-            auth: hub::keys::AuthPolicy::Required,
-            metrics_auth: false,
-            influx: None,
-            retention: Default::default(),
             rate_limit: None,
+            ..hub::HubConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), data, mqtt)
         }))
         .unwrap();
     let end = Instant::now() + Duration::from_secs(15);

@@ -69,6 +69,26 @@ pub struct HubConfig {
     pub rate_limit: Option<ingest::RateLimit>,
 }
 
+impl HubConfig {
+    /// A hub serving HTTP on `http`, keeping its data under `data_dir`, with MQTT as `mqtt`; the
+    /// rest at its defaults: topic root `city`, signed messages required, `/metrics` open, no
+    /// InfluxDB, default retention and per-gateway rate limit.
+    pub fn new(http: SocketAddr, data_dir: impl Into<PathBuf>, mqtt: MqttMode) -> Self {
+        Self {
+            http,
+            data_dir: data_dir.into(),
+            mqtt,
+            topic_root: protocol::topic::DEFAULT_ROOT.into(),
+            client_id: "hub-ingest".into(),
+            auth: keys::AuthPolicy::Required,
+            metrics_auth: false,
+            influx: None,
+            retention: store::Retention::default(),
+            rate_limit: Some(ingest::RateLimit::default()),
+        }
+    }
+}
+
 /// A started hub.
 #[derive(Debug)]
 pub struct RunningHub {

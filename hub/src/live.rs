@@ -162,17 +162,10 @@ pub async fn stream(
                     .is_none_or(|d| item.device.as_deref() == Some(d))
                 && types
                     .as_ref()
-                    .is_none_or(|t| t.iter().any(|k| k == item.kind));
-            // Task changes carry no gateway: a gateway or device filter leaves them out; a crew
-            // sees its own department's only.
-            let wanted = if item.kind == "task" {
-                p.gateway.is_none()
-                    && p.device.is_none()
-                    && types.as_ref().is_none_or(|t| t.iter().any(|k| k == "task"))
-                    && crate::tasks::live_visible(&who, &item.data)
-            } else {
-                wanted
-            };
+                    .is_none_or(|t| t.iter().any(|k| k == item.kind))
+                // Task changes carry no gateway or device, so those filters leave them out; a
+                // crew sees its own department's only.
+                && (item.kind != "task" || crate::tasks::live_visible(&who, &item.data));
             if !wanted {
                 return None;
             }

@@ -273,14 +273,8 @@ async fn main() -> anyhow::Result<()> {
 
 fn base_config(c: &CommonArgs, mqtt: MqttMode) -> anyhow::Result<HubConfig> {
     Ok(HubConfig {
-        http: c.http,
-        data_dir: c.data_dir.clone(),
-        mqtt,
         topic_root: c.topic_root.clone(),
-        client_id: "hub-ingest".into(),
-        auth: hub::keys::AuthPolicy::Required,
         metrics_auth: c.metrics_auth,
-        influx: None,
         retention: hub::store::Retention {
             raw_days: c.keep_raw_days,
             minute_days: c.keep_minute_days,
@@ -291,6 +285,7 @@ fn base_config(c: &CommonArgs, mqtt: MqttMode) -> anyhow::Result<HubConfig> {
             per_s: c.gateway_rate_limit,
             burst: c.gateway_rate_burst,
         }),
+        ..HubConfig::new(c.http, c.data_dir.clone(), mqtt)
     })
 }
 

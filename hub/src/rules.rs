@@ -198,10 +198,16 @@ fn open_task(
         return Ok(None);
     }
     let id = tx.last_insert_rowid();
-    tx.execute(
-        "INSERT INTO task_events (task, at, actor, action, from_state, to_state, note)
-         VALUES (?1, ?2, 'rules', 'file', NULL, 'dispatched', ?3)",
-        params![id, now_ms, format!("rule {rule}: {title}")],
+    let note = format!("rule {rule}: {title}");
+    crate::tasks::audit(
+        tx,
+        id,
+        now_ms,
+        "rules",
+        "file",
+        None,
+        "dispatched",
+        Some(&note),
     )?;
     Ok(Some(id))
 }
@@ -226,18 +232,19 @@ fn clear(
         "UPDATE tasks SET state = 'closed', updated_at = ?2, closed_at = ?2 WHERE id = ?1",
         params![id, now_ms],
     )?;
-    tx.execute(
-        "INSERT INTO task_events (task, at, actor, action, from_state, to_state, note)
-         VALUES (?1, ?2, 'rules', 'cleared', ?3, 'closed', ?4)",
-        params![
-            id,
-            now_ms,
-            from,
-            format!(
-                "verified by the sensor: heard from again at {}",
-                rfc3339(heard_ms)
-            )
-        ],
+    let note = format!(
+        "verified by the sensor: heard from again at {}",
+        rfc3339(heard_ms)
+    );
+    crate::tasks::audit(
+        tx,
+        id,
+        now_ms,
+        "rules",
+        "cleared",
+        Some(&from),
+        "closed",
+        Some(&note),
     )?;
     Ok(Some(id))
 }
@@ -259,9 +266,9 @@ pub fn start(
                     Ok(ch) => {
                         for (ids, action) in [(&ch.opened, "file"), (&ch.cleared, "cleared")] {
                             for &id in ids {
-                                if let Ok(Some(t)) = crate::tasks::load_public(&conn, id) {
+                                if let Ok(Some(t)) = crate::tasks::load(&conn, id) {
                                     tracing::info!(task = id, rule = %t.rule, subject = %t.subject, action, "task by rule");
-                                    crate::tasks::announce_to(&live, &t, action);
+                                    crate::tasks::announce(&live, &t, action);
                                 }
                             }
                         }

@@ -242,7 +242,7 @@ fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskView> {
     })
 }
 
-fn load(c: &Connection, id: i64) -> rusqlite::Result<Option<TaskView>> {
+pub(crate) fn load(c: &Connection, id: i64) -> rusqlite::Result<Option<TaskView>> {
     c.query_row(
         &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
         [id],
@@ -268,17 +268,27 @@ fn history(c: &Connection, id: i64) -> rusqlite::Result<Vec<TaskEvent>> {
     rows.collect()
 }
 
-/// A task by id (for the rules).
-pub(crate) fn load_public(c: &Connection, id: i64) -> rusqlite::Result<Option<TaskView>> {
-    load(c, id)
-}
-
-fn announce(s: &ApiState, t: &TaskView, action: &str) {
-    announce_to(&s.live, t, action);
+/// Records one step of a task in its audit trail (every writer of tasks goes through here).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn audit(
+    tx: &Connection,
+    task: i64,
+    at: i64,
+    actor: &str,
+    action: &str,
+    from: Option<&str>,
+    to: &str,
+    note: Option<&str>,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO task_events (task, at, actor, action, from_state, to_state, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![task, at, actor, action, from, to, note],
+    )?;
+    Ok(())
 }
 
 /// Puts a task change on the live feed.
-pub(crate) fn announce_to(live: &crate::live::Live, t: &TaskView, action: &str) {
+pub(crate) fn announce(live: &crate::live::Live, t: &TaskView, action: &str) {
     live.send(crate::live::LiveItem {
         kind: "task",
         gateway: String::new(),
@@ -456,7 +466,7 @@ pub async fn file(
     let now = crate::now_ms();
     let created = s
         .store
-        .read(move |c| {
+        .write_aside(move |c| {
             // IMMEDIATE: the write lock first (waiting for the store writer), so the read below cannot
             // go stale before the write (a deferred transaction would fail to upgrade then).
             let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
@@ -498,10 +508,7 @@ pub async fn file(
                 ],
             )?;
             let id = tx.last_insert_rowid();
-            tx.execute(
-                "INSERT INTO task_events (task, at, actor, action, from_state, to_state, note) VALUES (?1, ?2, ?3, 'file', NULL, 'filed', ?4)",
-                params![id, now, actor, t.note],
-            )?;
+            audit(&tx, id, now, &actor, "file", None, "filed", t.note.as_deref())?;
             tx.commit()?;
             Ok(Ok(load(c, id)?))
         })
@@ -509,7 +516,7 @@ pub async fn file(
         .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, m))?;
     let task = created
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the new task vanished"))?;
-    announce(&s, &task, "file");
+    announce(&s.live, &task, "file");
     Ok((StatusCode::CREATED, Json(task)))
 }
 
@@ -547,7 +554,7 @@ pub async fn act(
     let now = crate::now_ms();
     let outcome = s
         .store
-        .read(move |c| {
+        .write_aside(move |c| {
             // IMMEDIATE: the write lock first (waiting for the store writer), so the read below cannot
             // go stale before the write (a deferred transaction would fail to upgrade then).
             let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
@@ -594,9 +601,15 @@ pub async fn act(
                  WHERE id = ?1",
                 params![id, to.as_str(), department, now],
             )?;
-            tx.execute(
-                "INSERT INTO task_events (task, at, actor, action, from_state, to_state, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![id, now, who2.name, b.action.as_str(), from.as_str(), to.as_str(), note],
+            audit(
+                &tx,
+                id,
+                now,
+                &who2.name,
+                b.action.as_str(),
+                Some(from.as_str()),
+                to.as_str(),
+                note.as_deref(),
             )?;
             tx.commit()?;
             Ok(Ok(load(c, id)?))
@@ -604,7 +617,7 @@ pub async fn act(
         .await?;
     match outcome {
         Ok(Some(t)) => {
-            announce(&s, &t, b.action.as_str());
+            announce(&s.live, &t, b.action.as_str());
             Ok(Json(t))
         }
         Ok(None) => Err(ApiError::new(

@@ -513,16 +513,12 @@ fn start_embedded_hub_with(
     provision_admin(data_dir);
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
-            http,
-            data_dir: data_dir.to_owned(),
-            mqtt: hub::MqttMode::Embedded { listen: mqtt },
-            topic_root: "city".into(),
-            client_id: "hub-ingest".into(),
             auth,
-            metrics_auth: false,
-            influx: None,
-            retention: Default::default(),
-            rate_limit: Some(Default::default()),
+            ..hub::HubConfig::new(
+                http,
+                data_dir.to_owned(),
+                hub::MqttMode::Embedded { listen: mqtt },
+            )
         }))
         .unwrap();
     wait_hub_ready(http);

@@ -37,22 +37,18 @@ fn start_hub(
     tests::provision_admin(dir);
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
-            http,
-            data_dir: dir.to_owned(),
-            mqtt: hub::MqttMode::External {
-                url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{broker}")).unwrap(),
-                username: None,
-                password: None,
-                tls: None,
-            },
-            topic_root: "city".into(),
             client_id: "hub-ingest-fault".into(),
-            // The gateway signs with its key; nothing unsigned is taken.
-            auth: hub::keys::AuthPolicy::Required,
-            metrics_auth: false,
-            influx: None,
-            retention: Default::default(),
-            rate_limit: Some(Default::default()),
+            // Signed messages required (the default): the gateway signs with its key.
+            ..hub::HubConfig::new(
+                http,
+                dir.to_owned(),
+                hub::MqttMode::External {
+                    url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{broker}")).unwrap(),
+                    username: None,
+                    password: None,
+                    tls: None,
+                },
+            )
         }))
         .unwrap();
     tests::wait_hub_ready(http);

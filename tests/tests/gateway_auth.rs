@@ -294,21 +294,17 @@ fn mosquitto_with_the_shipped_acl() {
     tests::provision_admin(&hub_dir);
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
-            http,
-            data_dir: hub_dir.clone(),
-            mqtt: hub::MqttMode::External {
-                url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{port}")).unwrap(),
-                username: Some("hub".into()),
-                password: Some("hub-pw".into()),
-                tls: None,
-            },
-            topic_root: "city".into(),
             client_id: "hub-acl".into(),
-            auth: hub::keys::AuthPolicy::Required,
-            metrics_auth: false,
-            influx: None,
-            retention: Default::default(),
-            rate_limit: Some(Default::default()),
+            ..hub::HubConfig::new(
+                http,
+                hub_dir.clone(),
+                hub::MqttMode::External {
+                    url: hub::Broker::parse(&format!("mqtt://127.0.0.1:{port}")).unwrap(),
+                    username: Some("hub".into()),
+                    password: Some("hub-pw".into()),
+                    tls: None,
+                },
+            )
         }))
         .unwrap();
     tests::wait_hub_ready(http);

@@ -19,16 +19,12 @@ fn config(
 ) -> hub::HubConfig {
     tests::provision_admin(dir);
     hub::HubConfig {
-        http,
-        data_dir: dir.to_owned(),
-        mqtt: hub::MqttMode::Embedded { listen: mqtt },
-        topic_root: "city".into(),
-        client_id: "hub-ingest".into(),
         auth: hub::keys::AuthPolicy::AllowUnsigned,
-        metrics_auth: false,
-        influx: None,
-        retention: Default::default(),
-        rate_limit: Some(Default::default()),
+        ..hub::HubConfig::new(
+            http,
+            dir.to_owned(),
+            hub::MqttMode::Embedded { listen: mqtt },
+        )
     }
 }
 

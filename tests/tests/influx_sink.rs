@@ -42,16 +42,14 @@ fn start_hub(
     influx.max_wait = Duration::from_millis(200);
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
-            http,
-            data_dir: dir.to_owned(),
-            mqtt: hub::MqttMode::Embedded { listen: mqtt },
-            topic_root: "city".into(),
             client_id: "hub-influx".into(),
             auth: hub::keys::AuthPolicy::AllowUnsigned,
-            metrics_auth: false,
             influx: Some(influx),
-            retention: Default::default(),
-            rate_limit: Some(Default::default()),
+            ..hub::HubConfig::new(
+                http,
+                dir.to_owned(),
+                hub::MqttMode::Embedded { listen: mqtt },
+            )
         }))
         .unwrap();
     tests::wait_hub_ready(http);

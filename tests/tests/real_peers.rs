@@ -62,25 +62,25 @@ poll_ms = 500
     let http = free_addr();
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
-            http,
-            data_dir: {
-                tests::provision_admin(&dir.path().join("hub"));
-                dir.path().join("hub")
-            },
-            mqtt: hub::MqttMode::External {
-                url: firmware_config::Broker::parse(&format!("mqtt://127.0.0.1:{}", mqtt.port()))
-                    .unwrap(),
-                username: None,
-                password: None,
-                tls: None,
-            },
-            topic_root: "city".into(),
             client_id: "hub-test".into(),
             auth: hub::keys::AuthPolicy::AllowUnsigned,
-            metrics_auth: false,
-            influx: None,
-            retention: Default::default(),
-            rate_limit: Some(Default::default()),
+            ..hub::HubConfig::new(
+                http,
+                {
+                    tests::provision_admin(&dir.path().join("hub"));
+                    dir.path().join("hub")
+                },
+                hub::MqttMode::External {
+                    url: firmware_config::Broker::parse(&format!(
+                        "mqtt://127.0.0.1:{}",
+                        mqtt.port()
+                    ))
+                    .unwrap(),
+                    username: None,
+                    password: None,
+                    tls: None,
+                },
+            )
         }))
         .unwrap();
     tests::wait_hub_ready(http);

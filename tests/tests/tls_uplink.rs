@@ -168,19 +168,16 @@ fn uplink_over_tls_with_client_certificate_and_password() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
-            http,
-            data_dir: {
-                tests::provision_admin(&d.join("hub"));
-                d.join("hub")
-            },
-            mqtt: hub_tls(d, tls, "city-ca"),
-            topic_root: "city".into(),
             client_id: "hub-tls-test".into(),
             auth: hub::keys::AuthPolicy::AllowUnsigned,
-            metrics_auth: false,
-            influx: None,
-            retention: Default::default(),
-            rate_limit: Some(Default::default()),
+            ..hub::HubConfig::new(
+                http,
+                {
+                    tests::provision_admin(&d.join("hub"));
+                    d.join("hub")
+                },
+                hub_tls(d, tls, "city-ca"),
+            )
         }))
         .unwrap();
     tests::wait_hub_ready(http);
@@ -214,16 +211,9 @@ fn uplink_over_tls_with_client_certificate_and_password() {
     // A hub that trusts another CA refuses the broker: it starts, but never becomes ready.
     let http2 = free_addr();
     let cfg = |mqtt| hub::HubConfig {
-        http: http2,
-        data_dir: d.join("hub"),
-        mqtt,
-        topic_root: "city".into(),
         client_id: "hub-tls-test-2".into(),
         auth: hub::keys::AuthPolicy::AllowUnsigned,
-        metrics_auth: false,
-        influx: None,
-        retention: Default::default(),
-        rate_limit: Some(Default::default()),
+        ..hub::HubConfig::new(http2, d.join("hub"), mqtt)
     };
     let doubting = rt
         .block_on(hub::start(cfg(hub_tls(d, tls, "other-ca"))))

@@ -3,7 +3,7 @@
 
 mod events;
 pub(crate) mod query;
-pub mod rollup;
+mod rollup;
 mod schema;
 mod writer;
 
@@ -16,9 +16,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 pub use events::{EventView, EventsQuery, EvidenceMeta, EvidenceView};
-pub use query::{
-    AssetView, DeadLetterView, GatewayView, ReadingPoint, Readings, ReadingsQuery, auto_step,
-};
+pub use query::{AssetView, DeadLetterView, GatewayView, ReadingPoint, Readings, ReadingsQuery};
 pub use rollup::Retention;
 
 use crate::metrics::Metrics;
@@ -115,6 +113,9 @@ impl std::fmt::Debug for WriteOp {
 pub struct Store {
     writes: mpsc::Sender<(WriteOp, Option<Ack>)>,
     reader: Arc<Mutex<Connection>>,
+    /// For the few writes that do not go through the writer's queue (people acting on tasks):
+    /// waiting for the write lock there must not hold up the API's reads.
+    aside: Arc<Mutex<Connection>>,
     path: PathBuf,
     retention: Retention,
 }
@@ -181,6 +182,7 @@ impl Store {
             source,
         })?;
         let reader = open(&path)?;
+        let aside = open(&path)?;
         let maintenance = rollup::Maintenance::load(&wconn, retention, data_dir.join("evidence"))
             .map_err(|source| StoreError::Open {
             path: path.clone(),
@@ -210,6 +212,7 @@ impl Store {
             Store {
                 writes: tx,
                 reader: Arc::new(Mutex::new(reader)),
+                aside: Arc::new(Mutex::new(aside)),
                 path,
                 retention,
             },
@@ -238,14 +241,27 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let reader = self.reader.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = reader
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            f(&conn)
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
+        run_on(self.reader.clone(), f).await
     }
+
+    /// Runs a small read-write transaction beside the writer (on a connection of its own, off the
+    /// async runtime); for writes made by people at human rates, such as task actions.
+    pub(crate) async fn write_aside<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        run_on(self.aside.clone(), f).await
+    }
+}
+
+async fn run_on<T: Send + 'static>(
+    conn: Arc<Mutex<Connection>>,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(move || {
+        let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&conn)
+    })
+    .await
+    .map_err(|_| StoreError::Closed)?
 }

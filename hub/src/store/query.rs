@@ -343,7 +343,7 @@ const NICE_STEPS_S: [i64; 20] = [
 
 /// The bucket width for a range of `span_ms` in at most `max_points` buckets: the smallest nice
 /// width that fits, and no finer than what is still kept for data as old as `from_ms`.
-pub fn auto_step(
+fn auto_step(
     span_ms: i64,
     max_points: usize,
     from_ms: i64,
