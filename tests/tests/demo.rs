@@ -31,7 +31,7 @@ fn demo_town_serves_fresh_assets_from_every_gateway() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     // The API needs a token: the test's own admin token, besides the one the demo makes.
     tests::provision_admin(dir.path());
-    let mut child = Command::new(binary("hub"))
+    let child = Command::new(binary("hub"))
         .current_dir(&root)
         .args([
             "demo",
@@ -45,33 +45,27 @@ fn demo_town_serves_fresh_assets_from_every_gateway() {
         .arg("--agent-bin")
         .arg(binary("edge-agent"))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("demo.log")).unwrap())
         .spawn()
         .unwrap();
+    // Killed if the test fails before its clean stop, so a failure leaves no demo holding ports.
+    let mut child = KillOnDrop(Some(child));
     let started = Instant::now();
     let base = format!("http://{http}");
     // Every asset the example gateway files declare, with fresh values.
-    let assets = eventually(Duration::from_secs(15), "all demo assets fresh", || {
-        let a = get_json(&format!("{base}/api/v1/assets"))?;
-        // Cameras report events, not readings; they are checked below.
-        let list: Vec<serde_json::Value> = a
-            .as_array()?
-            .iter()
-            .filter(|x| x["kind"] != "parkingCamera")
-            .cloned()
-            .collect();
-        let fresh = list
-            .iter()
-            .filter(|x| {
-                x["last_seen"]
-                    .as_str()
-                    .and_then(|s| protocol::Timestamp::parse_rfc3339(s).ok())
-                    .is_some_and(|t| protocol::Timestamp::now().millis_since(t) < 30_000)
-                    && !x["latest"].as_object().is_none_or(|m| m.is_empty())
-            })
-            .count();
-        (list.len() >= 8 && fresh == list.len()).then(|| list.clone())
-    });
+    let mut stale = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let assets = loop {
+        if let Some(list) = fresh_assets(&base, &mut stale) {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all demo assets fresh within 15 s; stale: {stale:?}\ndemo log (tail):\n{}",
+            tail(&dir.path().join("demo.log"))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     eprintln!("demo ready in {:?}", started.elapsed());
     let gateways: std::collections::BTreeSet<&str> = assets
         .iter()
@@ -124,10 +118,11 @@ fn demo_town_serves_fresh_assets_from_every_gateway() {
     assert_eq!(code, 200, "{who}");
     assert_eq!(who["role"], "admin");
 
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let hub = child.0.as_mut().unwrap();
+    kill(Pid::from_raw(hub.id() as i32), Signal::SIGTERM).unwrap();
     let end = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = hub.try_wait().unwrap() {
             break s;
         }
         assert!(
@@ -137,4 +132,49 @@ fn demo_town_serves_fresh_assets_from_every_gateway() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "hub demo exited with {status}");
+}
+
+/// The demo's assets other than cameras (at least 8), if every one was seen in the last 30 s
+/// with values;
+/// otherwise `None`, with the ids of those that were not in `stale`.
+fn fresh_assets(base: &str, stale: &mut Vec<String>) -> Option<Vec<serde_json::Value>> {
+    let a = get_json(&format!("{base}/api/v1/assets"))?;
+    // Cameras report events, not readings; they are checked below.
+    let list: Vec<serde_json::Value> = a
+        .as_array()?
+        .iter()
+        .filter(|x| x["kind"] != "parkingCamera")
+        .cloned()
+        .collect();
+    *stale = list
+        .iter()
+        .filter(|x| !is_fresh(x))
+        .map(|x| x["id"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    (list.len() >= 8 && stale.is_empty()).then_some(list)
+}
+
+fn is_fresh(x: &serde_json::Value) -> bool {
+    x["last_seen"]
+        .as_str()
+        .and_then(|s| protocol::Timestamp::parse_rfc3339(s).ok())
+        .is_some_and(|t| protocol::Timestamp::now().millis_since(t) < 30_000)
+        && !x["latest"].as_object().is_none_or(|m| m.is_empty())
+}
+
+fn tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
