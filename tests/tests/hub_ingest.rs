@@ -216,6 +216,13 @@ fn a_gateway_over_its_rate_limit_is_counted_and_sampled_others_unaffected() {
         "burst of 10 (one for the presence) plus 2/s: {stored} stored"
     );
     assert!(over >= 40, "{over}");
+    // Limited messages are counted when decoded, before the writes queued ahead of them commit:
+    // wait for the quiet gateway's last envelope, then check it lost nothing and gained nothing.
+    eventually(
+        Duration::from_secs(10),
+        "the quiet gateway's six readings",
+        || (count("dust-quiet") >= 6).then_some(()),
+    );
     assert_eq!(count("dust-quiet"), 6);
     // One limited message kept as a dead letter (one per 10 s), with the reason.
     let letters = get_json(&format!("{base}/api/v1/dead-letters")).unwrap();
