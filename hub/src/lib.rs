@@ -67,6 +67,8 @@ pub struct HubConfig {
     pub retention: store::Retention,
     /// Per-gateway message rate limit; `None`: none.
     pub rate_limit: Option<ingest::RateLimit>,
+    /// The rules file and the rules' clock.
+    pub rules: rules::Setup,
 }
 
 impl HubConfig {
@@ -85,6 +87,7 @@ impl HubConfig {
             influx: None,
             retention: store::Retention::default(),
             rate_limit: Some(ingest::RateLimit::default()),
+            rules: rules::Setup::default(),
         }
     }
 }
@@ -125,12 +128,14 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let limits = Limits::default();
     let metrics = Arc::new(metrics::Metrics::default());
     let live = live::Live::default();
+    let feed = rules::Feed::default();
     let (store, writer) = store::Store::open(
         &cfg.data_dir,
         metrics.clone(),
         cfg.influx.clone(),
         live.clone(),
         cfg.retention,
+        feed.clone(),
     )?;
     let keys = keys::KeyRing::open(store.path(), cfg.auth)?;
     if cfg.auth == keys::AuthPolicy::AllowUnsigned {
@@ -217,7 +222,13 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let shutdown = CancellationToken::new();
     let http_stop = CancellationToken::new();
     let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(256);
-    let rules = rules::start(store.path().to_owned(), live.clone(), shutdown.clone())?;
+    let rules = rules::start(
+        store.path().to_owned(),
+        cfg.rules.clone(),
+        feed,
+        live.clone(),
+        shutdown.clone(),
+    )?;
     let ingest = tokio::spawn(ingest::run(
         ingest_cfg,
         store.clone(),

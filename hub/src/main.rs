@@ -32,6 +32,131 @@ enum Command {
     /// API tokens with roles: add, list, revoke (works beside a running hub).
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// The rules that raise tasks: check a rules file, show the defaults, backtest over history.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Check a rules file; errors name the file, line and what is wrong.
+    Check { file: PathBuf },
+    /// Print the rules in effect (the defaults of DOMAIN.md, or a file with them filled in), as a
+    /// rules file.
+    Show {
+        #[arg(long, value_name = "FILE")]
+        rules: Option<PathBuf>,
+    },
+    /// Evaluate the rules over stored history with fresh state and list the tasks they would have
+    /// raised, closed and escalated, without doing any of it (works beside a running hub).
+    Backtest {
+        /// From (RFC 3339, e.g. 2026-11-21T00:00:00+08:00).
+        #[arg(long, value_parser = parse_time)]
+        from: i64,
+        /// To (RFC 3339); now by default.
+        #[arg(long, value_parser = parse_time)]
+        to: Option<i64>,
+        #[arg(long, value_name = "FILE")]
+        rules: Option<PathBuf>,
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_time(s: &str) -> Result<i64, String> {
+    protocol::Timestamp::parse_rfc3339(s)
+        .map(|t| t.unix_millis())
+        .map_err(|e| format!("{s:?} is not an RFC 3339 time (2026-11-21T08:00:00+08:00): {e}"))
+}
+
+fn load_rules(file: Option<&std::path::Path>) -> anyhow::Result<hub::rules::Rules> {
+    match file {
+        Some(f) => hub::rules::Rules::load(f).map_err(|e| anyhow::anyhow!("{e}")),
+        None => Ok(hub::rules::Rules::defaults()),
+    }
+}
+
+fn rules(cmd: RulesCommand) -> anyhow::Result<()> {
+    match cmd {
+        RulesCommand::Check { file } => {
+            let r = load_rules(Some(&file))?;
+            println!(
+                "{}: OK ({} zones, {} road segments, {} routes, {} overrides)",
+                file.display(),
+                r.cfg.zones.len(),
+                r.cfg.segments.len(),
+                r.cfg.routes.len(),
+                r.cfg.overrides.len()
+            );
+        }
+        RulesCommand::Show { rules } => {
+            let r = load_rules(rules.as_deref())?;
+            print!("{}", toml::to_string(&r.cfg)?);
+        }
+        RulesCommand::Backtest {
+            from,
+            to,
+            rules,
+            data_dir,
+            json,
+        } => {
+            let r = std::sync::Arc::new(load_rules(rules.as_deref())?);
+            let to = to.unwrap_or_else(|| protocol::Timestamp::now().unix_millis());
+            anyhow::ensure!(from < to, "--from must be before --to");
+            let conn = hub::store::open_database(&data_dir)?;
+            let offset = r.offset_s;
+            let actions = hub::rules::backtest(&conn, r, hub::rules::RuleClock::REAL, from, to)?;
+            let local = |ms: i64| {
+                protocol::Timestamp::from_unix_millis(ms + i64::from(offset) * 1000)
+                    .to_rfc3339()
+                    .chars()
+                    .take(19)
+                    .collect::<String>()
+                    .replace('T', " ")
+            };
+            let mut raised = 0;
+            for a in &actions {
+                if json {
+                    println!("{}", serde_json::to_string(a)?);
+                    continue;
+                }
+                let (what, subject, text) = match a {
+                    hub::rules::Action::Raise(r) => {
+                        raised += 1;
+                        (
+                            "raise",
+                            r.subject.as_str(),
+                            format!("[{}] {}", r.severity, r.title),
+                        )
+                    }
+                    hub::rules::Action::Clear { subject, note, .. } => {
+                        ("clear", subject.as_str(), note.clone())
+                    }
+                    hub::rules::Action::Escalate { subject, note, .. } => {
+                        ("escalate", subject.as_str(), note.clone())
+                    }
+                };
+                println!(
+                    "{}  {:<8} {:<22} {:<24} {}",
+                    local(a.at()),
+                    what,
+                    a.rule(),
+                    subject,
+                    text
+                );
+            }
+            if !json {
+                println!(
+                    "{raised} tasks would have been raised ({} actions in all)",
+                    actions.len()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -133,6 +258,10 @@ struct ServeArgs {
     /// with a key must still sign). For moving a fleet over to keys, and for development.
     #[arg(long)]
     allow_unsigned: bool,
+    /// The rules file: thresholds and overrides, zones, road segments, routing (see
+    /// deploy/rules/README.md); DOMAIN.md's defaults without it.
+    #[arg(long, value_name = "FILE")]
+    rules: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -196,12 +325,20 @@ struct DemoArgs {
     /// Simulated seconds of town life per real second (120: a day in 12 minutes; 1: real time).
     #[arg(long, default_value_t = 120.0)]
     speed: f64,
-    /// Simulated hour of day at start (17 = an hour before the storm, shortly before dusk).
-    #[arg(long, default_value_t = 17.0)]
+    /// Simulated hour of day at start (16.5: half an hour before dusk, an hour and a half before
+    /// the storm).
+    #[arg(long, default_value_t = 16.5)]
     start_hour: f64,
     /// Random seed of the simulation.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The demo town's rules file (zones, road segments, routing).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "deploy/rules/demo-town.toml"
+    )]
+    rules: PathBuf,
 }
 
 #[tokio::main]
@@ -245,6 +382,7 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!(tokens = n, file = %file.display(), "tokens file loaded");
             }
             let mut cfg = config(&a.common, mqtt)?;
+            cfg.rules.rules = std::sync::Arc::new(load_rules(a.rules.as_deref())?);
             if a.allow_unsigned {
                 cfg.auth = hub::keys::AuthPolicy::AllowUnsigned;
             }
@@ -263,10 +401,13 @@ async fn main() -> anyhow::Result<()> {
                 start_hour: a.start_hour,
                 seed: a.seed,
             };
-            hub::demo::run(config(&a.common, mqtt)?, opts, shutdown_signal()).await?;
+            let mut cfg = config(&a.common, mqtt)?;
+            cfg.rules.rules = std::sync::Arc::new(load_rules(Some(&a.rules))?);
+            hub::demo::run(cfg, opts, shutdown_signal()).await?;
         }
         Command::Keys(k) => return keys(k),
         Command::Tokens(t) => return tokens(t),
+        Command::Rules(r) => return rules(r),
     }
     Ok(())
 }

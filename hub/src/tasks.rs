@@ -382,7 +382,21 @@ pub async fn list(
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await?;
-    Ok(Json(tasks))
+    Ok(Json(
+        tasks
+            .into_iter()
+            .map(|t| shown(&who, t))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// A task as `who` may see it: plates in its detail (enforcement evidence) masked for the roles
+/// that may not see plates.
+fn shown(who: &Principal, mut t: TaskView) -> TaskView {
+    if !who.sees_plates() {
+        crate::access::mask_attributes(&mut t.detail);
+    }
+    t
 }
 
 /// `GET /api/v1/tasks/{id}`: the task with its audit trail.
@@ -402,7 +416,7 @@ pub async fn get_one(
         })
         .await?;
     match task {
-        Some(t) if sees(&who, t.department.as_deref()) => Ok(Json(t)),
+        Some(t) if sees(&who, t.department.as_deref()) => Ok(Json(shown(&who, t))),
         // A task of another department does not exist for a crew.
         _ => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -618,7 +632,7 @@ pub async fn act(
     match outcome {
         Ok(Some(t)) => {
             announce(&s.live, &t, b.action.as_str());
-            Ok(Json(t))
+            Ok(Json(shown(&who, t)))
         }
         Ok(None) => Err(ApiError::new(
             StatusCode::NOT_FOUND,

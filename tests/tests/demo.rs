@@ -1,6 +1,7 @@
 //! The README's main job, run as a user runs it: the `hub demo` binary with its simulated town and real
 //! `edge-agent` child processes. Within 15 s the API lists every simulated asset, each seen in the last
-//! 30 s and with readings; SIGTERM stops everything cleanly.
+//! 30 s and with readings; within minutes the rules have raised the tasks the town's evening brings
+//! (six rules), each once; SIGTERM stops everything cleanly.
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
@@ -117,6 +118,63 @@ fn demo_town_serves_fresh_assets_from_every_gateway() {
     let (code, who) = tests::get_status_as(&format!("{base}/api/v1/whoami"), token.trim());
     assert_eq!(code, 200, "{who}");
     assert_eq!(who["role"], "admin");
+
+    // The rules find what the town's day brings (dusk, the storm, the truck ban), each once, and
+    // nothing that is not there: only the failed lamp is out.
+    let expected = [
+        "lamp_on_by_day",
+        "lamp_out",
+        "truck_restricted",
+        "waterlogging_rise",
+        "waterlogging",
+        "waterlogging_critical",
+    ];
+    let tasks = eventually(
+        Duration::from_secs(180),
+        "tasks from the demo's rules",
+        || {
+            let t = get_json(&format!("{base}/api/v1/tasks?status=all&limit=500"))?;
+            let list = t.as_array()?.clone();
+            let rules: std::collections::BTreeSet<&str> =
+                list.iter().filter_map(|x| x["rule"].as_str()).collect();
+            expected.iter().all(|r| rules.contains(r)).then_some(list)
+        },
+    );
+    eprintln!("demo tasks after {:?}:", started.elapsed());
+    let mut seen = std::collections::BTreeSet::new();
+    for t in &tasks {
+        eprintln!(
+            "  {} {} {} → {}",
+            t["rule"], t["subject"], t["title"], t["department"]
+        );
+        assert!(
+            seen.insert((t["rule"].to_string(), t["subject"].to_string())),
+            "a second task for the same subject and rule: {t}"
+        );
+        if t["rule"] == "lamp_out" {
+            assert_eq!(
+                t["subject"], "sl-hz-0003",
+                "only the failed lamp is out: {t}"
+            );
+        }
+    }
+    let critical = tasks
+        .iter()
+        .find(|t| t["rule"] == "waterlogging_critical")
+        .unwrap();
+    assert_eq!(critical["department"], "traffic-police");
+    let truck = tasks
+        .iter()
+        .find(|t| t["rule"] == "truck_restricted")
+        .unwrap();
+    assert_eq!(truck["kind"], "enforcement");
+    assert_eq!(
+        truck["detail"]["evidence"][0]["images"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     let hub = child.0.as_mut().unwrap();
     kill(Pid::from_raw(hub.id() as i32), Signal::SIGTERM).unwrap();

@@ -1,6 +1,7 @@
 //! Simulated ANPR cameras for the demo: each camera of the gateway files posts Hikvision ISAPI alerts
 //! with two JPEGs to its gateway's agent over HTTP, as a real camera does. A seeded mix of vehicles:
-//! some stay parked in the no-parking zone across several captures, most pass by.
+//! some stay parked in the no-parking zone across several captures, most pass by; the third capture
+//! is always a muck truck (yellow plate) in the carriageway, in the evening's truck ban.
 
 use std::time::Duration;
 
@@ -68,7 +69,9 @@ async fn run(
         _ = stop.cancelled() => return,
         _ = tokio::time::sleep(every + offset) => {}
     }
+    let mut n = 0u32;
     loop {
+        n += 1;
         let plate = match parked.as_mut() {
             Some((p, left)) if *left > 0 => {
                 *left -= 1;
@@ -81,7 +84,12 @@ async fn run(
             }
         };
         let at = Timestamp::now();
-        let xml = camera_forms::isapi_anpr_xml(plate, at, rng.u8(86..100), rng.u32(1..3));
+        let (plate, confidence, lane) = if n == 3 {
+            ("黄苏A0T923", 97, 1)
+        } else {
+            (plate, rng.u8(86..100), rng.u32(1..3))
+        };
+        let xml = camera_forms::isapi_anpr_xml(plate, at, confidence, lane);
         let stamp = format!("{plate} {at}");
         let close_up = camera_forms::jpeg_with_comment(PLATE_JPEG, &stamp);
         let scene = camera_forms::jpeg_with_comment(SCENE_JPEG, &stamp);

@@ -61,6 +61,7 @@ pub fn simulate(
     speed: f64,
     start_hour: f64,
     seed: u64,
+    sun: impl Fn(f64, f64) -> Option<(f64, f64)>,
 ) -> anyhow::Result<Vec<(SocketAddr, modbus_sim::SimBus)>> {
     let clock = town::SimClock::new(start_hour, speed);
     let mut per_kind: BTreeMap<protocol::AssetKind, u32> = BTreeMap::new();
@@ -82,7 +83,8 @@ pub fn simulate(
             let mut units = BTreeMap::new();
             for d in &bus.devices {
                 let index = per_kind.entry(d.kind).or_default();
-                let model = town::SimDevice::new(d.kind, *index, d.params.clone(), seed);
+                let model = town::SimDevice::new(d.kind, *index, d.params.clone(), seed)
+                    .with_sun(sun(d.location.lat(), d.location.lon()).unwrap_or(town::DEFAULT_SUN));
                 *index += 1;
                 units.insert(d.unit, modbus_sim::SimUnit::new(d.clone(), model));
             }
@@ -100,7 +102,7 @@ pub fn simulate(
 
 /// Runs the demo until `shutdown` resolves, then stops agents, hub and devices in that order.
 pub async fn run(
-    cfg: HubConfig,
+    mut cfg: HubConfig,
     opts: DemoOptions,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -110,7 +112,23 @@ pub async fn run(
     let bin = agents::locate(opts.agent_bin.as_deref())?;
     let gateways = load_gateways(&opts.gateways_dir)?;
     let devices_stop = CancellationToken::new();
-    let buses = simulate(&gateways, opts.speed, opts.start_hour, opts.seed)?;
+    // The town lives `speed` times faster than the clock its devices stamp readings with; the
+    // rules are told, so "water above 15 cm for 5 minutes" means 5 minutes of the town's time.
+    let now = crate::now_ms();
+    let offset_ms = i64::from(cfg.rules.rules.offset_s) * 1000;
+    let midnight = now - (now + offset_ms).rem_euclid(86_400_000);
+    cfg.rules.clock = crate::rules::RuleClock {
+        real0: now,
+        rule0: midnight + (opts.start_hour * 3_600_000.0) as i64,
+        speed: opts.speed,
+    };
+    let day = (midnight + offset_ms) / 86_400_000;
+    let sun = |lat: f64, lon: f64| {
+        let (rise, set) = crate::rules::sun::rise_set(lat, lon, day)?;
+        let hour = |ms: i64| (ms - midnight) as f64 / 3_600_000.0;
+        Some((hour(rise), hour(set)))
+    };
+    let buses = simulate(&gateways, opts.speed, opts.start_hour, opts.seed, sun)?;
     let (n_buses, n_units) = (
         buses.len(),
         buses.iter().map(|(_, b)| b.units.len()).sum::<usize>(),

@@ -1,10 +1,12 @@
 //! The demo town's physics: what each simulated field device would measure at a given time of day.
 //!
-//! Pure and deterministic for a given seed and time: a day with dusk and dawn (lamps on from 17:15 to
-//! 06:36, dimmed to 60 % after midnight), a rainstorm from 18:00 that floods the waterlogging points
-//! and recedes by 21:30, a dust episode at the building site from 09:00 to 11:00, and bins that fill
-//! with foot traffic and are emptied by rounds at 06:00 and 15:00. One lamp fails at the first dusk and
-//! one burns by day, so the hub has something to find.
+//! Pure and deterministic for a given seed and time: a day with dusk and dawn (lamps on from sunset
+//! to sunrise at their coordinates, by the same astronomical clock as the hub's rules; dimmed to
+//! 60 % after midnight), a rainstorm from 18:00 that floods the waterlogging points fast (a flash
+//! flood the early warning catches) and recedes by 21:30, a dust episode at the building site from
+//! 09:00 to 11:00, and bins that fill with foot traffic and are emptied by rounds at 06:00 and 15:00
+//! (one, by the night market, overflows in the evening). One lamp fails at the first dusk and one
+//! burns by day, so the hub has something to find.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -41,9 +43,12 @@ pub fn hour_of_day(sim_s: f64) -> f64 {
     (sim_s / 3600.0).rem_euclid(24.0)
 }
 
-/// When lamps should be lit: from 17:15 to 06:36 (Nanjing in late November, near enough).
-pub fn lamps_scheduled_on(hour: f64) -> bool {
-    !(6.6..17.25).contains(&hour)
+/// Sunrise and sunset as local hours when the demo does not say (Nanjing in late November).
+pub const DEFAULT_SUN: (f64, f64) = (6.7, 17.03);
+
+/// When lamps should be lit, given the local (sunrise, sunset) hours.
+pub fn lamps_scheduled_on(hour: f64, sun: (f64, f64)) -> bool {
+    !(sun.0..sun.1).contains(&hour)
 }
 
 /// Deterministic noise in -1..1 from a seed, a device and a time step.
@@ -73,6 +78,8 @@ pub struct SimDevice {
     pub index: u32,
     /// Installation parameters from the gateway file (e.g. `mounting_height_mm`).
     pub params: BTreeMap<String, f64>,
+    /// Local sunrise and sunset hours at the device.
+    pub sun: (f64, f64),
     seed: u64,
     state: Mutex<Integrals>,
 }
@@ -89,9 +96,16 @@ impl SimDevice {
             kind,
             index,
             params,
+            sun: DEFAULT_SUN,
             seed,
             state: Mutex::new(state),
         }
+    }
+
+    /// With the local sunrise and sunset hours at the device.
+    pub fn with_sun(mut self, sun: (f64, f64)) -> Self {
+        self.sun = sun;
+        self
     }
 
     /// Everything this device measures at simulated time `sim_s`, by FIWARE metric name.
@@ -108,9 +122,9 @@ impl SimDevice {
         match self.kind {
             AssetKind::Streetlight => {
                 let rated = 150.0;
-                let scheduled = lamps_scheduled_on(hour);
+                let scheduled = lamps_scheduled_on(hour, self.sun);
                 // Lamp 2 fails at the first dusk (scheduled on, draws nothing); lamp 3 burns by day.
-                let failed = self.index == 2 && sim_s >= 17.25 * 3600.0;
+                let failed = self.index == 2 && sim_s >= self.sun.1 * 3600.0;
                 let on = scheduled || self.index == 3;
                 let dim = if (0.0..5.0).contains(&hour) {
                     60.0
@@ -201,7 +215,13 @@ impl SimDevice {
                 );
             }
             AssetKind::SmartBin => {
-                let rate = traffic(hour) * (0.06 + 0.02 * f64::from(self.index % 3)); // fill per hour
+                // Fill per hour; bin 2 stands by the night market and fills fast in the evening.
+                let market = if self.index == 2 && (16.0..22.0).contains(&hour) {
+                    0.2
+                } else {
+                    0.0
+                };
+                let rate = traffic(hour) * (0.06 + 0.02 * f64::from(self.index % 3)) + market;
                 let before = hour_of_day(sim_s - dt_h * 3600.0);
                 // The collection round came by at 06:00 or 15:00: empty, then refill since then.
                 let round = [6.0, 15.0]
@@ -232,10 +252,12 @@ impl SimDevice {
     }
 }
 
-/// Water depth in cm at `hour` for a storm from 18:00 peaking at 19:30 and gone by 21:30.
+/// Water depth in cm at `hour` for a storm from 18:00: a flash flood to its peak by 18:45, held to
+/// 19:30, gone by 21:30.
 fn storm_depth(hour: f64, peak: f64) -> f64 {
     match hour {
-        h if (18.0..19.5).contains(&h) => peak * (h - 18.0) / 1.5,
+        h if (18.0..18.75).contains(&h) => peak * (h - 18.0) / 0.75,
+        h if (18.75..19.5).contains(&h) => peak,
         h if (19.5..21.5).contains(&h) => peak * (21.5 - h) / 2.0,
         _ => 0.0,
     }

@@ -159,6 +159,7 @@ impl Store {
         influx: Option<crate::influx::InfluxConfig>,
         live: crate::live::Live,
         retention: Retention,
+        feed: crate::rules::Feed,
     ) -> Result<(Store, std::thread::JoinHandle<()>), StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_owned(),
@@ -203,7 +204,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(wconn, rx, metrics, sink, live, maintenance))
+            .spawn(move || writer::run(wconn, rx, metrics, sink, live, maintenance, feed))
             .map_err(|e| StoreError::DataDir {
                 path: data_dir.to_owned(),
                 source: e,

@@ -239,6 +239,24 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX task_events_by_task ON task_events (task, id);
     "#,
+    // 9: the rules' persisted state (crate::rules): conditions in progress per asset or zone, how far
+    // each series has been evaluated, the camera event cursor; escalation steps of tasks.
+    r#"
+    CREATE TABLE rule_state (
+        key         TEXT PRIMARY KEY,
+        state       TEXT NOT NULL,
+        updated_at  INTEGER NOT NULL
+    );
+    CREATE TABLE rule_cursor (
+        series  INTEGER PRIMARY KEY,
+        ts      INTEGER NOT NULL
+    );
+    CREATE TABLE rule_meta (
+        key    TEXT PRIMARY KEY,
+        value  INTEGER NOT NULL
+    );
+    ALTER TABLE tasks ADD COLUMN escalation INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Brings the database to the newest schema version.

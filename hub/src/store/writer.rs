@@ -27,6 +27,7 @@ pub(super) fn run(
     sink: Option<crate::influx::Sink>,
     live: crate::live::Live,
     mut maintenance: super::rollup::Maintenance,
+    feed: crate::rules::Feed,
 ) {
     let mut series = SeriesCache::default();
     maintenance.run_due(&mut conn, &metrics);
@@ -64,10 +65,10 @@ pub(super) fn run(
         let mut attempt = 0u32;
         // A failed commit (disk full, I/O error) is retried: the batch is not acknowledged, so nothing
         // is lost, and the queue in front of us fills up and slows the broker down meanwhile.
-        let fresh = loop {
+        let (fresh, touched) = loop {
             let late = Late::new(&maintenance);
             match write_batch(&mut conn, &mut series, &batch, &metrics, late) {
-                Ok(fresh) => break fresh,
+                Ok(done) => break done,
                 Err(e) => {
                     attempt += 1;
                     series.clear();
@@ -78,6 +79,13 @@ pub(super) fn run(
                 }
             }
         };
+        // The rules read what was just committed (see crate::rules).
+        let events = fresh.iter().any(|&i| {
+            matches!(&batch[i].0, WriteOp::Envelope { env, .. } if env.items.iter().any(|it| matches!(it, Item::Event(_))))
+        });
+        if !touched.is_empty() || events {
+            feed.touch(touched, events);
+        }
         if live.wanted() {
             publish_live(&live, &batch, &fresh);
         }
@@ -159,7 +167,7 @@ fn write_batch(
     batch: &[(WriteOp, Option<Ack>)],
     metrics: &Metrics,
     mut late: Late,
-) -> rusqlite::Result<Vec<usize>> {
+) -> rusqlite::Result<(Vec<usize>, Vec<i64>)> {
     let mut tx = conn.transaction()?;
     let mut dead_letters = 0;
     // The latest value of each series written in this batch, applied once at its end: a series gets
@@ -223,7 +231,7 @@ fn write_batch(
     write_latest(&tx, &latest)?;
     super::rollup::mark_dirty(&tx, &late.minutes)?;
     tx.commit()?;
-    Ok(fresh)
+    Ok((fresh, latest.into_keys().collect()))
 }
 
 /// Readings of a batch that fall in minutes already rolled up (see [`super::rollup`]).

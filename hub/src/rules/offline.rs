@@ -1,4 +1,4 @@
-//! Rules that raise tasks by themselves. The first: devices and gateways gone silent (DOMAIN.md,
+//! Devices and gateways gone silent (DOMAIN.md,
 //! "Device offline": no message for max(3 × report interval, 15 min); a gateway offline raises one
 //! task and suppresses its devices'; clears at the next message), routed to the device
 //! contractor.
@@ -8,14 +8,16 @@
 //! index means a restart, or a second evaluation, never opens a duplicate. When the device speaks
 //! again its task is verified by the sensor and closed, with that in the audit trail.
 //!
-//! Evaluation takes the clock as an argument ([`evaluate_offline`]); the hub runs it every
-//! [`EVERY`] on a thread of its own.
+//! Evaluation takes the clock as an argument ([`evaluate_offline`]); the rules thread runs it
+//! every [`EVERY`] on the wall clock (silence is about messages arriving, not about the town's
+//! time).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
+use rusqlite::Connection;
 use rusqlite::TransactionBehavior::Immediate;
-use rusqlite::{Connection, params};
+#[cfg(test)]
+use rusqlite::params;
 
 /// How often the hub evaluates.
 pub const EVERY: Duration = Duration::from_secs(30);
@@ -165,51 +167,39 @@ pub fn evaluate_offline(c: &Connection, now_ms: i64) -> Result<Changes, crate::s
 fn open_task(
     tx: &Connection,
     now_ms: i64,
-    rule: &str,
+    rule: &'static str,
     subject: &str,
     asset: Option<&str>,
     place: (Option<String>, Option<String>, Option<String>),
-    severity: &str,
+    severity: &'static str,
     title: &str,
     detail: serde_json::Value,
 ) -> rusqlite::Result<Option<i64>> {
-    let n = tx.execute(
-        "INSERT OR IGNORE INTO tasks (kind, category, rule, subject, asset, road_segment, grid, zone, department,
-            severity, state, title, detail, opened_at, due_at, updated_at)
-         VALUES ('maintenance', ?1, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'dispatched', ?9, ?10, ?11, ?12, ?11)",
-        params![
-            rule,
-            subject,
-            asset,
-            place.0,
-            place.1,
-            place.2,
-            DEVICE_CONTRACTOR,
-            severity,
-            title,
-            detail.to_string(),
-            now_ms,
-            // Device repairs are due within two working days (DOMAIN.md's service standard for
-            // single faults); a gateway within one day.
-            now_ms + if rule == RULE_GATEWAY { 86_400_000 } else { 2 * 86_400_000 }
-        ],
-    )?;
-    if n == 0 {
-        return Ok(None);
-    }
-    let id = tx.last_insert_rowid();
-    let note = format!("rule {rule}: {title}");
-    crate::tasks::audit(
-        tx,
-        id,
-        now_ms,
-        "rules",
-        "file",
-        None,
-        "dispatched",
-        Some(&note),
-    )?;
-    Ok(Some(id))
+    let raise = super::Raise {
+        rule,
+        kind: "maintenance",
+        subject: subject.to_owned(),
+        asset: asset.map(str::to_owned),
+        place: super::Place {
+            segment: place.0,
+            grid: place.1,
+            zone: place.2,
+        },
+        severity,
+        title: title.to_owned(),
+        detail,
+        at: now_ms,
+        state: "dispatched",
+    };
+    // Device repairs are due within two working days (DOMAIN.md's service standard for single
+    // faults); a gateway within one day.
+    let due = now_ms
+        + if rule == RULE_GATEWAY {
+            86_400_000
+        } else {
+            2 * 86_400_000
+        };
+    super::open_task(tx, now_ms, &raise, DEVICE_CONTRACTOR, due)
 }
 
 /// Closes the open task of (subject, rule), verified by the device or gateway speaking again.
@@ -220,68 +210,11 @@ fn clear(
     subject: &str,
     heard_ms: i64,
 ) -> rusqlite::Result<Option<i64>> {
-    let open: Option<(i64, String)> = rusqlite::OptionalExtension::optional(tx.query_row(
-        "SELECT id, state FROM tasks WHERE subject = ?1 AND rule = ?2 AND state NOT IN ('closed', 'cancelled')",
-        params![subject, rule],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    ))?;
-    let Some((id, from)) = open else {
-        return Ok(None);
-    };
-    tx.execute(
-        "UPDATE tasks SET state = 'closed', updated_at = ?2, closed_at = ?2 WHERE id = ?1",
-        params![id, now_ms],
-    )?;
     let note = format!(
         "verified by the sensor: heard from again at {}",
         rfc3339(heard_ms)
     );
-    crate::tasks::audit(
-        tx,
-        id,
-        now_ms,
-        "rules",
-        "cleared",
-        Some(&from),
-        "closed",
-        Some(&note),
-    )?;
-    Ok(Some(id))
-}
-
-/// Runs the rules every [`EVERY`] on a thread of its own, with its own connection, putting what
-/// changed on the live feed; stops when `stop` is cancelled.
-pub fn start(
-    db: PathBuf,
-    live: crate::live::Live,
-    stop: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let conn = Connection::open(&db)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    Ok(std::thread::Builder::new()
-        .name("rules".into())
-        .spawn(move || {
-            while !stop.is_cancelled() {
-                match evaluate_offline(&conn, crate::now_ms()) {
-                    Ok(ch) => {
-                        for (ids, action) in [(&ch.opened, "file"), (&ch.cleared, "cleared")] {
-                            for &id in ids {
-                                if let Ok(Some(t)) = crate::tasks::load(&conn, id) {
-                                    tracing::info!(task = id, rule = %t.rule, subject = %t.subject, action, "task by rule");
-                                    crate::tasks::announce(&live, &t, action);
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "rule evaluation failed; retrying"),
-                }
-                // Sleep in short steps so a stop is noticed quickly.
-                let until = std::time::Instant::now() + EVERY;
-                while std::time::Instant::now() < until && !stop.is_cancelled() {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-        })?)
+    super::clear_task(tx, now_ms, rule, subject, &note)
 }
 
 #[cfg(test)]

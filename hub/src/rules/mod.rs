@@ -1,0 +1,1104 @@
+//! Rules that raise tasks by themselves (DOMAIN.md's table): the readings and camera events rules
+//! of [`engine`], the device and gateway silence rule of [`offline`], and escalation of tasks not
+//! handled in time.
+//!
+//! ```text
+//! store writer ─(after commit: series touched, events)─▶ Feed ─▶ rules thread
+//!                                                                 │ per series: readings after its cursor, in time order
+//!                                                                 │ camera events after the event cursor
+//!                                                                 ▼
+//!                                                   Engine (pure; clock = the readings' own time)
+//!                                                                 │ actions
+//!                                                                 ▼
+//!        one IMMEDIATE transaction: tasks opened/closed/escalated + the engine's changed state + cursors
+//! ```
+//!
+//! Rules are evaluated incrementally as data is stored, on the time the readings were taken (the
+//! clock is injected: [`RuleClock`]), never the wall clock, so `hub rules backtest` over stored
+//! history runs the same code and raises the same tasks. The engine's state (conditions in
+//! progress, sightings of plates) and the cursors are written in the same transaction as the tasks
+//! they produced: a hub restarted at any moment neither forgets a condition in progress nor opens a
+//! duplicate task (and the one-open-task-per-(subject, rule) index stands behind that).
+//!
+//! Readings that arrive older than their series' cursor (a gateway replaying its spool while its
+//! newer readings are already in) are stored and shown but not evaluated: a duration rule cannot go
+//! back in time. Silence and the agent's in-order replay make this rare.
+
+pub mod config;
+pub mod engine;
+mod offline;
+pub mod sun;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::TransactionBehavior::Immediate;
+use rusqlite::{Connection, OptionalExtension, params};
+
+pub use config::{ConfigError, Rules};
+pub use engine::{Action, Asset, CameraEvent, Engine, Place, Raise};
+pub use offline::{
+    Changes, DEVICE_CONTRACTOR, EVERY, MIN_SILENCE_MS, RULE_DEVICE, RULE_GATEWAY, evaluate_offline,
+};
+
+/// How far back the rules look for a series or events they have never seen, at start.
+pub const LOOKBACK_MS: i64 = 3_600_000;
+/// Readings read per series and cycle; the rest next cycle.
+const CHUNK: i64 = 20_000;
+/// A task not accepted this long after dispatch goes to the supervisor (DOMAIN.md).
+pub const ACCEPT_WITHIN_MS: i64 = 15 * 60_000;
+
+/// Maps the time a reading was taken to the rules' clock. In production the identity; the demo's
+/// town lives `speed` times faster than the timestamps its devices put on readings, and tells the
+/// rules so.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RuleClock {
+    pub real0: i64,
+    pub rule0: i64,
+    pub speed: f64,
+}
+
+impl RuleClock {
+    pub const REAL: RuleClock = RuleClock {
+        real0: 0,
+        rule0: 0,
+        speed: 1.0,
+    };
+
+    /// The rules' time of a reading taken at `ts`.
+    pub fn at(&self, ts: i64) -> i64 {
+        self.rule0 + ((ts - self.real0) as f64 * self.speed) as i64
+    }
+
+    /// A span of the rules' time in real milliseconds.
+    pub fn real_span(&self, rule_ms: i64) -> i64 {
+        (rule_ms as f64 / self.speed.max(1e-9)) as i64
+    }
+}
+
+/// The rules as the hub runs them.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub rules: Arc<Rules>,
+    pub clock: RuleClock,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            rules: Arc::new(Rules::defaults()),
+            clock: RuleClock::REAL,
+        }
+    }
+}
+
+/// What the store writer has committed since the rules last looked.
+#[derive(Debug, Clone, Default)]
+pub struct Feed(Arc<(Mutex<Dirty>, Condvar)>);
+
+#[derive(Debug, Default)]
+struct Dirty {
+    series: HashSet<i64>,
+    events: bool,
+}
+
+impl Feed {
+    /// Called by the store writer after each commit.
+    pub fn touch(&self, series: impl IntoIterator<Item = i64>, events: bool) {
+        let (lock, cv) = &*self.0;
+        let mut d = lock.lock().unwrap_or_else(|p| p.into_inner());
+        d.series.extend(series);
+        d.events |= events;
+        cv.notify_one();
+    }
+
+    fn wait(&self, timeout: Duration) -> (HashSet<i64>, bool) {
+        let (lock, cv) = &*self.0;
+        let mut d = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if d.series.is_empty() && !d.events {
+            d = cv
+                .wait_timeout(d, timeout)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        (std::mem::take(&mut d.series), std::mem::take(&mut d.events))
+    }
+}
+
+/// Opens a task unless one is open for (subject, rule); returns the new task's id.
+pub(crate) fn open_task(
+    tx: &Connection,
+    now_ms: i64,
+    r: &Raise,
+    department: &str,
+    due: i64,
+) -> rusqlite::Result<Option<i64>> {
+    let n = tx.execute(
+        "INSERT OR IGNORE INTO tasks (kind, category, rule, subject, asset, road_segment, grid, zone, department,
+            severity, state, title, detail, opened_at, due_at, updated_at)
+         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?13)",
+        params![
+            r.kind,
+            r.rule,
+            r.subject,
+            r.asset,
+            r.place.segment,
+            r.place.grid,
+            r.place.zone,
+            department,
+            r.severity,
+            r.state,
+            r.title,
+            r.detail.to_string(),
+            now_ms,
+            due,
+        ],
+    )?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let id = tx.last_insert_rowid();
+    let note = if r.state == "filed" {
+        format!(
+            "rule {}: {} (to be confirmed by an operator)",
+            r.rule, r.title
+        )
+    } else {
+        format!("rule {}: {}", r.rule, r.title)
+    };
+    crate::tasks::audit(tx, id, now_ms, "rules", "file", None, r.state, Some(&note))?;
+    Ok(Some(id))
+}
+
+/// The condition of an open task cleared by itself: a maintenance task is closed, verified by the
+/// sensor; an enforcement task (the violation happened) gets the note and stays with its crew.
+/// Returns the task's id when it was closed.
+pub(crate) fn clear_task(
+    tx: &Connection,
+    now_ms: i64,
+    rule: &str,
+    subject: &str,
+    note: &str,
+) -> rusqlite::Result<Option<i64>> {
+    let open: Option<(i64, String, String)> = tx
+        .query_row(
+            "SELECT id, state, kind FROM tasks WHERE subject = ?1 AND rule = ?2 AND state NOT IN ('closed', 'cancelled')",
+            params![subject, rule],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let Some((id, from, kind)) = open else {
+        return Ok(None);
+    };
+    if kind != "maintenance" {
+        crate::tasks::audit(
+            tx,
+            id,
+            now_ms,
+            "rules",
+            "note",
+            Some(&from),
+            &from,
+            Some(note),
+        )?;
+        return Ok(None);
+    }
+    tx.execute(
+        "UPDATE tasks SET state = 'closed', updated_at = ?2, closed_at = ?2 WHERE id = ?1",
+        params![id, now_ms],
+    )?;
+    crate::tasks::audit(
+        tx,
+        id,
+        now_ms,
+        "rules",
+        "cleared",
+        Some(&from),
+        "closed",
+        Some(note),
+    )?;
+    Ok(Some(id))
+}
+
+fn escalate_task(
+    tx: &Connection,
+    now_ms: i64,
+    rule: &str,
+    subject: &str,
+    severity: &str,
+    note: &str,
+) -> rusqlite::Result<Option<i64>> {
+    let open: Option<(i64, String)> = tx
+        .query_row(
+            "SELECT id, state FROM tasks WHERE subject = ?1 AND rule = ?2 AND state NOT IN ('closed', 'cancelled')",
+            params![subject, rule],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((id, state)) = open else {
+        return Ok(None);
+    };
+    tx.execute(
+        "UPDATE tasks SET severity = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, severity, now_ms],
+    )?;
+    crate::tasks::audit(
+        tx,
+        id,
+        now_ms,
+        "rules",
+        "escalate",
+        Some(&state),
+        &state,
+        Some(note),
+    )?;
+    Ok(Some(id))
+}
+
+/// Escalates open tasks not handled in time: not accepted within [`ACCEPT_WITHIN_MS`] of dispatch
+/// → the department's supervisor; not closed by their due time → the road chief of their segment.
+/// Each step once per task, in its audit trail. Returns the task ids escalated.
+pub fn escalate_overdue(
+    c: &Connection,
+    rules: &Rules,
+    clock: RuleClock,
+    now_ms: i64,
+) -> rusqlite::Result<Vec<i64>> {
+    let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
+    let mut done = Vec::new();
+    let accept_by = now_ms - clock.real_span(ACCEPT_WITHIN_MS);
+    let late: Vec<(i64, String, Option<String>)> = tx
+        .prepare(
+            "SELECT t.id, t.state, t.department FROM tasks t
+             WHERE t.state = 'dispatched' AND t.escalation < 1 AND t.opened_at <= ?1",
+        )?
+        .query_map([accept_by], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, state, dept) in late {
+        tx.execute(
+            "UPDATE tasks SET escalation = 1, updated_at = ?2 WHERE id = ?1",
+            params![id, now_ms],
+        )?;
+        let note = format!(
+            "not accepted within {} min: escalated to the supervisor of {}",
+            ACCEPT_WITHIN_MS / 60_000,
+            dept.as_deref().unwrap_or("the department")
+        );
+        crate::tasks::audit(
+            &tx,
+            id,
+            now_ms,
+            "rules",
+            "escalate",
+            Some(&state),
+            &state,
+            Some(&note),
+        )?;
+        done.push(id);
+    }
+    let overdue: Vec<(i64, String, Option<String>)> = tx
+        .prepare(
+            "SELECT id, state, road_segment FROM tasks
+             WHERE state NOT IN ('closed', 'cancelled') AND escalation < 2 AND due_at IS NOT NULL AND due_at <= ?1",
+        )?
+        .query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
+    for (id, state, segment) in overdue {
+        let chief = segment.as_deref().and_then(|s| {
+            rules.segment(s).map(|seg| {
+                seg.chief
+                    .clone()
+                    .unwrap_or_else(|| format!("the road chief of {s}"))
+            })
+        });
+        let to = chief.unwrap_or_else(|| match &segment {
+            Some(s) => format!("the road chief of {s}"),
+            None => "the district road chief".into(),
+        });
+        tx.execute(
+            "UPDATE tasks SET escalation = 2, updated_at = ?2 WHERE id = ?1",
+            params![id, now_ms],
+        )?;
+        let note = format!("not closed by its time limit: escalated to {to} (路长)");
+        crate::tasks::audit(
+            &tx,
+            id,
+            now_ms,
+            "rules",
+            "escalate",
+            Some(&state),
+            &state,
+            Some(&note),
+        )?;
+        done.push(id);
+    }
+    tx.commit()?;
+    Ok(done)
+}
+
+/// The assets the rules know, and which series of theirs the rules read.
+#[derive(Debug, Default)]
+struct Catalogue {
+    assets: HashMap<String, Asset>,
+    by_device: HashMap<(String, String), String>,
+    /// Series id → (asset id, metric) if the rules read it.
+    series: HashMap<i64, Option<(String, String)>>,
+}
+
+impl Catalogue {
+    fn load(c: &Connection, rules: &Rules) -> rusqlite::Result<Catalogue> {
+        let mut cat = Catalogue::default();
+        let mut stmt = c.prepare(
+            "SELECT id, kind, gateway, device, lat, lon, road_segment, grid, zone FROM assets",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<f64>>(4)?,
+                r.get::<_, Option<f64>>(5)?,
+                r.get::<_, Option<String>>(6)?,
+                r.get::<_, Option<String>>(7)?,
+                r.get::<_, Option<String>>(8)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, kind, gw, dev, lat, lon, seg, grid, zone) = row?;
+            cat.by_device.insert((gw, dev), id.clone());
+            cat.assets.insert(
+                id.clone(),
+                Asset::new(
+                    rules,
+                    kind,
+                    lat,
+                    lon,
+                    config::AssetPlace {
+                        asset: id,
+                        zone,
+                        segment: seg,
+                        grid,
+                    },
+                ),
+            );
+        }
+        Ok(cat)
+    }
+
+    /// Which (asset, metric) a series is, if the rules read it; unknown series are looked up (and
+    /// the assets reloaded when the series belongs to a device not known yet).
+    fn series(
+        &mut self,
+        c: &Connection,
+        rules: &Rules,
+        id: i64,
+    ) -> rusqlite::Result<Option<(String, String)>> {
+        if let Some(known) = self.series.get(&id) {
+            return Ok(known.clone());
+        }
+        let Some((gw, dev, metric)) = c
+            .query_row(
+                "SELECT gateway, device, metric FROM series WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
+            )
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let key = (gw, dev);
+        if !self.by_device.contains_key(&key) {
+            *self = Catalogue {
+                series: std::mem::take(&mut self.series),
+                ..Catalogue::load(c, rules)?
+            };
+        }
+        // A device no gateway has announced yet: not cached, asked again next time.
+        let Some(asset) = self.by_device.get(&key) else {
+            return Ok(None);
+        };
+        let kind = self.assets.get(asset).map_or("", |a| a.kind.as_str());
+        let hit = engine::wanted(kind, &metric, rules).then(|| (asset.clone(), metric));
+        self.series.insert(id, hit.clone());
+        Ok(hit)
+    }
+}
+
+/// Feeds `engine` the good readings of one asset's `series` in `(after, to]` (per series), merged
+/// in time order; returns the newest timestamp read per series and whether a series had more.
+fn feed_asset(
+    c: &Connection,
+    engine: &mut Engine,
+    clock: RuleClock,
+    asset: &Asset,
+    series: &[(i64, String, i64)],
+    to: i64,
+    out: &mut Vec<Action>,
+) -> rusqlite::Result<(Vec<(i64, i64)>, bool)> {
+    let mut stmt = c.prepare_cached(
+        "SELECT ts, value FROM readings
+         WHERE series = ?1 AND ts > ?2 AND ts <= ?3 AND quality IS NULL AND value IS NOT NULL
+         ORDER BY ts LIMIT ?4",
+    )?;
+    let mut merged: Vec<(i64, usize, f64)> = Vec::new();
+    let mut newest = Vec::new();
+    let mut more = false;
+    for (i, (id, _, after)) in series.iter().enumerate() {
+        let rows: Vec<(i64, f64)> = stmt
+            .query_map(params![id, after, to, CHUNK], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        more |= rows.len() as i64 == CHUNK;
+        if let Some(last) = rows.last() {
+            newest.push((*id, last.0));
+        }
+        merged.extend(rows.into_iter().map(|(ts, v)| (ts, i, v)));
+    }
+    merged.sort_by_key(|x| (x.0, x.1));
+    for (ts, i, v) in merged {
+        engine.reading(asset, &series[i].1, clock.at(ts), v, out);
+    }
+    Ok((newest, more))
+}
+
+fn camera_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(CameraEvent, String, String)> {
+    let attributes: serde_json::Value =
+        serde_json::from_str(&row.get::<_, String>(5)?).unwrap_or_default();
+    let evidence: serde_json::Value =
+        serde_json::from_str(&row.get::<_, String>(6)?).unwrap_or_default();
+    let images = evidence
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.get("sha256").and_then(|s| s.as_str()).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((
+        CameraEvent {
+            id: row.get(0)?,
+            at: row.get(4)?,
+            event: row.get(3)?,
+            attributes,
+            images,
+        },
+        row.get(1)?,
+        row.get(2)?,
+    ))
+}
+
+/// The live evaluation: engine, catalogue and cursors, persisted with every change.
+struct Runner {
+    conn: Connection,
+    setup: Setup,
+    engine: Engine,
+    cat: Catalogue,
+    cursors: HashMap<i64, i64>,
+    event_cursor: i64,
+    /// Series that existed when the rules started: without a cursor they look back
+    /// [`LOOKBACK_MS`]; series created later are read from their start.
+    started_with: HashSet<i64>,
+    started_at: i64,
+}
+
+impl Runner {
+    fn open(conn: Connection, setup: Setup, now_ms: i64) -> rusqlite::Result<Runner> {
+        let mut r = Runner {
+            conn,
+            engine: Engine::new(Arc::clone(&setup.rules)),
+            setup,
+            cat: Catalogue::default(),
+            cursors: HashMap::new(),
+            event_cursor: 0,
+            started_with: HashSet::new(),
+            started_at: now_ms,
+        };
+        r.reload()?;
+        Ok(r)
+    }
+
+    /// (Re)loads everything from the store: what a restart does.
+    fn reload(&mut self) -> rusqlite::Result<()> {
+        let c = &self.conn;
+        self.cat = Catalogue::load(c, &self.setup.rules)?;
+        self.engine = Engine::new(Arc::clone(&self.setup.rules));
+        let mut stmt = c.prepare("SELECT key, state FROM rule_state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (k, v) = row?;
+            self.engine.restore(&k, &v);
+        }
+        drop(stmt);
+        self.engine.take_changed();
+        self.cursors = c
+            .prepare("SELECT series, ts FROM rule_cursor")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        self.started_with = c
+            .prepare("SELECT id FROM series")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let cursor: Option<i64> = c
+            .query_row(
+                "SELECT value FROM rule_meta WHERE key = 'event_cursor'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        self.event_cursor = match cursor {
+            Some(v) => v,
+            None => c.query_row(
+                "SELECT COALESCE(MAX(id), 0) FROM events WHERE received < ?1",
+                [self.started_at - LOOKBACK_MS],
+                |r| r.get(0),
+            )?,
+        };
+        Ok(())
+    }
+
+    fn all_series(&self) -> rusqlite::Result<HashSet<i64>> {
+        self.conn
+            .prepare("SELECT id FROM series")?
+            .query_map([], |r| r.get(0))?
+            .collect()
+    }
+
+    /// Evaluates what changed; returns the tasks changed (id, action) and whether more is waiting.
+    fn cycle(
+        &mut self,
+        dirty: HashSet<i64>,
+        events: bool,
+        now_ms: i64,
+    ) -> rusqlite::Result<(Vec<(i64, &'static str)>, bool)> {
+        let rules = Arc::clone(&self.setup.rules);
+        let clock = self.setup.clock;
+        // Dirty series grouped by asset, each with its cursor.
+        let mut by_asset: HashMap<String, Vec<(i64, String, i64)>> = HashMap::new();
+        for id in dirty {
+            if let Some((asset, metric)) = self.cat.series(&self.conn, &rules, id)? {
+                let after = self.cursors.get(&id).copied().unwrap_or_else(|| {
+                    if self.started_with.contains(&id) {
+                        self.started_at - LOOKBACK_MS
+                    } else {
+                        i64::MIN
+                    }
+                });
+                by_asset.entry(asset).or_default().push((id, metric, after));
+            }
+        }
+        let mut actions = Vec::new();
+        let mut moved = Vec::new();
+        let mut more = false;
+        // Never past a minute ahead of now: a reading from a gateway whose clock runs ahead must not
+        // carry a cursor into the future.
+        let to = now_ms + 60_000;
+        for (asset_id, series) in &by_asset {
+            let Some(asset) = self.cat.assets.get(asset_id) else {
+                continue;
+            };
+            let (newest, m) = feed_asset(
+                &self.conn,
+                &mut self.engine,
+                clock,
+                asset,
+                series,
+                to,
+                &mut actions,
+            )?;
+            moved.extend(newest);
+            more |= m;
+        }
+        let mut event_cursor = self.event_cursor;
+        if events || more {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id, gateway, device, event, ts, attributes, evidence FROM events
+                 WHERE id > ?1 ORDER BY id LIMIT 2000",
+            )?;
+            let evs: Vec<(CameraEvent, String, String)> = stmt
+                .query_map([self.event_cursor], camera_event)?
+                .collect::<Result<_, _>>()?;
+            more |= evs.len() == 2000;
+            for (mut ev, gw, dev) in evs {
+                event_cursor = ev.id;
+                ev.at = clock.at(ev.at);
+                let asset = self
+                    .cat
+                    .by_device
+                    .get(&(gw, dev))
+                    .and_then(|a| self.cat.assets.get(a));
+                self.engine.camera(asset, &ev, &mut actions);
+            }
+        }
+        // Everything in one transaction: tasks, state and cursors.
+        let changed = self.engine.take_changed();
+        let tx = rusqlite::Transaction::new_unchecked(&self.conn, Immediate)?;
+        let mut tasks = Vec::new();
+        for a in &actions {
+            if let Some(t) = apply(&tx, &rules, clock, now_ms, a)? {
+                tasks.push(t);
+            }
+        }
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO rule_state (key, state, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            )?;
+            let mut del = tx.prepare_cached("DELETE FROM rule_state WHERE key = ?1")?;
+            for key in &changed {
+                match self.engine.state_json(key) {
+                    Some(json) => put.execute(params![key, json, now_ms])?,
+                    None => del.execute([key])?,
+                };
+            }
+            let mut cur = tx.prepare_cached(
+                "INSERT INTO rule_cursor (series, ts) VALUES (?1, ?2)
+                 ON CONFLICT (series) DO UPDATE SET ts = excluded.ts",
+            )?;
+            for (id, ts) in &moved {
+                cur.execute(params![id, ts])?;
+            }
+            if event_cursor != self.event_cursor {
+                tx.execute(
+                    "INSERT INTO rule_meta (key, value) VALUES ('event_cursor', ?1)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    [event_cursor],
+                )?;
+            }
+        }
+        tx.commit()?;
+        self.cursors.extend(moved);
+        self.event_cursor = event_cursor;
+        Ok((tasks, more))
+    }
+}
+
+/// Carries out one action in the task store; returns the task changed.
+fn apply(
+    tx: &Connection,
+    rules: &Rules,
+    clock: RuleClock,
+    now_ms: i64,
+    a: &Action,
+) -> rusqlite::Result<Option<(i64, &'static str)>> {
+    Ok(match a {
+        Action::Raise(r) => {
+            let place = config::AssetPlace {
+                asset: r.asset.clone().unwrap_or_default(),
+                zone: r.place.zone.clone(),
+                segment: r.place.segment.clone(),
+                grid: r.place.grid.clone(),
+            };
+            let dept = rules.department(r.rule, &place);
+            let due = now_ms + clock.real_span(rules.limit_ms(r.rule));
+            open_task(tx, now_ms, r, &dept, due)?.map(|id| (id, "file"))
+        }
+        Action::Clear {
+            rule,
+            subject,
+            note,
+            ..
+        } => clear_task(tx, now_ms, rule, subject, note)?.map(|id| (id, "cleared")),
+        Action::Escalate {
+            rule,
+            subject,
+            severity,
+            note,
+            ..
+        } => escalate_task(tx, now_ms, rule, subject, severity, note)?.map(|id| (id, "escalate")),
+    })
+}
+
+/// `hub rules backtest`: evaluates the rules over stored history in `[from, to]` (the readings'
+/// time) with fresh state, and returns what they would have done, in time order, without doing it.
+pub fn backtest(
+    c: &Connection,
+    rules: Arc<Rules>,
+    clock: RuleClock,
+    from_ms: i64,
+    to_ms: i64,
+) -> rusqlite::Result<Vec<Action>> {
+    let mut cat = Catalogue::load(c, &rules)?;
+    let mut engine = Engine::new(Arc::clone(&rules));
+    let ids: Vec<i64> = c
+        .prepare("SELECT id FROM series ORDER BY id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut by_asset: std::collections::BTreeMap<String, Vec<(i64, String, i64)>> =
+        Default::default();
+    for id in ids {
+        if let Some((asset, metric)) = cat.series(c, &rules, id)? {
+            by_asset
+                .entry(asset)
+                .or_default()
+                .push((id, metric, from_ms - 1));
+        }
+    }
+    let mut out = Vec::new();
+    // A day at a time, every asset, so memory stays bounded over long ranges.
+    let mut start = from_ms;
+    while start <= to_ms {
+        let end = (start + 86_400_000 - 1).min(to_ms);
+        for (asset_id, series) in by_asset.iter_mut() {
+            let Some(asset) = cat.assets.get(asset_id) else {
+                continue;
+            };
+            loop {
+                let (newest, more) =
+                    feed_asset(c, &mut engine, clock, asset, series, end, &mut out)?;
+                for (id, ts) in newest {
+                    if let Some(s) = series.iter_mut().find(|s| s.0 == id) {
+                        s.2 = ts;
+                    }
+                }
+                if !more {
+                    break;
+                }
+            }
+        }
+        start = end + 1;
+    }
+    let mut stmt = c.prepare(
+        "SELECT id, gateway, device, event, ts, attributes, evidence FROM events
+         WHERE ts >= ?1 AND ts <= ?2 ORDER BY ts, id",
+    )?;
+    let evs = stmt.query_map([from_ms, to_ms], camera_event)?;
+    for ev in evs {
+        let (mut ev, gw, dev) = ev?;
+        ev.at = clock.at(ev.at);
+        let asset = cat
+            .by_device
+            .get(&(gw, dev))
+            .and_then(|a| cat.assets.get(a));
+        engine.camera(asset, &ev, &mut out);
+    }
+    out.sort_by_key(Action::at);
+    Ok(out)
+}
+
+/// Runs the rules on a thread of their own with their own connection until `stop`: readings and
+/// events as the store commits them, silence every [`EVERY`], escalation every minute; puts what
+/// changed on the live feed.
+pub fn start(
+    db: PathBuf,
+    setup: Setup,
+    feed: Feed,
+    live: crate::live::Live,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let conn = Connection::open(&db)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let mut runner = Runner::open(conn, setup, crate::now_ms())?;
+    Ok(std::thread::Builder::new()
+        .name("rules".into())
+        .spawn(move || {
+            // At start every series is looked at: whatever came in while the hub was down.
+            let mut pending = runner.all_series().unwrap_or_default();
+            let mut events = true;
+            let mut last_offline = Instant::now() - EVERY;
+            let mut last_escalation = Instant::now() - Duration::from_secs(60);
+            while !stop.is_cancelled() {
+                let announce = |runner: &Runner, changed: &[(i64, &str)]| {
+                    for &(id, action) in changed {
+                        if let Ok(Some(t)) = crate::tasks::load(&runner.conn, id) {
+                            tracing::info!(task = id, rule = %t.rule, subject = %t.subject, action, "task by rule");
+                            crate::tasks::announce(&live, &t, action);
+                        }
+                    }
+                };
+                if !pending.is_empty() || events {
+                    let dirty = std::mem::take(&mut pending);
+                    match runner.cycle(dirty.clone(), events, crate::now_ms()) {
+                        Ok((changed, more)) => {
+                            announce(&runner, &changed);
+                            if more {
+                                // Still behind: go again at once with the same series.
+                                pending = dirty;
+                            }
+                            events = more;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "rule evaluation failed; reloading the rules' state and retrying");
+                            std::thread::sleep(Duration::from_secs(1));
+                            if let Err(e) = runner.reload() {
+                                tracing::error!(error = %e, "cannot reload the rules' state");
+                            }
+                            pending = dirty;
+                            events = true;
+                            continue;
+                        }
+                    }
+                }
+                if last_offline.elapsed() >= EVERY {
+                    last_offline = Instant::now();
+                    match evaluate_offline(&runner.conn, crate::now_ms()) {
+                        Ok(ch) => {
+                            let changed: Vec<(i64, &str)> = ch
+                                .opened
+                                .iter()
+                                .map(|&id| (id, "file"))
+                                .chain(ch.cleared.iter().map(|&id| (id, "cleared")))
+                                .collect();
+                            announce(&runner, &changed);
+                        }
+                        Err(e) => tracing::error!(error = %e, "offline rule failed; retrying"),
+                    }
+                }
+                if last_escalation.elapsed() >= Duration::from_secs(60) {
+                    last_escalation = Instant::now();
+                    let (rules, clock) = (Arc::clone(&runner.setup.rules), runner.setup.clock);
+                    match escalate_overdue(&runner.conn, &rules, clock, crate::now_ms()) {
+                        Ok(ids) => {
+                            let changed: Vec<(i64, &str)> =
+                                ids.into_iter().map(|id| (id, "escalate")).collect();
+                            announce(&runner, &changed);
+                        }
+                        Err(e) => tracing::error!(error = %e, "escalation failed; retrying"),
+                    }
+                }
+                if pending.is_empty() && !events {
+                    // Coalesce: at most a few cycles a second however fast readings arrive.
+                    std::thread::sleep(Duration::from_millis(200));
+                    let (s, e) = runner_feed_wait(&feed, &stop);
+                    pending = s;
+                    events = e;
+                }
+            }
+        })?)
+}
+
+/// Waits up to a second for the store to commit something, noticing `stop`.
+fn runner_feed_wait(
+    feed: &Feed,
+    stop: &tokio_util::sync::CancellationToken,
+) -> (HashSet<i64>, bool) {
+    if stop.is_cancelled() {
+        return (HashSet::new(), false);
+    }
+    feed.wait(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const MIN: i64 = 60_000;
+    /// 2026-11-22 10:00 in China.
+    const T0: i64 = 1_795_305_600_000 - 8 * 3_600_000 + 10 * 3_600_000;
+
+    fn db() -> Connection {
+        let mut c = Connection::open_in_memory().unwrap();
+        crate::store::prepare(&mut c).unwrap();
+        c.execute_batch(
+            "INSERT INTO assets (id, kind, gateway, device, lat, lon, road_segment, zone, updated_at)
+               VALUES ('wl-1', 'waterlogging', 'gw-a', 'd1', 32.04, 118.78, 'hanzhong-rd-s2', NULL, 0),
+                      ('anpr-1', 'parkingCamera', 'gw-a', 'cam-1', 32.04, 118.78, 'zhongshan-rd-s1', 'np-1', 0);
+             INSERT INTO series (id, gateway, device, metric) VALUES (1, 'gw-a', 'd1', 'waterDepth'), (2, 'gw-a', 'd1', 'temperature');",
+        )
+        .unwrap();
+        c
+    }
+
+    fn depth(c: &Connection, minutes: std::ops::Range<i64>, cm: f64) {
+        for m in minutes {
+            c.execute(
+                "INSERT INTO readings (series, ts, value) VALUES (1, ?1, ?2)",
+                params![T0 + m * MIN, cm],
+            )
+            .unwrap();
+        }
+    }
+
+    fn setup() -> Setup {
+        let rules = Rules::parse(
+            r#"
+            [[zone]]
+            id = "np-1"
+            class = "forbidden"
+            [[segment]]
+            id = "hanzhong-rd-s2"
+            chief = "陈静"
+            [[route]]
+            rules = ["waterlogging"]
+            segments = ["hanzhong-rd-s2"]
+            department = "drainage-gulou"
+            "#,
+            "rules.toml",
+        )
+        .unwrap();
+        Setup {
+            rules: Arc::new(rules),
+            clock: RuleClock::REAL,
+        }
+    }
+
+    fn tasks(c: &Connection) -> Vec<(String, String, String, String)> {
+        c.prepare("SELECT rule, subject, state, department FROM tasks ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_neither_forgets_a_condition_nor_duplicates_a_task() {
+        let now = T0 + 30 * MIN;
+        let c = db();
+        depth(&c, 0..3, 16.0);
+        let mut r = Runner::open(c, setup(), now).unwrap();
+        let all = r.all_series().unwrap();
+        let (changed, _) = r.cycle(all.clone(), false, now).unwrap();
+        assert!(changed.is_empty());
+        // Restart in the middle of the five minutes: the condition goes on from its start.
+        let c = r.conn;
+        depth(&c, 3..6, 16.0);
+        let mut r = Runner::open(c, setup(), now).unwrap();
+        let (changed, _) = r.cycle(all.clone(), false, now).unwrap();
+        assert_eq!(changed.len(), 1);
+        assert_eq!(
+            tasks(&r.conn),
+            [(
+                "waterlogging".into(),
+                "wl-1".into(),
+                "dispatched".into(),
+                "drainage-gulou".into()
+            )]
+        );
+        // Evaluated again, and after another restart: nothing twice.
+        assert!(r.cycle(all.clone(), false, now).unwrap().0.is_empty());
+        let c = r.conn;
+        let mut r = Runner::open(c, setup(), now).unwrap();
+        assert!(r.cycle(all.clone(), false, now).unwrap().0.is_empty());
+        assert_eq!(tasks(&r.conn).len(), 1);
+        // The water goes down: below 5 cm for 10 minutes closes it, verified by the sensor.
+        depth(&r.conn, 6..20, 2.0);
+        let (changed, _) = r.cycle(all.clone(), false, now).unwrap();
+        assert_eq!(changed.iter().map(|c| c.1).collect::<Vec<_>>(), ["cleared"]);
+        assert_eq!(tasks(&r.conn)[0].2, "closed");
+
+        // The backtest over the same hour says the same, without touching the tasks.
+        let actions = backtest(&r.conn, setup().rules, RuleClock::REAL, T0, T0 + HOUR_MS).unwrap();
+        let kinds: Vec<(&str, &str)> = actions
+            .iter()
+            .map(|a| {
+                (
+                    if matches!(a, Action::Raise(_)) {
+                        "raise"
+                    } else {
+                        "clear"
+                    },
+                    a.rule(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [("raise", "waterlogging"), ("clear", "waterlogging")]
+        );
+        assert_eq!(tasks(&r.conn).len(), 1);
+    }
+
+    const HOUR_MS: i64 = 60 * MIN;
+
+    #[test]
+    fn camera_events_raise_enforcement_tasks_masked_in_the_subject() {
+        let now = T0 + 30 * MIN;
+        let c = db();
+        let mut r = Runner::open(c, setup(), now).unwrap();
+        for (id, at) in [(1, T0), (2, T0 + 7 * MIN)] {
+            r.conn
+                .execute(
+                    "INSERT INTO events (id, gateway, device, event, ts, phase, attributes, evidence, received)
+                     VALUES (?1, 'gw-a', 'cam-1', 'plate', ?2, 'instant', ?3, ?4, ?2)",
+                    params![
+                        id,
+                        at,
+                        r#"{"plate":"苏A8HK52","plateColor":"blue","confidence":0.95}"#,
+                        format!(r#"[{{"sha256":"img-{id}"}}]"#)
+                    ],
+                )
+                .unwrap();
+        }
+        let (changed, _) = r.cycle(HashSet::new(), true, now).unwrap();
+        assert_eq!(changed.len(), 1);
+        let t = crate::tasks::load(&r.conn, changed[0].0).unwrap().unwrap();
+        assert_eq!(
+            (
+                t.kind.as_str(),
+                t.rule.as_str(),
+                t.department.as_deref(),
+                t.zone.as_deref()
+            ),
+            (
+                "enforcement",
+                "parking_violation",
+                Some("traffic-police"),
+                Some("np-1")
+            )
+        );
+        assert!(!t.subject.contains("8HK52"), "{}", t.subject);
+        assert_eq!(t.detail["evidence"][1]["images"][0], "img-2");
+        // The event cursor is kept: after a restart the same captures raise nothing.
+        let c = r.conn;
+        let mut r = Runner::open(c, setup(), now).unwrap();
+        assert!(r.cycle(HashSet::new(), true, now).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn overdue_tasks_go_to_the_supervisor_then_the_road_chief() {
+        let now = T0 + 6 * MIN;
+        let c = db();
+        depth(&c, 0..6, 16.0);
+        let mut r = Runner::open(c, setup(), now).unwrap();
+        let all = r.all_series().unwrap();
+        r.cycle(all, false, now).unwrap();
+        let rules = setup().rules;
+        assert!(
+            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 14 * MIN)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 16 * MIN)
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 17 * MIN)
+                .unwrap()
+                .is_empty()
+        );
+        // Waterlogging is due within 4 hours.
+        assert_eq!(
+            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 4 * HOUR_MS + MIN)
+                .unwrap()
+                .len(),
+            1
+        );
+        let notes: Vec<String> = r
+            .conn
+            .prepare("SELECT note FROM task_events WHERE action = 'escalate' ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            notes[0].contains("supervisor of drainage-gulou"),
+            "{notes:?}"
+        );
+        assert!(notes[1].contains("陈静"), "{notes:?}");
+    }
+}
