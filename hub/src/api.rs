@@ -30,6 +30,8 @@ pub struct ApiState {
     pub live: crate::live::Live,
     /// Cancelled when the HTTP server stops: long-lived responses (the live feed) end then.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// The rules file (road segments and chiefs for the assessment).
+    pub rules: Arc<crate::rules::Rules>,
 }
 
 pub fn router(state: ApiState) -> axum::Router {
@@ -70,6 +72,7 @@ pub fn router(state: ApiState) -> axum::Router {
             "/api/v1/tasks/{id}/actions",
             axum::routing::post(crate::tasks::act),
         )
+        .route("/api/v1/reports/assessment", get(crate::assessment::get))
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/stream", get(crate::live::stream))

@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod api;
+pub mod assessment;
 pub mod broker;
 pub mod commands;
 pub mod demo;
@@ -246,6 +247,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         metrics_auth: cfg.metrics_auth,
         live,
         stopping: http_stop.clone(),
+        rules: cfg.rules.rules.clone(),
     });
     let stop = http_stop.clone();
     let http = tokio::spawn(async move {

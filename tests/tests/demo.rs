@@ -151,6 +151,13 @@ fn demo_town_serves_fresh_assets_from_every_gateway() {
             seen.insert((t["rule"].to_string(), t["subject"].to_string())),
             "a second task for the same subject and rule: {t}"
         );
+        for field in ["category", "department", "due_at", "kind"] {
+            assert!(t[field].is_string(), "no {field}: {t}");
+        }
+        assert!(
+            t["asset"].is_string() || t["subject"].as_str().unwrap().contains(':'),
+            "{t}"
+        );
         if t["rule"] == "lamp_out" {
             assert_eq!(
                 t["subject"], "sl-hz-0003",
@@ -175,6 +182,20 @@ fn demo_town_serves_fresh_assets_from_every_gateway() {
             .len(),
         2
     );
+    // This month's assessment ranks the demo town's road segments, with their road chiefs.
+    let report = get_json(&format!("{base}/api/v1/reports/assessment")).unwrap();
+    let segments = report["segments"].as_array().unwrap();
+    assert!(segments.len() >= 4, "{report}");
+    for (i, s) in segments.iter().enumerate() {
+        assert_eq!(s["rank"], i + 1, "{s}");
+    }
+    let zs = segments
+        .iter()
+        .find(|s| s["key"] == "zhongshan-rd-s1")
+        .unwrap();
+    assert!(zs["chief"].as_str().unwrap().contains("王建国"), "{zs}");
+    let raised: i64 = segments.iter().map(|s| s["raised"].as_i64().unwrap()).sum();
+    assert!(raised >= tasks.len() as i64, "{report}");
 
     let hub = child.0.as_mut().unwrap();
     kill(Pid::from_raw(hub.id() as i32), Signal::SIGTERM).unwrap();

@@ -295,6 +295,7 @@ impl Default for Limits {
             ("truck_restricted", 24.0),
             ("sensor_flatline", 72.0),
             ("sensor_implausible", 72.0),
+            ("lighting_rate", 24.0),
         ];
         Self {
             close_h: close.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
@@ -827,6 +828,7 @@ pub fn default_department(rule: &str) -> &'static str {
         "bin_full" | "bin_overflow" | "bin_hazard" => "sanitation",
         "dust" => "construction",
         "noise" => "enforcement-squad",
+        "lighting_rate" => "road-chief",
         _ => "device-contractor",
     }
 }

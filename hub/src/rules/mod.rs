@@ -26,6 +26,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod lighting;
 mod offline;
 pub mod sun;
 
@@ -70,6 +71,11 @@ impl RuleClock {
     /// The rules' time of a reading taken at `ts`.
     pub fn at(&self, ts: i64) -> i64 {
         self.rule0 + ((ts - self.real0) as f64 * self.speed) as i64
+    }
+
+    /// The real time at which the rules' clock shows `rule_ms`.
+    pub fn real_at(&self, rule_ms: i64) -> i64 {
+        self.real0 + ((rule_ms - self.rule0) as f64 / self.speed.max(1e-9)) as i64
     }
 
     /// A span of the rules' time in real milliseconds.
@@ -863,6 +869,10 @@ pub fn start(
                             announce(&runner, &changed);
                         }
                         Err(e) => tracing::error!(error = %e, "escalation failed; retrying"),
+                    }
+                    match lighting::evaluate_nights(&runner.conn, &rules, clock, crate::now_ms()) {
+                        Ok(changed) => announce(&runner, &changed),
+                        Err(e) => tracing::error!(error = %e, "lighting rate failed; retrying"),
                     }
                 }
                 if pending.is_empty() && !events {

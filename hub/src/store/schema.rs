@@ -257,6 +257,19 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE tasks ADD COLUMN escalation INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 10: the lighting rate of each road segment per night (crate::rules::lighting), for the KPI
+    // rule and the monthly assessment; kept as long as the database.
+    r#"
+    CREATE TABLE lighting_nights (
+        night    INTEGER NOT NULL,
+        segment  TEXT NOT NULL,
+        lamps    INTEGER NOT NULL,
+        rate     REAL NOT NULL,
+        target   REAL NOT NULL,
+        dark     TEXT NOT NULL,
+        PRIMARY KEY (night, segment)
+    );
+    "#,
 ];
 
 /// Brings the database to the newest schema version.
