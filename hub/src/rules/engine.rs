@@ -1650,4 +1650,492 @@ mod tests {
         let out = run(&mut e2, &a, "waterDepth", DAY + 5 * MIN, MIN, 1, |_| 16.0);
         assert_eq!(rules_of(&out), [("raise", "waterlogging")]);
     }
+
+    // The edges of the issue, as tables run on the injected clock: each row a fresh engine fed
+    // readings or captures at the times given, and the actions it must produce.
+
+    /// A run of readings of one metric: the first time, the step, how many, the i-th value.
+    type Feed = (&'static str, i64, i64, i64, fn(i64) -> f64);
+
+    fn feed(metric: &'static str, from: i64, step: i64, n: i64, f: fn(i64) -> f64) -> Feed {
+        (metric, from, step, n, f)
+    }
+
+    /// The actions expected, as [`rules_of`] gives them.
+    type Expect = Vec<(&'static str, &'static str)>;
+
+    /// A row: the readings in, in order, and the actions out.
+    struct Case {
+        name: &'static str,
+        feeds: Vec<Feed>,
+        expect: Expect,
+    }
+
+    /// Runs each row on a fresh engine with one asset of `kind`; returns each row's actions.
+    fn table(r: &Arc<Rules>, kind: &str, cases: &[Case]) -> Vec<Vec<Action>> {
+        let a = asset(r, "a-1", kind);
+        cases
+            .iter()
+            .map(|c| {
+                let mut e = Engine::new(r.clone());
+                let mut out = Vec::new();
+                for &(metric, from, step, n, f) in &c.feeds {
+                    out.extend(run(&mut e, &a, metric, from, step, n, f));
+                }
+                assert_eq!(rules_of(&out), c.expect, "{}: {out:#?}", c.name);
+                out
+            })
+            .collect()
+    }
+
+    /// The feeds as one list of (metric, time, value).
+    fn readings(feeds: &[Feed]) -> Vec<(&'static str, i64, f64)> {
+        feeds
+            .iter()
+            .flat_map(|&(m, from, step, n, f)| (0..n).map(move |i| (m, from + i * step, f(i))))
+            .collect()
+    }
+
+    /// Feeds `list` to an engine that is restarted after the first `split` readings: its state
+    /// saved with `state_json` and restored into a new engine, as the hub does across a restart.
+    /// Returns all the actions and the engine that finished.
+    fn restarted(
+        r: &Arc<Rules>,
+        a: &Asset,
+        list: &[(&'static str, i64, f64)],
+        split: usize,
+    ) -> (Vec<Action>, Engine) {
+        let key = format!("asset:{}", a.id);
+        let mut out = Vec::new();
+        let mut e = Engine::new(r.clone());
+        for &(m, t, v) in &list[..split] {
+            e.reading(a, m, t, v, &mut out);
+        }
+        let mut e2 = Engine::new(r.clone());
+        if let Some(json) = e.state_json(&key) {
+            e2.restore(&key, &json);
+        }
+        for &(m, t, v) in &list[split..] {
+            e2.reading(a, m, t, v, &mut out);
+        }
+        (out, e2)
+    }
+
+    /// The `since` a raise names, in milliseconds.
+    fn since_of(out: &[Action], i: usize) -> i64 {
+        let Action::Raise(r) = &out[i] else {
+            panic!("not a raise: {:?}", out[i])
+        };
+        protocol::Timestamp::parse_rfc3339(r.detail["since"].as_str().unwrap())
+            .unwrap()
+            .unix_millis()
+    }
+
+    fn sunset(r: &Rules) -> i64 {
+        let (_, _, day) = r.local(DAY + 12 * HOUR);
+        crate::rules::sun::rise_set(32.04, 118.78, day).unwrap().1
+    }
+
+    #[test]
+    fn parking_edges() {
+        let r = rules(&format!(
+            "{ZONE}\n[[zone]]\nid = \"np-2\"\nclass = \"forbidden\"\nno_parking = [\"mon-sun 07:00-22:00\"]\n"
+        ));
+        let cam = asset(&r, "anpr-1", "parkingCamera");
+        let t = DAY + 10 * HOUR;
+        let p = "苏A8HK52";
+        let c = |id: i64, at: i64, plate: &str, conf: f64| capture(id, at, plate, "blue", conf);
+        let c_in = |zone: &str, id: i64, at: i64| {
+            let mut ev = capture(id, at, p, "blue", 0.95);
+            ev.attributes["zone"] = zone.into();
+            ev
+        };
+        let case = vec![("raise", "parking_violation")];
+        let none = vec![];
+        let cases: Vec<(&str, Vec<CameraEvent>, Expect)> = vec![
+            (
+                "4 min 59 s apart: a short stop",
+                vec![c(1, t, p, 0.95), c(2, t + 5 * MIN - 1000, p, 0.95)],
+                none.clone(),
+            ),
+            (
+                "exactly 5 min apart",
+                vec![c(1, t, p, 0.95), c(2, t + 5 * MIN, p, 0.95)],
+                case.clone(),
+            ),
+            (
+                "whitelisted plate",
+                vec![
+                    c(1, t, "苏A0110警", 0.99),
+                    c(2, t + 10 * MIN, "苏A0110警", 0.99),
+                ],
+                none.clone(),
+            ),
+            (
+                "21:50 and 21:59, inside the hours 07:00-22:00",
+                vec![
+                    c(1, DAY + 21 * HOUR + 50 * MIN, p, 0.95),
+                    c(2, DAY + 21 * HOUR + 59 * MIN, p, 0.95),
+                ],
+                case.clone(),
+            ),
+            (
+                "21:50 and 22:01, the second after the hours",
+                vec![
+                    c(1, DAY + 21 * HOUR + 50 * MIN, p, 0.95),
+                    c(2, DAY + 22 * HOUR + MIN, p, 0.95),
+                ],
+                none.clone(),
+            ),
+            (
+                "confidence just below 0.9",
+                vec![c(1, t, p, 0.8999), c(2, t + 10 * MIN, p, 0.8999)],
+                none.clone(),
+            ),
+            (
+                "confidence exactly 0.9",
+                vec![c(1, t, p, 0.9), c(2, t + 10 * MIN, p, 0.9)],
+                case.clone(),
+            ),
+            (
+                "one capture in each of two zones",
+                vec![c_in("np-1", 1, t), c_in("np-2", 2, t + 10 * MIN)],
+                none.clone(),
+            ),
+            (
+                "both captures in the second zone",
+                vec![c_in("np-2", 1, t), c_in("np-2", 2, t + 10 * MIN)],
+                case.clone(),
+            ),
+        ];
+        for (name, events, expect) in &cases {
+            let mut e = Engine::new(r.clone());
+            let mut out = Vec::new();
+            for ev in events {
+                e.camera(Some(&cam), ev, &mut out);
+            }
+            assert_eq!(rules_of(&out), *expect, "{name}: {out:#?}");
+        }
+    }
+
+    #[test]
+    fn truck_edges() {
+        // np-1 bans trucks 07:00-09:00; 苏A6H318 has a permit.
+        let r = rules(ZONE);
+        let cam = asset(&r, "anpr-1", "parkingCamera");
+        let case = vec![("raise", "truck_restricted")];
+        let cases = [
+            (
+                "yellow plate at 08:00, in the ban",
+                capture(1, DAY + 8 * HOUR, "苏A0T923", "yellow", 0.95),
+                case.clone(),
+            ),
+            (
+                "yellow plate at 08:59, in the ban",
+                capture(1, DAY + 8 * HOUR + 59 * MIN, "苏A0T923", "yellow", 0.95),
+                case.clone(),
+            ),
+            (
+                "yellow plate at 09:01, one minute after the ban",
+                capture(1, DAY + 9 * HOUR + MIN, "苏A0T923", "yellow", 0.95),
+                vec![],
+            ),
+            (
+                "permit plate in the ban",
+                capture(1, DAY + 8 * HOUR, "苏A6H318", "yellow", 0.95),
+                vec![],
+            ),
+            (
+                "blue-plated car in the ban",
+                capture(1, DAY + 8 * HOUR, "苏A0T923", "blue", 0.95),
+                vec![],
+            ),
+        ];
+        for (name, ev, expect) in &cases {
+            let mut e = Engine::new(r.clone());
+            let mut out = Vec::new();
+            e.camera(Some(&cam), ev, &mut out);
+            assert_eq!(rules_of(&out), *expect, "{name}: {out:#?}");
+        }
+    }
+
+    #[test]
+    fn lamp_out_counts_from_sunset_plus_the_on_offset() {
+        let r = rules("[lamp]\non_offset_min = 15\n");
+        // Nanjing (the asset's coordinates), the local day of DAY.
+        let set = sunset(&r);
+        let on_at = set + 15 * MIN;
+        // Dark (0.5 W of 150) every minute from sunset, n readings.
+        let dark = |n| feed("activePower", set, MIN, n, |_| 0.5);
+        let out = vec![("raise", "lamp_out")];
+        let cases = [
+            Case {
+                name: "dark from sunset to sunset + 14 min: not scheduled yet",
+                feeds: vec![dark(15)],
+                expect: vec![],
+            },
+            Case {
+                name: "dark until sunset + 24 min: 9 min of the schedule",
+                feeds: vec![dark(25)],
+                expect: vec![],
+            },
+            Case {
+                name: "dark until sunset + 25 min: 10 min of the schedule",
+                feeds: vec![dark(26)],
+                expect: out.clone(),
+            },
+            Case {
+                name: "dark until sunset + 60 min",
+                feeds: vec![dark(61)],
+                expect: out.clone(),
+            },
+        ];
+        let outs = table(&r, "streetlight", &cases);
+        for out in &outs[2..] {
+            let since = since_of(out, 0);
+            assert!(
+                since >= on_at,
+                "since {since} before sunset + 15 min {on_at}"
+            );
+            assert_eq!(since, on_at);
+            assert_eq!(out[0].at(), on_at + 10 * MIN);
+        }
+    }
+
+    #[test]
+    fn water_edges_at_the_limit_and_around_the_hysteresis_band() {
+        let r = rules("");
+        let w = |from, n, f| feed("waterDepth", from, MIN, n, f);
+        // Raised at minute 5, then 4 and 6 cm alternating every minute for an hour.
+        let raised = w(DAY, 6, |_| 16.0);
+        let flapping = w(DAY + 6 * MIN, 60, |i| if i % 2 == 0 { 4.0 } else { 6.0 });
+        let cases = [
+            Case {
+                name: "exactly 15.0 cm for 10 min (the rule is > 15)",
+                feeds: vec![w(DAY, 11, |_| 15.0)],
+                expect: vec![],
+            },
+            Case {
+                name: "15.01 cm for 4 min",
+                feeds: vec![w(DAY, 5, |_| 15.01)],
+                expect: vec![],
+            },
+            Case {
+                name: "15.01 cm for 5 min",
+                feeds: vec![w(DAY, 6, |_| 15.01)],
+                expect: vec![("raise", "waterlogging")],
+            },
+            Case {
+                name: "14 and 16 cm alternating every minute for an hour",
+                feeds: vec![w(DAY, 61, |i| if i % 2 == 0 { 14.0 } else { 16.0 })],
+                expect: vec![],
+            },
+            Case {
+                name: "raised, then 4 and 6 cm alternating every minute for an hour",
+                feeds: vec![raised, flapping],
+                expect: vec![("raise", "waterlogging")],
+            },
+            Case {
+                name: "raised, flapping, then 4 cm for 9 min",
+                feeds: vec![raised, flapping, w(DAY + 66 * MIN, 10, |_| 4.0)],
+                expect: vec![("raise", "waterlogging")],
+            },
+            Case {
+                name: "raised, flapping, then 4 cm for 10 min and 20 more",
+                feeds: vec![raised, flapping, w(DAY + 66 * MIN, 31, |_| 4.0)],
+                expect: vec![("raise", "waterlogging"), ("clear", "waterlogging")],
+            },
+        ];
+        let outs = table(&r, "waterlogging", &cases);
+        assert_eq!(outs[2][0].at(), DAY + 5 * MIN);
+        // Cleared once, 10 minutes after the flapping stopped.
+        assert_eq!(outs[6][1].at(), DAY + 76 * MIN);
+    }
+
+    #[test]
+    fn bin_emptied_and_refilled_starts_afresh() {
+        let r = rules("");
+        // Every 10 minutes: 0.875 full (of 0.8), or a single lower reading.
+        let full = |from, n| feed("fillingLevel", from, 10 * MIN, n, |_| 0.875);
+        let one = |at, f| feed("fillingLevel", at, MIN, 1, f);
+        let (raise, clear, esc) = (
+            ("raise", "bin_full"),
+            ("clear", "bin_full"),
+            ("escalate", "bin_full"),
+        );
+        let cases = [
+            Case {
+                name: "full 10 min, emptied to 0.1, full 10 min again",
+                feeds: vec![
+                    full(DAY, 2),
+                    one(DAY + 20 * MIN, |_| 0.1),
+                    full(DAY + 30 * MIN, 2),
+                ],
+                expect: vec![raise, clear, raise],
+            },
+            Case {
+                name: "a drop of exactly 0.5 is an emptying",
+                feeds: vec![
+                    full(DAY, 2),
+                    one(DAY + 20 * MIN, |_| 0.375),
+                    full(DAY + 30 * MIN, 2),
+                ],
+                expect: vec![raise, clear, raise],
+            },
+            Case {
+                name: "a drop of 0.49 is not",
+                feeds: vec![
+                    full(DAY, 2),
+                    one(DAY + 20 * MIN, |_| 0.385),
+                    full(DAY + 30 * MIN, 2),
+                ],
+                expect: vec![raise],
+            },
+            Case {
+                name: "two fills of 3 h: the first fill's hours are not carried over",
+                feeds: vec![
+                    full(DAY, 19),
+                    one(DAY + 190 * MIN, |_| 0.1),
+                    full(DAY + 200 * MIN, 19),
+                ],
+                expect: vec![raise, clear, raise],
+            },
+            Case {
+                name: "escalated after 4 h, emptied, refilled for 3 h: not escalated",
+                feeds: vec![
+                    full(DAY, 25),
+                    one(DAY + 250 * MIN, |_| 0.1),
+                    full(DAY + 260 * MIN, 19),
+                ],
+                expect: vec![raise, esc, clear, raise],
+            },
+            Case {
+                name: "escalated, emptied, refilled for 4 h: escalated on its own clock",
+                feeds: vec![
+                    full(DAY, 25),
+                    one(DAY + 250 * MIN, |_| 0.1),
+                    full(DAY + 260 * MIN, 25),
+                ],
+                expect: vec![raise, esc, clear, raise, esc],
+            },
+        ];
+        let outs = table(&r, "smartBin", &cases);
+        // The second fill is timed from the refill, not from the first fill.
+        assert_eq!(since_of(&outs[0], 2), DAY + 30 * MIN);
+        assert_eq!(outs[0][2].at(), DAY + 40 * MIN);
+        assert_eq!(since_of(&outs[5], 3), DAY + 260 * MIN);
+        assert_eq!(outs[5][4].at(), DAY + 500 * MIN);
+    }
+
+    #[test]
+    fn a_restart_in_the_middle_of_a_duration_changes_nothing() {
+        let r = rules("");
+        let set = sunset(&r);
+        struct Restart {
+            name: &'static str,
+            kind: &'static str,
+            feeds: Vec<Feed>,
+            /// Restarted before the first reading at or after each of these times.
+            at: Vec<i64>,
+            expect: Vec<(&'static str, &'static str)>,
+        }
+        let cases = [
+            Restart {
+                name: "lamp dark from sunset, then lit",
+                kind: "streetlight",
+                feeds: vec![
+                    feed("ratedPower", set - 10 * MIN, MIN, 1, |_| 100.0),
+                    // 5 W of 100: out from sunset, raised at sunset + 10 min.
+                    feed("activePower", set - 10 * MIN, MIN, 31, |_| 5.0),
+                    // Lit from sunset + 21 min: cleared at + 31 min.
+                    feed("activePower", set + 21 * MIN, MIN, 15, |_| 95.0),
+                ],
+                // Halfway through the 10 min dark, and halfway through the 10 min lit.
+                at: vec![set + 5 * MIN, set + 26 * MIN],
+                expect: vec![("raise", "lamp_out"), ("clear", "lamp_out")],
+            },
+            Restart {
+                name: "bin filling, full, escalated, emptied",
+                kind: "smartBin",
+                feeds: vec![
+                    feed("fillingLevel", DAY, 10 * MIN, 6, |i| 0.2 + 0.1 * i as f64),
+                    // Full from + 60 min: raised at + 70, escalated at + 300.
+                    feed("fillingLevel", DAY + 60 * MIN, 5 * MIN, 60, |_| 0.875),
+                    feed("fillingLevel", DAY + 360 * MIN, MIN, 1, |_| 0.1),
+                ],
+                // Halfway through the 10 min full, and halfway through the 4 h not emptied.
+                at: vec![DAY + 65 * MIN, DAY + 180 * MIN],
+                expect: vec![
+                    ("raise", "bin_full"),
+                    ("escalate", "bin_full"),
+                    ("clear", "bin_full"),
+                ],
+            },
+        ];
+        for c in &cases {
+            let a = asset(&r, "a-1", c.kind);
+            let list = readings(&c.feeds);
+            let mut e = Engine::new(r.clone());
+            let mut whole = Vec::new();
+            for &(m, t, v) in &list {
+                e.reading(&a, m, t, v, &mut whole);
+            }
+            assert_eq!(rules_of(&whole), c.expect, "{}: {whole:#?}", c.name);
+            for &at in &c.at {
+                let split = list.iter().position(|x| x.1 >= at).unwrap();
+                let (out, e2) = restarted(&r, &a, &list, split);
+                assert_eq!(out, whole, "{}: restarted at reading {split}", c.name);
+                assert_eq!(e2.assets, e.assets, "{}: restarted at {split}", c.name);
+            }
+        }
+    }
+
+    #[test]
+    fn water_restarted_after_any_reading_acts_as_if_it_ran_through() {
+        let r = rules("");
+        let a = asset(&r, "wl-1", "waterlogging");
+        // A storm, deterministic: quiet, rising 2 cm a minute, over 25 cm, flapping around 15,
+        // then around 5, draining, 25 minutes without data (longer than MAX_GAP), up again
+        // and down. Readings about a minute apart, some 20 or 40 seconds late.
+        let mut x: u32 = 20_261_122;
+        let mut noise = move || {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            f64::from((x >> 16) % 1000) / 1000.0 - 0.5
+        };
+        let mut list = Vec::new();
+        for i in 0..230i64 {
+            let depth = match i {
+                0..20 => 1.0 + noise(),
+                20..35 => 1.0 + 2.0 * (i - 20) as f64 + noise(),
+                35..60 => 27.0 + 4.0 * noise(),
+                60..90 => 15.0 + if i % 2 == 0 { -1.0 } else { 1.0 } + noise(),
+                90..130 => 5.0 + if i % 2 == 0 { -1.0 } else { 1.0 },
+                130..150 => 3.0 + noise(),
+                150..175 => continue,
+                175..195 => 16.0 + noise(),
+                _ => 2.0 + noise(),
+            };
+            list.push(("waterDepth", DAY + i * MIN + (i % 3) * 20_000, depth));
+        }
+        let mut e = Engine::new(r.clone());
+        let mut whole = Vec::new();
+        for &(m, t, v) in &list {
+            e.reading(&a, m, t, v, &mut whole);
+        }
+        // Not vacuous: every water rule raised and cleared.
+        for rule in ["waterlogging", "waterlogging_critical", "waterlogging_rise"] {
+            for what in ["raise", "clear"] {
+                assert!(
+                    rules_of(&whole).contains(&(what, rule)),
+                    "no {what} of {rule}: {:?}",
+                    rules_of(&whole)
+                );
+            }
+        }
+        for split in 0..=list.len() {
+            let (out, e2) = restarted(&r, &a, &list, split);
+            assert_eq!(out, whole, "restarted after {split} readings");
+            assert_eq!(e2.assets, e.assets, "restarted after {split} readings");
+        }
+    }
 }

@@ -382,4 +382,163 @@ mod tests {
         let ch = evaluate_offline(&c, 40 * MIN + 5 * MIN + 1000).unwrap();
         assert_eq!(ch.opened.len(), 1);
     }
+
+    /// Adds gateway gw-c with ten lamps (reporting every minute), each with a series; the gateway
+    /// and the lamps last heard at `at`.
+    fn gateway_with_ten(c: &Connection, at: i64) {
+        c.execute(
+            "INSERT INTO gateways (id, state, last_seen) VALUES ('gw-c', 'online', ?1)",
+            [at],
+        )
+        .unwrap();
+        for i in 0..10 {
+            let device = format!("d{i}");
+            c.execute(
+                "INSERT INTO assets (id, kind, gateway, device, report_interval_s, updated_at)
+                 VALUES (?1, 'streetlight', 'gw-c', ?2, 60, 0)",
+                params![format!("lamp-c{i}"), device],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO series (gateway, device, metric, last_received) VALUES ('gw-c', ?1, 'power', ?2)",
+                params![device, at],
+            )
+            .unwrap();
+        }
+    }
+
+    /// gw-a and gw-b and their devices speak at `at`, so only gw-c can be silent.
+    fn others_speak(c: &Connection, at: i64) {
+        for (gw, d) in [
+            ("gw-a", "d1"),
+            ("gw-a", "d2"),
+            ("gw-b", "d1"),
+            ("gw-b", "d2"),
+        ] {
+            heard(c, gw, d, at);
+        }
+    }
+
+    #[test]
+    fn a_gateway_offline_with_ten_devices_is_one_task() {
+        struct Row {
+            name: &'static str,
+            /// gw-c sent its last will (state 'offline').
+            last_will: bool,
+            /// gw-c's own heartbeats go on while its devices are silent.
+            heartbeats: bool,
+            /// Evaluated at each of these times (minutes, and ms added).
+            evaluations: Vec<i64>,
+            /// The open tasks at the end: (rule, subject).
+            expect: Vec<(&'static str, String)>,
+        }
+        let gateway = || vec![(RULE_GATEWAY, "gateway:gw-c".to_owned())];
+        // gw-c and its ten lamps are last heard at minute 10.
+        let every_30_s = (20..=140).map(|i| i * 30_000).collect::<Vec<_>>();
+        let rows = [
+            Row {
+                name: "silent 15 min and 1 s",
+                last_will: false,
+                heartbeats: false,
+                evaluations: vec![25 * MIN + 1000],
+                expect: gateway(),
+            },
+            Row {
+                name: "silent 14 min 59 s",
+                last_will: false,
+                heartbeats: false,
+                evaluations: vec![25 * MIN - 1000],
+                expect: vec![],
+            },
+            Row {
+                name: "silent for an hour, evaluated every 30 s",
+                last_will: false,
+                heartbeats: false,
+                evaluations: every_30_s.clone(),
+                expect: gateway(),
+            },
+            Row {
+                name: "last will, then silent for an hour, evaluated every 30 s",
+                last_will: true,
+                heartbeats: false,
+                evaluations: every_30_s.clone(),
+                expect: gateway(),
+            },
+            Row {
+                name: "the gateway heartbeats on, its ten lamps silent: ten device tasks",
+                last_will: false,
+                heartbeats: true,
+                evaluations: vec![25 * MIN + 1000],
+                expect: (0..10)
+                    .map(|i| (RULE_DEVICE, format!("lamp-c{i}")))
+                    .collect(),
+            },
+        ];
+        for row in &rows {
+            let c = db();
+            gateway_with_ten(&c, 10 * MIN);
+            if row.last_will {
+                c.execute(
+                    "UPDATE gateways SET state = 'offline' WHERE id = 'gw-c'",
+                    [],
+                )
+                .unwrap();
+            }
+            let mut opened = 0;
+            for &now in &row.evaluations {
+                others_speak(&c, now);
+                if row.heartbeats {
+                    c.execute(
+                        "UPDATE gateways SET last_seen = ?1 WHERE id = 'gw-c'",
+                        [now],
+                    )
+                    .unwrap();
+                }
+                opened += evaluate_offline(&c, now).unwrap().opened.len();
+            }
+            let want: Vec<(String, String, String)> = row
+                .expect
+                .iter()
+                .map(|(rule, subject)| ((*rule).into(), subject.clone(), "dispatched".into()))
+                .collect();
+            assert_eq!(open(&c), want, "{}", row.name);
+            // Nothing opened and closed again on the way.
+            let all: i64 = c
+                .query_row("SELECT COUNT(*) FROM tasks", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(
+                (opened, all),
+                (row.expect.len(), row.expect.len() as i64),
+                "{}",
+                row.name
+            );
+        }
+    }
+
+    /// The lamps' last readings come in up to a minute before the gateway's last heartbeat (they
+    /// report every minute; the gateway every few seconds), and the hub evaluates every 30 s.
+    /// Fails today: each lamp's silence is measured against `now`, so the lamps cross 15 min up
+    /// to a minute before their gateway does, get ten device tasks, and those stay open once the
+    /// gateway task opens.
+    #[test]
+    #[ignore = "known bug in evaluate_offline: devices silent with their gateway get tasks in the minute before the gateway's"]
+    fn a_gateway_offline_with_ten_devices_heard_just_before_it_is_one_task() {
+        let c = db();
+        gateway_with_ten(&c, 10 * MIN);
+        for i in 0..10 {
+            heard(&c, "gw-c", &format!("d{i}"), 9 * MIN + i * 6000);
+        }
+        for now in (20..=140).map(|i| i * 30_000) {
+            others_speak(&c, now);
+            evaluate_offline(&c, now).unwrap();
+        }
+        assert_eq!(
+            open(&c),
+            vec![(
+                RULE_GATEWAY.into(),
+                "gateway:gw-c".into(),
+                "dispatched".into()
+            )]
+        );
+    }
 }
