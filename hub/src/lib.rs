@@ -19,6 +19,7 @@ pub mod ingest;
 pub mod keys;
 pub mod live;
 pub mod metrics;
+pub mod notify;
 pub mod rules;
 pub mod store;
 pub mod tasks;
@@ -105,6 +106,8 @@ pub struct RunningHub {
     writer: std::thread::JoinHandle<()>,
     /// The rules that raise tasks (see [`rules`]).
     rules: std::thread::JoinHandle<()>,
+    /// The notifier (see [`notify`]), when the rules file names channels.
+    notifier: Option<std::thread::JoinHandle<()>>,
     store: store::Store,
     pub metrics: Arc<metrics::Metrics>,
 }
@@ -230,6 +233,13 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         live.clone(),
         shutdown.clone(),
     )?;
+    let notifier = notify::start(
+        store.path().to_owned(),
+        cfg.rules.rules.cfg.notify.clone(),
+        topics.clone(),
+        outgoing_tx.clone(),
+        shutdown.clone(),
+    )?;
     let ingest = tokio::spawn(ingest::run(
         ingest_cfg,
         store.clone(),
@@ -268,6 +278,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         http,
         writer,
         rules,
+        notifier,
         store,
         metrics,
     })
@@ -296,11 +307,15 @@ impl RunningHub {
             store,
             writer,
             rules,
+            notifier,
             http_stop,
             http,
             ..
         } = self;
         let _ = tokio::task::spawn_blocking(move || rules.join()).await;
+        if let Some(n) = notifier {
+            let _ = tokio::task::spawn_blocking(move || n.join()).await;
+        }
         http_stop.cancel();
         let _ = http.await;
         drop(store);

@@ -176,6 +176,9 @@ pub struct TaskView {
     /// The audit trail (task detail only), oldest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<TaskEvent>>,
+    /// Notifications sent about it and their delivery state (task detail only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Vec<crate::notify::DeliveryView>>,
 }
 
 /// One transition in a task's audit trail.
@@ -239,6 +242,7 @@ fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskView> {
         updated_at: rfc3339(r.get(16)?),
         closed_at: r.get::<_, Option<i64>>(17)?.map(rfc3339),
         history: None,
+        notifications: None,
     })
 }
 
@@ -412,6 +416,7 @@ pub async fn get_one(
                 return Ok(None);
             };
             t.history = Some(history(c, id)?);
+            t.notifications = Some(crate::notify::deliveries(c, id)?);
             Ok(Some(t))
         })
         .await?;

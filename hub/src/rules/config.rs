@@ -426,6 +426,9 @@ pub struct RulesConfig {
     pub routes: Vec<Route>,
     #[serde(rename = "override", skip_serializing_if = "Vec::is_empty")]
     pub overrides: Vec<Override>,
+    /// Where task changes are sent (see crate::notify).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<crate::notify::Channel>,
 }
 
 impl Default for RulesConfig {
@@ -444,6 +447,7 @@ impl Default for RulesConfig {
             segments: Vec::new(),
             routes: Vec::new(),
             overrides: Vec::new(),
+            notify: Vec::new(),
         }
     }
 }
@@ -663,6 +667,18 @@ impl Rules {
         for z in &cfg.zones {
             if !seen.insert(&z.id) {
                 return Err(err(format!("zone {:?} is defined twice", z.id)));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for ch in &cfg.notify {
+            if !names.insert(&ch.name) {
+                return Err(err(format!(
+                    "notify channel {:?} is defined twice",
+                    ch.name
+                )));
+            }
+            if let Some(p) = ch.problem() {
+                return Err(err(format!("notify channel {:?}: {p}", ch.name)));
             }
         }
         for (i, o) in cfg.overrides.iter().enumerate() {

@@ -270,6 +270,23 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (night, segment)
     );
     "#,
+    // 11: notifications of task changes (crate::notify): one row per (task event, channel).
+    r#"
+    CREATE TABLE notifications (
+        id            INTEGER PRIMARY KEY,
+        event         INTEGER NOT NULL REFERENCES task_events (id),
+        task          INTEGER NOT NULL REFERENCES tasks (id),
+        channel       TEXT NOT NULL,
+        state         TEXT NOT NULL,
+        attempts      INTEGER NOT NULL,
+        next_at       INTEGER NOT NULL,
+        last_error    TEXT,
+        created_at    INTEGER NOT NULL,
+        delivered_at  INTEGER
+    );
+    CREATE INDEX notifications_due ON notifications (state, next_at);
+    CREATE INDEX notifications_by_task ON notifications (task);
+    "#,
 ];
 
 /// Brings the database to the newest schema version.

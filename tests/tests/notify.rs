@@ -1,0 +1,191 @@
+//! Notifications of tasks to a real HTTP receiver: an operator files a task for drainage; the
+//! drainage webhook receives it signed with HMAC-SHA256 (checked here independently), after a first
+//! answer of 503 that the hub retries; the lighting channel gets nothing; a channel whose receiver is
+//! down keeps the error in the task's delivery state. Filing never waits for any of it.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use tests::{TEST_TOKEN, free_addr, post_json_as};
+
+#[derive(Debug, Clone)]
+struct Received {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A webhook receiver answering 503 to its first request and 200 after; returns its URL.
+fn receiver(log: Arc<Mutex<Vec<Received>>>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                let l = line.trim_end();
+                if l.is_empty() {
+                    break;
+                }
+                let (k, v) = l.split_once(':').unwrap();
+                headers.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+            let len: usize = headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            let first = {
+                let mut log = log.lock().unwrap();
+                log.push(Received { headers, body });
+                log.len() == 1
+            };
+            let answer = if first {
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy"
+            } else {
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            };
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    url
+}
+
+#[test]
+fn a_filed_task_reaches_its_departments_webhook_signed_and_retried() {
+    tests::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    tests::provision_admin(dir.path());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let url = receiver(log.clone());
+    let down = format!("http://{}/hook", free_addr());
+    std::fs::write(
+        dir.path().join("hook.secret"),
+        "s3cret-shared-with-drainage\n",
+    )
+    .unwrap();
+    let rules = format!(
+        r#"
+        [[notify]]
+        name = "drainage-hook"
+        kind = "webhook"
+        url = "{url}"
+        departments = ["drainage"]
+        secret_file = "{}"
+
+        [[notify]]
+        name = "lighting-hook"
+        kind = "webhook"
+        url = "{url}"
+        departments = ["lighting"]
+
+        [[notify]]
+        name = "drainage-wecom"
+        kind = "wecom"
+        url = "{down}"
+        departments = ["drainage"]
+        "#,
+        dir.path().join("hook.secret").display()
+    );
+    let rules = hub::rules::Rules::parse(&rules, "rules.toml").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (http, mqtt) = (free_addr(), free_addr());
+    let hub = rt
+        .block_on(hub::start(hub::HubConfig {
+            rules: hub::rules::Setup {
+                rules: Arc::new(rules),
+                clock: hub::rules::RuleClock::REAL,
+            },
+            ..hub::HubConfig::new(
+                http,
+                dir.path().to_owned(),
+                hub::MqttMode::Embedded { listen: mqtt },
+            )
+        }))
+        .unwrap();
+    tests::wait_hub_ready(http);
+    let base = format!("http://{http}");
+
+    let (status, task) = post_json_as(
+        &format!("{base}/api/v1/tasks"),
+        TEST_TOKEN,
+        &serde_json::json!({"kind": "maintenance", "category": "waterlogging", "title": "积水 at the underpass (citizen call)",
+                            "department": "drainage", "due_in_h": 4}),
+    );
+    assert_eq!(status, 201, "{task}");
+    let id = task["id"].as_i64().unwrap();
+
+    // Delivered on the second attempt (the first got 503), a couple of seconds later.
+    let detail = tests::eventually(Duration::from_secs(20), "the delivery", || {
+        let t = tests::get_json(&format!("{base}/api/v1/tasks/{id}"))?;
+        let n = t["notifications"].as_array()?;
+        n.iter()
+            .any(|d| d["channel"] == "drainage-hook" && d["state"] == "delivered")
+            .then_some(t)
+    });
+    let deliveries = detail["notifications"].as_array().unwrap();
+    let hook = deliveries
+        .iter()
+        .find(|d| d["channel"] == "drainage-hook")
+        .unwrap();
+    assert_eq!(hook["attempts"], 2, "{hook}");
+    assert_eq!(hook["action"], "file");
+    assert!(
+        deliveries.iter().all(|d| d["channel"] != "lighting-hook"),
+        "{deliveries:?}"
+    );
+    // The robot whose receiver is down: pending, with the error kept.
+    let wecom = tests::eventually(Duration::from_secs(10), "the failed robot", || {
+        let t = tests::get_json(&format!("{base}/api/v1/tasks/{id}"))?;
+        t["notifications"]
+            .as_array()?
+            .iter()
+            .find(|d| d["channel"] == "drainage-wecom" && d["lastError"].is_string())
+            .cloned()
+    });
+    assert_eq!(wecom["state"], "pending", "{wecom}");
+
+    let received = log.lock().unwrap().clone();
+    assert_eq!(received.len(), 2, "only drainage's hook was called, twice");
+    let last = received.last().unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&last.body).unwrap();
+    assert_eq!(body["task"]["id"], id);
+    assert_eq!(body["action"], "file");
+    assert_eq!(body["task"]["department"], "drainage");
+    // The signature, recomputed as a receiver would: HMAC-SHA256(secret, timestamp "." body).
+    let ts = last.header("x-city-timestamp").unwrap();
+    let sig = last.header("x-city-signature").unwrap();
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret-shared-with-drainage").unwrap();
+    m.update(ts.as_bytes());
+    m.update(b".");
+    m.update(&last.body);
+    let expected: String = m
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(sig, format!("sha256={expected}"));
+    let age = protocol::Timestamp::now().unix_millis() / 1000 - ts.parse::<i64>().unwrap();
+    assert!((0..60).contains(&age), "{age}");
+    rt.block_on(hub.stop());
+}
