@@ -47,6 +47,10 @@ enum Command {
         /// Override `[uplink] key_file` (the gateway's message key, from `hub keys add`).
         #[arg(long, value_name = "FILE")]
         key_file: Option<PathBuf>,
+        /// Stop (SIGTERM) when the process that started this one dies, however it dies: for
+        /// supervisors such as `hub demo` that may be killed without a chance to stop their agents.
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
     },
     /// Show a running agent's state: uplink, spool, drops, clock, every device's link.
     Status {
@@ -294,7 +298,22 @@ fn main() -> ExitCode {
             camera_listen,
             status_listen,
             key_file,
+            exit_with_parent,
         } => {
+            if exit_with_parent {
+                // Watch the parent process (not prctl's parent-death signal, which fires when the
+                // parent's *thread* that started us ends, as a runtime's threads do): when it is
+                // gone we are re-parented, and stop as if sent SIGTERM (spool flushed, clean exit).
+                let parent = nix::unistd::getppid();
+                let _ = std::thread::Builder::new()
+                    .name("parent-watch".into())
+                    .spawn(move || {
+                        while nix::unistd::getppid() == parent {
+                            std::thread::sleep(std::time::Duration::from_millis(500));
+                        }
+                        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM);
+                    });
+            }
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()

@@ -57,6 +57,8 @@ pub fn spawn(
         .arg(data_dir)
         .arg("--key-file")
         .arg(key_file)
+        // If the demo is killed (SIGKILL gives it no chance to stop its agents), they stop too.
+        .arg("--exit-with-parent")
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", bin.display()))?;
