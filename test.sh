@@ -7,6 +7,8 @@ cd "$(dirname "$0")"
 export CITY_PEER_PYTHON="$PWD/.venv/bin/python"
 export CITY_PEER_MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 # The system tests run the real binaries (hub demo, edge-agent), so build them first.
+# A clean checkout gains nothing from incremental caches, and they cost gigabytes of disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo build --workspace --bins
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
