@@ -128,6 +128,7 @@ fn demo_town_serves_fresh_assets_from_every_gateway() {
         "waterlogging_rise",
         "waterlogging",
         "waterlogging_critical",
+        "street_trading",
     ];
     let tasks = eventually(
         Duration::from_secs(180),
@@ -170,6 +171,14 @@ fn demo_town_serves_fresh_assets_from_every_gateway() {
         .find(|t| t["rule"] == "waterlogging_critical")
         .unwrap();
     assert_eq!(critical["department"], "traffic-police");
+    let trading = tasks
+        .iter()
+        .find(|t| t["rule"] == "street_trading")
+        .unwrap();
+    assert_eq!(
+        trading["state"], "filed",
+        "an operator confirms AI cases: {trading}"
+    );
     let truck = tasks
         .iter()
         .find(|t| t["rule"] == "truck_restricted")
@@ -222,7 +231,7 @@ fn fresh_assets(base: &str, stale: &mut Vec<String>) -> Option<Vec<serde_json::V
     let list: Vec<serde_json::Value> = a
         .as_array()?
         .iter()
-        .filter(|x| x["kind"] != "parkingCamera")
+        .filter(|x| x["kind"] != "parkingCamera" && x["kind"] != "encroachmentCamera")
         .cloned()
         .collect();
     *stale = list

@@ -44,7 +44,11 @@ pub fn start(
             let url = format!("http://{addr}/api/v1/cameras/{}/events", cam.id);
             let rng = fastrand::Rng::with_seed(seed ^ (n as u64 + 1).wrapping_mul(0x9e37_79b9));
             let offset = Duration::from_millis(1500 * i as u64);
-            tokio::spawn(run(url, every, offset, rng, stop.clone()));
+            if cam.info.kind == protocol::AssetKind::EncroachmentCamera {
+                tokio::spawn(run_ai(url, every, offset, rng, stop.clone()));
+            } else {
+                tokio::spawn(run(url, every, offset, rng, stop.clone()));
+            }
             n += 1;
         }
     }
@@ -115,6 +119,70 @@ async fn run(
             Ok(Ok(status)) => tracing::warn!(%url, status, "the agent refused a camera capture"),
             Ok(Err(e)) => tracing::debug!(%url, error = %e, "agent not reachable yet"),
             Err(_) => return,
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// An edge AI box watching a pavement: it looks five times as often as an ANPR camera posts (every
+/// 6 minutes of the town's time at the demo's speed); from its third look a street vendor sets up
+/// and stays for ten looks (an hour of the town's time), then leaves. The box posts a detection
+/// with a snapshot each time it sees the stall, in the generic JSON form.
+async fn run_ai(
+    url: String,
+    every: Duration,
+    offset: Duration,
+    mut rng: fastrand::Rng,
+    stop: CancellationToken,
+) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = tokio::time::sleep(every + offset) => {}
+    }
+    let every = every / 5;
+    let mut n = 0u32;
+    loop {
+        n += 1;
+        if (3..13).contains(&n) {
+            let at = Timestamp::now();
+            let json = serde_json::json!({
+                "type": "detection",
+                "capturedAt": at.to_rfc3339(),
+                "class": "streetVendor",
+                "confidence": f64::from(rng.u8(70..95)) / 100.0,
+                "trackId": "stall-1",
+                "bbox": [0.31, 0.52, 0.18, 0.22],
+            })
+            .to_string();
+            let scene = camera_forms::jpeg_with_comment(SCENE_JPEG, &format!("stall {at}"));
+            let (ct, body) = camera_forms::multipart(
+                ("event.json", "application/json", json.as_bytes()),
+                &[("snapshot.jpg", &scene)],
+                rng.u64(..),
+            );
+            let (agent2, url2) = (agent.clone(), url.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                agent2
+                    .post(&url2)
+                    .header("content-type", &ct)
+                    .send(&body[..])
+                    .map(|r| r.status().as_u16())
+            })
+            .await;
+            match result {
+                Ok(Ok(200)) => tracing::debug!(%url, "AI detection posted"),
+                Ok(Ok(status)) => tracing::warn!(%url, status, "the agent refused an AI detection"),
+                Ok(Err(e)) => tracing::debug!(%url, error = %e, "agent not reachable yet"),
+                Err(_) => return,
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,

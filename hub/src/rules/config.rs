@@ -268,6 +268,39 @@ impl Default for TruckRules {
     }
 }
 
+/// Street trading and encroachment seen by AI cameras (AI accuracy is about 70 %: an operator
+/// confirms each case before it is dispatched).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TradingRules {
+    /// Detection classes that are street trading or encroachment.
+    pub classes: Vec<String>,
+    pub confidence: f64,
+    /// Detected in the zone this long (or the camera says it dwelt this long): a case.
+    pub dwell_min: f64,
+    /// Not detected again for this long: the episode is over.
+    pub clear_min: f64,
+}
+
+impl Default for TradingRules {
+    fn default() -> Self {
+        Self {
+            classes: [
+                "streetVendor",
+                "streetTrading",
+                "stall",
+                "encroachment",
+                "occupation",
+            ]
+            .map(String::from)
+            .to_vec(),
+            confidence: 0.6,
+            dwell_min: 5.0,
+            clear_min: 15.0,
+        }
+    }
+}
+
 /// Time limits per category (hours), and escalation (CJ/T 315-style case catalogues).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -293,6 +326,7 @@ impl Default for Limits {
             ("noise", 24.0),
             ("parking_violation", 24.0),
             ("truck_restricted", 24.0),
+            ("street_trading", 4.0),
             ("sensor_flatline", 72.0),
             ("sensor_implausible", 72.0),
             ("lighting_rate", 24.0),
@@ -338,6 +372,10 @@ pub struct Zone {
     /// When trucks may not enter.
     #[serde(default)]
     pub truck_ban: Vec<Window>,
+    /// When street trading is allowed (严控区: its set hours; 规范区: its stalls' hours); never in a
+    /// forbidden zone.
+    #[serde(default)]
+    pub trading: Vec<Window>,
 }
 
 /// Main roads are held to 98 % lighting, secondary and branch roads to 96 %.
@@ -417,6 +455,7 @@ pub struct RulesConfig {
     pub sensor: SensorRules,
     pub parking: ParkingRules,
     pub truck: TruckRules,
+    pub trading: TradingRules,
     pub limits: Limits,
     #[serde(rename = "zone", skip_serializing_if = "Vec::is_empty")]
     pub zones: Vec<Zone>,
@@ -442,6 +481,7 @@ impl Default for RulesConfig {
             sensor: SensorRules::default(),
             parking: ParkingRules::default(),
             truck: TruckRules::default(),
+            trading: TradingRules::default(),
             limits: Limits::default(),
             zones: Vec::new(),
             segments: Vec::new(),
@@ -843,7 +883,7 @@ pub fn default_department(rule: &str) -> &'static str {
         "waterlogging_critical" | "parking_violation" | "truck_restricted" => "traffic-police",
         "bin_full" | "bin_overflow" | "bin_hazard" => "sanitation",
         "dust" => "construction",
-        "noise" => "enforcement-squad",
+        "noise" | "street_trading" => "enforcement-squad",
         "lighting_rate" => "road-chief",
         _ => "device-contractor",
     }

@@ -324,6 +324,19 @@ pub struct ZoneState {
     /// Plate → case raised until (no second case before).
     pub parking_cases: BTreeMap<String, i64>,
     pub truck_cases: BTreeMap<String, i64>,
+    /// Street trading seen in the zone now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trading: Option<Trading>,
+}
+
+/// An episode of street trading in a zone: from its first detection to 15 minutes after its last.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trading {
+    pub first: i64,
+    pub last: i64,
+    pub raised: bool,
+    /// The detections (event id, time, images), the first few kept as evidence.
+    pub evidence: Vec<(i64, i64, Vec<String>)>,
 }
 
 /// A camera event as the rules read it.
@@ -416,8 +429,35 @@ impl Engine {
         }
     }
 
+    /// Ends what has gone quiet by `now` (rules' clock): street trading not detected again.
+    pub fn tick(&mut self, now: i64, out: &mut Vec<Action>) {
+        let clear = mins(self.rules.cfg.trading.clear_min);
+        for (zone, st) in self.zones.iter_mut() {
+            if st.trading.as_ref().is_some_and(|t| now - t.last > clear) {
+                if let Some(t) = st.trading.take()
+                    && t.raised
+                {
+                    out.push(Action::Clear {
+                        rule: "street_trading",
+                        subject: format!("trading:{zone}"),
+                        at: now,
+                        note: format!(
+                            "not detected again since {}: the traders have left",
+                            rfc(t.last)
+                        ),
+                    });
+                }
+                self.changed.insert(format!("zone:{zone}"));
+            }
+        }
+    }
+
     /// One camera event; `asset` is the camera's.
     pub fn camera(&mut self, asset: Option<&Asset>, ev: &CameraEvent, out: &mut Vec<Action>) {
+        if ev.event == "detection" {
+            self.trading(asset, ev, out);
+            return;
+        }
         if ev.event != "plate" {
             return;
         }
@@ -539,6 +579,95 @@ impl Engine {
             }
             Some(_) => {}
         }
+    }
+}
+
+impl Engine {
+    /// Street trading by zone class and weekly windows: detections of a trading class, confident
+    /// enough, for `dwell_min` in a zone where trading is not allowed at that hour: a case filed for
+    /// an operator to confirm (AI detections are wrong often enough that nobody is sent on one alone).
+    fn trading(&mut self, asset: Option<&Asset>, ev: &CameraEvent, out: &mut Vec<Action>) {
+        let a = &ev.attributes;
+        let rules = Arc::clone(&self.rules);
+        let p = &rules.cfg.trading;
+        let class = a.get("class").and_then(|c| c.as_str()).unwrap_or("");
+        let confidence = a.get("confidence").and_then(|c| c.as_f64()).unwrap_or(0.0);
+        if !p.classes.iter().any(|c| c.eq_ignore_ascii_case(class)) || confidence < p.confidence {
+            return;
+        }
+        let Some(zone_id) = a
+            .get("zone")
+            .and_then(|z| z.as_str())
+            .map(str::to_owned)
+            .or_else(|| asset.and_then(|a| a.place.zone.clone()))
+        else {
+            return;
+        };
+        let Some(zone) = rules.zone(&zone_id) else {
+            return;
+        };
+        let t = ev.at;
+        let allowed = match zone.class {
+            ZoneClass::Forbidden => false,
+            ZoneClass::Controlled | ZoneClass::Regulated => rules.in_windows(&zone.trading, t),
+        };
+        // A detection closes an episode that had gone quiet before it starts a new one.
+        let mut quiet = Vec::new();
+        self.tick(t, &mut quiet);
+        out.extend(quiet);
+        if allowed {
+            return;
+        }
+        let st = self.zones.entry(zone_id.clone()).or_default();
+        self.changed.insert(format!("zone:{zone_id}"));
+        let ep = st.trading.get_or_insert(Trading {
+            first: t,
+            last: t,
+            raised: false,
+            evidence: Vec::new(),
+        });
+        ep.last = ep.last.max(t);
+        if ep.evidence.len() < 4 {
+            ep.evidence.push((ev.id, t, ev.images.clone()));
+        }
+        let dwelt = (t - ep.first).max(
+            a.get("dwellS")
+                .and_then(|d| d.as_f64())
+                .map_or(0, |s| (s * 1000.0) as i64),
+        );
+        if ep.raised || dwelt < mins(p.dwell_min) {
+            return;
+        }
+        ep.raised = true;
+        let name = zone.name.clone().unwrap_or_else(|| zone_id.clone());
+        let class_name = match zone.class {
+            ZoneClass::Forbidden => "严禁区 forbidden",
+            ZoneClass::Controlled => "严控区 controlled",
+            ZoneClass::Regulated => "规范区 regulated",
+        };
+        out.push(Action::Raise(Raise {
+            rule: "street_trading",
+            kind: "enforcement",
+            subject: format!("trading:{zone_id}"),
+            asset: asset.map(|a| a.id.clone()),
+            place: Place {
+                segment: asset.and_then(|a| a.place.segment.clone()),
+                grid: asset.and_then(|a| a.place.grid.clone()),
+                zone: Some(zone_id.clone()),
+            },
+            severity: "warning",
+            title: format!(
+                "Street trading for {} min in {name} ({class_name}) outside its hours: to confirm",
+                dwelt / MIN
+            ),
+            detail: serde_json::json!({
+                "zone": zone_id, "zoneClass": zone.class, "class": class, "confidence": confidence,
+                "since": rfc(ep.first),
+                "evidence": ep.evidence.iter().map(|(id, at, images)| serde_json::json!({"event": id, "at": rfc(*at), "images": images})).collect::<Vec<_>>(),
+            }),
+            at: t,
+            state: "filed",
+        }));
     }
 }
 
@@ -1605,6 +1734,80 @@ mod tests {
             );
         }
         assert_eq!(out.len(), 1, "{out:?}");
+    }
+
+    fn detection(id: i64, at: i64, zone: &str, confidence: f64) -> CameraEvent {
+        CameraEvent {
+            id,
+            at,
+            event: "detection".into(),
+            attributes: serde_json::json!({"class": "streetVendor", "confidence": confidence, "zone": zone}),
+            images: vec![format!("img-{id}")],
+        }
+    }
+
+    #[test]
+    fn street_trading_by_zone_class_and_hours_filed_for_confirmation() {
+        let r = rules(
+            r#"
+            [[zone]]
+            id = "forbidden-1"
+            class = "forbidden"
+            [[zone]]
+            id = "controlled-1"
+            class = "controlled"
+            trading = ["mon-sun 17:00-21:00"]
+            "#,
+        );
+        let cam = asset(&r, "ai-1", "encroachmentCamera");
+        let mut e = Engine::new(r.clone());
+        let mut out = Vec::new();
+        let feed =
+            |e: &mut Engine, out: &mut Vec<Action>, zone: &str, from: i64, n: i64, conf: f64| {
+                for i in 0..n {
+                    e.camera(
+                        Some(&cam),
+                        &detection(100 + i, from + i * MIN, zone, conf),
+                        out,
+                    );
+                }
+            };
+        // In the controlled zone inside its trading hours: allowed.
+        feed(&mut e, &mut out, "controlled-1", DAY + 18 * HOUR, 10, 0.9);
+        assert!(out.is_empty(), "{out:?}");
+        // Outside its hours, 4 minutes: not yet; the fifth minute: a case, filed for an operator.
+        feed(&mut e, &mut out, "controlled-1", DAY + 10 * HOUR, 5, 0.9);
+        assert!(out.is_empty(), "{out:?}");
+        feed(
+            &mut e,
+            &mut out,
+            "controlled-1",
+            DAY + 10 * HOUR + 5 * MIN,
+            3,
+            0.9,
+        );
+        assert_eq!(rules_of(&out), [("raise", "street_trading")]);
+        let Action::Raise(t) = &out[0] else { panic!() };
+        assert_eq!(
+            (t.state, t.kind, t.subject.as_str()),
+            ("filed", "enforcement", "trading:controlled-1")
+        );
+        assert_eq!(t.detail["evidence"].as_array().unwrap().len(), 4);
+        // Not detected for 15 minutes: the episode ends (a note on the case).
+        let mut quiet = Vec::new();
+        e.tick(DAY + 10 * HOUR + 22 * MIN, &mut quiet);
+        assert!(quiet.is_empty());
+        e.tick(DAY + 10 * HOUR + 23 * MIN, &mut quiet);
+        assert_eq!(rules_of(&quiet), [("clear", "street_trading")]);
+        // In a forbidden zone at any hour; unsure detections never count; a camera's own dwell
+        // time counts at once.
+        let mut out = Vec::new();
+        feed(&mut e, &mut out, "forbidden-1", DAY + 19 * HOUR, 10, 0.5);
+        assert!(out.is_empty());
+        let mut long = detection(300, DAY + 19 * HOUR, "forbidden-1", 0.8);
+        long.attributes["dwellS"] = serde_json::json!(360);
+        e.camera(Some(&cam), &long, &mut out);
+        assert_eq!(rules_of(&out), [("raise", "street_trading")]);
     }
 
     #[test]

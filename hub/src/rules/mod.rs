@@ -645,6 +645,8 @@ impl Runner {
                 self.engine.camera(asset, &ev, &mut actions);
             }
         }
+        // What went quiet (street trading not seen again) ends on the clock, data or not.
+        self.engine.tick(clock.at(now_ms), &mut actions);
         // Everything in one transaction: tasks, state and cursors.
         let changed = self.engine.take_changed();
         let tx = rusqlite::Transaction::new_unchecked(&self.conn, Immediate)?;
@@ -787,6 +789,7 @@ pub fn backtest(
             .and_then(|a| cat.assets.get(a));
         engine.camera(asset, &ev, &mut out);
     }
+    engine.tick(clock.at(to_ms), &mut out);
     out.sort_by_key(Action::at);
     Ok(out)
 }
@@ -812,6 +815,7 @@ pub fn start(
             let mut events = true;
             let mut last_offline = Instant::now() - EVERY;
             let mut last_escalation = Instant::now() - Duration::from_secs(60);
+            let mut last_tick = Instant::now();
             while !stop.is_cancelled() {
                 let announce = |runner: &Runner, changed: &[(i64, &str)]| {
                     for &(id, action) in changed {
@@ -843,6 +847,11 @@ pub fn start(
                             continue;
                         }
                     }
+                }
+                if last_tick.elapsed() >= Duration::from_secs(10) {
+                    // A cycle now and then without new data, for what ends with time alone.
+                    last_tick = Instant::now();
+                    events = true;
                 }
                 if last_offline.elapsed() >= EVERY {
                     last_offline = Instant::now();
