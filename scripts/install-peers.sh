@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the real test peers when they are missing: Mosquitto and its clients, socat (serial pty
 # pairs), curl (a camera posting multipart events), openssl (test certificates), VictoriaMetrics (a
-# server of the InfluxDB v2 write API), and pymodbus in a project-local virtualenv (.venv). Safe to run again; does nothing when all
-# are present. Used by ./test.sh; see ../shared/PEERS.md for why each peer.
+# server of the InfluxDB v2 write API), Chromium with chromedriver (the console in a real browser),
+# and pymodbus in a project-local virtualenv (.venv). Safe to run again; does nothing when all are
+# present. Used by ./test.sh; see ../shared/PEERS.md for why each peer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,11 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl ca-certificates)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need_apt+=(victoria-metrics)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# Headless Chromium and its WebDriver for the console's browser tests (tests/tests/console.rs).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# A Chinese font, or the console's screenshots show boxes where the Chinese should be (5 MB).
+fc-list :lang=zh 2>/dev/null | grep -q . || need_apt+=(fonts-wqy-microhei)
 
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "install-peers: installing ${need_apt[*]} from Debian" >&2

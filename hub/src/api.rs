@@ -82,6 +82,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .merge(metrics_route)
         .merge(gateway_routes)
         .merge(api)
+        .merge(crate::console::router())
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -12,6 +12,7 @@ pub mod api;
 pub mod assessment;
 pub mod broker;
 pub mod commands;
+pub mod console;
 pub mod demo;
 pub mod evidence;
 pub mod influx;

@@ -2,6 +2,8 @@
 //! that die with the test, and polling the hub's HTTP API.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod webdriver;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -202,7 +202,7 @@ pub async fn run(
         devices_stop.clone(),
     );
     tracing::info!(cameras = cams, "simulated cameras posting to their agents");
-    tracing::info!(agents = procs.len(), api = %format!("http://{http}/api/v1/assets?token={token}"), token_file = %token_file.display(), "demo town running; Ctrl-C stops it");
+    tracing::info!(agents = procs.len(), console = %format!("http://{http}/?token={token}"), api = %format!("http://{http}/api/v1/assets?token={token}"), token_file = %token_file.display(), "demo town running; Ctrl-C stops it");
 
     tokio::pin!(shutdown);
     let mut check = tokio::time::interval(Duration::from_secs(2));
