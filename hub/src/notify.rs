@@ -57,7 +57,7 @@ pub struct Channel {
 }
 
 fn default_actions() -> Vec<String> {
-    ["file", "dispatch", "escalate", "reopen"]
+    ["file", "dispatch", "remind", "escalate", "reopen"]
         .map(String::from)
         .to_vec()
 }

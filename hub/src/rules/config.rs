@@ -308,6 +308,9 @@ pub struct Limits {
     /// Hours to close, by rule; rules not named get `default_h`.
     pub close_h: BTreeMap<String, f64>,
     pub default_h: f64,
+    /// When this share of a task's time limit has passed and it is still not handled, its
+    /// department is reminded once (0 turns reminders off).
+    pub remind_at: f64,
 }
 
 impl Default for Limits {
@@ -334,6 +337,7 @@ impl Default for Limits {
         Self {
             close_h: close.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             default_h: 48.0,
+            remind_at: 0.75,
         }
     }
 }

@@ -263,17 +263,59 @@ fn escalate_task(
     Ok(Some(id))
 }
 
-/// Escalates open tasks not handled in time: not accepted within [`ACCEPT_WITHIN_MS`] of dispatch
-/// → the department's supervisor; not closed by their due time → the road chief of their segment.
-/// Each step once per task, in its audit trail. Returns the task ids escalated.
+/// Reminds and escalates open tasks not handled in time: `[limits] remind_at` of their time
+/// limit gone and not yet handled → a reminder to their department; not accepted within
+/// [`ACCEPT_WITHIN_MS`] of dispatch → the department's supervisor; not closed by their due time →
+/// the road chief of their segment. Each step once per task, in its audit trail (from which the
+/// notifications go out). Returns the task ids and what was done to each.
 pub fn escalate_overdue(
     c: &Connection,
     rules: &Rules,
     clock: RuleClock,
     now_ms: i64,
-) -> rusqlite::Result<Vec<i64>> {
+) -> rusqlite::Result<Vec<(i64, &'static str)>> {
     let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
     let mut done = Vec::new();
+    let share = rules.cfg.limits.remind_at;
+    if share > 0.0 && share < 1.0 {
+        let due_soon: Vec<(i64, String, Option<String>, i64)> = tx
+            .prepare(
+                "SELECT t.id, t.state, t.department, t.due_at FROM tasks t
+                 WHERE t.state IN ('filed', 'dispatched', 'accepted', 'handling')
+                   AND t.due_at IS NOT NULL AND t.due_at > ?1
+                   AND t.opened_at + CAST((t.due_at - t.opened_at) * ?2 AS INTEGER) <= ?1
+                   AND NOT EXISTS (SELECT 1 FROM task_events e WHERE e.task = t.id AND e.action = 'remind')",
+            )?
+            .query_map(params![now_ms, share], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (id, state, dept, due) in due_soon {
+            // What is left, in the rules' (the town's) time.
+            let left_min = ((due - now_ms) as f64 * clock.speed / 60_000.0).round() as i64;
+            let left = if left_min >= 120 {
+                format!("{} h {} min", left_min / 60, left_min % 60)
+            } else {
+                format!("{left_min} min")
+            };
+            let note = format!(
+                "{left} left to close it (due at {}): reminder to {}",
+                protocol::Timestamp::from_unix_millis(clock.at(due)).to_rfc3339(),
+                dept.as_deref().unwrap_or("its department")
+            );
+            crate::tasks::audit(
+                &tx,
+                id,
+                now_ms,
+                "rules",
+                "remind",
+                Some(&state),
+                &state,
+                Some(&note),
+            )?;
+            done.push((id, "remind"));
+        }
+    }
     let accept_by = now_ms - clock.real_span(ACCEPT_WITHIN_MS);
     let late: Vec<(i64, String, Option<String>)> = tx
         .prepare(
@@ -302,7 +344,7 @@ pub fn escalate_overdue(
             &state,
             Some(&note),
         )?;
-        done.push(id);
+        done.push((id, "escalate"));
     }
     let overdue: Vec<(i64, String, Option<String>)> = tx
         .prepare(
@@ -338,7 +380,7 @@ pub fn escalate_overdue(
             &state,
             Some(&note),
         )?;
-        done.push(id);
+        done.push((id, "escalate"));
     }
     tx.commit()?;
     Ok(done)
@@ -872,11 +914,7 @@ pub fn start(
                     last_escalation = Instant::now();
                     let (rules, clock) = (Arc::clone(&runner.setup.rules), runner.setup.clock);
                     match escalate_overdue(&runner.conn, &rules, clock, crate::now_ms()) {
-                        Ok(ids) => {
-                            let changed: Vec<(i64, &str)> =
-                                ids.into_iter().map(|id| (id, "escalate")).collect();
-                            announce(&runner, &changed);
-                        }
+                        Ok(changed) => announce(&runner, &changed),
                         Err(e) => tracing::error!(error = %e, "escalation failed; retrying"),
                     }
                     match lighting::evaluate_nights(&runner.conn, &rules, clock, crate::now_ms()) {
@@ -1099,12 +1137,45 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        // Waterlogging is due within 4 hours.
-        assert_eq!(
-            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 4 * HOUR_MS + MIN)
+        // Waterlogging is due within 4 hours: a reminder after three, once; then the road chief.
+        let id = r
+            .conn
+            .query_row("SELECT id FROM tasks", [], |r| r.get::<_, i64>(0))
+            .unwrap();
+        assert!(
+            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 3 * HOUR_MS - MIN)
                 .unwrap()
-                .len(),
-            1
+                .is_empty()
+        );
+        assert_eq!(
+            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 3 * HOUR_MS + MIN).unwrap(),
+            [(id, "remind")]
+        );
+        assert!(
+            escalate_overdue(
+                &r.conn,
+                &rules,
+                RuleClock::REAL,
+                now + 3 * HOUR_MS + 2 * MIN
+            )
+            .unwrap()
+            .is_empty()
+        );
+        assert_eq!(
+            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 4 * HOUR_MS + MIN).unwrap(),
+            [(id, "escalate")]
+        );
+        let reminder: String = r
+            .conn
+            .query_row(
+                "SELECT note FROM task_events WHERE action = 'remind'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(
+            reminder.contains("59 min left") && reminder.contains("reminder to drainage-gulou"),
+            "{reminder}"
         );
         let notes: Vec<String> = r
             .conn
