@@ -10,6 +10,8 @@ export CITY_PEER_MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
 # A clean checkout gains nothing from incremental caches, and they cost gigabytes of disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo build --workspace --bins
+# The agent for 64-bit Raspberry Pi OS, which tests/tests/raspberry_pi.rs runs under qemu-user.
+cargo build --target aarch64-unknown-linux-gnu -p edge-agent --bin edge-agent
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0

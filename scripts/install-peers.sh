@@ -20,6 +20,9 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 # Headless Chromium and its WebDriver for the console's browser tests (tests/tests/console.rs).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# The Raspberry Pi cross toolchain (linker and libc) and qemu-user, for the aarch64 agent's smoke test.
+command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+command -v qemu-aarch64 >/dev/null 2>&1 || need_apt+=(qemu-user)
 # A Chinese font, or the console's screenshots show boxes where the Chinese should be (5 MB).
 fc-list :lang=zh 2>/dev/null | grep -q . || need_apt+=(fonts-wqy-microhei)
 
@@ -29,6 +32,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu; then
+  echo "install-peers: adding the aarch64-unknown-linux-gnu Rust target" >&2
+  rustup target add aarch64-unknown-linux-gnu
 fi
 
 if ! .venv/bin/python -c "import pymodbus, serial; assert pymodbus.__version__ == '$PYMODBUS_VERSION'" >/dev/null 2>&1; then

@@ -174,6 +174,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         drop((keep_items, keep_events));
     });
     tracing::info!(gateway = %setup.uplink.gateway, buses = pollers.len(), broker = %format!("{}:{}", setup.uplink.host, setup.uplink.port), "edge agent started");
+    systemd_notify(shutdown.clone());
     // Local rules sit between the producers and the uplink, so they act whatever the uplink does.
     let engine = rules::Engine::new(setup.rules.clone());
     let local_commands = engine.issued.clone();
@@ -221,4 +222,42 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+/// Under systemd with `Type=notify` (`NOTIFY_SOCKET` set): tells it the agent has started; and
+/// while the unit sets `WatchdogSec`, pings the watchdog at half its interval from a task of this
+/// runtime, so a runtime that stops running its tasks (a deadlock, a worker blocked on IO) stops
+/// the pings and systemd restarts the agent, spool intact. Says `STOPPING=1` on shutdown. Outside
+/// systemd it does nothing.
+fn systemd_notify(shutdown: CancellationToken) {
+    use sd_notify::NotifyState;
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, &[NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell systemd the agent is ready");
+    }
+    let mut usec = 0;
+    let watchdog = sd_notify::watchdog_enabled(false, &mut usec) && usec > 0;
+    let every = std::time::Duration::from_micros(usec / 2);
+    tokio::spawn(async move {
+        if watchdog {
+            tracing::info!(
+                every_ms = every.as_millis() as u64,
+                "pinging the systemd watchdog"
+            );
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => {
+                        let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+                    }
+                }
+            }
+        } else {
+            shutdown.cancelled().await;
+        }
+        let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+    });
 }

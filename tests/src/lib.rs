@@ -96,7 +96,8 @@ impl Drop for Peer {
     }
 }
 
-fn workspace_root() -> PathBuf {
+/// The repository root (for `target/debug/…` and the shipped files).
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
