@@ -159,6 +159,21 @@ fn demo_town_serves_fresh_assets_from_every_gateway() {
         );
         std::thread::sleep(Duration::from_secs(1));
     };
+    // The promise: open tasks of five or more rules at once, within five minutes.
+    let open = eventually(
+        Duration::from_secs(300).saturating_sub(started.elapsed()),
+        "open tasks of five rules",
+        || {
+            let t = get_json(&format!("{base}/api/v1/tasks?status=open&limit=500"))?;
+            let rules: std::collections::BTreeSet<String> = t
+                .as_array()?
+                .iter()
+                .filter_map(|x| x["rule"].as_str().map(str::to_owned))
+                .collect();
+            (rules.len() >= 5).then_some(rules)
+        },
+    );
+    eprintln!("open after {:?}: {open:?}", started.elapsed());
     eprintln!("demo tasks after {:?}:", started.elapsed());
     let mut seen = std::collections::BTreeSet::new();
     for t in &tasks {
