@@ -34,6 +34,9 @@ for rate in 10000 25000 50000; do
   ./target/release/examples/ingest_bench paced "$rate" 60 2>/dev/null
 done
 echo
+echo "## Reading to task at 10,000 readings/s"
+./target/release/examples/ingest_bench tasks 10000 60 2>/dev/null
+echo
 if [[ -x scripts/bench-gateway.sh ]]; then
     echo "## Agent vs a peer gateway"
     ./scripts/bench-gateway.sh

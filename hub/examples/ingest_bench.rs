@@ -17,6 +17,10 @@
 //! into the hub on Mosquitto; prints the envelopes' age at commit (publish to committed, p50 / p90 /
 //! p99 as histogram bucket bounds) and whether the hub kept up.
 //!
+//! `... --example ingest_bench -- tasks [RATE [SECONDS]]` (default 10,000 readings/s for 60 s):
+//! reading-to-task latency under that load through Mosquitto, the hub and its rules (see
+//! [`task_latency`]); prints how many probe tasks appeared and their latency p50 / p90 / p99 / max.
+//!
 //! The hub's per-gateway rate limit is off here: one publisher plays each gateway far faster than
 //! an agent would.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -364,7 +368,241 @@ fn paced(readings_per_s: f64, secs: f64) {
     rt.block_on(hub.stop());
 }
 
+/// Reading-to-task latency under load: `readings_per_s` of water depth from 10 gateways (500
+/// waterlogging sensors, all well below any threshold, so every reading goes through the rules),
+/// and ten times a second one more sensor reports water 17 cm deep for five minutes (two readings,
+/// five minutes apart by their timestamps, in one envelope): the default rules raise a
+/// `waterlogging` task for it. The latency is from publishing that envelope to the task being
+/// visible to a reader of the database (polled every 2 ms).
+fn task_latency(readings_per_s: f64, secs: f64) {
+    const GATEWAYS: usize = 10;
+    const PER: usize = 100;
+    const BACKGROUND: usize = 50;
+    // One probe a second from each gateway: ten a second in all.
+    let probes_per_gateway = (secs as usize).max(1);
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = free_port();
+    let _broker = mosquitto(dir.path(), port);
+    let data = dir.path().join("hub-tasks");
+    let hub = start_hub(&rt, data.clone(), external(port), GATEWAYS);
+    let sensor = |name: String| protocol::DeviceInfo {
+        device: name.parse().unwrap(),
+        asset: name.parse().unwrap(),
+        kind: protocol::AssetKind::Waterlogging,
+        profile: None,
+        location: None,
+        road_segment: None,
+        grid: None,
+        zone: None,
+        report_interval_s: Some(1),
+    };
+    let boots: Vec<BootId> = (0..GATEWAYS)
+        .map(|_| BootId::from_uuid(uuid::Uuid::new_v4()))
+        .collect();
+    let published: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> =
+        Default::default();
+    let mut opts = MqttOptions::new("bench-tasks", "127.0.0.1", port);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    opts.set_inflight(100);
+    let env_rate = readings_per_s / PER as f64;
+    let envelopes = (env_rate * secs) as usize;
+    let probe_every = (env_rate / GATEWAYS as f64).max(1.0) as u64;
+    // The tasks as a reader of the database sees them, from a thread of its own.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (db, stop) = (data.join("hub.sqlite3"), stop.clone());
+        std::thread::spawn(move || {
+            let db = rusqlite::Connection::open_with_flags(
+                db,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .unwrap();
+            let mut seen: std::collections::HashMap<String, Instant> = Default::default();
+            let mut last = 0i64;
+            while !stop.load(Relaxed) {
+                let mut q = db
+                    .prepare_cached(
+                        "SELECT id, asset FROM tasks WHERE rule = 'waterlogging' AND id > ?1 ORDER BY id",
+                    )
+                    .unwrap();
+                let rows: Vec<(i64, String)> = q
+                    .query_map([last], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                let at = Instant::now();
+                for (id, asset) in rows {
+                    last = id;
+                    seen.entry(asset).or_insert(at);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            seen
+        })
+    };
+    let log = published.clone();
+    let took = rt.block_on(async move {
+        let (client, mut ev) = AsyncClient::new(opts, 200);
+        let limits = Limits::default();
+        let keys: Vec<Key> = (0..GATEWAYS).map(key).collect();
+        // Each gateway announces its sensors first (retained presence), as an agent does at birth.
+        for g in 0..GATEWAYS {
+            let p = protocol::Presence {
+                v: 1,
+                gateway: gateway(g),
+                boot: boots[g],
+                state: protocol::PresenceState::Online,
+                sent_at: Timestamp::now(),
+                clock: ClockState::Synced,
+                agent: None,
+                config_version: None,
+                devices: (0..BACKGROUND)
+                    .map(|d| sensor(format!("wl-{g}-{d}")))
+                    .chain((0..probes_per_gateway).map(|d| sensor(format!("probe-{g}-{d}"))))
+                    .collect(),
+            };
+            let topic = format!("city/v1/gw/{}/state", gateway(g));
+            let payload =
+                protocol::auth::seal(&keys[g], &topic, &protocol::encode(&p, &limits).unwrap());
+            client
+                .publish(topic, QoS::AtLeastOnce, true, payload)
+                .await
+                .unwrap();
+        }
+        let acks = tokio::spawn(async move {
+            loop {
+                match ev.poll().await {
+                    Ok(_) => {}
+                    Err(e) => panic!("publisher: {e}"),
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let start = tokio::time::Instant::now();
+        let mut probes = [0usize; GATEWAYS];
+        for n in 0..envelopes {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(n as f64 / env_rate)).await;
+            let g = n % GATEWAYS;
+            let seq = (n / GATEWAYS) as u64;
+            let now = Timestamp::now();
+            let reading = |device: String, at: Timestamp, cm: f64| {
+                Item::Reading(Reading {
+                    device: device.parse().unwrap(),
+                    metric: "waterDepth".parse().unwrap(),
+                    observed_at: at,
+                    value: Some(Value::Number(cm)),
+                    unit: Some(protocol::Unit::new("cm").unwrap()),
+                    quality: Default::default(),
+                })
+            };
+            let mut items: Vec<Item> = (0..PER)
+                .map(|r| {
+                    reading(
+                        format!("wl-{g}-{}", r % BACKGROUND),
+                        now.add_millis(-((r / BACKGROUND) as i64)),
+                        2.0,
+                    )
+                })
+                .collect();
+            let probe = (seq % probe_every == 0 && probes[g] < probes_per_gateway)
+                .then(|| format!("probe-{g}-{}", probes[g]));
+            if let Some(p) = &probe {
+                items.push(reading(p.clone(), now.add_millis(-300_000), 17.0));
+                items.push(reading(p.clone(), now, 17.0));
+                probes[g] += 1;
+            }
+            let env = Envelope {
+                v: 1,
+                gateway: gateway(g),
+                boot: boots[g],
+                seq,
+                sent_at: now,
+                clock: ClockState::Synced,
+                items,
+            };
+            let topic = format!("city/v1/gw/{}/up", gateway(g));
+            let payload =
+                protocol::auth::seal(&keys[g], &topic, &protocol::encode(&env, &limits).unwrap());
+            if let Some(p) = probe {
+                log.lock().unwrap().insert(p, Instant::now());
+            }
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .unwrap();
+        }
+        let took = start.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        acks.abort();
+        took
+    });
+    let probes = published.lock().unwrap().len();
+    let end = Instant::now() + Duration::from_secs(60);
+    while hub.metrics.envelopes_stored.load(Relaxed) < envelopes as u64 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Relaxed);
+    let seen = watcher.join().unwrap();
+    let mut ms: Vec<f64> = published
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(asset, sent)| {
+            seen.get(asset)
+                .map(|at| at.saturating_duration_since(*sent).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let q = |x: f64| {
+        ms.get(((ms.len() as f64 * x).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let stored = hub.metrics.envelopes_stored.load(Relaxed);
+    // The same run's envelopes from publish to committed, before the rules see them.
+    let commit = |x| {
+        hub.metrics
+            .commit_age
+            .quantile_ms(x)
+            .map_or("> 300 s".into(), |v| format!("≤ {v} ms"))
+    };
+    println!(
+        "| {readings_per_s:.0} readings/s for {secs:.0} s ({GATEWAYS} gateways, {} sensors) | {} of {probes} | {:.0} / {:.0} / {:.0} / {:.0} ms | {} / {} | {} | publisher took {:.1} s |",
+        GATEWAYS * (BACKGROUND + probes_per_gateway),
+        ms.len(),
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        ms.last().copied().unwrap_or(f64::NAN),
+        commit(0.5),
+        commit(0.99),
+        if stored >= envelopes as u64 {
+            "kept up".to_owned()
+        } else {
+            format!("stored {stored} of {envelopes} envelopes")
+        },
+        took.as_secs_f64(),
+    );
+    rt.block_on(hub.stop());
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("tasks") {
+        let rate: f64 = std::env::args()
+            .nth(2)
+            .map_or(10_000.0, |a| a.parse().expect("RATE in readings/s"));
+        let secs: f64 = std::env::args()
+            .nth(3)
+            .map_or(60.0, |a| a.parse().expect("SECONDS must be a number"));
+        task_latency(rate, secs);
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("paced") {
         let rate: f64 = std::env::args()
             .nth(2)

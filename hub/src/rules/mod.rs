@@ -858,6 +858,7 @@ pub fn start(
             let mut last_offline = Instant::now() - EVERY;
             let mut last_escalation = Instant::now() - Duration::from_secs(60);
             let mut last_tick = Instant::now();
+            let mut last_cycle = Instant::now();
             while !stop.is_cancelled() {
                 let announce = |runner: &Runner, changed: &[(i64, &str)]| {
                     for &(id, action) in changed {
@@ -868,6 +869,7 @@ pub fn start(
                     }
                 };
                 if !pending.is_empty() || events {
+                    last_cycle = Instant::now();
                     let dirty = std::mem::take(&mut pending);
                     match runner.cycle(dirty.clone(), events, crate::now_ms()) {
                         Ok((changed, more)) => {
@@ -923,8 +925,13 @@ pub fn start(
                     }
                 }
                 if pending.is_empty() && !events {
-                    // Coalesce: at most a few cycles a second however fast readings arrive.
-                    std::thread::sleep(Duration::from_millis(200));
+                    // Coalesce: at most one cycle per MIN_CYCLE however fast readings arrive
+                    // (each cycle is one transaction), and no waiting longer than that when
+                    // they come slowly: a reading's task is in the next cycle.
+                    let since = last_cycle.elapsed();
+                    if since < MIN_CYCLE {
+                        std::thread::sleep(MIN_CYCLE - since);
+                    }
                     let (s, e) = runner_feed_wait(&feed, &stop);
                     pending = s;
                     events = e;
@@ -932,6 +939,10 @@ pub fn start(
             }
         })?)
 }
+
+/// The shortest time between two cycles of the rules: readings that arrive meanwhile are taken
+/// together (one transaction), and a reading waits at most this long before the rules see it.
+const MIN_CYCLE: Duration = Duration::from_millis(50);
 
 /// Waits up to a second for the store to commit something, noticing `stop`.
 fn runner_feed_wait(
