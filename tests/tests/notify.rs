@@ -189,3 +189,98 @@ fn a_filed_task_reaches_its_departments_webhook_signed_and_retried() {
     assert!((0..60).contains(&age), "{age}");
     rt.block_on(hub.stop());
 }
+
+/// The MQTT channel: a department's tasks published to `<root>/v1/notify/<department>` on the
+/// broker the hub uses, here a real Mosquitto with `mosquitto_sub` as the department's client.
+#[test]
+fn a_task_reaches_its_departments_mqtt_topic_on_mosquitto() {
+    tests::init_logs();
+    let dir = tempfile::tempdir().unwrap();
+    tests::provision_admin(dir.path());
+    let broker = free_addr();
+    let _mosquitto = tests::mosquitto(broker.port(), dir.path());
+    let rules = hub::rules::Rules::parse(
+        "[[notify]]\nname = \"drainage-mqtt\"\nkind = \"mqtt\"\ndepartments = [\"drainage\"]\n",
+        "rules.toml",
+    )
+    .unwrap();
+    let sub = |topic: &str| {
+        std::process::Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port().to_string()])
+            .args(["-t", topic, "-q", "1", "-v"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut drainage = sub("city/v1/notify/drainage");
+    let mut lighting = sub("city/v1/notify/lighting");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = free_addr();
+    let hub = rt
+        .block_on(hub::start(hub::HubConfig {
+            rules: hub::rules::Setup {
+                rules: Arc::new(rules),
+                clock: hub::rules::RuleClock::REAL,
+            },
+            ..hub::HubConfig::new(
+                http,
+                dir.path().to_owned(),
+                hub::MqttMode::External {
+                    url: hub::Broker::parse(&format!("mqtt://{broker}")).unwrap(),
+                    username: None,
+                    password: None,
+                    tls: None,
+                },
+            )
+        }))
+        .unwrap();
+    tests::wait_hub_ready(http);
+    // The departments' clients are subscribed by now (they started before the hub).
+    std::thread::sleep(Duration::from_millis(300));
+    let base = format!("http://{http}");
+    let file = |dept: &str| {
+        let (status, task) = post_json_as(
+            &format!("{base}/api/v1/tasks"),
+            TEST_TOKEN,
+            &serde_json::json!({"kind": "maintenance", "category": "waterlogging",
+                                "title": format!("积水 reported to {dept}"), "department": dept}),
+        );
+        assert_eq!(status, 201, "{task}");
+        task["id"].as_i64().unwrap()
+    };
+    let lamp = file("lighting");
+    let id = file("drainage");
+    let mut line = String::new();
+    BufReader::new(drainage.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let (topic, json) = line.trim().split_once(' ').unwrap();
+    assert_eq!(topic, "city/v1/notify/drainage");
+    let body: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(body["task"]["id"], id, "{body}");
+    assert_eq!(body["action"], "file");
+    // Delivered, in the task's delivery state; and nothing for a department without the channel.
+    tests::eventually(Duration::from_secs(10), "the delivery state", || {
+        let t = tests::get_json(&format!("{base}/api/v1/tasks/{id}"))?;
+        t["notifications"]
+            .as_array()?
+            .iter()
+            .any(|d| d["channel"] == "drainage-mqtt" && d["state"] == "delivered")
+            .then_some(())
+    });
+    let t = tests::get_json(&format!("{base}/api/v1/tasks/{lamp}")).unwrap();
+    assert_eq!(t["notifications"], serde_json::json!([]), "{t}");
+    let _ = lighting.kill();
+    let mut quiet = String::new();
+    lighting
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut quiet)
+        .unwrap();
+    assert_eq!(quiet, "", "the lighting topic got a message");
+    let _ = drainage.kill();
+    let _ = drainage.wait();
+    let _ = lighting.wait();
+    rt.block_on(hub.stop());
+}
