@@ -200,8 +200,12 @@ fn widen(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
 }
 
-/// `value` as a number, or out of range.
+/// `value` as a number, or out of range. A scale, offset or formula can overflow a finite raw
+/// value to infinity, which no message may carry: that is `NotFinite`, not a value.
 pub(crate) fn in_range(value: f64, range: Option<(f64, f64)>) -> Result<Value, DecodeProblem> {
+    if !value.is_finite() {
+        return Err(DecodeProblem::NotFinite(value));
+    }
     match range {
         Some((min, max)) if !(min..=max).contains(&value) => {
             Err(DecodeProblem::OutOfRange { value, min, max })
@@ -224,4 +228,38 @@ fn decode_text(bytes: &[u8]) -> Result<Value, DecodeProblem> {
         )));
     }
     Ok(Value::Text(text.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `modbus_decode` fuzz target: a valid field whose scale overflows the raw value
+    /// gave `Ok(Number(inf))`, which the envelope encoder refuses (dropping the whole batch).
+    #[test]
+    fn scale_overflowing_to_infinity_is_not_finite() {
+        let field: Field = toml::from_str(
+            r#"
+metric = "energy"
+table = "input"
+address = 0
+type = "u64"
+scale = 1e300
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let words = [0xffff; 4];
+        assert!(matches!(
+            decode(&field, Raw::Words(&words)),
+            Err(DecodeProblem::NotFinite(x)) if x.is_infinite()
+        ));
+        // Out of range and infinite: still not a value to send.
+        let ranged = Field {
+            range: Some([0.0, 1.0]),
+            ..field
+        };
+        let problem = decode(&ranged, Raw::Words(&words)).unwrap_err();
+        assert_eq!(problem.value(), None);
+        assert_eq!(problem.reason(), BadReason::Undecodable);
+    }
 }

@@ -136,4 +136,21 @@ mod tests {
         );
         assert!(derive(&profile(), &params, &[]).is_empty());
     }
+
+    /// Found by the `modbus_decode` fuzz target: a ratio to a tiny (valid, finite) parameter
+    /// overflowed to `Ok(Number(inf))`, which the envelope encoder refuses.
+    #[test]
+    fn derived_value_overflowing_to_infinity_is_not_finite() {
+        let mut p = profile();
+        p.derived[0].formula = crate::field::Formula::Ratio;
+        p.derived[0].scale = 1e300;
+        p.derived[0].range = None;
+        let params = BTreeMap::from([("mounting_height_mm".to_owned(), 9.9e-150)]);
+        let out = derive(&p, &params, &distance(Ok(Value::Number(3300.0))));
+        assert!(
+            matches!(out[0].outcome, Err(DecodeProblem::NotFinite(x)) if x.is_infinite()),
+            "{out:?}"
+        );
+        assert_eq!(out[0].outcome.as_ref().unwrap_err().value(), None);
+    }
 }

@@ -109,7 +109,8 @@ fn check_overlaps(profile: &Profile, out: &mut Vec<Problem>) {
                     i,
                     f.table,
                     u32::from(a),
-                    u32::from(a) + u32::from(f.size()) - 1,
+                    // A string of `count = 0` (reported by check_field) still spans its address.
+                    u32::from(a) + u32::from(f.size().max(1)) - 1,
                 )
             })
         })
@@ -213,4 +214,35 @@ fn check_derived(profile: &Profile, d: &Derived, at: &Path, out: &mut Vec<Proble
         out.push(Problem::error(at.key("param"), e.to_string()));
     }
     check_scale_range(d.scale, d.offset, d.range, at, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `modbus_decode` fuzz target: a string field of zero registers at address 0
+    /// made the overlap check subtract below zero (a panic in debug builds) before its error could
+    /// be reported.
+    #[test]
+    fn zero_register_string_at_address_zero_is_an_error_not_a_panic() {
+        let src = r#"
+name = "p"
+kind = "other"
+[[field]]
+metric = "serial"
+table = "holding"
+address = 0
+type = "string"
+count = 0
+"#;
+        let profile: Profile = toml::from_str(src).unwrap_or_else(|e| panic!("{e}"));
+        let problems = check_profile(&profile, Some("p"));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.severity == crate::diagnostic::Severity::Error
+                    && p.message.contains("count is 0")),
+            "{problems:?}"
+        );
+    }
 }
