@@ -509,7 +509,7 @@ fn task_latency(readings_per_s: f64, secs: f64) {
                     )
                 })
                 .collect();
-            let probe = (seq % probe_every == 0 && probes[g] < probes_per_gateway)
+            let probe = (seq.is_multiple_of(probe_every) && probes[g] < probes_per_gateway)
                 .then(|| format!("probe-{g}-{}", probes[g]));
             if let Some(p) = &probe {
                 items.push(reading(p.clone(), now.add_millis(-300_000), 17.0));
