@@ -323,16 +323,21 @@ fn hub_case(
     row
 }
 
+/// The runtime the publisher and the hub share: two workers, as on the 2-core machine.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// Latency at a paced rate: `readings_per_s` from 10 gateways in envelopes of 100, for `secs`.
 fn paced(readings_per_s: f64, secs: f64) {
     const GATEWAYS: usize = 10;
     const PER: usize = 100;
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let port = free_port();
     let _broker = mosquitto(dir.path(), port);
     let hub = start_hub(&rt, dir.path().join("hub-paced"), external(port), GATEWAYS);
@@ -381,11 +386,7 @@ fn task_latency(readings_per_s: f64, secs: f64) {
     // One probe a second from each gateway: ten a second in all.
     let probes_per_gateway = (secs as usize).max(1);
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let port = free_port();
     let _broker = mosquitto(dir.path(), port);
     let data = dir.path().join("hub-tasks");
@@ -620,11 +621,7 @@ fn main() {
         .unwrap_or(1_000_000);
     let envelopes = (readings / PER_ENVELOPE).max(4) / 4 * 4;
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let mut rows = Vec::new();
     for gateways in [1, 4] {
         let b = bare(dir.path(), &rt, gateways, envelopes);

@@ -62,11 +62,7 @@ async fn run(
     mut rng: fastrand::Rng,
     stop: CancellationToken,
 ) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = http_client();
     // A parked vehicle stays for a few captures, so the same plate is seen minutes apart.
     let mut parked: Option<(&str, u32)> = None;
     tokio::select! {
@@ -105,20 +101,8 @@ async fn run(
             ],
             rng.u64(..),
         );
-        let (agent2, url2) = (agent.clone(), url.clone());
-        let result = tokio::task::spawn_blocking(move || {
-            agent2
-                .post(&url2)
-                .header("content-type", &ct)
-                .send(&body[..])
-                .map(|r| r.status().as_u16())
-        })
-        .await;
-        match result {
-            Ok(Ok(200)) => tracing::debug!(%url, plate, "camera capture posted"),
-            Ok(Ok(status)) => tracing::warn!(%url, status, "the agent refused a camera capture"),
-            Ok(Err(e)) => tracing::debug!(%url, error = %e, "agent not reachable yet"),
-            Err(_) => return,
+        if !post(&agent, &url, ct, body, "camera capture").await {
+            return;
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -138,11 +122,7 @@ async fn run_ai(
     mut rng: fastrand::Rng,
     stop: CancellationToken,
 ) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .http_status_as_error(false)
-        .build()
-        .into();
+    let agent = http_client();
     tokio::select! {
         _ = stop.cancelled() => return,
         _ = tokio::time::sleep(every + offset) => {}
@@ -168,20 +148,8 @@ async fn run_ai(
                 &[("snapshot.jpg", &scene)],
                 rng.u64(..),
             );
-            let (agent2, url2) = (agent.clone(), url.clone());
-            let result = tokio::task::spawn_blocking(move || {
-                agent2
-                    .post(&url2)
-                    .header("content-type", &ct)
-                    .send(&body[..])
-                    .map(|r| r.status().as_u16())
-            })
-            .await;
-            match result {
-                Ok(Ok(200)) => tracing::debug!(%url, "AI detection posted"),
-                Ok(Ok(status)) => tracing::warn!(%url, status, "the agent refused an AI detection"),
-                Ok(Err(e)) => tracing::debug!(%url, error = %e, "agent not reachable yet"),
-                Err(_) => return,
+            if !post(&agent, &url, ct, body, "AI detection").await {
+                return;
             }
         }
         tokio::select! {
@@ -189,4 +157,34 @@ async fn run_ai(
             _ = tokio::time::sleep(every) => {}
         }
     }
+}
+
+/// A camera's HTTP client: answers of any status are results, not errors.
+fn http_client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// Posts one camera request to its agent (off the runtime: ureq blocks) and logs how it went;
+/// false when the runtime is shutting down.
+async fn post(agent: &ureq::Agent, url: &str, ct: String, body: Vec<u8>, what: &str) -> bool {
+    let (agent2, url2) = (agent.clone(), url.to_owned());
+    let result = tokio::task::spawn_blocking(move || {
+        agent2
+            .post(&url2)
+            .header("content-type", &ct)
+            .send(&body[..])
+            .map(|r| r.status().as_u16())
+    })
+    .await;
+    match result {
+        Ok(Ok(200)) => tracing::debug!(%url, what, "posted"),
+        Ok(Ok(status)) => tracing::warn!(%url, status, what, "the agent refused a camera request"),
+        Ok(Err(e)) => tracing::debug!(%url, error = %e, "agent not reachable yet"),
+        Err(_) => return false,
+    }
+    true
 }
