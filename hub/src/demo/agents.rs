@@ -36,6 +36,19 @@ pub struct AgentProcess {
     child: Child,
 }
 
+/// Where a demo agent listens: ports picked free at start, so that two demos (or a demo and a
+/// real agent) on one machine do not collide on the gateway files' fixed ports.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen {
+    pub status: std::net::SocketAddr,
+    pub cameras: Option<std::net::SocketAddr>,
+}
+
+/// A free port on loopback (free when asked; the agent binds it a moment later).
+pub fn free_loopback() -> anyhow::Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
 /// Starts one agent for `gateway_file`, publishing to `broker` and uploading evidence to `hub_url`.
 pub fn spawn(
     bin: &Path,
@@ -44,9 +57,14 @@ pub fn spawn(
     hub_url: &str,
     data_dir: &Path,
     key_file: &Path,
+    listen: &Listen,
 ) -> anyhow::Result<AgentProcess> {
-    let child = Command::new(bin)
-        .arg("run")
+    let mut cmd = Command::new(bin);
+    cmd.arg("run");
+    if let Some(cameras) = listen.cameras {
+        cmd.arg("--camera-listen").arg(cameras.to_string());
+    }
+    let child = cmd
         .arg("--config")
         .arg(gateway_file)
         .arg("--broker")
@@ -57,6 +75,8 @@ pub fn spawn(
         .arg(data_dir)
         .arg("--key-file")
         .arg(key_file)
+        .arg("--status-listen")
+        .arg(listen.status.to_string())
         // If the demo is killed (SIGKILL gives it no chance to stop its agents), they stop too.
         .arg("--exit-with-parent")
         .kill_on_drop(true)

@@ -110,7 +110,7 @@ pub async fn run(
         anyhow::bail!("the demo runs the embedded broker");
     };
     let bin = agents::locate(opts.agent_bin.as_deref())?;
-    let gateways = load_gateways(&opts.gateways_dir)?;
+    let mut gateways = load_gateways(&opts.gateways_dir)?;
     let devices_stop = CancellationToken::new();
     // The town lives `speed` times faster than the clock its devices stamp readings with; the
     // rules are told, so "water above 15 cm for 5 minutes" means 5 minutes of the town's time.
@@ -188,11 +188,23 @@ pub async fn run(
     }
     let hub_url = format!("http://{http}");
     let mut procs = Vec::new();
-    for (gw, key) in gateways.iter().zip(&key_files) {
+    for (gw, key) in gateways.iter_mut().zip(&key_files) {
         // Each agent's spool and evidence under the demo's data directory.
         let data = agents_dir.join(gw.gateway.as_str());
+        let listen = agents::Listen {
+            status: agents::free_loopback()?,
+            cameras: match gw.cameras.as_mut() {
+                Some(setup) => {
+                    // The simulated cameras post where the agent really listens.
+                    setup.listen = agents::free_loopback()?;
+                    Some(setup.listen)
+                }
+                None => None,
+            },
+        };
+        tracing::info!(gateway = %gw.gateway, status = %listen.status, cameras = ?listen.cameras, "starting the gateway's agent");
         procs.push(agents::spawn(
-            &bin, &gw.file, &broker, &hub_url, &data, key,
+            &bin, &gw.file, &broker, &hub_url, &data, key, &listen,
         )?);
     }
     let cams = cameras::start(
