@@ -182,8 +182,24 @@ impl Spool {
         items: u32,
         at_ms: i64,
     ) -> std::io::Result<u64> {
+        let id = loop {
+            match self.class(class).append(payload, items, at_ms) {
+                Ok(id) => break id,
+                // The disk is full before the budget is (an SD card shared with logs, a budget
+                // set too large): make room by dropping the oldest unsent readings, then the
+                // oldest events, rather than losing what is new.
+                Err(e) if is_disk_full(&e) => {
+                    let freed = [Class::Bulk, Class::Event]
+                        .iter()
+                        .any(|&c| self.class(c).drop_oldest("disk full"));
+                    if !freed {
+                        return Err(e);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let c = self.class(class);
-        let id = c.append(payload, items, at_ms)?;
         if class == Class::Event {
             c.sync()?;
         }
@@ -539,40 +555,64 @@ impl ClassSpool {
             if !too_big && (!too_old || self.segments.len() == 1) {
                 return;
             }
-            if self.segments.len() == 1 {
-                // Start a fresh segment so the full one can go.
-                if self.roll().is_err() {
-                    return;
-                }
-            }
-            let Some(s) = self.segments.pop_front() else {
+            if !self.drop_oldest(if too_big { "bytes budget" } else { "age limit" }) {
                 return;
-            };
-            let (mut recs, mut items) = (0u64, 0u64);
-            for r in &s.records {
-                if !self.is_acked(r.id) {
-                    recs += 1;
-                    items += u64::from(r.items);
-                }
-                self.acked_above.remove(&r.id);
-            }
-            if let Some(l) = s.last_id() {
-                self.acked_below = self.acked_below.max(l + 1);
-            }
-            let _ = std::fs::remove_file(&s.path);
-            if recs > 0 {
-                self.dropped_items += items;
-                self.dropped_records += recs;
-                tracing::warn!(
-                    class = self.class.as_str(),
-                    records = recs,
-                    items,
-                    reason = if too_big { "bytes budget" } else { "age limit" },
-                    "spool full: dropped the oldest unsent data"
-                );
             }
         }
     }
+
+    /// Deletes the oldest segment (starting a fresh one first when it is the only one), counting
+    /// its unsent records as dropped. False when there was nothing to delete or no fresh segment
+    /// could be started.
+    fn drop_oldest(&mut self, reason: &str) -> bool {
+        if self.segments.is_empty() {
+            return false;
+        }
+        if self.segments.len() == 1 {
+            // A segment with nothing in it frees nothing.
+            if self.segments.front().is_some_and(|s| s.bytes == 0) {
+                return false;
+            }
+            // Start a fresh segment so the full one can go.
+            if self.roll().is_err() {
+                return false;
+            }
+        }
+        let Some(s) = self.segments.pop_front() else {
+            return false;
+        };
+        let (mut recs, mut items) = (0u64, 0u64);
+        for r in &s.records {
+            if !self.is_acked(r.id) {
+                recs += 1;
+                items += u64::from(r.items);
+            }
+            self.acked_above.remove(&r.id);
+        }
+        if let Some(l) = s.last_id() {
+            self.acked_below = self.acked_below.max(l + 1);
+        }
+        let _ = std::fs::remove_file(&s.path);
+        if recs > 0 {
+            self.dropped_items += items;
+            self.dropped_records += recs;
+            tracing::warn!(
+                class = self.class.as_str(),
+                records = recs,
+                items,
+                reason,
+                "spool full: dropped the oldest unsent data"
+            );
+        }
+        true
+    }
+}
+
+/// ENOSPC (or a quota): no room on the spool's filesystem.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || e.kind() == std::io::ErrorKind::QuotaExceeded
+        || e.raw_os_error() == Some(28)
 }
 
 /// Parses the records of one segment's bytes: the good records, where the last good one ends, and
