@@ -118,6 +118,17 @@ fn sign_in(b: &Browser, base: &str, token: &str) {
     });
 }
 
+/// Clicks `css` in the page's own script, found and clicked in one step: the crew list re-renders
+/// as the demo's tasks arrive, and a WebDriver click (find, then click at its position) could land
+/// on the card that moved into that place.
+fn click_now(b: &Browser, css: &str) {
+    let done = b.js(
+        "const e = document.querySelector(arguments[0]); if (!e) return false; e.click(); return true",
+        &[json!(css)],
+    );
+    assert_eq!(done, json!(true), "nothing to click at {css}");
+}
+
 fn page(b: &Browser) -> String {
     b.js("return document.body.dataset.page", &[])
         .as_str()
@@ -293,7 +304,7 @@ fn console_in_a_real_browser() {
             <= 390
     );
     shot(&phone, "phone");
-    phone.click(&format!("{card} button[data-action=accept]"));
+    click_now(&phone, &format!("{card} button[data-action=accept]"));
     phone.wait(WAIT, "the card accepted", |b| {
         (b.js(
             "return document.querySelector(arguments[0])?.dataset.state",
@@ -303,9 +314,9 @@ fn console_in_a_real_browser() {
     });
     admin.wait_text("#task-state", WAIT, |t| t == "已接单");
     let note = "已扶正灯杆并加固 (console test)";
-    phone.click(&format!("{card} button[data-action=handle]"));
+    click_now(&phone, &format!("{card} button[data-action=handle]"));
     phone.type_into(&format!("{card} textarea"), note);
-    phone.click(&format!("{card} button[data-action=handle-submit]"));
+    click_now(&phone, &format!("{card} button[data-action=handle-submit]"));
     phone.wait_text(&format!("#crew-done [data-task-id=\"{id}\"]"), WAIT, |t| {
         t.contains("已处置")
     });
