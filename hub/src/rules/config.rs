@@ -701,6 +701,16 @@ impl Rules {
                 parse_day_range(&t.dust.noise_day).is_some(),
                 "dust.noise_day must be \"HH:MM-HH:MM\"",
             ),
+            (
+                (0.0..1.0).contains(&cfg.limits.remind_at),
+                "limits.remind_at must be in 0..1 (a share of the time limit; 0 turns reminders off)",
+            ),
+            (
+                (0.0..=1.0).contains(&cfg.trading.confidence)
+                    && cfg.trading.dwell_min >= 0.0
+                    && cfg.trading.clear_min > 0.0,
+                "trading.confidence must be in 0..1, dwell_min not negative and clear_min above 0",
+            ),
         ];
         for (ok, why) in checks {
             if !ok {
@@ -987,6 +997,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("hysteresis"), "{e}");
+        for bad in [
+            "[limits]\nremind_at = 1.5\n",
+            "[trading]\nconfidence = 60\n",
+        ] {
+            let e = Rules::parse(bad, "r.toml").unwrap_err().to_string();
+            assert!(
+                e.contains("remind_at") || e.contains("trading.confidence"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -277,7 +277,8 @@ pub fn escalate_overdue(
     let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
     let mut done = Vec::new();
     let share = rules.cfg.limits.remind_at;
-    if share > 0.0 && share < 1.0 {
+    // In 0..1, checked when the rules file is loaded.
+    if share > 0.0 {
         let due_soon: Vec<(i64, String, Option<String>, i64)> = tx
             .prepare(
                 "SELECT t.id, t.state, t.department, t.due_at FROM tasks t
