@@ -35,6 +35,12 @@ pub struct Health {
     pub clock_synced: std::sync::atomic::AtomicBool,
     /// The evidence store, on gateways with cameras.
     pub evidence: std::sync::OnceLock<std::sync::Arc<crate::evidence::EvidenceStore>>,
+    /// The configuration running, for the heartbeat and the status endpoint.
+    config: Mutex<Option<protocol::ConfigReport>>,
+    /// The file running (the local gateway file or a hub version in the data directory).
+    pub config_file: std::sync::OnceLock<std::path::PathBuf>,
+    /// Why the uplink last failed to connect or lost its connection.
+    last_uplink_error: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -96,6 +102,43 @@ impl Health {
         let mut s = self.evidence.get().map(|e| e.stats()).unwrap_or_default();
         s.rejected_requests = self.camera_rejected.load(Relaxed);
         s
+    }
+
+    pub fn config(&self) -> Option<protocol::ConfigReport> {
+        self.config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_config(&self, report: protocol::ConfigReport) {
+        *self.config.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    }
+
+    /// Changes the configuration report in place (a trial kept, a push refused).
+    pub fn update_config(&self, f: impl FnOnce(&mut protocol::ConfigReport)) {
+        if let Some(r) = self
+            .config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            f(r);
+        }
+    }
+
+    pub fn last_uplink_error(&self) -> Option<String> {
+        self.last_uplink_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn set_uplink_error(&self, e: &str) {
+        *self
+            .last_uplink_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(e.to_owned());
     }
 
     pub fn count_readings(&self, n: u64) {

@@ -111,7 +111,7 @@ impl Setup {
         Self::from_config(config, opts)
     }
 
-    fn from_config(config: GatewayConfig, opts: &AgentOptions) -> anyhow::Result<Setup> {
+    pub(crate) fn from_config(config: GatewayConfig, opts: &AgentOptions) -> anyhow::Result<Setup> {
         let broker = match &opts.broker {
             Some(url) => firmware_config::Broker::parse(url).map_err(anyhow::Error::msg)?,
             None => config.uplink.broker.clone(),
@@ -253,14 +253,11 @@ impl Setup {
 }
 
 /// A short content hash of the gateway file, reported in the presence message so the hub can tell
-/// which configuration each gateway runs.
+/// which configuration each gateway runs (the heartbeat carries the full hash and its source).
 fn config_version(path: &std::path::Path) -> String {
-    let bytes = std::fs::read(path).unwrap_or_default();
-    // FNV-1a: a fingerprint, not a security measure.
-    let h = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("fnv1a:{h:016x}")
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let sha = protocol::config::config_sha256(&text);
+    format!("sha256:{}", &sha[..16])
 }
 
 /// The deadband of each metric of `d` that has one (fields and derived values).

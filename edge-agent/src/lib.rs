@@ -12,6 +12,7 @@ pub mod command;
 pub mod commands;
 pub mod commission;
 pub mod evidence;
+pub mod fleet;
 pub mod gpio;
 pub mod health;
 pub mod job;
@@ -52,15 +53,228 @@ pub struct AgentOptions {
     pub status_listen: Option<String>,
     /// Overrides `[uplink] key_file`.
     pub key_file: Option<std::path::PathBuf>,
+    /// How long a configuration pushed by the hub has to reach the broker before it is rolled
+    /// back ([`fleet::DEFAULT_TRIAL`]).
+    pub config_trial: std::time::Duration,
 }
 
 /// Capacity of the channel from the pollers to the uplink, in items. Full: pollers wait.
 pub const ITEM_QUEUE: usize = 8192;
 
 /// Runs the agent until `shutdown` is cancelled, then stops in pipeline order.
+///
+/// The pipeline runs with the configuration [`fleet::ConfigStore::choose`] picks (the local gateway
+/// file, or the version the hub pushed), and starts again in-process when the hub pushes a new
+/// version or a trial fails (see [`fleet`]).
 pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // The local file says where the data directory (and so the configuration store) is. A broken
+    // local file stops the start with every problem located, as `config check` shows them.
+    let profiles = job::profiles(opts.profiles.as_deref())?;
+    let local = firmware_config::load_gateway(&opts.config, &profiles).map_err(job::diagnostics)?;
+    let data_dir = opts
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| local.agent.data_dir.clone());
+    let dir = data_dir.join("config");
+    let store = tokio::task::spawn_blocking(move || fleet::ConfigStore::open(&dir))
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    let fleet = Fleet {
+        store: Arc::new(std::sync::Mutex::new(store)),
+        local: opts.config.clone(),
+        data_dir,
+        profiles: Arc::new(profiles),
+        started: Arc::new(std::sync::Once::new()),
+        shutdown: shutdown.clone(),
+    };
+    loop {
+        let choice = fleet
+            .lock()
+            .choose(&opts.config)
+            .map_err(anyhow::Error::msg)?;
+        if choice.report.source == protocol::ConfigSource::Hub {
+            tracing::info!(file = %choice.path.display(), version = ?choice.report.version, trial = choice.trial.is_some(), "running the configuration pushed by the hub");
+        }
+        let mut run_opts = opts.clone();
+        run_opts.config = choice.path.clone();
+        let generation = shutdown.child_token();
+        let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let trial = choice.trial;
+        let result = run_once(
+            run_opts,
+            generation,
+            Generation {
+                fleet: fleet.clone(),
+                choice,
+                reload: reload.clone(),
+            },
+        )
+        .await;
+        if shutdown.is_cancelled() {
+            return result;
+        }
+        match result {
+            Err(e) if trial.is_some() => {
+                let reason = format!("cannot start: {e:#}");
+                fleet.lock().rollback(reason).map_err(anyhow::Error::msg)?;
+            }
+            Err(e) => return Err(e),
+            Ok(()) if reload.load(std::sync::atomic::Ordering::SeqCst) => {}
+            Ok(()) => return Ok(()),
+        }
+    }
+}
+
+/// What all generations of the pipeline share.
+#[derive(Clone)]
+struct Fleet {
+    store: Arc<std::sync::Mutex<fleet::ConfigStore>>,
+    /// The local gateway file (`--config`).
+    local: PathBuf,
+    /// The data directory the agent started with; a push may not move it.
+    data_dir: PathBuf,
+    profiles: Arc<firmware_config::ProfileSet>,
+    /// Tells systemd the agent is ready, once.
+    started: Arc<std::sync::Once>,
+    shutdown: CancellationToken,
+}
+
+impl Fleet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, fleet::ConfigStore> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One run of the pipeline with one configuration.
+struct Generation {
+    fleet: Fleet,
+    choice: fleet::Choice,
+    /// Set when the pipeline stopped to start again (a new version, a failed trial).
+    reload: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Applies pushes and decides trials while one generation runs; cancels the generation (with
+/// `reload` set) when the pipeline must start again.
+async fn supervise(
+    g: Generation,
+    opts: AgentOptions,
+    mut pushes: mpsc::Receiver<protocol::ConfigPush>,
+    health: Arc<health::Health>,
+    gateway: protocol::GatewayId,
+    generation: CancellationToken,
+) {
+    let deadline = g
+        .choice
+        .trial
+        .map(|_| tokio::time::Instant::now() + opts.config_trial);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+    let restart = |why: &str| {
+        tracing::info!("{why}: restarting the pipeline");
+        g.reload.store(true, std::sync::atomic::Ordering::SeqCst);
+        generation.cancel();
+    };
+    let mut on_trial = deadline.is_some();
+    loop {
+        tokio::select! {
+            () = generation.cancelled() => return,
+            Some(push) = pushes.recv() => {
+                let (fleet, gw, opts) = (g.fleet.clone(), gateway.clone(), opts.clone());
+                let version = push.version;
+                let staged = tokio::task::spawn_blocking(move || {
+                    let check = |file: &std::path::Path, text: &str| check_pushed(&fleet, &opts, file, text);
+                    let local = fleet.local.clone();
+                    fleet.lock().stage(&push, &gw, &local, check)
+                })
+                .await;
+                match staged {
+                    Ok(Ok(fleet::Staged::Trial(v))) => {
+                        restart(&format!("configuration v{v} from the hub is valid and written"));
+                        return;
+                    }
+                    Ok(Ok(fleet::Staged::Old)) => {
+                        tracing::debug!(version, "configuration push not newer than what this gateway has; ignored");
+                    }
+                    Ok(Ok(fleet::Staged::Refused(reason))) => {
+                        tracing::error!(version, %reason, "configuration from the hub refused");
+                        let failed = g.fleet.lock().failed();
+                        health.update_config(|r| r.failed = failed);
+                    }
+                    Ok(Err(e)) => tracing::error!(version, error = %e, "cannot store the configuration from the hub"),
+                    Err(e) => tracing::error!(version, error = %e, "configuration check panicked"),
+                }
+            }
+            _ = tick.tick(), if on_trial => {
+                if health.connected.load(std::sync::atomic::Ordering::Relaxed) {
+                    match g.fleet.lock().commit() {
+                        Ok(v) => tracing::info!(version = ?v, "configuration from the hub reached the broker: kept"),
+                        Err(e) => tracing::error!(error = %e, "cannot record the configuration as kept"),
+                    }
+                    health.update_config(|r| r.trial = false);
+                    on_trial = false;
+                } else if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+                    let why = health.last_uplink_error().unwrap_or_else(|| "no answer".into());
+                    let reason = format!(
+                        "did not reach the broker within {} s: {why}",
+                        opts.config_trial.as_secs()
+                    );
+                    if let Err(e) = g.fleet.lock().rollback(reason) {
+                        tracing::error!(error = %e, "cannot record the rollback");
+                    }
+                    restart("configuration rolled back");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The checks a pushed file must pass on this gateway: those of `edge-agent config check`, the
+/// files it names (key, password, certificates) readable here, the same gateway id and data directory.
+fn check_pushed(
+    fleet: &Fleet,
+    opts: &AgentOptions,
+    file: &std::path::Path,
+    text: &str,
+) -> Result<(), String> {
+    let config = firmware_config::parse_gateway(file, text, &fleet.profiles)
+        .map_err(|d| firmware_config::report(&d))?;
+    if opts.data_dir.is_none() && config.agent.data_dir != fleet.data_dir {
+        return Err(format!(
+            "agent.data_dir would move from {} to {}: the spool and evidence stay where they are; change the data directory in the local file on the gateway instead",
+            fleet.data_dir.display(),
+            config.agent.data_dir.display()
+        ));
+    }
+    let mut o = opts.clone();
+    o.config = file.to_owned();
+    job::Setup::from_config(config, &o)
+        .map(drop)
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// One generation: the pipeline with one configuration, until `shutdown` (the agent's, or a reload).
+/// A start that fails part-way stops what it had started.
+async fn run_once(
+    opts: AgentOptions,
+    shutdown: CancellationToken,
+    g: Generation,
+) -> anyhow::Result<()> {
+    let result = pipeline(opts, shutdown.clone(), g).await;
+    if result.is_err() {
+        shutdown.cancel();
+    }
+    result
+}
+
+async fn pipeline(
+    opts: AgentOptions,
+    shutdown: CancellationToken,
+    g: Generation,
+) -> anyhow::Result<()> {
     let setup = job::Setup::load(&opts)?;
     let health = Arc::new(health::Health::default());
+    health.set_config(g.choice.report.clone());
+    let _ = health.config_file.set(g.choice.path.clone());
     // The spool first: a spool that cannot be opened stops the start with the reason.
     let sp = setup.spool.clone();
     let spool = tokio::task::spawn_blocking(move || spool::Spool::open(&sp.dir, sp.event, sp.bulk))
@@ -152,16 +366,16 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
                 .await?;
         pollers.push(tokio::spawn(server.serve(shutdown.clone())));
         if let Some(url) = &cameras.hub_url {
-            tokio::spawn(evidence::upload(
+            pollers.push(tokio::spawn(evidence::upload(
                 store,
                 url.clone(),
                 setup.uplink.gateway.clone(),
                 setup.uplink.key.clone(),
                 shutdown.clone(),
-            ));
+            )));
         }
     }
-    tokio::spawn(status::serve(
+    let status_server = tokio::spawn(status::serve(
         setup.status_listen,
         health.clone(),
         shutdown.clone(),
@@ -174,7 +388,19 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         drop((keep_items, keep_events));
     });
     tracing::info!(gateway = %setup.uplink.gateway, buses = pollers.len(), broker = %format!("{}:{}", setup.uplink.host, setup.uplink.port), "edge agent started");
-    systemd_notify(shutdown.clone());
+    {
+        let parent = g.fleet.shutdown.clone();
+        g.fleet.started.call_once(|| systemd_notify(parent));
+    }
+    let (config_tx, config_rx) = mpsc::channel(1);
+    let supervisor = tokio::spawn(supervise(
+        g,
+        opts.clone(),
+        config_rx,
+        health.clone(),
+        setup.uplink.gateway.clone(),
+        shutdown.clone(),
+    ));
     // Local rules sit between the producers and the uplink, so they act whatever the uplink does.
     let engine = rules::Engine::new(setup.rules.clone());
     let local_commands = engine.issued.clone();
@@ -198,12 +424,16 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         commands: cmd_tx,
         replies: reply_rx,
         local_commands,
+        configs: config_tx,
     };
     uplink::run(setup.uplink, spool, health, channels).await;
     router.abort();
     for p in pollers {
         let _ = p.await;
     }
+    // Before a next generation binds the same ports and opens the same stores.
+    let _ = status_server.await;
+    let _ = supervisor.await;
     Ok(())
 }
 

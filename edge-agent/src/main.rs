@@ -51,6 +51,10 @@ enum Command {
         /// supervisors such as `hub demo` that may be killed without a chance to stop their agents.
         #[arg(long, hide = true)]
         exit_with_parent: bool,
+        /// Seconds a configuration pushed by the hub has to reach the broker before it is rolled
+        /// back (tests shorten it).
+        #[arg(long, hide = true, default_value_t = 60)]
+        config_trial_s: u64,
     },
     /// Show a running agent's state: uplink, spool, drops, clock, every device's link.
     Status {
@@ -299,6 +303,7 @@ fn main() -> ExitCode {
             status_listen,
             key_file,
             exit_with_parent,
+            config_trial_s,
         } => {
             if exit_with_parent {
                 // Watch the parent process (not prctl's parent-death signal, which fires when the
@@ -335,6 +340,7 @@ fn main() -> ExitCode {
                 camera_listen,
                 status_listen,
                 key_file,
+                config_trial: std::time::Duration::from_secs(config_trial_s.max(1)),
             };
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -33,6 +33,12 @@ pub struct Status {
     pub devices: Vec<protocol::DeviceLink>,
     pub readings_collected: u64,
     pub source_rejected: u64,
+    /// The configuration running: local file or hub version, trial, last version not kept.
+    #[serde(default)]
+    pub config: Option<protocol::ConfigReport>,
+    /// The file running.
+    #[serde(default)]
+    pub config_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +117,8 @@ pub fn status(health: &Health, started: std::time::Instant) -> Status {
         devices: health.links(),
         readings_collected: health.readings_collected.load(Relaxed),
         source_rejected: health.source_rejected.load(Relaxed),
+        config: health.config(),
+        config_file: health.config_file.get().map(|p| p.display().to_string()),
     }
 }
 
@@ -312,6 +320,38 @@ pub fn report(s: &Status) -> String {
         duration(s.uptime_s),
         s.version
     );
+    if let Some(c) = &s.config {
+        let file = s.config_file.as_deref().unwrap_or("?");
+        let sha = &c.sha256[..c.sha256.len().min(12)];
+        let line = match (c.source, c.version) {
+            (protocol::ConfigSource::Hub, Some(v)) => format!(
+                "hub version {v}{} ({file}, sha256 {sha})",
+                if c.trial {
+                    ", ON TRIAL until it reaches the broker"
+                } else {
+                    ""
+                }
+            ),
+            (protocol::ConfigSource::Local, Some(v)) => format!(
+                "local file {file} (sha256 {sha}); it was changed after hub version {v} was applied, so it wins until the hub pushes a newer version"
+            ),
+            _ => format!("local file {file} (sha256 {sha}); the hub has pushed no version"),
+        };
+        let _ = writeln!(out, "config    {line}");
+        if let Some(f) = &c.failed {
+            let _ = writeln!(
+                out,
+                "          hub version {} {} at {}: {}",
+                f.version,
+                match f.outcome {
+                    protocol::ConfigOutcome::Refused => "REFUSED",
+                    protocol::ConfigOutcome::RolledBack => "ROLLED BACK",
+                },
+                f.at.to_rfc3339(),
+                f.reason
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "clock     {}",

@@ -94,6 +94,8 @@ pub struct Channels {
     pub replies: mpsc::Receiver<Reply>,
     /// Commands the local rules issued (their replies are not published).
     pub local_commands: crate::rules::LocalCommands,
+    /// Configuration pushes from the hub (signature checked), to the fleet supervisor.
+    pub configs: mpsc::Sender<protocol::ConfigPush>,
 }
 
 /// The spool, shared with the heartbeat and the status endpoint.
@@ -155,6 +157,7 @@ struct Uplink {
     presence_online: Vec<u8>,
     state_topic: String,
     cmd_topic: String,
+    config_topic: String,
     up_topic: String,
 }
 
@@ -173,6 +176,7 @@ pub async fn run(cfg: UplinkConfig, spool: SharedSpool, health: Arc<Health>, ch:
         commands,
         mut replies,
         local_commands,
+        configs,
     } = ch;
     let boot = BootId::from_uuid(uuid::Uuid::new_v4());
     let limits = Limits::default();
@@ -226,6 +230,7 @@ pub async fn run(cfg: UplinkConfig, spool: SharedSpool, health: Arc<Health>, ch:
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let cmd_topic = cfg.topics.topic(&cfg.gateway, Channel::Cmd);
+    let config_topic = cfg.topics.topic(&cfg.gateway, Channel::Config);
     let driver = tokio::spawn(drive(
         eventloop,
         client.clone(),
@@ -233,7 +238,9 @@ pub async fn run(cfg: UplinkConfig, spool: SharedSpool, health: Arc<Health>, ch:
         control_rx,
         Inbox {
             topic: cmd_topic.clone(),
+            config_topic: config_topic.clone(),
             commands,
+            configs,
             key: cfg.key.clone(),
             health: health.clone(),
         },
@@ -261,6 +268,7 @@ pub async fn run(cfg: UplinkConfig, spool: SharedSpool, health: Arc<Health>, ch:
         presence_online: online,
         state_topic: state_topic.clone(),
         cmd_topic,
+        config_topic,
         up_topic,
         cfg,
     };
@@ -543,9 +551,12 @@ impl Uplink {
                     true,
                     online,
                 );
-                let _ = self
-                    .client
-                    .try_subscribe(self.cmd_topic.clone(), QoS::AtLeastOnce);
+                for topic in [&self.cmd_topic, &self.config_topic] {
+                    let _ = self.client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
+                }
+                // The hub learns the gateway's state (and configuration) at once, not a
+                // heartbeat interval later.
+                self.publish_heartbeat();
                 self.pump();
             }
             LinkEvent::Mqtt(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -569,6 +580,7 @@ impl Uplink {
             }
             LinkEvent::Mqtt(_) => {}
             LinkEvent::Lost(e) => {
+                self.health.set_uplink_error(&e);
                 self.failures += 1;
                 self.health.publish_errors.fetch_add(1, Relaxed);
                 if self.failures == 1 {
@@ -750,6 +762,7 @@ impl Uplink {
             spool: self.health.spool(),
             evidence: self.health.evidence_stats(),
             devices: self.health.links(),
+            config: self.health.config(),
         };
         match protocol::encode(&hb, &self.limits) {
             Ok(bytes) => {
@@ -768,7 +781,10 @@ impl Uplink {
 struct Inbox {
     /// This gateway's command topic.
     topic: String,
+    /// This gateway's configuration topic.
+    config_topic: String,
     commands: mpsc::Sender<Command>,
+    configs: mpsc::Sender<protocol::ConfigPush>,
     key: Option<protocol::auth::Key>,
     health: Arc<Health>,
 }
@@ -806,6 +822,40 @@ fn command_bytes<'a>(
     }
 }
 
+/// Why a message on a hub → gateway topic is not taken.
+enum NotTaken {
+    /// Not signed by the hub with this gateway's key.
+    Forged(String),
+    Malformed(protocol::DecodeError),
+}
+
+/// A message the hub sent on `topic`: its signature checked, then decoded and validated.
+fn from_hub<T: protocol::codec::Message>(
+    payload: &[u8],
+    key: Option<&protocol::auth::Key>,
+    topic: &str,
+    limits: &Limits,
+) -> Result<T, NotTaken> {
+    let msg = command_bytes(payload, key, topic).map_err(NotTaken::Forged)?;
+    protocol::decode::<T>(msg, limits).map_err(NotTaken::Malformed)
+}
+
+/// The message, or `None` with the refusal counted (forged) or logged (malformed).
+fn inbound<T>(r: Result<T, NotTaken>, health: &Health, what: &str) -> Option<T> {
+    match r {
+        Ok(m) => Some(m),
+        Err(NotTaken::Forged(reason)) => {
+            health.commands_refused.fetch_add(1, Relaxed);
+            tracing::warn!(%reason, "{what} refused: not from the hub");
+            None
+        }
+        Err(NotTaken::Malformed(e)) => {
+            tracing::warn!(error = %e, "malformed {what} ignored");
+            None
+        }
+    }
+}
+
 /// Polls the MQTT event loop and forwards what happens. Never interrupted while connecting. On a
 /// lost connection it reports `Lost` and waits for [`Control::Resume`]: by then the uplink has stopped
 /// publishing, so discarding everything rumqttc holds discards exactly the publishes the uplink
@@ -819,7 +869,9 @@ async fn drive(
 ) {
     let Inbox {
         topic: cmd_topic,
+        config_topic,
         commands,
+        configs,
         key,
         health,
     } = inbox;
@@ -846,23 +898,22 @@ async fn drive(
         };
         match ev {
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == cmd_topic => {
-                let msg = match command_bytes(&p.payload, key.as_ref(), &cmd_topic) {
-                    Ok(m) => m,
-                    Err(reason) => {
-                        health.commands_refused.fetch_add(1, Relaxed);
-                        tracing::warn!(%reason, "command refused: not from the hub");
-                        continue;
-                    }
-                };
-                match protocol::decode::<Command>(msg, &limits) {
-                    Ok(cmd) => {
-                        if commands.try_send(cmd).is_err() {
-                            tracing::warn!(
-                                "command queue full; command dropped (the hub sees no reply)"
-                            );
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "malformed command ignored"),
+                let from_hub = from_hub::<Command>(&p.payload, key.as_ref(), &p.topic, &limits);
+                if let Some(cmd) = inbound(from_hub, &health, "command")
+                    && commands.try_send(cmd).is_err()
+                {
+                    tracing::warn!("command queue full; command dropped (the hub sees no reply)");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == config_topic => {
+                let from_hub =
+                    from_hub::<protocol::ConfigPush>(&p.payload, key.as_ref(), &p.topic, &limits);
+                if let Some(push) = inbound(from_hub, &health, "configuration push")
+                    && configs.try_send(push).is_err()
+                {
+                    tracing::warn!(
+                        "a configuration is being applied; push ignored (the hub pushes again)"
+                    );
                 }
             }
             Ok(ev) => {

@@ -454,6 +454,7 @@ async fn rppal_off_a_pi_stops_the_agent_with_a_way_out() {
         camera_listen: None,
         status_listen: Some("127.0.0.1:0".into()),
         key_file: None,
+        config_trial: edge_agent::fleet::DEFAULT_TRIAL,
     };
     let err = tokio::time::timeout(
         Duration::from_secs(5),

@@ -32,6 +32,8 @@ pub struct ApiState {
     pub stopping: tokio_util::sync::CancellationToken,
     /// The rules file (road segments and chiefs for the assessment).
     pub rules: Arc<crate::rules::Rules>,
+    /// Device profiles gateway files are checked against (built-in and `--profiles`).
+    pub profiles: Arc<firmware_config::ProfileSet>,
 }
 
 pub fn router(state: ApiState) -> axum::Router {
@@ -52,6 +54,14 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/assets", get(assets))
         .route("/api/v1/assets/{id}/readings", get(readings))
         .route("/api/v1/gateways", get(gateways))
+        .route(
+            "/api/v1/gateways/{id}/config",
+            get(crate::fleet::get).post(crate::fleet::upload),
+        )
+        .route(
+            "/api/v1/gateways/{id}/config/{version}",
+            get(crate::fleet::get_version),
+        )
         .route("/api/v1/dead-letters", get(dead_letters))
         .route("/api/v1/events", get(crate::evidence::list_events))
         .route(

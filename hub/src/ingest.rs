@@ -261,11 +261,11 @@ fn classify(
     if channel == Channel::State && p.payload.is_empty() {
         return None; // a retained message being cleared
     }
-    if channel == Channel::Cmd {
+    if matches!(channel, Channel::Cmd | Channel::Config) {
         return dead(
             gw,
             "wrong_direction",
-            "gateways do not publish on the command topic".into(),
+            "gateways do not publish on the command or configuration topic".into(),
         );
     }
     // A key added moments ago is picked up here (see KeyRing::check_fresh).
@@ -328,7 +328,7 @@ fn classify(
             tracing::info!(gateway = %reply.gateway, command = %reply.id, outcome = ?reply.outcome, detail = ?reply.detail, "command reply");
             Some(WriteOp::Reply { reply, received })
         }
-        Channel::Cmd => None, // refused above
+        Channel::Cmd | Channel::Config => None, // refused above
     }
 }
 

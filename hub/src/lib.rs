@@ -15,6 +15,7 @@ pub mod commands;
 pub mod console;
 pub mod demo;
 pub mod evidence;
+pub mod fleet;
 pub mod influx;
 pub mod ingest;
 pub mod keys;
@@ -72,6 +73,8 @@ pub struct HubConfig {
     pub rate_limit: Option<ingest::RateLimit>,
     /// The rules file and the rules' clock.
     pub rules: rules::Setup,
+    /// Device profiles beyond the built-in ones, for checking uploaded gateway files.
+    pub profiles: Option<PathBuf>,
 }
 
 impl HubConfig {
@@ -91,6 +94,7 @@ impl HubConfig {
             retention: store::Retention::default(),
             rate_limit: Some(ingest::RateLimit::default()),
             rules: rules::Setup::default(),
+            profiles: None,
         }
     }
 }
@@ -127,6 +131,14 @@ pub(crate) fn now_ms() -> i64 {
 /// Starts the broker (embedded mode), the store, ingest and the HTTP API.
 pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let topics = TopicScheme::new(&cfg.topic_root)?;
+    // Gateway files uploaded through the API are checked against these profiles.
+    let profiles = firmware_config::ProfileSet::builtin()
+        .and_then(|p| match &cfg.profiles {
+            Some(dir) => p.with_dir(dir),
+            None => Ok(p),
+        })
+        .map_err(|d| anyhow::anyhow!("{}", firmware_config::report(&d)))?;
+    let profiles = Arc::new(profiles);
     cfg.retention
         .validate()
         .map_err(|e| anyhow::anyhow!("retention: {e}"))?;
@@ -248,6 +260,13 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         outgoing_rx,
         shutdown.clone(),
     ));
+    tokio::spawn(fleet::run(
+        store.clone(),
+        outgoing_tx.clone(),
+        topics.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let app = api::router(api::ApiState {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -259,6 +278,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         live,
         stopping: http_stop.clone(),
         rules: cfg.rules.rules.clone(),
+        profiles: profiles.clone(),
     });
     let stop = http_stop.clone();
     let http = tokio::spawn(async move {

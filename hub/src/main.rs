@@ -295,6 +295,10 @@ struct CommonArgs {
     /// counted (`rate_limited`) and one per 10 s kept as a dead letter.
     #[arg(long, value_name = "PER_S", default_value_t = hub::ingest::RateLimit::default().per_s)]
     gateway_rate_limit: f64,
+    /// Device profiles (*.toml) beyond the built-in ones, for checking gateway files uploaded
+    /// through the API (give the hub the profiles your gateways use).
+    #[arg(long, value_name = "DIR")]
+    profiles: Option<PathBuf>,
     /// Messages one gateway may send in a burst above the average.
     #[arg(long, value_name = "MESSAGES", default_value_t = hub::ingest::RateLimit::default().burst)]
     gateway_rate_burst: f64,
@@ -426,6 +430,7 @@ fn base_config(c: &CommonArgs, mqtt: MqttMode) -> anyhow::Result<HubConfig> {
             per_s: c.gateway_rate_limit,
             burst: c.gateway_rate_burst,
         }),
+        profiles: c.profiles.clone(),
         ..HubConfig::new(c.http, c.data_dir.clone(), mqtt)
     })
 }

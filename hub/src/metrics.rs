@@ -22,6 +22,8 @@ pub struct Metrics {
     pub mqtt_errors: AtomicU64,
     pub evidence_stored: AtomicU64,
     pub commands_issued: AtomicU64,
+    /// Configuration pushes published to gateways (uploads and pushes again).
+    pub configs_pushed: AtomicU64,
     /// Unsigned messages taken from gateways without a key (`--allow-unsigned`).
     pub unsigned_accepted: AtomicU64,
     /// Ingest is connected and its subscriptions are acknowledged.
@@ -133,7 +135,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 18] = [
+        let counters: [(&str, &str, &AtomicU64); 19] = [
             (
                 "hub_messages_received_total",
                 "MQTT messages received on gateway topics",
@@ -213,6 +215,11 @@ impl Metrics {
                 "hub_commands_issued_total",
                 "Commands published to gateways through the API",
                 &self.commands_issued,
+            ),
+            (
+                "hub_configs_pushed_total",
+                "Gateway configuration pushes published (uploads, and pushes again to gateways behind)",
+                &self.configs_pushed,
             ),
             (
                 "hub_evidence_stored_total",

@@ -50,6 +50,11 @@ impl Message for Heartbeat {
         self.validate()
     }
 }
+impl Message for crate::config::ConfigPush {
+    fn check(&self, _: &Limits) -> Result<(), Violation> {
+        self.validate()
+    }
+}
 impl Message for Command {
     fn check(&self, _: &Limits) -> Result<(), Violation> {
         self.validate()

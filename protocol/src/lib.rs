@@ -3,6 +3,7 @@
 //! Everything a gateway publishes and the hub receives (and back) is defined here as plain data with
 //! strict validation: identifiers ([`id`]), times ([`timestamp`]), values ([`value`]), the data
 //! envelope ([`envelope`]), presence and heartbeat ([`status`]), commands and replies ([`command`]),
+//! configuration pushed to gateways ([`config`]),
 //! the MQTT topic scheme ([`topic`]) and the JSON codec with its limits ([`codec`]).
 //!
 //! This crate does no IO and knows nothing of tokio or MQTT clients, so both programs and the tests
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod camera_forms;
 pub mod codec;
 pub mod command;
+pub mod config;
 pub mod envelope;
 pub mod error;
 pub mod id;
@@ -23,6 +25,7 @@ pub mod value;
 
 pub use codec::{Limits, decode, encode};
 pub use command::{Action, Command, CommandOutcome, Reply};
+pub use config::{ConfigFailure, ConfigOutcome, ConfigPush, ConfigReport, ConfigSource};
 pub use envelope::{
     BadReason, ClockState, Envelope, Event, EvidenceRef, Item, Phase, Quality, Reading,
 };

@@ -219,6 +219,9 @@ pub struct Heartbeat {
     pub evidence: EvidenceStats,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceLink>,
+    /// The configuration the gateway runs and the last pushed version it did not keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::config::ConfigReport>,
 }
 
 pub(crate) fn check_version(v: u32) -> Result<(), Violation> {
@@ -283,6 +286,9 @@ impl Heartbeat {
                     max: MAX_DEVICES,
                 },
             ));
+        }
+        if let Some(c) = &self.config {
+            c.validate()?;
         }
         Ok(())
     }

@@ -26,15 +26,18 @@ pub enum Channel {
     Cmd,
     /// Gateway → hub: command replies (QoS 1).
     Reply,
+    /// Hub → gateway: configuration pushes (QoS 1).
+    Config,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] = [
+    pub const ALL: [Channel; 6] = [
         Channel::Up,
         Channel::State,
         Channel::Status,
         Channel::Cmd,
         Channel::Reply,
+        Channel::Config,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Channel {
             Channel::Status => "status",
             Channel::Cmd => "cmd",
             Channel::Reply => "reply",
+            Channel::Config => "config",
         }
     }
 }

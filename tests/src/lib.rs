@@ -353,12 +353,24 @@ pub fn get_json_as(url: &str, token: &str) -> Option<serde_json::Value> {
 
 /// POST `body` as JSON to `url` with `token`: status code and JSON answer.
 pub fn post_json_as(url: &str, token: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    post_as(url, token, "application/json", body.to_string().as_bytes())
+}
+
+/// POST `body` of `content_type` to `url` with `token`: status code and JSON answer (`Null` when
+/// the answer is not JSON).
+pub fn post_as(
+    url: &str,
+    token: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
     let mut resp = ureq::post(url)
         .header("authorization", &format!("Bearer {token}"))
+        .header("content-type", content_type)
         .config()
         .http_status_as_error(false)
         .build()
-        .send_json(body)
+        .send(body)
         .unwrap();
     let status = resp.status().as_u16();
     (
@@ -566,6 +578,7 @@ impl Agent {
             camera_listen: None,
             status_listen: Some(status.to_string()),
             key_file,
+            config_trial: edge_agent::fleet::DEFAULT_TRIAL,
         };
         let task = rt.spawn(edge_agent::run(opts, stop.clone()));
         Agent { status, stop, task }

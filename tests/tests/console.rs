@@ -505,6 +505,11 @@ fn console_in_a_real_browser() {
         });
         let card = admin.text(&format!("[data-gateway=\"{gw}\"]")).unwrap();
         assert!(card.contains("在线") && card.contains("已同步"), "{card}");
+        // The demo's gateways run their local files; nothing was pushed.
+        assert!(
+            card.contains("本地文件") && card.contains("平台未下发"),
+            "{card}"
+        );
     }
     shot(&admin, "gateways");
 

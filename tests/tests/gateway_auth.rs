@@ -5,7 +5,8 @@
 //!   a replayed one is stored once; a key added with the real `hub keys` CLI works at once and a
 //!   revoked one stops working;
 //! - on Mosquitto with the shipped ACL (deploy/mosquitto/acl): the broker itself refuses a foreign
-//!   topic, and the hub still refuses a wrong key or an altered message.
+//!   topic, and the hub still refuses a wrong key or an altered message; a gateway reads its own
+//!   configuration pushes and not another's.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -378,6 +379,44 @@ fn mosquitto_with_the_shipped_acl() {
             ("gw-a", "bad_mac", "city/v1/gw/gw-a/up"),
         ],
         "the foreign-topic message must not reach the hub at all"
+    );
+
+    // Configuration pushes: the hub may write every gateway's `config` topic; gw-a's credential
+    // reads its own and gets nothing from gw-b's.
+    let sub = |topic: &str| {
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args([
+                "-u", "gw-a", "-P", "a-pw", "-t", topic, "-C", "1", "-W", "8",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let own = sub("city/v1/gw/gw-a/config");
+    let foreign = sub("city/v1/gw/gw-b/config");
+    std::thread::sleep(Duration::from_millis(700));
+    for gw in ["gw-a", "gw-b"] {
+        let file = tests::gateway_head(gw, &format!("mqtt://127.0.0.1:{port}"));
+        let (code, body) = tests::post_as(
+            &format!("{base}/api/v1/gateways/{gw}/config"),
+            tests::TEST_TOKEN,
+            "text/plain",
+            file.as_bytes(),
+        );
+        assert_eq!(code, 201, "{body}");
+    }
+    let own = String::from_utf8(own.wait_with_output().unwrap().stdout).unwrap();
+    let foreign = String::from_utf8(foreign.wait_with_output().unwrap().stdout).unwrap();
+    let opened = protocol::auth::open(own.trim().as_bytes()).unwrap();
+    opened.verify(&ka, "city/v1/gw/gw-a/config").unwrap();
+    let push: protocol::ConfigPush =
+        protocol::decode(opened.msg(), &protocol::Limits::default()).unwrap();
+    assert_eq!((push.gateway.as_str(), push.version), ("gw-a", 1));
+    assert!(
+        foreign.is_empty(),
+        "gw-a read gw-b's configuration: {foreign}"
     );
     rt.block_on(hub.stop());
 }

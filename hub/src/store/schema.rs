@@ -287,6 +287,19 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX notifications_due ON notifications (state, next_at);
     CREATE INDEX notifications_by_task ON notifications (task);
     "#,
+    // 12: gateway configuration versions uploaded through the API (crate::fleet).
+    r#"
+    CREATE TABLE gateway_configs (
+        gateway      TEXT NOT NULL,
+        version      INTEGER NOT NULL,
+        sha256       TEXT NOT NULL,
+        toml         TEXT NOT NULL,
+        uploaded_at  INTEGER NOT NULL,
+        uploaded_by  TEXT NOT NULL,
+        comment      TEXT,
+        PRIMARY KEY (gateway, version)
+    );
+    "#,
 ];
 
 /// Brings the database to the newest schema version.

@@ -1,5 +1,5 @@
 // Gateways, for installers: state, last heartbeat, uptime, clock, spool depth and drops, evidence
-// uploads, and every device's link as the gateway last reported it (from /api/v1/gateways, read
+// uploads, the configuration running (local file or hub version, rollbacks), and every device's link as the gateway last reported it (from /api/v1/gateways, read
 // again when a gateway comes or goes and every 15 s).
 
 import { h, fill, ago, when, duration } from '../dom.js';
@@ -16,6 +16,15 @@ function bytes(n) {
     i += 1;
   }
   return `${v.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+// What configuration the gateway runs, from its heartbeat's `config` report.
+function configText(c) {
+  if (!c) return '—';
+  const sha = (c.sha256 || '').slice(0, 12);
+  if (c.source === 'hub') return t(c.trial ? 'gw_config_hub_trial' : 'gw_config_hub', { v: c.version, s: sha });
+  if (c.version != null) return t('gw_config_local_override', { v: c.version, s: sha });
+  return t('gw_config_local', { s: sha });
 }
 
 export function render(main) {
@@ -46,6 +55,10 @@ export function render(main) {
           h('dt', {}, t('gw_disk')), h('dd', {}, bytes(hb && hb.diskFreeBytes)),
           h('dt', {}, t('gw_mem')), h('dd', {}, bytes(hb && hb.memUsedBytes)),
           h('dt', {}, t('gw_agent')), h('dd', {}, `${g.agent || '—'} · ${g.config_version || ''}`),
+          h('dt', {}, t('gw_config')), h('dd', { 'data-field': 'config' }, configText(hb && hb.config)),
+          hb && hb.config && hb.config.failed ? [h('dt', {}, ''), h('dd', { class: 'warn', 'data-field': 'config-failed' },
+            t(hb.config.failed.outcome === 'refused' ? 'gw_config_refused' : 'gw_config_rolled_back',
+              { v: hb.config.failed.version, r: hb.config.failed.reason }))] : null,
           h('dt', {}, t('gw_connected')), h('dd', {}, when(g.connected_at, true))),
         h('h3', {}, t('gw_devices')),
         h('table', { class: 'links' },

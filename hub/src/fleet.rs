@@ -1,0 +1,496 @@
+//! Fleet configuration: every gateway's configuration, versioned, uploaded through the API,
+//! validated with the same code as `edge-agent config check`, and pushed to the gateway.
+//!
+//! ```text
+//! POST /api/v1/gateways/{id}/config           the gateway file (TOML) as the body, ?comment=...
+//!   ─▶ validated (firmware_config, built-in profiles + hub --profiles) ─▶ 422 with every located problem
+//!   ─▶ row in gateway_configs (version = previous + 1) ─▶ signed push on {root}/v1/gw/{id}/config
+//! GET  /api/v1/gateways/{id}/config           versions, what the gateway runs, what it did not keep
+//! GET  /api/v1/gateways/{id}/config/{version} the file
+//! ```
+//!
+//! The gateway tries a new version and keeps it once it reaches the broker, or rolls back within a
+//! minute (see the edge agent's `fleet` module); its heartbeat says which version runs and which
+//! was not kept. [`run`] pushes the newest version again to an online gateway that runs an older
+//! one: at once when the gateway connected after the last push (it was offline at upload), else at
+//! most once a minute (the push was lost); never a version the gateway refused or rolled back: that
+//! needs a new upload.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use protocol::{ConfigPush, ConfigReport, ConfigSource, GatewayId, Timestamp};
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiError, ApiState};
+use crate::ingest::Outgoing;
+use crate::store::{Store, StoreError};
+
+/// How often [`run`] looks for gateways behind their newest version.
+const CHECK_EVERY: Duration = Duration::from_secs(10);
+/// Pushes of one version to one gateway are at least this far apart.
+const PUSH_AGAIN_AFTER: Duration = Duration::from_secs(60);
+
+/// One stored version.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionView {
+    pub version: u64,
+    pub sha256: String,
+    pub bytes: usize,
+    pub uploaded_at: String,
+    pub uploaded_by: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// `GET /api/v1/gateways/{id}/config`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigView {
+    pub gateway: String,
+    /// `none` (nothing uploaded), `applied` (runs the newest version), `trial` (trying it),
+    /// `pending` (not yet running it), `rolledBack` / `refused` (the gateway did not keep the
+    /// newest version), `localOverride` (the gateway's local file was edited after the newest
+    /// version was applied, and wins), `unknown` (no heartbeat with a configuration report yet).
+    pub state: &'static str,
+    pub latest: Option<VersionView>,
+    /// What the gateway last reported in its heartbeat.
+    pub running: Option<ConfigReport>,
+    /// Newest first.
+    pub versions: Vec<VersionView>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct UploadQuery {
+    comment: Option<String>,
+}
+
+/// The state of a gateway's configuration given the newest version and its last report.
+pub fn state(latest: Option<u64>, running: Option<&ConfigReport>) -> &'static str {
+    let Some(latest) = latest else {
+        return "none";
+    };
+    let Some(r) = running else {
+        return "unknown";
+    };
+    if let Some(f) = &r.failed
+        && f.version >= latest
+    {
+        return match f.outcome {
+            protocol::ConfigOutcome::Refused => "refused",
+            protocol::ConfigOutcome::RolledBack => "rolledBack",
+        };
+    }
+    match (r.source, r.version) {
+        (ConfigSource::Hub, Some(v)) if v == latest && r.trial => "trial",
+        (ConfigSource::Hub, Some(v)) if v == latest => "applied",
+        (ConfigSource::Local, Some(v)) if v >= latest => "localOverride",
+        _ => "pending",
+    }
+}
+
+fn version_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionView> {
+    Ok(VersionView {
+        version: r.get::<_, i64>(0)? as u64,
+        sha256: r.get(1)?,
+        bytes: r.get::<_, i64>(2)? as usize,
+        uploaded_at: Timestamp::from_unix_millis(r.get(3)?).to_rfc3339(),
+        uploaded_by: r.get(4)?,
+        comment: r.get(5)?,
+    })
+}
+
+const VERSION_COLUMNS: &str = "version, sha256, length(toml), uploaded_at, uploaded_by, comment";
+
+fn gateway_id(id: &str) -> Result<GatewayId, ApiError> {
+    GatewayId::new(id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// The configuration report in a gateway's last heartbeat.
+fn running(last_heartbeat: Option<String>) -> Option<ConfigReport> {
+    let hb: serde_json::Value = serde_json::from_str(&last_heartbeat?).ok()?;
+    serde_json::from_value(hb.get("config")?.clone()).ok()
+}
+
+/// `POST /api/v1/gateways/{id}/config`: the gateway file as the body (`text/plain` or
+/// `application/toml`). 201 with the new version; 200 with the newest version when the text is the
+/// same; 422 with every problem located by line and column.
+pub async fn upload(
+    State(s): State<ApiState>,
+    axum::Extension(who): axum::Extension<crate::access::Principal>,
+    Path(id): Path<String>,
+    Query(q): Query<UploadQuery>,
+    body: String,
+) -> Result<Response, ApiError> {
+    if !who.may_command() {
+        return Err(who.forbidden("uploading gateway configuration"));
+    }
+    let gateway = gateway_id(&id)?;
+    if body.len() > protocol::config::MAX_CONFIG_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the file has {} bytes; at most {}",
+                body.len(),
+                protocol::config::MAX_CONFIG_BYTES
+            ),
+        ));
+    }
+    if q.comment.as_ref().is_some_and(|c| c.chars().count() > 500) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "comment: at most 500 characters",
+        ));
+    }
+    let name = std::path::PathBuf::from(format!("{gateway}.toml"));
+    let checked = firmware_config::parse_gateway(&name, &body, &s.profiles);
+    let warnings = match checked {
+        Err(d) => return Ok(invalid(&d)),
+        Ok(config) if config.gateway != gateway => {
+            let d = firmware_config::Diagnostic::file_error(
+                &name,
+                format!("the file is for gateway {}, not {gateway}", config.gateway),
+            );
+            return Ok(invalid(&[d]));
+        }
+        Ok(config) => config.warnings,
+    };
+    let (gw, text, by, comment) = (
+        gateway.to_string(),
+        body.clone(),
+        who.name.clone(),
+        q.comment.clone(),
+    );
+    let sha256 = protocol::config::config_sha256(&body);
+    let sha = sha256.clone();
+    let stored = s
+        .store
+        .write_aside(move |c| {
+            let known: bool = c
+                .query_row("SELECT 1 FROM gateways WHERE id = ?1", [&gw], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !known {
+                return Ok(None);
+            }
+            let newest: Option<(i64, String)> = c
+                .query_row(
+                    "SELECT version, sha256 FROM gateway_configs WHERE gateway = ?1 ORDER BY version DESC LIMIT 1",
+                    [&gw],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (version, created) = match newest {
+                Some((v, h)) if h == sha => (v, false),
+                newest => {
+                    let v = newest.map_or(1, |(v, _)| v + 1);
+                    c.execute(
+                        "INSERT INTO gateway_configs (gateway, version, sha256, toml, uploaded_at, uploaded_by, comment)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![gw, v, sha, text, Timestamp::now().unix_millis(), by, comment],
+                    )?;
+                    (v, true)
+                }
+            };
+            let view = c.query_row(
+                &format!("SELECT {VERSION_COLUMNS} FROM gateway_configs WHERE gateway = ?1 AND version = ?2"),
+                params![gw, version],
+                version_view,
+            )?;
+            Ok(Some((view, created)))
+        })
+        .await?;
+    let Some((view, created)) = stored else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no gateway {gateway}: a gateway is known once it has connected"),
+        ));
+    };
+    if created {
+        push(&s.outgoing, &s.topics, &gateway, view.version, body).await?;
+        s.metrics
+            .configs_pushed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(%gateway, version = view.version, by = %who.name, "gateway configuration uploaded and pushed");
+    }
+    let warnings: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(serde_json::json!({
+            "gateway": gateway.as_str(),
+            "created": created,
+            "version": view,
+            "warnings": warnings,
+        })),
+    )
+        .into_response())
+}
+
+/// 422 with the problems as `file:line:column: severity: message` lines and as objects.
+fn invalid(d: &[firmware_config::Diagnostic]) -> Response {
+    let problems: Vec<serde_json::Value> = d
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "line": d.line,
+                "column": d.column,
+                "severity": d.severity.to_string(),
+                "message": d.message,
+            })
+        })
+        .collect();
+    (
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Json(serde_json::json!({
+            "error": firmware_config::report(d),
+            "problems": problems,
+        })),
+    )
+        .into_response()
+}
+
+async fn push(
+    outgoing: &tokio::sync::mpsc::Sender<Outgoing>,
+    topics: &protocol::TopicScheme,
+    gateway: &GatewayId,
+    version: u64,
+    toml: String,
+) -> Result<(), ApiError> {
+    let msg = ConfigPush::new(gateway.clone(), version, toml);
+    let payload = protocol::encode(&msg, &protocol::Limits::default())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    outgoing
+        .send(Outgoing {
+            topic: topics.topic(gateway, protocol::Channel::Config),
+            payload,
+        })
+        .await
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the hub is shutting down"))
+}
+
+/// `GET /api/v1/gateways/{id}/config`.
+pub async fn get(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<ConfigView>, ApiError> {
+    let gateway = gateway_id(&id)?.to_string();
+    let gw = gateway.clone();
+    let found = s
+        .store
+        .read(move |c| {
+            let hb: Option<Option<String>> = c
+                .query_row(
+                    "SELECT last_heartbeat FROM gateways WHERE id = ?1",
+                    [&gw],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(hb) = hb else { return Ok(None) };
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM gateway_configs WHERE gateway = ?1 ORDER BY version DESC"
+            ))?;
+            let versions = stmt
+                .query_map([&gw], version_view)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some((running(hb), versions)))
+        })
+        .await?;
+    let Some((running, versions)) = found else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no gateway {gateway}"),
+        ));
+    };
+    let latest = versions.first().cloned();
+    Ok(Json(ConfigView {
+        state: state(latest.as_ref().map(|v| v.version), running.as_ref()),
+        gateway,
+        latest,
+        running,
+        versions,
+    }))
+}
+
+/// `GET /api/v1/gateways/{id}/config/{version}`: the file as uploaded (it may hold a broker
+/// password, so only for roles that may upload).
+pub async fn get_version(
+    State(s): State<ApiState>,
+    axum::Extension(who): axum::Extension<crate::access::Principal>,
+    Path((id, version)): Path<(String, u64)>,
+) -> Result<Response, ApiError> {
+    if !who.may_command() {
+        return Err(who.forbidden("reading gateway configuration files"));
+    }
+    let gateway = gateway_id(&id)?.to_string();
+    let gw = gateway.clone();
+    let text: Option<String> = s
+        .store
+        .read(move |c| {
+            Ok(c.query_row(
+                "SELECT toml FROM gateway_configs WHERE gateway = ?1 AND version = ?2",
+                params![gw, version as i64],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await?;
+    match text {
+        Some(t) => Ok((
+            [(header::CONTENT_TYPE, "application/toml; charset=utf-8")],
+            t,
+        )
+            .into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("gateway {gateway} has no configuration version {version}"),
+        )),
+    }
+}
+
+/// Pushes the newest version again to online gateways that do not run it and have not refused or
+/// rolled it back, at most once a minute each, until `shutdown`.
+pub async fn run(
+    store: Store,
+    outgoing: tokio::sync::mpsc::Sender<Outgoing>,
+    topics: protocol::TopicScheme,
+    metrics: Arc<crate::metrics::Metrics>,
+    shutdown: CancellationToken,
+) {
+    // Pushes made here; an upload counts as a push made at its upload time.
+    let mut last_push: HashMap<(String, u64), Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let behind = store
+            .read(|c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT g.id, g.last_heartbeat, v.version, v.toml, g.connected_at, v.uploaded_at
+                     FROM gateways g
+                     JOIN gateway_configs v ON v.gateway = g.id
+                       AND v.version = (SELECT MAX(version) FROM gateway_configs WHERE gateway = g.id)
+                     WHERE g.state = 'online'",
+                )?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Option<String>>(1)?,
+                            r.get::<_, i64>(2)? as u64,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                            r.get::<_, i64>(5)?,
+                        ))
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await;
+        let rows = match behind {
+            Ok(r) => r,
+            Err(StoreError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read gateway configurations");
+                continue;
+            }
+        };
+        let now_ms = Timestamp::now().unix_millis();
+        for (gw, hb, version, toml, connected_at, uploaded_at) in rows {
+            let report = running(hb);
+            // Only a gateway that reports its configuration (and so understands pushes), and
+            // whose state says it still needs this version.
+            if report.is_none() || state(Some(version), report.as_ref()) != "pending" {
+                continue;
+            }
+            // A gateway connected at the last push got it (QoS 1 on its subscription); one that
+            // connected since may have missed it.
+            let key = (gw.clone(), version);
+            let pushed_ms = last_push.get(&key).map_or(uploaded_at, |t| {
+                now_ms - i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX)
+            });
+            let reconnected = connected_at > pushed_ms;
+            let long_ago = now_ms - pushed_ms >= PUSH_AGAIN_AFTER.as_millis() as i64;
+            if !reconnected && !long_ago {
+                continue;
+            }
+            let Ok(gateway) = GatewayId::new(gw.clone()) else {
+                continue;
+            };
+            tracing::info!(gateway = %gw, version, "gateway does not run its newest configuration: pushing it again");
+            if push(&outgoing, &topics, &gateway, version, toml)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            metrics
+                .configs_pushed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            last_push.insert(key, Instant::now());
+        }
+        last_push.retain(|_, t| t.elapsed() < PUSH_AGAIN_AFTER * 10);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{ConfigFailure, ConfigOutcome};
+
+    fn report(source: ConfigSource, version: Option<u64>, trial: bool) -> ConfigReport {
+        ConfigReport {
+            source,
+            version,
+            sha256: "0".repeat(64),
+            trial,
+            failed: None,
+        }
+    }
+
+    #[test]
+    fn states() {
+        use ConfigSource::*;
+        assert_eq!(state(None, None), "none");
+        assert_eq!(state(Some(2), None), "unknown");
+        assert_eq!(state(Some(2), Some(&report(Local, None, false))), "pending");
+        assert_eq!(
+            state(Some(2), Some(&report(Hub, Some(1), false))),
+            "pending"
+        );
+        assert_eq!(state(Some(2), Some(&report(Hub, Some(2), true))), "trial");
+        assert_eq!(
+            state(Some(2), Some(&report(Hub, Some(2), false))),
+            "applied"
+        );
+        assert_eq!(
+            state(Some(2), Some(&report(Local, Some(2), false))),
+            "localOverride"
+        );
+        let mut r = report(Hub, Some(1), false);
+        r.failed = Some(ConfigFailure {
+            version: 2,
+            at: Timestamp::now(),
+            outcome: ConfigOutcome::RolledBack,
+            reason: "x".into(),
+        });
+        assert_eq!(state(Some(2), Some(&r)), "rolledBack");
+        // A newer upload after the failure is pending again.
+        assert_eq!(state(Some(3), Some(&r)), "pending");
+    }
+}
