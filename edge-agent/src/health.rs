@@ -11,7 +11,10 @@ pub struct Health {
     links: Mutex<BTreeMap<DeviceId, DeviceLink>>,
     pub readings_collected: AtomicU64,
     pub envelopes_published: AtomicU64,
+    /// Connection failures and losses of the uplink, and envelopes the encoder refused.
     pub publish_errors: AtomicU64,
+    /// Items that could not be written to the spool (or encoded): lost.
+    pub lost_items: AtomicU64,
     /// Messages from MQTT sources that gave no reading (not JSON, no configured field).
     pub source_rejected: AtomicU64,
     /// Camera requests refused (malformed, oversized, unknown camera).
@@ -94,6 +97,7 @@ impl Health {
             bytes: f.bytes,
             oldest_age_s: f.oldest_age_s,
             dropped: f.dropped_items,
+            lost: self.lost_items.load(Relaxed),
         }
     }
 

@@ -65,6 +65,9 @@ pub struct SpoolStatus {
     pub bytes: u64,
     pub oldest_age_s: Option<u64>,
     pub dropped_items: u64,
+    /// Items that could not be written to the spool: lost.
+    #[serde(default)]
+    pub lost_items: u64,
     pub corrupt_bytes: u64,
     pub corrupt_records: u64,
 }
@@ -110,6 +113,7 @@ pub fn status(health: &Health, started: std::time::Instant) -> Status {
             bytes: f.bytes,
             oldest_age_s: f.oldest_age_s,
             dropped_items: f.dropped_items,
+            lost_items: health.lost_items.load(Relaxed),
             corrupt_bytes: f.corrupt_bytes,
             corrupt_records: f.corrupt_records,
         },
@@ -251,6 +255,12 @@ pub fn metrics(s: &Status) -> String {
         "counter",
         "Items dropped because a spool budget was full",
         s.spool.dropped_items as f64,
+    );
+    m(
+        "spool_lost_items_total",
+        "counter",
+        "Items that could not be written to the spool (disk error, or a full disk with nothing to give up): lost",
+        s.spool.lost_items as f64,
     );
     m(
         "spool_corrupt_bytes_total",
@@ -401,6 +411,13 @@ pub fn report(s: &Status) -> String {
         s.spool.dropped_items,
         s.spool.corrupt_bytes
     );
+    if s.spool.lost_items > 0 {
+        let _ = writeln!(
+            out,
+            "          {} items LOST: they could not be written to the spool (see the log)",
+            s.spool.lost_items
+        );
+    }
     if !s.evidence.is_empty() {
         let e = &s.evidence;
         let _ = writeln!(

@@ -429,7 +429,7 @@ impl Uplink {
         for (bytes, n) in out {
             let r = lock(&self.spool).append(class, &bytes, n, now);
             if let Err(e) = r {
-                self.health.publish_errors.fetch_add(1, Relaxed);
+                self.health.lost_items.fetch_add(u64::from(n), Relaxed);
                 tracing::error!(error = %e, class = class.as_str(), items = n, "cannot write to the spool; data lost");
                 failed = Some(format!("cannot write to the spool: {e}"));
             }
@@ -461,6 +461,9 @@ impl Uplink {
             Err(e) => {
                 // Items are built from validated profiles, so this is a bug; count it, keep going.
                 self.health.publish_errors.fetch_add(1, Relaxed);
+                self.health
+                    .lost_items
+                    .fetch_add(env.items.len() as u64, Relaxed);
                 tracing::error!(error = %e, items = env.items.len(), "envelope refused by the encoder; dropped");
             }
         }

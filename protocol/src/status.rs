@@ -169,8 +169,17 @@ pub struct SpoolStats {
     pub bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oldest_age_s: Option<u64>,
-    /// Items dropped since the agent started, because a budget was full.
+    /// Items dropped since the agent started to make room: a budget (or the disk) was full, so
+    /// the oldest unsent went.
     pub dropped: u64,
+    /// Items lost since the agent started because they could not be written to the spool at all
+    /// (a disk error, or a disk full of nothing the spool could give up).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The gateway's evidence (camera image) store.
