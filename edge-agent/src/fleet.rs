@@ -126,10 +126,28 @@ impl ConfigStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
             Err(e) => return Err(io(&path)(e)),
         };
-        Ok(Self {
+        let mut store = Self {
             dir: dir.to_owned(),
             state,
-        })
+        };
+        // A state file lost or set aside must not make old pushes new again.
+        let on_disk = store.versions_on_disk().into_iter().max().unwrap_or(0);
+        store.state.newest_seen = store.state.newest_seen.max(on_disk);
+        Ok(store)
+    }
+
+    /// The version numbers of the `v<N>.toml` files present.
+    fn versions_on_disk(&self) -> Vec<u64> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                name.strip_prefix('v')?.strip_suffix(".toml")?.parse().ok()
+            })
+            .collect()
     }
 
     fn file(&self, version: u64) -> PathBuf {
@@ -141,16 +159,24 @@ impl ConfigStore {
         write_atomic(&self.dir.join("state.json"), &text)
     }
 
+    /// Saves; a failure (a full or failing card) is logged, and the state holds in memory until
+    /// the next save or restart.
+    fn save_or_log(&self) {
+        if let Err(e) = self.save() {
+            tracing::error!(error = %e, "cannot save the configuration state; it holds until the agent restarts");
+        }
+    }
+
     /// Decides what runs now, given the local gateway file. Counts a start of a trial in progress,
     /// and rolls it back when it has had [`MAX_TRIAL_STARTS`] starts.
-    pub fn choose(&mut self, local: &Path) -> Result<Choice, String> {
+    pub fn choose(&mut self, local: &Path) -> Choice {
         let local_hash = local_sha256(local);
         if let Some(t) = self.state.trial.clone() {
             if t.local_sha256 != local_hash {
                 self.fail(
                     ConfigOutcome::RolledBack,
                     "the local gateway file changed during the trial; the local file wins".into(),
-                )?;
+                );
             } else if t.starts >= MAX_TRIAL_STARTS {
                 self.fail(
                     ConfigOutcome::RolledBack,
@@ -158,13 +184,25 @@ impl ConfigStore {
                         "started {} times without reaching the broker (the agent restarted during the trial)",
                         t.starts
                     ),
-                )?;
-            } else if self.hash_of(t.version).as_deref() == Some(t.sha256.as_str()) {
+                );
+            } else if self.hash_of(t.version).as_deref() != Some(t.sha256.as_str()) {
+                self.fail(
+                    ConfigOutcome::RolledBack,
+                    format!("v{}.toml is missing or changed on disk", t.version),
+                );
+            } else if let Err(e) = {
                 if let Some(t) = self.state.trial.as_mut() {
                     t.starts += 1;
                 }
-                self.save()?;
-                return Ok(Choice {
+                self.save()
+            } {
+                // Unrecorded, a trial could outlive restarts unbounded: not tried at all.
+                self.fail(
+                    ConfigOutcome::RolledBack,
+                    format!("cannot record the trial: {e}"),
+                );
+            } else {
+                return Choice {
                     path: self.file(t.version),
                     report: ConfigReport {
                         source: ConfigSource::Hub,
@@ -172,20 +210,16 @@ impl ConfigStore {
                         sha256: t.sha256.clone(),
                         trial: true,
                         failed: self.state.failed.clone(),
+                        newest: self.newest(),
                     },
                     trial: Some(t.version),
-                });
-            } else {
-                self.fail(
-                    ConfigOutcome::RolledBack,
-                    format!("v{}.toml is missing or changed on disk", t.version),
-                )?;
+                };
             }
         }
         if let Some(a) = &self.state.applied {
             let intact = self.hash_of(a.version).as_deref() == Some(a.sha256.as_str());
             if a.local_sha256 == local_hash && intact {
-                return Ok(Choice {
+                return Choice {
                     path: self.file(a.version),
                     report: ConfigReport {
                         source: ConfigSource::Hub,
@@ -193,9 +227,10 @@ impl ConfigStore {
                         sha256: a.sha256.clone(),
                         trial: false,
                         failed: self.state.failed.clone(),
+                        newest: self.newest(),
                     },
                     trial: None,
-                });
+                };
             }
             if intact {
                 tracing::warn!(local = %local.display(), hub_version = a.version, "the local gateway file changed after hub version {} was applied: the local file runs until the hub pushes a newer version", a.version);
@@ -206,7 +241,7 @@ impl ConfigStore {
                 );
             }
         }
-        Ok(Choice {
+        Choice {
             path: local.to_owned(),
             report: ConfigReport {
                 source: ConfigSource::Local,
@@ -214,9 +249,10 @@ impl ConfigStore {
                 sha256: local_hash,
                 trial: false,
                 failed: self.state.failed.clone(),
+                newest: self.newest(),
             },
             trial: None,
-        })
+        }
     }
 
     fn hash_of(&self, version: u64) -> Option<String> {
@@ -255,10 +291,11 @@ impl ConfigStore {
                 outcome: ConfigOutcome::Refused,
                 reason: reason.clone(),
             });
-            self.save()?;
+            self.save_or_log();
             return Ok(Staged::Refused(reason));
         }
         write_atomic(&self.file(push.version), push.toml.as_bytes())?;
+        let before = self.state.clone();
         self.state.newest_seen = push.version;
         self.state.trial = Some(Trial {
             version: push.version,
@@ -266,7 +303,11 @@ impl ConfigStore {
             local_sha256: local_sha256(local),
             starts: 0,
         });
-        self.save()?;
+        if let Err(e) = self.save() {
+            // Not recorded, not tried: the hub pushes it again later.
+            self.state = before;
+            return Err(e);
+        }
         self.prune();
         Ok(Staged::Trial(push.version))
     }
@@ -288,11 +329,26 @@ impl ConfigStore {
     }
 
     /// Ends the trial in progress as failed; the previous configuration runs next.
-    pub fn rollback(&mut self, reason: String) -> Result<(), String> {
-        self.fail(ConfigOutcome::RolledBack, reason)
+    pub fn rollback(&mut self, reason: String) {
+        self.fail(ConfigOutcome::RolledBack, reason);
     }
 
-    fn fail(&mut self, outcome: ConfigOutcome, reason: String) -> Result<(), String> {
+    /// The applied hub version cannot start (a file it names is gone, a port is taken): it is
+    /// given up for the local file, and reported as rolled back.
+    pub fn abandon(&mut self, reason: String) {
+        if let Some(a) = self.state.applied.take() {
+            tracing::error!(version = a.version, %reason, "the applied hub configuration cannot start: running the local file");
+            self.state.failed = Some(ConfigFailure {
+                version: a.version,
+                at: Timestamp::now(),
+                outcome: ConfigOutcome::RolledBack,
+                reason,
+            });
+            self.save_or_log();
+        }
+    }
+
+    fn fail(&mut self, outcome: ConfigOutcome, reason: String) {
         if let Some(t) = self.state.trial.take() {
             tracing::error!(version = t.version, %reason, "configuration rolled back");
             self.state.failed = Some(ConfigFailure {
@@ -301,9 +357,8 @@ impl ConfigStore {
                 outcome,
                 reason,
             });
-            self.save()?;
+            self.save_or_log();
         }
-        Ok(())
     }
 
     /// The newest pushed version not kept, for the heartbeat.
@@ -311,18 +366,14 @@ impl ConfigStore {
         self.state.failed.clone()
     }
 
+    /// The newest version number seen, for the heartbeat.
+    pub fn newest(&self) -> Option<u64> {
+        (self.state.newest_seen > 0).then_some(self.state.newest_seen)
+    }
+
     /// Deletes pushed files beyond the newest [`KEEP_VERSIONS`], never the applied or trial one.
     fn prune(&self) {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return;
-        };
-        let mut versions: Vec<u64> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                name.strip_prefix('v')?.strip_suffix(".toml")?.parse().ok()
-            })
-            .collect();
+        let mut versions = self.versions_on_disk();
         versions.sort_unstable_by(|a, b| b.cmp(a));
         let keep = [
             self.state.applied.as_ref().map(|a| a.version),
@@ -337,11 +388,19 @@ impl ConfigStore {
 }
 
 /// Writes `bytes` to `path` so that a crash leaves either the old or the new content: a temporary
-/// file, fsync, rename, fsync of the directory.
+/// file, fsync, rename, fsync of the directory. Readable by the agent's user only (a gateway file
+/// may hold a broker password).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     drop(f);
@@ -377,16 +436,16 @@ mod tests {
     #[test]
     fn trial_commit_and_restart_keep_the_hub_version() {
         let (d, local, mut s) = setup();
-        assert_eq!(s.choose(&local).unwrap().report.source, ConfigSource::Local);
+        assert_eq!(s.choose(&local).report.source, ConfigSource::Local);
         let push = ConfigPush::new(gw(), 1, "hub = 1\n".into());
         assert_eq!(s.stage(&push, &gw(), &local, ok).unwrap(), Staged::Trial(1));
-        let c = s.choose(&local).unwrap();
+        let c = s.choose(&local);
         assert_eq!((c.trial, c.report.trial), (Some(1), true));
         assert_eq!(std::fs::read_to_string(&c.path).unwrap(), "hub = 1\n");
         assert_eq!(s.commit().unwrap(), Some(1));
         // Reopened (agent restart): still the hub's version.
         let mut s = ConfigStore::open(&d.path().join("config")).unwrap();
-        let c = s.choose(&local).unwrap();
+        let c = s.choose(&local);
         assert_eq!(
             (c.report.source, c.report.version, c.trial),
             (ConfigSource::Hub, Some(1), None)
@@ -395,7 +454,7 @@ mod tests {
         assert_eq!(s.stage(&push, &gw(), &local, ok).unwrap(), Staged::Old);
         // An edit of the local file wins over the applied version.
         std::fs::write(&local, "local = 2\n").unwrap();
-        let c = s.choose(&local).unwrap();
+        let c = s.choose(&local);
         assert_eq!(c.path, local);
         assert_eq!(
             (c.report.source, c.report.version),
@@ -405,7 +464,7 @@ mod tests {
         let push = ConfigPush::new(gw(), 2, "hub = 2\n".into());
         s.stage(&push, &gw(), &local, ok).unwrap();
         s.commit().unwrap();
-        assert_eq!(s.choose(&local).unwrap().report.version, Some(2));
+        assert_eq!(s.choose(&local).report.version, Some(2));
     }
 
     #[test]
@@ -416,8 +475,8 @@ mod tests {
         s.commit().unwrap();
         s.stage(&ConfigPush::new(gw(), 2, "b\n".into()), &gw(), &local, ok)
             .unwrap();
-        s.rollback("no broker".into()).unwrap();
-        let c = s.choose(&local).unwrap();
+        s.rollback("no broker".into());
+        let c = s.choose(&local);
         assert_eq!(c.report.version, Some(1));
         let f = c.report.failed.unwrap();
         assert_eq!((f.version, f.outcome), (2, ConfigOutcome::RolledBack));
@@ -439,9 +498,9 @@ mod tests {
         s.stage(&ConfigPush::new(gw(), 5, "e\n".into()), &gw(), &local, ok)
             .unwrap();
         for _ in 0..MAX_TRIAL_STARTS {
-            assert_eq!(s.choose(&local).unwrap().trial, Some(5));
+            assert_eq!(s.choose(&local).trial, Some(5));
         }
-        let c = s.choose(&local).unwrap();
+        let c = s.choose(&local);
         assert_eq!((c.trial, c.report.version), (None, Some(1)));
         assert_eq!(c.report.failed.unwrap().version, 5);
     }
@@ -460,7 +519,7 @@ mod tests {
                 ok,
             )
             .unwrap();
-            s.rollback("x".into()).unwrap();
+            s.rollback("x".into());
         }
         let mut kept: Vec<String> = std::fs::read_dir(d.path().join("config"))
             .unwrap()
@@ -474,11 +533,31 @@ mod tests {
     }
 
     #[test]
-    fn a_corrupt_state_file_is_set_aside() {
-        let (d, local, _) = setup();
+    fn a_corrupt_state_file_is_set_aside_and_old_pushes_stay_old() {
+        let (d, local, mut s) = setup();
+        s.stage(&ConfigPush::new(gw(), 7, "a\n".into()), &gw(), &local, ok)
+            .unwrap();
         std::fs::write(d.path().join("config/state.json"), "{not json").unwrap();
         let mut s = ConfigStore::open(&d.path().join("config")).unwrap();
-        assert_eq!(s.choose(&local).unwrap().report.source, ConfigSource::Local);
+        assert_eq!(s.choose(&local).report.source, ConfigSource::Local);
         assert!(d.path().join("config/state.json.corrupt").exists());
+        // v7.toml on disk: a replayed v7 (or older) is not taken again.
+        assert_eq!(s.newest(), Some(7));
+        let replay = ConfigPush::new(gw(), 7, "a\n".into());
+        assert_eq!(s.stage(&replay, &gw(), &local, ok).unwrap(), Staged::Old);
+    }
+
+    #[test]
+    fn an_applied_version_that_cannot_start_is_given_up_for_the_local_file() {
+        let (_d, local, mut s) = setup();
+        s.stage(&ConfigPush::new(gw(), 1, "a\n".into()), &gw(), &local, ok)
+            .unwrap();
+        s.commit().unwrap();
+        assert_eq!(s.choose(&local).report.source, ConfigSource::Hub);
+        s.abandon("cannot start: port in use".into());
+        let c = s.choose(&local);
+        assert_eq!((c.report.source, c.path), (ConfigSource::Local, local));
+        let f = c.report.failed.unwrap();
+        assert_eq!((f.version, f.outcome), (1, ConfigOutcome::RolledBack));
     }
 }

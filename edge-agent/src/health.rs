@@ -28,6 +28,10 @@ pub struct Health {
     spool: Mutex<crate::spool::SpoolFigures>,
     /// The uplink is connected to the broker.
     pub connected: std::sync::atomic::AtomicBool,
+    /// The broker granted this connection's subscriptions (commands and configuration).
+    pub subscribed: std::sync::atomic::AtomicBool,
+    /// Publishes a heartbeat at once (the configuration report changed).
+    pub heartbeat_now: tokio::sync::Notify,
     /// Broker connections made since start.
     pub connects: AtomicU64,
     /// This run's boot id, once the uplink has started.

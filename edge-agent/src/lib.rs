@@ -88,10 +88,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         shutdown: shutdown.clone(),
     };
     loop {
-        let choice = fleet
-            .lock()
-            .choose(&opts.config)
-            .map_err(anyhow::Error::msg)?;
+        let choice = fleet.lock().choose(&opts.config);
         if choice.report.source == protocol::ConfigSource::Hub {
             tracing::info!(file = %choice.path.display(), version = ?choice.report.version, trial = choice.trial.is_some(), "running the configuration pushed by the hub");
         }
@@ -99,7 +96,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
         run_opts.config = choice.path.clone();
         let generation = shutdown.child_token();
         let reload = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let trial = choice.trial;
+        let (trial, source) = (choice.trial, choice.report.source);
         let result = run_once(
             run_opts,
             generation,
@@ -114,9 +111,10 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> anyhow::Res
             return result;
         }
         match result {
-            Err(e) if trial.is_some() => {
-                let reason = format!("cannot start: {e:#}");
-                fleet.lock().rollback(reason).map_err(anyhow::Error::msg)?;
+            Err(e) if trial.is_some() => fleet.lock().rollback(format!("cannot start: {e:#}")),
+            // A hub version that started before and cannot now: the local file is the fallback.
+            Err(e) if source == protocol::ConfigSource::Hub => {
+                fleet.lock().abandon(format!("cannot start: {e:#}"));
             }
             Err(e) => return Err(e),
             Ok(()) if reload.load(std::sync::atomic::Ordering::SeqCst) => {}
@@ -196,20 +194,32 @@ async fn supervise(
                     }
                     Ok(Ok(fleet::Staged::Refused(reason))) => {
                         tracing::error!(version, %reason, "configuration from the hub refused");
-                        let failed = g.fleet.lock().failed();
-                        health.update_config(|r| r.failed = failed);
+                        let (failed, newest) = {
+                            let store = g.fleet.lock();
+                            (store.failed(), store.newest())
+                        };
+                        health.update_config(|r| {
+                            r.failed = failed;
+                            r.newest = newest;
+                        });
+                        health.heartbeat_now.notify_one();
                     }
                     Ok(Err(e)) => tracing::error!(version, error = %e, "cannot store the configuration from the hub"),
                     Err(e) => tracing::error!(version, error = %e, "configuration check panicked"),
                 }
             }
             _ = tick.tick(), if on_trial => {
-                if health.connected.load(std::sync::atomic::Ordering::Relaxed) {
+                // Kept once the broker has taken the connection and granted the subscriptions the
+                // hub reaches the gateway by (a broker whose ACL refuses them is no way back).
+                if health.connected.load(std::sync::atomic::Ordering::Relaxed)
+                    && health.subscribed.load(std::sync::atomic::Ordering::Relaxed)
+                {
                     match g.fleet.lock().commit() {
                         Ok(v) => tracing::info!(version = ?v, "configuration from the hub reached the broker: kept"),
-                        Err(e) => tracing::error!(error = %e, "cannot record the configuration as kept"),
+                        Err(e) => tracing::error!(error = %e, "cannot record the configuration as kept; it is tried again at the next start"),
                     }
                     health.update_config(|r| r.trial = false);
+                    health.heartbeat_now.notify_one();
                     on_trial = false;
                 } else if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
                     let why = health.last_uplink_error().unwrap_or_else(|| "no answer".into());
@@ -217,9 +227,7 @@ async fn supervise(
                         "did not reach the broker within {} s: {why}",
                         opts.config_trial.as_secs()
                     );
-                    if let Err(e) = g.fleet.lock().rollback(reason) {
-                        tracing::error!(error = %e, "cannot record the rollback");
-                    }
+                    g.fleet.lock().rollback(reason);
                     restart("configuration rolled back");
                     return;
                 }
@@ -245,6 +253,20 @@ fn check_pushed(
             config.agent.data_dir.display()
         ));
     }
+    // The key must not leave the gateway as a broker password to wherever the file points.
+    let key_file = opts.key_file.as_ref().or(config.uplink.key_file.as_ref());
+    if let (Some(p), Some(k)) = (&config.uplink.password_file, key_file) {
+        let same = match (std::fs::canonicalize(p), std::fs::canonicalize(k)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => p == k,
+        };
+        if same {
+            return Err(format!(
+                "uplink.password_file {} is the gateway's key file",
+                p.display()
+            ));
+        }
+    }
     let mut o = opts.clone();
     o.config = file.to_owned();
     job::Setup::from_config(config, &o)
@@ -259,17 +281,26 @@ async fn run_once(
     shutdown: CancellationToken,
     g: Generation,
 ) -> anyhow::Result<()> {
-    let result = pipeline(opts, shutdown.clone(), g).await;
+    let mut tasks = Vec::new();
+    let result = pipeline(opts, shutdown.clone(), g, &mut tasks).await;
     if result.is_err() {
+        // What had started stops and lets go of its pins, ports and stores before anything else
+        // starts (the next generation, or the process's exit).
         shutdown.cancel();
+        for t in tasks {
+            let _ = t.await;
+        }
     }
     result
 }
 
+/// The pipeline; every task it starts that holds a resource goes into `pollers`, which are awaited
+/// at the end (and by [`run_once`] when the start fails part-way).
 async fn pipeline(
     opts: AgentOptions,
     shutdown: CancellationToken,
     g: Generation,
+    pollers: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
     let setup = job::Setup::load(&opts)?;
     let health = Arc::new(health::Health::default());
@@ -283,7 +314,6 @@ async fn pipeline(
     let spool = Arc::new(std::sync::Mutex::new(spool));
     let (durable_tx, durable_rx) = mpsc::channel::<uplink::DurableEvent>(256);
     let (tx, rx) = mpsc::channel(ITEM_QUEUE);
-    let mut pollers = Vec::new();
     // Commands: uplink ─▶ router ─▶ the poller owning the device's bus ─▶ replies ─▶ uplink.
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<protocol::Command>(64);
     let (reply_tx, reply_rx) = mpsc::channel::<protocol::Reply>(64);
@@ -428,7 +458,7 @@ async fn pipeline(
     };
     uplink::run(setup.uplink, spool, health, channels).await;
     router.abort();
-    for p in pollers {
+    for p in pollers.drain(..) {
         let _ = p.await;
     }
     // Before a next generation binds the same ports and opens the same stores.

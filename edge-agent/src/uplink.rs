@@ -281,6 +281,7 @@ pub async fn run(cfg: UplinkConfig, spool: SharedSpool, health: Arc<Health>, ch:
     let mut events: Vec<Item> = Vec::new();
     let mut waiters: Vec<oneshot::Sender<Result<(), String>>> = Vec::new();
     let mut event_deadline: Option<tokio::time::Instant> = None;
+    let health = u.health.clone();
     let mut heartbeat = tokio::time::interval(u.cfg.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sync = tokio::time::interval(Duration::from_secs(1));
@@ -352,6 +353,7 @@ pub async fn run(cfg: UplinkConfig, spool: SharedSpool, health: Arc<Health>, ch:
             Some(ev) = link_rx.recv() => u.on_link(ev),
             _ = sync.tick() => u.tick(),
             _ = heartbeat.tick() => u.publish_heartbeat(),
+            () = health.heartbeat_now.notified() => u.publish_heartbeat(),
             Some(reply) = replies.recv() => u.publish_reply(&reply),
         }
     }
@@ -554,9 +556,11 @@ impl Uplink {
                     true,
                     online,
                 );
-                for topic in [&self.cmd_topic, &self.config_topic] {
-                    let _ = self.client.try_subscribe(topic.clone(), QoS::AtLeastOnce);
-                }
+                // One SUBSCRIBE for both, so one SUBACK says whether the broker grants them.
+                self.health.subscribed.store(false, Relaxed);
+                let filters = [&self.cmd_topic, &self.config_topic]
+                    .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                let _ = self.client.try_subscribe_many(filters);
                 // The hub learns the gateway's state (and configuration) at once, not a
                 // heartbeat interval later.
                 self.publish_heartbeat();
@@ -581,6 +585,16 @@ impl Uplink {
                 self.last_ack = Instant::now();
                 self.pump();
             }
+            LinkEvent::Mqtt(Event::Incoming(Packet::SubAck(ack))) => {
+                let granted = ack
+                    .return_codes
+                    .iter()
+                    .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_)));
+                if !granted {
+                    tracing::error!(codes = ?ack.return_codes, "the broker refused the command or configuration subscription (ACL?): the hub cannot reach this gateway");
+                }
+                self.health.subscribed.store(granted, Relaxed);
+            }
             LinkEvent::Mqtt(_) => {}
             LinkEvent::Lost(e) => {
                 self.health.set_uplink_error(&e);
@@ -591,6 +605,7 @@ impl Uplink {
                 }
                 self.connected = false;
                 self.health.connected.store(false, Relaxed);
+                self.health.subscribed.store(false, Relaxed);
                 self.tags.clear();
                 self.inflight.clear();
                 let delay = if self.failures == 1 {
@@ -909,8 +924,17 @@ async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == config_topic => {
-                let from_hub =
-                    from_hub::<protocol::ConfigPush>(&p.payload, key.as_ref(), &p.topic, &limits);
+                // A configuration can point the gateway anywhere: unlike a command, it is taken
+                // only signed, so a gateway without a key cannot be configured remotely.
+                let from_hub = match &key {
+                    Some(k) => {
+                        from_hub::<protocol::ConfigPush>(&p.payload, Some(k), &p.topic, &limits)
+                    }
+                    None => Err(NotTaken::Forged(
+                        "configuration pushes must be signed, and this gateway has no key_file"
+                            .into(),
+                    )),
+                };
                 if let Some(push) = inbound(from_hub, &health, "configuration push")
                     && configs.try_send(push).is_err()
                 {

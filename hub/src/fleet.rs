@@ -59,7 +59,9 @@ pub struct ConfigView {
     /// `none` (nothing uploaded), `applied` (runs the newest version), `trial` (trying it),
     /// `pending` (not yet running it), `rolledBack` / `refused` (the gateway did not keep the
     /// newest version), `localOverride` (the gateway's local file was edited after the newest
-    /// version was applied, and wins), `unknown` (no heartbeat with a configuration report yet).
+    /// version was applied, and wins), `ahead` (the gateway runs a newer version than this hub
+    /// has: a database restored from backup), `unknown` (no heartbeat with a configuration report
+    /// yet).
     pub state: &'static str,
     pub latest: Option<VersionView>,
     /// What the gateway last reported in its heartbeat.
@@ -92,6 +94,9 @@ pub fn state(latest: Option<u64>, running: Option<&ConfigReport>) -> &'static st
     match (r.source, r.version) {
         (ConfigSource::Hub, Some(v)) if v == latest && r.trial => "trial",
         (ConfigSource::Hub, Some(v)) if v == latest => "applied",
+        // Runs a version this hub does not have (its database was restored from an older backup):
+        // the next upload is numbered above it.
+        (ConfigSource::Hub, Some(v)) if v > latest => "ahead",
         (ConfigSource::Local, Some(v)) if v >= latest => "localOverride",
         _ => "pending",
     }
@@ -174,13 +179,19 @@ pub async fn upload(
     let stored = s
         .store
         .write_aside(move |c| {
-            let known: bool = c
-                .query_row("SELECT 1 FROM gateways WHERE id = ?1", [&gw], |_| Ok(()))
-                .optional()?
-                .is_some();
-            if !known {
-                return Ok(None);
-            }
+            let hb: Option<Option<String>> = c
+                .query_row(
+                    "SELECT last_heartbeat FROM gateways WHERE id = ?1",
+                    [&gw],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(hb) = hb else { return Ok(None) };
+            let report = running(hb);
+            // Numbers above any the gateway has seen (a hub database restored from an older
+            // backup must not reuse numbers the gateway would ignore).
+            let seen = report.as_ref().and_then(|r| r.newest).unwrap_or(0) as i64;
+            let failed = report.as_ref().and_then(|r| r.failed.as_ref()).map(|f| f.version as i64);
             let newest: Option<(i64, String)> = c
                 .query_row(
                     "SELECT version, sha256 FROM gateway_configs WHERE gateway = ?1 ORDER BY version DESC LIMIT 1",
@@ -189,9 +200,11 @@ pub async fn upload(
                 )
                 .optional()?;
             let (version, created) = match newest {
-                Some((v, h)) if h == sha => (v, false),
+                // The same text again: nothing new, unless the gateway did not keep it (a trial
+                // that failed while the broker was down may be tried again).
+                Some((v, h)) if h == sha && failed != Some(v) => (v, false),
                 newest => {
-                    let v = newest.map_or(1, |(v, _)| v + 1);
+                    let v = newest.map_or(0, |(v, _)| v).max(seen) + 1;
                     c.execute(
                         "INSERT INTO gateway_configs (gateway, version, sha256, toml, uploaded_at, uploaded_by, comment)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -381,7 +394,7 @@ pub async fn run(
         let behind = store
             .read(|c| {
                 let mut stmt = c.prepare_cached(
-                    "SELECT g.id, g.last_heartbeat, v.version, v.toml, g.connected_at, v.uploaded_at
+                    "SELECT g.id, g.last_heartbeat, v.version, v.toml, g.online_at, v.uploaded_at
                      FROM gateways g
                      JOIN gateway_configs v ON v.gateway = g.id
                        AND v.version = (SELECT MAX(version) FROM gateway_configs WHERE gateway = g.id)
@@ -411,7 +424,7 @@ pub async fn run(
             }
         };
         let now_ms = Timestamp::now().unix_millis();
-        for (gw, hb, version, toml, connected_at, uploaded_at) in rows {
+        for (gw, hb, version, toml, online_at, uploaded_at) in rows {
             let report = running(hb);
             // Only a gateway that reports its configuration (and so understands pushes), and
             // whose state says it still needs this version.
@@ -419,12 +432,12 @@ pub async fn run(
                 continue;
             }
             // A gateway connected at the last push got it (QoS 1 on its subscription); one that
-            // connected since may have missed it.
+            // came online since (by the hub's clock) may have missed it.
             let key = (gw.clone(), version);
             let pushed_ms = last_push.get(&key).map_or(uploaded_at, |t| {
                 now_ms - i64::try_from(t.elapsed().as_millis()).unwrap_or(i64::MAX)
             });
-            let reconnected = connected_at > pushed_ms;
+            let reconnected = online_at > pushed_ms;
             let long_ago = now_ms - pushed_ms >= PUSH_AGAIN_AFTER.as_millis() as i64;
             if !reconnected && !long_ago {
                 continue;
@@ -460,6 +473,7 @@ mod tests {
             sha256: "0".repeat(64),
             trial,
             failed: None,
+            newest: None,
         }
     }
 
@@ -478,6 +492,7 @@ mod tests {
             state(Some(2), Some(&report(Hub, Some(2), false))),
             "applied"
         );
+        assert_eq!(state(Some(2), Some(&report(Hub, Some(5), false))), "ahead");
         assert_eq!(
             state(Some(2), Some(&report(Local, Some(2), false))),
             "localOverride"

@@ -132,6 +132,10 @@ pub struct ConfigReport {
     /// The newest pushed version the gateway did not keep, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<ConfigFailure>,
+    /// The newest version number the gateway has seen (applied, tried or refused): it takes only
+    /// newer ones, so the hub numbers new versions above it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub newest: Option<u64>,
 }
 
 impl ConfigReport {

@@ -255,6 +255,25 @@ fn pushed_configuration_is_applied_kept_or_rolled_back_by_the_gateway() {
         kept.contains(&"v1.toml".into()) && kept.contains(&"v2.toml".into()),
         "{kept:?}"
     );
+    // Only the agent's user may read them (they may hold a broker password).
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(data.join("config/v1.toml"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // The same text again is a new version (the trial may have failed for a passing reason): it
+    // is tried, and rolled back again.
+    let (code, body) = upload(&base, &installer, GW, &v2);
+    assert_eq!(
+        (code, &body["version"]["version"]),
+        (201, &json!(3)),
+        "{body}"
+    );
+    eventually(Duration::from_secs(60), "version 3 rolled back", || {
+        let v = config_view(&base);
+        (v["state"] == "rolledBack" && v["running"]["failed"]["version"] == 3).then_some(())
+    });
 
     // Restarted, the gateway still runs the hub's version 1.
     gateway.terminate();
@@ -273,7 +292,9 @@ fn pushed_configuration_is_applied_kept_or_rolled_back_by_the_gateway() {
         (boot(&base) != old_boot && config_view(&base)["running"]["version"] == 1).then_some(())
     });
     assert_eq!(config_view(&base)["state"], "rolledBack");
-    assert!(status_report(status).contains("hub version 1 ("));
+    let report = status_report(status);
+    assert!(report.contains("hub version 1 ("), "{report}");
+    assert!(report.contains("hub version 3 ROLLED BACK"), "{report}");
 
     // An installer edits the local file on site: it wins until the hub pushes a newer version.
     gateway.terminate();
@@ -290,30 +311,34 @@ fn pushed_configuration_is_applied_kept_or_rolled_back_by_the_gateway() {
         report.contains("changed after hub version 1 was applied"),
         "{report}"
     );
-    // Version 3 (the meter again, a slower poll) wins over the edit.
-    let v3 = v1.replace("poll_ms = 300", "poll_ms = 500");
-    let (code, _) = upload(&base, &installer, GW, &v3);
+    // Version 4 (the meter again, a slower poll) wins over the edit.
+    let v4 = v1.replace("poll_ms = 300", "poll_ms = 500");
+    let (code, _) = upload(&base, &installer, GW, &v4);
     assert_eq!(code, 201);
-    let v = eventually(Duration::from_secs(40), "version 3 applied", || {
+    let v = eventually(Duration::from_secs(40), "version 4 applied", || {
         let v = config_view(&base);
         (v["state"] == "applied").then_some(v)
     });
-    assert_eq!(v["running"]["version"], 3, "{v}");
+    assert_eq!(v["running"]["version"], 4, "{v}");
 
     // Uploaded while the gateway is off: the hub pushes it again once the gateway is back.
     gateway.terminate();
-    let v4 = v1.replace("poll_ms = 300", "poll_ms = 400");
-    let (code, _) = upload(&base, &installer, GW, &v4);
+    let v5 = v1.replace("poll_ms = 300", "poll_ms = 400");
+    let (code, _) = upload(&base, &installer, GW, &v5);
     assert_eq!(code, 201);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(config_view(&base)["running"]["version"], 3);
+    assert_eq!(config_view(&base)["running"]["version"], 4);
     gateway = agent(&local, &data, status);
-    let v = eventually(Duration::from_secs(60), "version 4 applied", || {
+    let v = eventually(Duration::from_secs(60), "version 5 applied", || {
         let v = config_view(&base);
-        (v["state"] == "applied" && v["running"]["version"] == 4).then_some(v)
+        (v["state"] == "applied" && v["running"]["version"] == 5).then_some(v)
     });
-    assert_eq!(v["versions"].as_array().unwrap().len(), 4, "{v}");
-    let pushed = tests::metrics_text(&base);
-    assert!(pushed.contains("hub_configs_pushed_total 5"), "{pushed}");
+    assert_eq!(v["versions"].as_array().unwrap().len(), 5, "{v}");
+    let pushed = tests::metrics_text(&base)
+        .lines()
+        .find_map(|l| l.strip_prefix("hub_configs_pushed_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap();
+    assert!(pushed >= 6.0, "5 uploads and a push again: {pushed}");
     gateway.terminate();
 }

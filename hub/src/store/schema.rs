@@ -300,6 +300,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (gateway, version)
     );
     "#,
+    // 13: when the hub last saw each gateway come online, by the hub's clock (the presence's
+    // connected_at is the gateway's); crate::fleet pushes again to a gateway back since its push.
+    r#"
+    ALTER TABLE gateways ADD COLUMN online_at INTEGER;
+    "#,
 ];
 
 /// Brings the database to the newest schema version.

@@ -613,9 +613,10 @@ fn write_presence(tx: &Connection, p: &Presence, received: i64) -> rusqlite::Res
     let boot = p.boot.to_string();
     // A retained `offline` from an earlier boot must not mark a gateway that has since reconnected.
     tx.execute(
-        "INSERT INTO gateways (id, boot, state, clock, agent, config_version, connected_at, last_seen)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO gateways (id, boot, state, clock, agent, config_version, connected_at, last_seen, online_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?3 = 'online' THEN ?8 END)
          ON CONFLICT (id) DO UPDATE SET
+            online_at = CASE WHEN ?3 = 'online' THEN ?8 ELSE gateways.online_at END,
             state = CASE WHEN ?3 = 'offline' AND gateways.boot IS NOT ?2 THEN gateways.state ELSE ?3 END,
             boot = CASE WHEN ?3 = 'offline' THEN gateways.boot ELSE ?2 END,
             clock = ?4, agent = COALESCE(?5, gateways.agent), config_version = COALESCE(?6, gateways.config_version),
