@@ -119,6 +119,16 @@ fn gateway_id(id: &str) -> Result<GatewayId, ApiError> {
     GatewayId::new(id).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string()))
 }
 
+/// `None` for a gateway the hub has never heard from; else its last heartbeat (if any).
+fn known_gateway(c: &rusqlite::Connection, gw: &str) -> rusqlite::Result<Option<Option<String>>> {
+    c.query_row(
+        "SELECT last_heartbeat FROM gateways WHERE id = ?1",
+        [gw],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 /// The configuration report in a gateway's last heartbeat.
 fn running(last_heartbeat: Option<String>) -> Option<ConfigReport> {
     let hb: serde_json::Value = serde_json::from_str(&last_heartbeat?).ok()?;
@@ -179,14 +189,9 @@ pub async fn upload(
     let stored = s
         .store
         .write_aside(move |c| {
-            let hb: Option<Option<String>> = c
-                .query_row(
-                    "SELECT last_heartbeat FROM gateways WHERE id = ?1",
-                    [&gw],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(hb) = hb else { return Ok(None) };
+            let Some(hb) = known_gateway(c, &gw)? else {
+                return Ok(None);
+            };
             let report = running(hb);
             // Numbers above any the gateway has seen (a hub database restored from an older
             // backup must not reuse numbers the gateway would ignore).
@@ -304,14 +309,9 @@ pub async fn get(
     let found = s
         .store
         .read(move |c| {
-            let hb: Option<Option<String>> = c
-                .query_row(
-                    "SELECT last_heartbeat FROM gateways WHERE id = ?1",
-                    [&gw],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(hb) = hb else { return Ok(None) };
+            let Some(hb) = known_gateway(c, &gw)? else {
+                return Ok(None);
+            };
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT {VERSION_COLUMNS} FROM gateway_configs WHERE gateway = ?1 ORDER BY version DESC"
             ))?;

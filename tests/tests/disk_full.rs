@@ -109,8 +109,7 @@ fn a_full_disk_drops_the_oldest_unsent_readings_not_the_new_ones() {
         oldest + 3 < outage_s,
         "oldest unsent {oldest} s old after a {outage_s} s outage: {s}"
     );
-    let kept_items = s["spool"]["items"].as_u64().unwrap();
-    assert!(kept_items > 0, "{s}");
+    assert!(s["spool"]["items"].as_u64().unwrap() > 0, "{s}");
 
     // The hub comes back: what was kept arrives.
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -122,7 +121,8 @@ fn a_full_disk_drops_the_oldest_unsent_readings_not_the_new_ones() {
         let s = agent_status()?;
         (s["spool"]["depth"].as_u64()? <= 2).then_some(())
     });
-    // Every device's data is at the hub, and the hub stored at least what the spool held.
+    // Every device's data is at the hub. (How much the spool held when the hub came is not known
+    // here: the disk stays full, and the oldest keep making room, until the agent reconnects.)
     let assets = get_json(&format!("{base}/api/v1/assets")).unwrap();
     let with_data = assets
         .as_array()
@@ -131,15 +131,7 @@ fn a_full_disk_drops_the_oldest_unsent_readings_not_the_new_ones() {
         .filter(|a| a["latest"].as_object().is_some_and(|m| !m.is_empty()))
         .count();
     assert_eq!(with_data, 20, "{assets}");
-    let stored = tests::metrics_text(&base)
-        .lines()
-        .find_map(|l| l.strip_prefix("hub_readings_stored_total "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .unwrap();
-    assert!(
-        stored >= kept_items as f64,
-        "{stored} stored < {kept_items} kept"
-    );
+
     let s = agent_status().unwrap();
     assert_eq!(s["spool"]["lostItems"], 0, "{s}");
     let _ = nix::sys::signal::kill(
