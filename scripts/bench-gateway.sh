@@ -145,26 +145,33 @@ module.exports = {
 };
 EOF
 
-# Samples one process: prints "readings_per_s rss_max_mib rss_mean_mib cpu_pct".
+# Samples one process: prints "readings_per_s rss_max_mib rss_mean_mib cpu_pct rss_first_mib
+# rss_last_mib", the last two the mean RSS over the first and the last quarter of the window (at most
+# 60 s each): equal within noise when memory stays flat (a soak: WINDOW=600 ROUNDS=1).
 measure() {
     local pid=$1 topic=$2 tag=$3
     sleep "$WARMUP"
     kill -0 "$pid" 2>/dev/null || { echo "$tag exited during warm-up" >&2; return 1; }
-    local hz ticks0 ticks1 rss sum=0 max=0 n=0
+    local hz ticks0 ticks1 rss sum=0 max=0 n=0 samples=()
     hz=$(getconf CLK_TCK)
     mosquitto_sub -h 127.0.0.1 -p "$mq_port" -q 1 -t "$topic" > "$work/$tag.sub" & local sub=$!
     ticks0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
     for _ in $(seq "$WINDOW"); do
         sleep 1
         rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-        sum=$((sum + rss)); n=$((n + 1)); ((rss > max)) && max=$rss
+        sum=$((sum + rss)); n=$((n + 1)); ((rss > max)) && max=$rss; samples+=("$rss")
     done
     ticks1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
     kill "$sub"; wait "$sub" 2>/dev/null || true
     local readings
     readings=$(grep -a -o '"kind":"reading"' "$work/$tag.sub" | wc -l)
+    local q=$((n / 4 < 60 ? n / 4 : 60)); ((q > 0)) || q=1
+    local first last
+    first=$(printf '%s\n' "${samples[@]:0:q}" | awk '{s += $1} END {printf "%.1f", s / NR / 1024}')
+    last=$(printf '%s\n' "${samples[@]: -q}" | awk '{s += $1} END {printf "%.1f", s / NR / 1024}')
     awk -v r="$readings" -v w="$WINDOW" -v mx="$max" -v s="$sum" -v n="$n" -v t=$((ticks1 - ticks0)) -v hz="$hz" \
-        'BEGIN { printf "%.0f %.1f %.1f %.2f\n", r / w, mx / 1024, s / n / 1024, 100 * t / hz / w }'
+        -v f="$first" -v l="$last" \
+        'BEGIN { printf "%.0f %.1f %.1f %.2f %s %s\n", r / w, mx / 1024, s / n / 1024, 100 * t / hz / w, f, l }'
 }
 
 run_agent() {
@@ -186,7 +193,7 @@ results=()
 for round in $(seq "$ROUNDS"); do
     a=$(run_agent)
     n=$(run_nodered)
-    echo "round $round: agent [$a]  node-red [$n]  (readings/s, RSS max MiB, RSS mean MiB, CPU %)" >&2
+    echo "round $round: agent [$a]  node-red [$n]  (readings/s, RSS max MiB, RSS mean MiB, CPU %, RSS first/last quarter MiB)" >&2
     results+=("$a|$n")
 done
 
@@ -195,7 +202,8 @@ import sys, statistics as st
 rows = [l.strip().split("|") for l in sys.stdin if l.strip()]
 a = [list(map(float, r[0].split())) for r in rows]
 n = [list(map(float, r[1].split())) for r in rows]
-names = ["readings/s delivered", "RSS max (MiB)", "RSS mean (MiB)", "CPU (% of one core)"]
+names = ["readings/s delivered", "RSS max (MiB)", "RSS mean (MiB)", "CPU (% of one core)",
+         "RSS mean, first quarter of the window (MiB)", "RSS mean, last quarter of the window (MiB)"]
 print("| figure | " + " | ".join(f"agent run {i+1}" for i in range(len(a))) + " | agent median | "
       + " | ".join(f"Node-RED run {i+1}" for i in range(len(n))) + " | Node-RED median | Node-RED ÷ agent |")
 print("|---" * (2 * len(a) + 4) + "|")
