@@ -102,9 +102,9 @@ pub fn diagnostics(d: Vec<firmware_config::Diagnostic>) -> anyhow::Error {
 }
 
 impl Setup {
-    pub fn load(opts: &AgentOptions) -> anyhow::Result<Setup> {
-        let profiles = profiles(opts.profiles.as_deref())?;
-        let config = firmware_config::load_gateway(&opts.config, &profiles).map_err(diagnostics)?;
+    /// Loads `opts.config` with `profiles` (built-in plus `--profiles`, read once at start).
+    pub fn load(opts: &AgentOptions, profiles: &ProfileSet) -> anyhow::Result<Setup> {
+        let config = firmware_config::load_gateway(&opts.config, profiles).map_err(diagnostics)?;
         for w in &config.warnings {
             tracing::warn!("{w}");
         }

@@ -302,7 +302,7 @@ async fn pipeline(
     g: Generation,
     pollers: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
-    let setup = job::Setup::load(&opts)?;
+    let setup = job::Setup::load(&opts, &g.fleet.profiles)?;
     let health = Arc::new(health::Health::default());
     health.set_config(g.choice.report.clone());
     let _ = health.config_file.set(g.choice.path.clone());

@@ -53,7 +53,7 @@ enum Command {
         exit_with_parent: bool,
         /// Seconds a configuration pushed by the hub has to reach the broker before it is rolled
         /// back (tests shorten it).
-        #[arg(long, hide = true, default_value_t = 60)]
+        #[arg(long, hide = true, default_value_t = edge_agent::fleet::DEFAULT_TRIAL.as_secs())]
         config_trial_s: u64,
     },
     /// Show a running agent's state: uplink, spool, drops, clock, every device's link.

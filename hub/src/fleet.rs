@@ -184,8 +184,7 @@ pub async fn upload(
         who.name.clone(),
         q.comment.clone(),
     );
-    let sha256 = protocol::config::config_sha256(&body);
-    let sha = sha256.clone();
+    let sha = protocol::config::config_sha256(&body);
     let stored = s
         .store
         .write_aside(move |c| {
@@ -394,7 +393,7 @@ pub async fn run(
         let behind = store
             .read(|c| {
                 let mut stmt = c.prepare_cached(
-                    "SELECT g.id, g.last_heartbeat, v.version, v.toml, g.online_at, v.uploaded_at
+                    "SELECT g.id, g.last_heartbeat, v.version, g.online_at, v.uploaded_at
                      FROM gateways g
                      JOIN gateway_configs v ON v.gateway = g.id
                        AND v.version = (SELECT MAX(version) FROM gateway_configs WHERE gateway = g.id)
@@ -406,9 +405,8 @@ pub async fn run(
                             r.get::<_, String>(0)?,
                             r.get::<_, Option<String>>(1)?,
                             r.get::<_, i64>(2)? as u64,
-                            r.get::<_, String>(3)?,
-                            r.get::<_, Option<i64>>(4)?.unwrap_or(0),
-                            r.get::<_, i64>(5)?,
+                            r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                            r.get::<_, i64>(4)?,
                         ))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
@@ -424,7 +422,7 @@ pub async fn run(
             }
         };
         let now_ms = Timestamp::now().unix_millis();
-        for (gw, hb, version, toml, online_at, uploaded_at) in rows {
+        for (gw, hb, version, online_at, uploaded_at) in rows {
             let report = running(hb);
             // Only a gateway that reports its configuration (and so understands pushes), and
             // whose state says it still needs this version.
@@ -445,6 +443,18 @@ pub async fn run(
             let Ok(gateway) = GatewayId::new(gw.clone()) else {
                 continue;
             };
+            // The file itself is read only for a push, not for every gateway at every check.
+            let (g, v) = (gw.clone(), version as i64);
+            let toml = store
+                .read(move |c| {
+                    Ok(c.query_row(
+                        "SELECT toml FROM gateway_configs WHERE gateway = ?1 AND version = ?2",
+                        params![g, v],
+                        |r| r.get::<_, String>(0),
+                    )?)
+                })
+                .await;
+            let Ok(toml) = toml else { continue };
             tracing::info!(gateway = %gw, version, "gateway does not run its newest configuration: pushing it again");
             if push(&outgoing, &topics, &gateway, version, toml)
                 .await
