@@ -29,6 +29,7 @@ struct Rig {
     shutdown: CancellationToken,
     _dir: tempfile::TempDir,
     sim: std::path::PathBuf,
+    health: Arc<edge_agent::health::Health>,
 }
 
 /// Starts the GPIO of a gateway whose `[gpio]` section (after its header) is `section`.
@@ -57,13 +58,14 @@ fn rig_with(section: &str, max_silent: Duration, inputs: &[(u8, &str)]) -> Rig {
     let (tx, items) = mpsc::channel(1000);
     let (reply_tx, replies) = mpsc::channel(100);
     let shutdown = CancellationToken::new();
+    let health = Arc::new(edge_agent::health::Health::default());
     let started = edge_agent::gpio::start(
         config.gpio,
         Wiring {
             gateway: "gw-gpio".parse().unwrap(),
             items: tx,
             replies: reply_tx,
-            health: Arc::new(edge_agent::health::Health::default()),
+            health: health.clone(),
             max_silent,
             shutdown: shutdown.clone(),
         },
@@ -76,6 +78,7 @@ fn rig_with(section: &str, max_silent: Duration, inputs: &[(u8, &str)]) -> Rig {
         shutdown,
         _dir: dir,
         sim,
+        health,
     }
 }
 
@@ -425,6 +428,49 @@ active_low = true
     let (_dir, sim) = rig.stop().await;
     let read = |pin: &str| std::fs::read_to_string(sim.join("out").join(pin)).unwrap();
     assert_eq!((read("22").as_str(), read("24").as_str()), ("0", "1"));
+}
+
+/// An output nobody switches is still read back every second, so it counts as heard (the hub takes
+/// a silent device for a dead one), and a change made behind the agent's back is reported.
+#[tokio::test]
+async fn an_idle_output_is_heard_and_a_change_behind_the_agents_back_is_reported() {
+    let mut rig = rig(
+        r#"
+[[gpio.output]]
+id = "lamp-warn-1"
+asset = "warn-1"
+kind = "warning_light"
+pin = 22
+"#,
+        Duration::from_secs(300),
+    );
+    assert_eq!(
+        reading(&rig.next().await),
+        ("lamp-warn-1", "powerState", Value::Bool(false))
+    );
+    fn heard(rig: &Rig) -> protocol::Timestamp {
+        rig.health
+            .links()
+            .into_iter()
+            .find(|l| l.device.as_str() == "lamp-warn-1")
+            .and_then(|l| l.last_success)
+            .unwrap()
+    }
+    let first = heard(&rig);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        heard(&rig).millis_since(first) >= 1000,
+        "not read back since the start"
+    );
+    // Nothing new while nothing changes.
+    assert!(rig.drain(Duration::from_millis(300)).await.is_empty());
+    // Someone switches the relay by hand (here: the simulated pin's file).
+    std::fs::write(rig.sim.join("out").join("22"), "1").unwrap();
+    assert_eq!(
+        reading(&rig.next().await),
+        ("lamp-warn-1", "powerState", Value::Bool(true))
+    );
+    rig.stop().await;
 }
 
 #[tokio::test]

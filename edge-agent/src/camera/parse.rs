@@ -301,6 +301,9 @@ struct Generic {
 enum GenericKind {
     Plate,
     Detection,
+    /// "Still here, nothing to report": a box that posts only what it detects says so now and
+    /// then, or the hub takes its silence for a dead camera.
+    Heartbeat,
 }
 
 fn generic(bytes: &[u8], mut images: Vec<Image>, offset: UtcOffset) -> Result<Parsed, Reject> {
@@ -358,6 +361,11 @@ fn generic(bytes: &[u8], mut images: Vec<Image>, offset: UtcOffset) -> Result<Pa
                 attrs.insert("trackId".into(), Value::Text(t));
             }
             "detection"
+        }
+        GenericKind::Heartbeat => {
+            return Ok(Parsed::KeepAlive {
+                detail: "heartbeat".into(),
+            });
         }
     };
     if let Some(c) = confidence {
@@ -877,6 +885,11 @@ mod tests {
             Some(120),
             "milliseconds kept"
         );
+        let hb = r#"{"type":"heartbeat","capturedAt":"2026-11-22T09:15:02+08:00"}"#;
+        assert!(matches!(
+            parse(vec![part("event", "application/json", hb.as_bytes())], CST),
+            Ok(Parsed::KeepAlive { .. })
+        ));
         let det = r#"{"type":"detection","class":"streetVendor","confidence":0.72,"dwellS":320,"bbox":[0.1,0.2,0.3,0.4]}"#;
         let e = event(parse(
             vec![part("event", "application/json", det.as_bytes())],

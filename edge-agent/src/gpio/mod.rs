@@ -457,23 +457,45 @@ async fn run_output(
     let id = d.spec.id.clone();
     w.health.register(&id);
     let active_low = d.spec.active_low;
-    match line.is_high() {
-        Ok(high) => {
-            w.health.success(&id, Timestamp::now());
-            let r = state_reading(&id, &metric, high != active_low, Timestamp::now());
-            if !send(&w, vec![r]).await {
-                return;
-            }
-        }
-        Err(e) => {
-            tracing::warn!(device = %id, error = %e, "gpio output cannot be read back");
-            w.health.failure(&id, true);
-        }
-    }
+    // The state last reported; read back on every resync tick, so that the output counts as heard
+    // (an output nobody switches would otherwise go silent and be taken for dead at the hub), and a
+    // change made behind the agent's back is reported.
+    let mut reported: Option<bool> = None;
+    let mut failing = false;
+    // The first tick at once: the state at start is reported straight away.
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
     tracing::info!(device = %id, pin = d.pin, on = d.spec.initial, "gpio output ready");
     loop {
         let cmd = tokio::select! {
             _ = w.shutdown.cancelled() => break,
+            _ = resync.tick() => {
+                match line.is_high() {
+                    Ok(high) => {
+                        if failing {
+                            tracing::info!(device = %id, "gpio output readable again");
+                            failing = false;
+                        }
+                        w.health.success(&id, Timestamp::now());
+                        let on = high != active_low;
+                        if reported != Some(on) {
+                            reported = Some(on);
+                            let r = state_reading(&id, &metric, on, Timestamp::now());
+                            if !send(&w, vec![r]).await {
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(device = %id, error = %e, "gpio output cannot be read back");
+                            failing = true;
+                        }
+                        w.health.failure(&id, true);
+                    }
+                }
+                continue;
+            }
             cmd = commands.recv() => match cmd {
                 Some(cmd) => cmd,
                 None => break,
@@ -491,6 +513,7 @@ async fn run_output(
         match read_back {
             Some(on) => {
                 w.health.success(&id, Timestamp::now());
+                reported = Some(on);
                 let r = state_reading(&id, &metric, on, Timestamp::now());
                 if !send(&w, vec![r]).await {
                     break;

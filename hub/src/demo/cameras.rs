@@ -1,7 +1,9 @@
-//! Simulated ANPR cameras for the demo: each camera of the gateway files posts Hikvision ISAPI alerts
-//! with two JPEGs to its gateway's agent over HTTP, as a real camera does. A seeded mix of vehicles:
-//! some stay parked in the no-parking zone across several captures, most pass by; the third capture
-//! is always a muck truck (yellow plate) in the carriageway, in the evening's truck ban.
+//! Simulated cameras for the demo: each camera of the gateway files posts to its gateway's agent
+//! over HTTP, as a real one does. A parking (ANPR) camera posts Hikvision ISAPI alerts with two
+//! JPEGs: the day's script ([`super::scenario::CAPTURES`]: a car that parks, a short stop, a truck
+//! in the ban hours, a permitted truck, a whitelisted car) at its town hours, and between them
+//! passers-by, each seen once. An AI box posts a street vendor's stall while it is there
+//! ([`super::scenario::STALL`]) in the generic JSON form, and a heartbeat when it sees nothing.
 
 use std::time::Duration;
 
@@ -9,27 +11,18 @@ use firmware_config::GatewayConfig;
 use protocol::{Timestamp, camera_forms};
 use tokio_util::sync::CancellationToken;
 
+use super::scenario::{CAPTURES, Capture, STALL};
+use super::town::SimClock;
+
 const PLATE_JPEG: &[u8] = include_bytes!("../../../edge-agent/samples/plate.jpg");
 const SCENE_JPEG: &[u8] = include_bytes!("../../../edge-agent/samples/scene.jpg");
 
-/// Plates the demo's cameras see; colour prefixes as Hikvision's Chinese firmware writes them.
-const PLATES: [&str; 10] = [
-    "蓝苏A8HK52",
-    "蓝苏A3M771",
-    "黄苏A0T923",
-    "绿苏AD12345",
-    "蓝苏A55P21",
-    "蓝苏AQ7K09",
-    "黄苏A6H318",
-    "蓝苏A2W5E8",
-    "绿苏AF80066",
-    "蓝苏A9C4L3",
-];
-
-/// Starts one task per configured camera, posting every `every` (real time) until `stop`.
+/// Starts one task per configured camera, posting passers-by every `every` (real time) and the
+/// script on the town's clock, until `stop`.
 pub fn start(
     gateways: &[GatewayConfig],
     every: Duration,
+    clock: &SimClock,
     seed: u64,
     stop: CancellationToken,
 ) -> usize {
@@ -44,10 +37,11 @@ pub fn start(
             let url = format!("http://{addr}/api/v1/cameras/{}/events", cam.id);
             let rng = fastrand::Rng::with_seed(seed ^ (n as u64 + 1).wrapping_mul(0x9e37_79b9));
             let offset = Duration::from_millis(1500 * i as u64);
+            let clock = clock.clone();
             if cam.info.kind == protocol::AssetKind::EncroachmentCamera {
-                tokio::spawn(run_ai(url, every, offset, rng, stop.clone()));
+                tokio::spawn(run_ai(url, every / 5, offset, clock, rng, stop.clone()));
             } else {
-                tokio::spawn(run(url, every, offset, rng, stop.clone()));
+                tokio::spawn(run(url, every, offset, clock, n, rng, stop.clone()));
             }
             n += 1;
         }
@@ -55,41 +49,52 @@ pub fn start(
     n
 }
 
+/// Sleeps until `at`; false when stopped first.
+async fn sleep_until(at: tokio::time::Instant, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep_until(at) => true,
+    }
+}
+
 async fn run(
     url: String,
     every: Duration,
     offset: Duration,
+    clock: SimClock,
+    camera: usize,
     mut rng: fastrand::Rng,
     stop: CancellationToken,
 ) {
     let agent = http_client();
-    // A parked vehicle stays for a few captures, so the same plate is seen minutes apart.
-    let mut parked: Option<(&str, u32)> = None;
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        _ = tokio::time::sleep(every + offset) => {}
-    }
-    let mut n = 0u32;
+    let start_s = clock.start_s();
+    let script: Vec<(tokio::time::Instant, Capture)> = CAPTURES
+        .into_iter()
+        .filter_map(|c| Some((clock.instant_at(start_s + c.after_h * 3600.0)?, c)))
+        .collect();
+    let mut script = script.into_iter().peekable();
+    let mut next_passer = tokio::time::Instant::now() + every + offset;
+    let mut passers = 0u32;
     loop {
-        n += 1;
-        let plate = match parked.as_mut() {
-            Some((p, left)) if *left > 0 => {
-                *left -= 1;
-                *p
+        let scripted = script.peek().is_some_and(|(at, _)| *at <= next_passer);
+        let (plate, lane, confidence) = if scripted {
+            let Some((at, c)) = script.next() else { return };
+            if !sleep_until(at, &stop).await {
+                return;
             }
-            _ => {
-                let p = PLATES[rng.usize(..PLATES.len())];
-                parked = (rng.u8(..100) < 30).then(|| (p, rng.u32(2..5)));
-                p
+            (c.plate.to_owned(), 1, 95)
+        } else {
+            if !sleep_until(next_passer, &stop).await {
+                return;
             }
+            next_passer += every;
+            passers += 1;
+            // Seen once and never again: a plate no one else in the town has.
+            let plate = format!("蓝苏A{}", 10_000 + camera as u32 * 50_000 + passers);
+            (plate, 1 + passers % 2, rng.u8(86..100))
         };
         let at = Timestamp::now();
-        let (plate, confidence, lane) = if n == 3 {
-            ("黄苏A0T923", 97, 1)
-        } else {
-            (plate, rng.u8(86..100), rng.u32(1..3))
-        };
-        let xml = camera_forms::isapi_anpr_xml(plate, at, confidence, lane);
+        let xml = camera_forms::isapi_anpr_xml(&plate, at, confidence, lane);
         let stamp = format!("{plate} {at}");
         let close_up = camera_forms::jpeg_with_comment(PLATE_JPEG, &stamp);
         let scene = camera_forms::jpeg_with_comment(SCENE_JPEG, &stamp);
@@ -104,34 +109,31 @@ async fn run(
         if !post(&agent, &url, ct, body, "camera capture").await {
             return;
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
     }
 }
 
-/// An edge AI box watching a pavement: it looks five times as often as an ANPR camera posts (every
-/// 6 minutes of the town's time at the demo's speed); from its third look a street vendor sets up
-/// and stays for ten looks (an hour of the town's time), then leaves. The box posts a detection
-/// with a snapshot each time it sees the stall, in the generic JSON form.
+/// An edge AI box watching a pavement, looking every `every`: while the stall is there (town
+/// time) it posts a detection with a snapshot, otherwise a heartbeat.
 async fn run_ai(
     url: String,
     every: Duration,
     offset: Duration,
+    clock: SimClock,
     mut rng: fastrand::Rng,
     stop: CancellationToken,
 ) {
     let agent = http_client();
-    tokio::select! {
-        _ = stop.cancelled() => return,
-        _ = tokio::time::sleep(every + offset) => {}
-    }
-    let every = every / 5;
-    let mut n = 0u32;
+    let (from, to) = (
+        clock.start_s() + STALL.0 * 3600.0,
+        clock.start_s() + STALL.1 * 3600.0,
+    );
+    let mut next = tokio::time::Instant::now() + every + offset;
     loop {
-        n += 1;
-        if (3..13).contains(&n) {
+        if !sleep_until(next, &stop).await {
+            return;
+        }
+        next += every;
+        let posted = if (from..to).contains(&clock.now_s()) {
             let at = Timestamp::now();
             let json = serde_json::json!({
                 "type": "detection",
@@ -148,13 +150,20 @@ async fn run_ai(
                 &[("snapshot.jpg", &scene)],
                 rng.u64(..),
             );
-            if !post(&agent, &url, ct, body, "AI detection").await {
-                return;
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            post(&agent, &url, ct, body, "AI detection").await
+        } else {
+            let body = br#"{"type":"heartbeat"}"#.to_vec();
+            post(
+                &agent,
+                &url,
+                "application/json".into(),
+                body,
+                "AI heartbeat",
+            )
+            .await
+        };
+        if !posted {
+            return;
         }
     }
 }

@@ -1,10 +1,15 @@
 //! `hub demo`: a town in a box. Starts simulated field devices served over Modbus TCP on loopback
 //! (as the example gateway files describe them), the hub on embedded defaults, and one real
 //! `edge-agent` process per gateway file — the same binary and code path a Raspberry Pi runs.
+//! Simulated cameras post to the agents over HTTP, and one gateway's uplink runs through a relay
+//! that goes dark for a while. What happens when, and the tasks the hub must raise for it, is the
+//! day's plan ([`scenario`]), written to `<data dir>/demo-scenarios.json`.
 
 pub mod agents;
 pub mod cameras;
 pub mod modbus_sim;
+pub mod outage;
+pub mod scenario;
 pub mod town;
 
 use std::collections::BTreeMap;
@@ -58,12 +63,11 @@ fn diagnostics(d: Vec<firmware_config::Diagnostic>) -> anyhow::Error {
 /// Builds the simulated buses for `gateways`: one per TCP bus, keyed by its address.
 pub fn simulate(
     gateways: &[GatewayConfig],
-    speed: f64,
-    start_hour: f64,
+    clock: &town::SimClock,
     seed: u64,
     sun: impl Fn(f64, f64) -> Option<(f64, f64)>,
 ) -> anyhow::Result<Vec<(SocketAddr, modbus_sim::SimBus)>> {
-    let clock = town::SimClock::new(start_hour, speed);
+    let start_hour = clock.start_s() / 3600.0;
     let mut per_kind: BTreeMap<protocol::AssetKind, u32> = BTreeMap::new();
     let mut buses = Vec::new();
     for gw in gateways {
@@ -83,8 +87,11 @@ pub fn simulate(
             let mut units = BTreeMap::new();
             for d in &bus.devices {
                 let index = per_kind.entry(d.kind).or_default();
-                let model = town::SimDevice::new(d.kind, *index, d.params.clone(), seed)
+                let mut model = town::SimDevice::new(d.kind, *index, d.params.clone(), seed)
                     .with_sun(sun(d.location.lat(), d.location.lon()).unwrap_or(town::DEFAULT_SUN));
+                if (d.kind, *index) == (protocol::AssetKind::SmartBin, town::DYING_BIN.0) {
+                    model = model.dying_at((start_hour + town::DYING_BIN.1) * 3600.0);
+                }
                 *index += 1;
                 units.insert(d.unit, modbus_sim::SimUnit::new(d.clone(), model));
             }
@@ -128,7 +135,26 @@ pub async fn run(
         let hour = |ms: i64| (ms - midnight) as f64 / 3_600_000.0;
         Some((hour(rise), hour(set)))
     };
-    let buses = simulate(&gateways, opts.speed, opts.start_hour, opts.seed, sun)?;
+    let clock = town::SimClock::new(opts.start_hour, opts.speed);
+    let buses = simulate(&gateways, &clock, opts.seed, sun)?;
+    // The day's scenarios and the tasks each must raise, for the log and for the system test.
+    let plan = scenario::Town {
+        gateways: &gateways,
+        rules: &cfg.rules.rules,
+        start_hour: opts.start_hour,
+        clock: cfg.rules.clock,
+        midnight,
+        sun: &sun,
+    }
+    .plan();
+    for line in plan.summary() {
+        tracing::info!("scenario {line}");
+    }
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    std::fs::write(
+        cfg.data_dir.join("demo-scenarios.json"),
+        serde_json::to_vec_pretty(&plan)?,
+    )?;
     let (n_buses, n_units) = (
         buses.len(),
         buses.iter().map(|(_, b)| b.units.len()).sum::<usize>(),
@@ -182,6 +208,19 @@ pub async fn run(
         listen.ip().to_string()
     };
     let broker = format!("mqtt://{host}:{}", listen.port());
+    // One gateway's uplink goes through a relay that the scenario cuts for a while.
+    let outage = match (
+        scenario::outage_gateway(&gateways),
+        clock.instant_at(clock.start_s() + scenario::OUTAGE.0 * 3600.0),
+        clock.instant_at(clock.start_s() + (scenario::OUTAGE.0 + scenario::OUTAGE.1) * 3600.0),
+    ) {
+        (Some(gw), Some(down), Some(up)) => {
+            let upstream = SocketAddr::new(host.parse()?, listen.port());
+            let relay = outage::relay(upstream, (down, up), devices_stop.clone()).await?;
+            Some((gw, format!("mqtt://{relay}")))
+        }
+        _ => None,
+    };
     let mut http = hub.http_addr();
     if http.ip().is_unspecified() {
         http.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
@@ -203,13 +242,18 @@ pub async fn run(
             },
         };
         tracing::info!(gateway = %gw.gateway, status = %listen.status, cameras = ?listen.cameras, "starting the gateway's agent");
+        let broker = match &outage {
+            Some((id, relay)) if *id == gw.gateway.as_str() => relay,
+            _ => &broker,
+        };
         procs.push(agents::spawn(
-            &bin, &gw.file, &broker, &hub_url, &data, key, &listen,
+            &bin, &gw.file, broker, &hub_url, &data, key, &listen,
         )?);
     }
     let cams = cameras::start(
         &gateways,
         Duration::from_secs(15),
+        &clock,
         opts.seed,
         devices_stop.clone(),
     );

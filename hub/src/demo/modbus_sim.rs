@@ -118,10 +118,11 @@ impl SimBus {
         count: u16,
     ) -> Result<Option<Vec<u16>>, ExceptionCode> {
         // An absent unit stays silent, as a dead sensor on an RS-485 bus behind a serial server does.
-        let Some(u) = self.units.get(&unit) else {
+        let now = self.clock.now_s();
+        let Some(u) = self.units.get(&unit).filter(|u| u.model.alive(now)) else {
             return Ok(None);
         };
-        let image = u.image(table, self.clock.now_s());
+        let image = u.image(table, now);
         let (Some(first), Some(last)) = (
             image.keys().next().copied(),
             image.keys().next_back().copied(),
@@ -146,7 +147,11 @@ impl SimBus {
         start: u16,
         values: &[u16],
     ) -> Result<Option<()>, ExceptionCode> {
-        let Some(u) = self.units.get(&unit) else {
+        let Some(u) = self
+            .units
+            .get(&unit)
+            .filter(|u| u.model.alive(self.clock.now_s()))
+        else {
             return Ok(None);
         };
         let writable = u.device.profile.fields.iter().any(|f| {

@@ -2,11 +2,14 @@
 //!
 //! Pure and deterministic for a given seed and time: a day with dusk and dawn (lamps on from sunset
 //! to sunrise at their coordinates, by the same astronomical clock as the hub's rules; dimmed to
-//! 60 % after midnight), a rainstorm from 18:00 that floods the waterlogging points fast (a flash
-//! flood the early warning catches) and recedes by 21:30, a dust episode at the building site from
-//! 09:00 to 11:00, and bins that fill with foot traffic and are emptied by rounds at 06:00 and 15:00
-//! (one, by the night market, overflows in the evening). One lamp fails at the first dusk and one
-//! burns by day, so the hub has something to find.
+//! 60 % after midnight), a rainstorm from 18:00 that floods the waterlogging points (the underpass
+//! fast, a flash flood the early warning catches; the others slowly, one not even to the warning
+//! depth) and recedes by 21:30, a dust episode at the building site from 16:40 to 17:40 as the
+//! afternoon's earthworks meet the wind, and bins that fill with foot traffic and are emptied by
+//! rounds at 06:00, 15:00 and 21:00 (one, by the night market, overflows in the evening). One lamp
+//! fails at the first dusk and one burns by day, and one bin's sensor dies an hour in, so the hub has
+//! something to find. Which device plays which part is decided by its number within its kind
+//! (the constants below); [`super::scenario`] turns them into the tasks the hub must raise.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -36,6 +39,23 @@ impl SimClock {
     pub fn now_s(&self) -> f64 {
         self.start_s + self.started.elapsed().as_secs_f64() * self.speed
     }
+
+    /// The simulated second the simulation started at.
+    pub fn start_s(&self) -> f64 {
+        self.start_s
+    }
+
+    /// When (real time) the simulation reaches `sim_s`; `None` when its clock stands still.
+    pub fn instant_at(&self, sim_s: f64) -> Option<tokio::time::Instant> {
+        if self.speed <= 0.0 {
+            return None;
+        }
+        let ahead = ((sim_s - self.start_s) / self.speed).max(0.0);
+        Some(
+            tokio::time::Instant::from_std(self.started)
+                + std::time::Duration::from_secs_f64(ahead),
+        )
+    }
 }
 
 /// Hour of day (0..24) of a simulated time.
@@ -51,6 +71,23 @@ pub fn lamps_scheduled_on(hour: f64, sun: (f64, f64)) -> bool {
     !(sun.0..sun.1).contains(&hour)
 }
 
+/// The lamp (by number among the streetlights) that fails at the first dusk.
+pub const FAILING_LAMP: u32 = 2;
+/// The lamp that burns by day (its photocell is broken).
+pub const DAY_BURNING_LAMP: u32 = 3;
+/// The bin by the night market, filling fast from 16:00 to 22:00.
+pub const MARKET_BIN: u32 = 2;
+/// The bin whose sensor dies (stops answering its bus), and how many hours after the start.
+pub const DYING_BIN: (u32, f64) = (0, 1.0);
+/// Waterlogging points by number: (peak depth in cm, minutes from 18:00 to reach it).
+pub const WATER_POINTS: [(f64, f64); 4] = [(28.0, 20.0), (18.0, 60.0), (12.0, 45.0), (22.0, 45.0)];
+/// The storm: water rises from 18:00, holds its peak to 19:30, and is gone by 21:30.
+pub const STORM: (f64, f64, f64) = (18.0, 19.5, 21.5);
+/// The dust episode at the building site (hours), and its peak above the background (µg/m³).
+pub const DUST_EPISODE: (f64, f64, f64) = (16.0 + 40.0 / 60.0, 17.0 + 40.0 / 60.0, 110.0);
+/// The bin collection rounds (hours).
+pub const ROUNDS: [f64; 3] = [6.0, 15.0, 21.0];
+
 /// Deterministic noise in -1..1 from a seed, a device and a time step.
 fn noise(seed: u64, device: u32, step: u64) -> f64 {
     let mut x = seed ^ (u64::from(device) << 32) ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -62,12 +99,11 @@ fn noise(seed: u64, device: u32, step: u64) -> f64 {
     (x as f64 / u64::MAX as f64) * 2.0 - 1.0
 }
 
-/// Integrating state of a device (energy, bin fill), advanced on every observation.
+/// Integrating state of a device (energy), advanced on every observation.
 #[derive(Debug, Default)]
 struct Integrals {
     last_s: Option<f64>,
     energy_kwh: f64,
-    fill: f64,
 }
 
 /// One simulated field device.
@@ -80,23 +116,24 @@ pub struct SimDevice {
     pub params: BTreeMap<String, f64>,
     /// Local sunrise and sunset hours at the device.
     pub sun: (f64, f64),
+    /// The simulated second from which the device no longer answers.
+    pub dies_at_s: Option<f64>,
     seed: u64,
     state: Mutex<Integrals>,
 }
 
 impl SimDevice {
     pub fn new(kind: AssetKind, index: u32, params: BTreeMap<String, f64>, seed: u64) -> Self {
-        let fill = 0.1 + 0.3 * (noise(seed, index, 7) + 1.0) / 2.0;
         let state = Integrals {
             last_s: None,
             energy_kwh: 1200.0 + f64::from(index) * 37.0,
-            fill,
         };
         Self {
             kind,
             index,
             params,
             sun: DEFAULT_SUN,
+            dies_at_s: None,
             seed,
             state: Mutex::new(state),
         }
@@ -106,6 +143,18 @@ impl SimDevice {
     pub fn with_sun(mut self, sun: (f64, f64)) -> Self {
         self.sun = sun;
         self
+    }
+
+    /// With the device dying (no longer answering) at simulated second `sim_s`.
+    pub fn dying_at(mut self, sim_s: f64) -> Self {
+        self.dies_at_s = Some(sim_s);
+        self
+    }
+
+    /// Whether the device still answers at simulated time `sim_s` (a dead one stays dead: the
+    /// simulation's first day decides).
+    pub fn alive(&self, sim_s: f64) -> bool {
+        self.dies_at_s.is_none_or(|d| sim_s < d)
     }
 
     /// Everything this device measures at simulated time `sim_s`, by FIWARE metric name.
@@ -123,9 +172,9 @@ impl SimDevice {
             AssetKind::Streetlight => {
                 let rated = 150.0;
                 let scheduled = lamps_scheduled_on(hour, self.sun);
-                // Lamp 2 fails at the first dusk (scheduled on, draws nothing); lamp 3 burns by day.
-                let failed = self.index == 2 && sim_s >= self.sun.1 * 3600.0;
-                let on = scheduled || self.index == 3;
+                // One lamp fails at the first dusk (scheduled on, draws nothing); one burns by day.
+                let failed = self.index == FAILING_LAMP && sim_s >= self.sun.1 * 3600.0;
+                let on = scheduled || self.index == DAY_BURNING_LAMP;
                 let dim = if (0.0..5.0).contains(&hour) {
                     60.0
                 } else {
@@ -161,9 +210,9 @@ impl SimDevice {
                 );
             }
             AssetKind::Waterlogging => {
-                // A storm from 18:00; points flood to different peaks (28, 18, 12 cm, ...).
-                let peak = [28.0, 18.0, 12.0, 22.0][self.index as usize % 4];
-                let depth = storm_depth(hour, peak).max(0.0);
+                // A storm from 18:00; points flood to different peaks at different speeds.
+                let (peak, rise_min) = WATER_POINTS[self.index as usize % WATER_POINTS.len()];
+                let depth = storm_depth(hour, peak, rise_min).max(0.0);
                 let height = self
                     .params
                     .get("mounting_height_mm")
@@ -178,8 +227,9 @@ impl SimDevice {
                 );
             }
             AssetKind::DustMonitor => {
-                let episode = if (9.0..11.0).contains(&hour) {
-                    110.0 * (((hour - 9.0) / 2.0) * std::f64::consts::PI).sin()
+                let (from, to, peak) = DUST_EPISODE;
+                let episode = if (from..to).contains(&hour) {
+                    peak * (((hour - from) / (to - from)) * std::f64::consts::PI).sin()
                 } else {
                     0.0
                 };
@@ -215,24 +265,8 @@ impl SimDevice {
                 );
             }
             AssetKind::SmartBin => {
-                // Fill per hour; bin 2 stands by the night market and fills fast in the evening.
-                let market = if self.index == 2 && (16.0..22.0).contains(&hour) {
-                    0.2
-                } else {
-                    0.0
-                };
-                let rate = traffic(hour) * (0.06 + 0.02 * f64::from(self.index % 3)) + market;
-                let before = hour_of_day(sim_s - dt_h * 3600.0);
-                // The collection round came by at 06:00 or 15:00: empty, then refill since then.
-                let round = [6.0, 15.0]
-                    .into_iter()
-                    .find(|m| dt_h > 0.0 && crossed(before, hour, *m));
-                st.fill = match round {
-                    Some(mark) => 0.03 + rate * (hour - mark).rem_euclid(24.0),
-                    None => st.fill + rate * dt_h,
-                }
-                .min(1.0);
-                out.insert("fillingLevel", Value::Number(st.fill));
+                let fill = bin_fill(self.index, hour);
+                out.insert("fillingLevel", Value::Number(fill));
                 out.insert(
                     "temperature",
                     Value::Number(12.0 + 3.0 * day_wave(hour) + 0.3 * n(1)),
@@ -241,7 +275,7 @@ impl SimDevice {
                 // An ultrasonic sensor under the lid of a 1.1 m bin: distance to the rubbish surface.
                 out.insert(
                     "measuredDistance",
-                    Value::Number((60.0 + 1100.0 * (1.0 - st.fill)).round()),
+                    Value::Number((60.0 + 1100.0 * (1.0 - fill)).round()),
                 );
                 out.insert("tilted", Value::Bool(false));
                 out.insert("lidOpen", Value::Bool(false));
@@ -252,15 +286,46 @@ impl SimDevice {
     }
 }
 
-/// Water depth in cm at `hour` for a storm from 18:00: a flash flood to its peak by 18:45, held to
-/// 19:30, gone by 21:30.
-fn storm_depth(hour: f64, peak: f64) -> f64 {
+/// Water depth in cm at `hour` for the storm: rising from 18:00 to `peak` in `rise_min` minutes,
+/// held to 19:30, gone by 21:30.
+pub fn storm_depth(hour: f64, peak: f64, rise_min: f64) -> f64 {
+    let (start, hold, gone) = STORM;
+    let top = start + rise_min / 60.0;
     match hour {
-        h if (18.0..18.75).contains(&h) => peak * (h - 18.0) / 0.75,
-        h if (18.75..19.5).contains(&h) => peak,
-        h if (19.5..21.5).contains(&h) => peak * (21.5 - h) / 2.0,
+        h if (start..top).contains(&h) => peak * (h - start) / (top - start),
+        h if (top..hold).contains(&h) => peak,
+        h if (hold..gone).contains(&h) => peak * (gone - h) / (gone - hold),
         _ => 0.0,
     }
+}
+
+/// Fill per hour of bin `index` at `hour`: foot traffic, and the night market by one bin.
+fn fill_rate(index: u32, hour: f64) -> f64 {
+    let market = if index == MARKET_BIN && (16.0..22.0).contains(&hour) {
+        0.25
+    } else {
+        0.0
+    };
+    traffic(hour) * (0.04 + 0.015 * f64::from(index % 3)) + market
+}
+
+/// Fill level (0..1) of bin `index` at `hour`: what foot traffic has put in since the last
+/// collection round left it at 3 %. A pure function of the time of day, so a bin's level does not
+/// depend on when the simulation started or how often it is read.
+pub fn bin_fill(index: u32, hour: f64) -> f64 {
+    let since = ROUNDS
+        .iter()
+        .map(|r| (hour - r).rem_euclid(24.0))
+        .fold(f64::INFINITY, f64::min);
+    let step: f64 = 1.0 / 60.0;
+    let mut fill = 0.03;
+    let mut h = hour - since;
+    while h < hour {
+        let dt = step.min(hour - h);
+        fill += fill_rate(index, h.rem_euclid(24.0)) * dt;
+        h += dt;
+    }
+    fill.min(1.0)
 }
 
 /// -1 before dawn .. +1 mid-afternoon.
@@ -276,15 +341,6 @@ fn traffic(hour: f64) -> f64 {
         }
         h if (6.0..22.0).contains(&h) => 0.8,
         _ => 0.2,
-    }
-}
-
-/// Whether the clock passed `mark` (an hour of day) going from `before` to `after`.
-fn crossed(before: f64, after: f64, mark: f64) -> bool {
-    if before <= after {
-        before < mark && mark <= after
-    } else {
-        before < mark || mark <= after
     }
 }
 
@@ -338,10 +394,51 @@ mod tests {
     #[test]
     fn deterministic() {
         let a =
-            SimDevice::new(AssetKind::DustMonitor, 0, BTreeMap::new(), 9).observe(10.0 * 3600.0);
+            SimDevice::new(AssetKind::DustMonitor, 0, BTreeMap::new(), 9).observe(17.17 * 3600.0);
         let b =
-            SimDevice::new(AssetKind::DustMonitor, 0, BTreeMap::new(), 9).observe(10.0 * 3600.0);
+            SimDevice::new(AssetKind::DustMonitor, 0, BTreeMap::new(), 9).observe(17.17 * 3600.0);
         assert_eq!(a, b);
         assert!(num(&a["pm10"]) > 150.0);
+        let calm =
+            SimDevice::new(AssetKind::DustMonitor, 0, BTreeMap::new(), 9).observe(16.5 * 3600.0);
+        assert!(num(&calm["pm10"]) < 75.0, "{calm:?}");
+    }
+
+    #[test]
+    fn only_the_market_bin_fills_up_and_the_rounds_empty_it() {
+        let full = |i: u32| {
+            (0..24 * 60)
+                .map(|m| f64::from(m) / 60.0)
+                .filter(|h| bin_fill(i, *h) >= 0.8)
+                .collect::<Vec<_>>()
+        };
+        for i in 0..6 {
+            if i != MARKET_BIN {
+                assert!(full(i).is_empty(), "bin {i} full at {:?}", full(i));
+            }
+        }
+        let market = full(MARKET_BIN);
+        let (first, last) = (market[0], market[market.len() - 1]);
+        assert!((17.5..19.0).contains(&first), "{first}");
+        assert!(bin_fill(MARKET_BIN, 20.9) >= 0.95);
+        assert!(last < 21.0 && bin_fill(MARKET_BIN, 21.1) < 0.1, "{last}");
+    }
+
+    #[test]
+    fn the_dying_bin_stops_answering() {
+        let bin = SimDevice::new(AssetKind::SmartBin, 0, BTreeMap::new(), 1).dying_at(3600.0);
+        assert!(bin.alive(3599.0));
+        assert!(!bin.alive(3600.0));
+        assert!(SimDevice::new(AssetKind::SmartBin, 1, BTreeMap::new(), 1).alive(1e9));
+    }
+
+    #[test]
+    fn storm_rises_at_each_points_speed() {
+        let (peak, rise) = WATER_POINTS[0];
+        // The underpass: more than the early warning's 5 cm in any 8 minutes of the rise.
+        assert!(storm_depth(18.0 + 8.0 / 60.0, peak, rise) >= 10.0);
+        let (peak, rise) = WATER_POINTS[1];
+        assert!(storm_depth(18.0 + 10.0 / 60.0, peak, rise) < 3.5);
+        assert_eq!(storm_depth(19.0, peak, rise), peak);
     }
 }

@@ -39,9 +39,10 @@ use rusqlite::TransactionBehavior::Immediate;
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub use config::{ConfigError, Rules};
-pub use engine::{Action, Asset, CameraEvent, Engine, Place, Raise};
+pub use engine::{Action, Asset, CameraEvent, Engine, Place, Raise, plate_subject};
 pub use offline::{
-    Changes, DEVICE_CONTRACTOR, EVERY, MIN_SILENCE_MS, RULE_DEVICE, RULE_GATEWAY, evaluate_offline,
+    ACCELERATED_FLOOR_MS, Changes, DEVICE_CONTRACTOR, EVERY, MIN_SILENCE_MS, RULE_DEVICE,
+    RULE_GATEWAY, evaluate_offline, silence_limit,
 };
 
 /// How far back the rules look for a series or events they have never seen, at start.
@@ -857,6 +858,13 @@ pub fn start(
             let mut pending = runner.all_series().unwrap_or_default();
             let mut events = true;
             let mut last_offline = Instant::now() - EVERY;
+            // In an accelerated town the silence limit is a minute of real time, not fifteen:
+            // checked as often as that needs.
+            let offline_every = if runner.setup.clock.speed > 1.0 {
+                Duration::from_secs(5)
+            } else {
+                EVERY
+            };
             let mut last_escalation = Instant::now() - Duration::from_secs(60);
             let mut last_tick = Instant::now();
             let mut last_cycle = Instant::now();
@@ -898,9 +906,9 @@ pub fn start(
                     last_tick = Instant::now();
                     events = true;
                 }
-                if last_offline.elapsed() >= EVERY {
+                if last_offline.elapsed() >= offline_every {
                     last_offline = Instant::now();
-                    match evaluate_offline(&runner.conn, crate::now_ms()) {
+                    match evaluate_offline(&runner.conn, crate::now_ms(), &runner.setup.clock) {
                         Ok(ch) => {
                             let changed: Vec<(i64, &str)> = ch
                                 .opened

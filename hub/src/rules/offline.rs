@@ -9,8 +9,10 @@
 //! again its task is verified by the sensor and closed, with that in the audit trail.
 //!
 //! Evaluation takes the clock as an argument ([`evaluate_offline`]); the rules thread runs it
-//! every [`EVERY`] on the wall clock (silence is about messages arriving, not about the town's
-//! time).
+//! every [`EVERY`] on the wall clock (silence is about messages arriving). When the rules' clock
+//! runs faster than real time (the demo's town), the 15 minutes are the town's, but never shorter
+//! than [`ACCELERATED_FLOOR_MS`] of real time: heartbeats and polls are not accelerated
+//! ([`silence_limit`]).
 
 use std::time::Duration;
 
@@ -23,6 +25,10 @@ use rusqlite::params;
 pub const EVERY: Duration = Duration::from_secs(30);
 /// The shortest silence that counts as offline.
 pub const MIN_SILENCE_MS: i64 = 15 * 60_000;
+/// The shortest real silence that counts when the rules' clock runs faster than real time: a
+/// device heard only through its gateway's heartbeat (every 30 s by default) is heard at most
+/// a heartbeat and a poll ago.
+pub const ACCELERATED_FLOOR_MS: i64 = 60_000;
 /// The department offline devices go to.
 pub const DEVICE_CONTRACTOR: &str = "device-contractor";
 
@@ -42,9 +48,24 @@ fn rfc3339(ms: i64) -> String {
     protocol::Timestamp::from_unix_millis(ms).to_rfc3339()
 }
 
-/// Opens tasks for devices and gateways silent too long at `now_ms`, and closes those whose
-/// device or gateway has spoken since.
-pub fn evaluate_offline(c: &Connection, now_ms: i64) -> Result<Changes, crate::store::StoreError> {
+/// A silence of `rule_ms` on the rules' clock, in real milliseconds: the same in production; in an
+/// accelerated town shorter, but not under [`ACCELERATED_FLOOR_MS`].
+pub fn silence_limit(clock: &super::RuleClock, rule_ms: i64) -> i64 {
+    if clock.speed <= 1.0 {
+        rule_ms
+    } else {
+        clock.real_span(rule_ms).max(ACCELERATED_FLOOR_MS)
+    }
+}
+
+/// Opens tasks for devices and gateways silent too long at `now_ms` (real time), and closes those
+/// whose device or gateway has spoken since.
+pub fn evaluate_offline(
+    c: &Connection,
+    now_ms: i64,
+    clock: &super::RuleClock,
+) -> Result<Changes, crate::store::StoreError> {
+    let min_silence = silence_limit(clock, MIN_SILENCE_MS);
     // IMMEDIATE: the write lock first (waiting for the store writer), so the read below cannot
     // go stale before the write (a deferred transaction would fail to upgrade then).
     let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
@@ -62,10 +83,12 @@ pub fn evaluate_offline(c: &Connection, now_ms: i64) -> Result<Changes, crate::s
         })?;
         for row in rows {
             let (id, last_seen, state) = row?;
-            let silent = now_ms - last_seen > MIN_SILENCE_MS;
-            // A last will says offline at once; give it the same grace as silence, so a gateway
-            // that reboots is not a task.
-            let offline = silent || (state == "offline" && now_ms - last_seen > MIN_SILENCE_MS / 3);
+            let silent = now_ms - last_seen > min_silence;
+            // A last will says offline at once; give it a third of that grace, so a gateway that
+            // reboots is not a task.
+            let offline = silent
+                || (state == "offline"
+                    && now_ms - last_seen > silence_limit(clock, MIN_SILENCE_MS / 3));
             gateways.push((id, last_seen, offline));
         }
     }
@@ -134,7 +157,7 @@ pub fn evaluate_offline(c: &Connection, now_ms: i64) -> Result<Changes, crate::s
             .max();
         // Never heard from: counted from when its gateway announced it.
         let since = heard.unwrap_or(announced);
-        let limit = (3 * interval_s.unwrap_or(0) * 1000).max(MIN_SILENCE_MS);
+        let limit = (3 * interval_s.unwrap_or(0) * 1000).max(min_silence);
         let subject = asset.clone();
         // A device's silence counts only while its gateway is heard: silent up to the gateway's
         // last message. Otherwise the devices of a gateway that has just gone down (they spoke
@@ -232,6 +255,24 @@ fn clear(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::rules::RuleClock;
+
+    const REAL: RuleClock = RuleClock::REAL;
+
+    #[test]
+    fn silence_is_the_towns_when_its_clock_runs_fast_but_never_under_a_minute() {
+        assert_eq!(silence_limit(&REAL, MIN_SILENCE_MS), MIN_SILENCE_MS);
+        let fast = |speed| RuleClock {
+            real0: 0,
+            rule0: 0,
+            speed,
+        };
+        assert_eq!(silence_limit(&fast(10.0), MIN_SILENCE_MS), 90_000);
+        assert_eq!(
+            silence_limit(&fast(120.0), MIN_SILENCE_MS),
+            ACCELERATED_FLOOR_MS
+        );
+    }
 
     const MIN: i64 = 60_000;
 
@@ -288,7 +329,7 @@ mod tests {
         }
         // At 24 min 59 s nobody has been silent for 15 minutes: nothing.
         assert_eq!(
-            evaluate_offline(&c, 25 * MIN - 1000).unwrap(),
+            evaluate_offline(&c, 25 * MIN - 1000, &REAL).unwrap(),
             Changes::default()
         );
         // gw-b keeps its lamp-3 talking, and the gateway with it; lamp-2 on gw-b is silent.
@@ -298,7 +339,7 @@ mod tests {
         // less); the bin reports every 30 min, so its limit is 90 min: not yet.
         // Their gateways' heartbeats say the gateways are up.
         beat(&c, 25 * MIN + 1000);
-        let ch = evaluate_offline(&c, 25 * MIN + 1000).unwrap();
+        let ch = evaluate_offline(&c, 25 * MIN + 1000, &REAL).unwrap();
         assert_eq!(ch.opened.len(), 2);
         assert_eq!(
             open(&c),
@@ -327,10 +368,13 @@ mod tests {
             (DEVICE_CONTRACTOR, "zhongshan-rd-1")
         );
         // Evaluating again (or after a restart) opens nothing twice.
-        assert_eq!(evaluate_offline(&c, 26 * MIN).unwrap(), Changes::default());
+        assert_eq!(
+            evaluate_offline(&c, 26 * MIN, &REAL).unwrap(),
+            Changes::default()
+        );
         // lamp-1 speaks again: its task is closed, verified by the sensor.
         heard(&c, "gw-a", "d1", 27 * MIN);
-        let ch = evaluate_offline(&c, 27 * MIN + 1000).unwrap();
+        let ch = evaluate_offline(&c, 27 * MIN + 1000, &REAL).unwrap();
         assert_eq!(ch.cleared.len(), 1);
         let note: String = c
             .query_row(
@@ -344,7 +388,7 @@ mod tests {
         heard(&c, "gw-a", "d2", 40 * MIN);
         heard(&c, "gw-b", "d2", 40 * MIN);
         beat(&c, 27 * MIN + 15 * MIN + 2000);
-        let ch = evaluate_offline(&c, 27 * MIN + 15 * MIN + 2000).unwrap();
+        let ch = evaluate_offline(&c, 27 * MIN + 15 * MIN + 2000, &REAL).unwrap();
         assert_eq!(ch.opened.len(), 1);
         let tasks: i64 = c
             .query_row(
@@ -370,7 +414,7 @@ mod tests {
         // gw-a keeps talking; gw-b falls silent with both its lamps.
         heard(&c, "gw-a", "d1", 40 * MIN);
         heard(&c, "gw-a", "d2", 40 * MIN);
-        evaluate_offline(&c, 40 * MIN).unwrap();
+        evaluate_offline(&c, 40 * MIN, &REAL).unwrap();
         assert_eq!(
             open(&c),
             vec![(
@@ -383,7 +427,7 @@ mod tests {
         // The gateway comes back with its lamps: the gateway task closes, no device task opens.
         heard(&c, "gw-b", "d1", 41 * MIN);
         heard(&c, "gw-b", "d2", 41 * MIN);
-        let ch = evaluate_offline(&c, 41 * MIN + 1000).unwrap();
+        let ch = evaluate_offline(&c, 41 * MIN + 1000, &REAL).unwrap();
         assert_eq!((ch.opened.len(), ch.cleared.len()), (0, 1));
         assert!(open(&c).is_empty());
         // A last will marks a gateway offline after 5 minutes of silence, not at once.
@@ -392,8 +436,13 @@ mod tests {
             [],
         )
         .unwrap();
-        assert!(evaluate_offline(&c, 42 * MIN).unwrap().opened.is_empty());
-        let ch = evaluate_offline(&c, 40 * MIN + 5 * MIN + 1000).unwrap();
+        assert!(
+            evaluate_offline(&c, 42 * MIN, &REAL)
+                .unwrap()
+                .opened
+                .is_empty()
+        );
+        let ch = evaluate_offline(&c, 40 * MIN + 5 * MIN + 1000, &REAL).unwrap();
         assert_eq!(ch.opened.len(), 1);
     }
 
@@ -517,7 +566,7 @@ mod tests {
                     )
                     .unwrap();
                 }
-                opened += evaluate_offline(&c, now).unwrap().opened.len();
+                opened += evaluate_offline(&c, now, &REAL).unwrap().opened.len();
             }
             let want: Vec<(String, String, String)> = row
                 .expect
@@ -552,7 +601,7 @@ mod tests {
         }
         for now in (20..=140).map(|i| i * 30_000) {
             others_speak(&c, now);
-            evaluate_offline(&c, now).unwrap();
+            evaluate_offline(&c, now, &REAL).unwrap();
         }
         assert_eq!(
             open(&c),

@@ -1,0 +1,727 @@
+//! The demo town's first day as scenarios, each stating the tasks the hub must raise for it.
+//!
+//! The town's physics ([`super::town`]) and the cameras' script ([`CAPTURES`], [`STALL`]) decide
+//! what happens and when; this module says, for the gateway files and rules file the demo runs,
+//! which device plays which part and which tasks (rule and subject) the hub must raise by which
+//! town hour — and, by saying nothing else, that it must raise no other. `hub demo` writes the plan
+//! to `<data dir>/demo-scenarios.json` and logs it; the system test compares the hub's tasks with
+//! it and names what is missing or extra.
+//!
+//! Thresholds and time windows come from the rules file the hub runs (its overrides included), so
+//! the plan follows a changed rules file; what each device does comes from the town's constants.
+
+use std::collections::BTreeMap;
+
+use firmware_config::GatewayConfig;
+use protocol::{AssetKind, Timestamp};
+use serde::Serialize;
+
+use super::town;
+use crate::rules::config::{AssetPlace, Rules, ZoneClass};
+use crate::rules::{RuleClock, plate_subject};
+
+/// What a vehicle in the parking camera's script stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Part {
+    /// Parks in the no-parking zone: seen now and again later.
+    Violator,
+    /// Stops for a moment: seen once.
+    ShortStop,
+    /// A muck truck (yellow plate) in the zone, maybe in its ban hours.
+    Truck,
+    /// The market's delivery truck, with a permit.
+    PermittedTruck,
+    /// The management office's car, on the whitelist, parked for an hour.
+    Whitelisted,
+}
+
+/// One scripted capture of the parking cameras.
+#[derive(Debug, Clone, Copy)]
+pub struct Capture {
+    /// Town hours after the demo's start.
+    pub after_h: f64,
+    /// The plate as the camera reads it, colour first (Hikvision's Chinese firmware).
+    pub plate: &'static str,
+    pub part: Part,
+}
+
+/// The parking cameras' script; between these, passers-by each seen once.
+pub const CAPTURES: [Capture; 7] = [
+    Capture {
+        after_h: 0.5,
+        plate: "蓝苏A8HK52",
+        part: Part::Violator,
+    },
+    Capture {
+        after_h: 1.0,
+        plate: "蓝苏A3M771",
+        part: Part::ShortStop,
+    },
+    Capture {
+        after_h: 1.5,
+        plate: "黄苏A0T923",
+        part: Part::Truck,
+    },
+    Capture {
+        after_h: 2.0,
+        plate: "蓝苏A8HK52",
+        part: Part::Violator,
+    },
+    Capture {
+        after_h: 2.5,
+        plate: "黄苏A6H318",
+        part: Part::PermittedTruck,
+    },
+    Capture {
+        after_h: 3.0,
+        plate: "绿苏AD12345",
+        part: Part::Whitelisted,
+    },
+    Capture {
+        after_h: 3.5,
+        plate: "绿苏AD12345",
+        part: Part::Whitelisted,
+    },
+];
+
+/// The street vendor watched by the AI cameras: sets up and leaves, town hours after the start.
+pub const STALL: (f64, f64) = (0.75, 1.75);
+
+/// One gateway's uplink is cut: town hours after the start, and for how long (20 minutes).
+pub const OUTAGE: (f64, f64) = (3.5, 20.0 / 60.0);
+
+/// How long after its start a scenario's tasks may take to appear, in real seconds: a camera
+/// event's upload, the rules' evaluation, the hub's periodic checks.
+const LATENCY_S: f64 = 20.0;
+
+/// A task the hub must raise.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Expected {
+    pub rule: String,
+    pub subject: String,
+    /// Town hour (since the first midnight) by which it must exist.
+    pub by_hour: f64,
+    /// The same, as a real time.
+    pub due: String,
+}
+
+/// One scenario of the day.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Scenario {
+    pub name: &'static str,
+    pub story: String,
+    /// Town hours since the first midnight.
+    pub from_hour: f64,
+    pub to_hour: f64,
+    /// The same, as real times.
+    pub from: String,
+    pub to: String,
+    /// The gateway it happens to, where it happens to one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Exactly the tasks it must produce (none: it must produce none).
+    pub tasks: Vec<Expected>,
+}
+
+/// The day's plan, as written to `demo-scenarios.json`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub start_hour: f64,
+    pub speed: f64,
+    pub started: String,
+    /// The plan covers the first 24 town hours from the start.
+    pub until: String,
+    pub scenarios: Vec<Scenario>,
+}
+
+impl Plan {
+    /// The scenario named `name`.
+    pub fn scenario(&self, name: &str) -> Option<&Scenario> {
+        self.scenarios.iter().find(|s| s.name == name)
+    }
+
+    /// One line per scenario, for the log.
+    pub fn summary(&self) -> Vec<String> {
+        self.scenarios
+            .iter()
+            .map(|s| {
+                let tasks: Vec<String> = s
+                    .tasks
+                    .iter()
+                    .map(|t| format!("{} {} by {}", t.rule, t.subject, clock_time(t.by_hour)))
+                    .collect();
+                format!(
+                    "{} ({}–{}): {}",
+                    s.name,
+                    clock_time(s.from_hour),
+                    clock_time(s.to_hour),
+                    if tasks.is_empty() {
+                        "no task".to_owned()
+                    } else {
+                        tasks.join(", ")
+                    }
+                )
+            })
+            .collect()
+    }
+}
+
+fn clock_time(hour: f64) -> String {
+    let m = (hour * 60.0).round() as i64;
+    let day = if m >= 24 * 60 { "+1d " } else { "" };
+    format!("{day}{:02}:{:02}", (m / 60) % 24, m % 60)
+}
+
+/// The town the plan is made for.
+pub struct Town<'a> {
+    pub gateways: &'a [GatewayConfig],
+    pub rules: &'a Rules,
+    pub start_hour: f64,
+    /// Maps readings' times to the rules' (the town's) time.
+    pub clock: RuleClock,
+    /// The rules' time of the town's first midnight (ms).
+    pub midnight: i64,
+    /// Local (sunrise, sunset) hours at a latitude and longitude.
+    pub sun: &'a dyn Fn(f64, f64) -> Option<(f64, f64)>,
+}
+
+impl std::fmt::Debug for Town<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Town")
+            .field("gateways", &self.gateways.len())
+            .field("start_hour", &self.start_hour)
+            .field("clock", &self.clock)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Role {
+    asset: String,
+    gateway: String,
+    place: AssetPlace,
+    sun: (f64, f64),
+}
+
+impl Town<'_> {
+    fn rule_ms(&self, hour: f64) -> i64 {
+        self.midnight + (hour * 3_600_000.0) as i64
+    }
+
+    fn real(&self, hour: f64) -> String {
+        Timestamp::from_unix_millis(self.clock.real_at(self.rule_ms(hour))).to_rfc3339()
+    }
+
+    /// Town hours that `real_s` seconds of real time take.
+    fn town_h(&self, real_s: f64) -> f64 {
+        real_s * self.clock.speed / 3600.0
+    }
+
+    /// The first time of day `hour` at or after the start.
+    fn next(&self, hour: f64) -> f64 {
+        if hour >= self.start_hour {
+            hour
+        } else {
+            hour + 24.0
+        }
+    }
+
+    fn expect(&self, rule: &str, subject: &str, by_hour: f64) -> Expected {
+        Expected {
+            rule: rule.to_owned(),
+            subject: subject.to_owned(),
+            by_hour,
+            due: self.real(by_hour),
+        }
+    }
+
+    fn scenario(
+        &self,
+        name: &'static str,
+        story: String,
+        (from_hour, to_hour): (f64, f64),
+        tasks: Vec<Expected>,
+    ) -> Scenario {
+        Scenario {
+            name,
+            story,
+            from_hour,
+            to_hour,
+            from: self.real(from_hour),
+            to: self.real(to_hour),
+            gateway: None,
+            tasks,
+        }
+    }
+
+    /// Every Modbus device by kind and its number within the kind, in the order the simulation
+    /// numbers them.
+    fn roles(&self) -> BTreeMap<(AssetKind, u32), Role> {
+        let mut per_kind: BTreeMap<AssetKind, u32> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for gw in self.gateways {
+            for d in gw.buses.iter().flat_map(|b| &b.devices) {
+                let index = per_kind.entry(d.kind).or_default();
+                let role = Role {
+                    asset: d.asset.to_string(),
+                    gateway: gw.gateway.to_string(),
+                    place: AssetPlace {
+                        asset: d.asset.to_string(),
+                        zone: d.zone.as_ref().map(ToString::to_string),
+                        segment: Some(d.road_segment.to_string()),
+                        grid: Some(d.grid.to_string()),
+                    },
+                    sun: (self.sun)(d.location.lat(), d.location.lon())
+                        .unwrap_or(town::DEFAULT_SUN),
+                };
+                out.insert((d.kind, *index), role);
+                *index += 1;
+            }
+        }
+        out
+    }
+
+    /// The plan of the first day.
+    pub fn plan(&self) -> Plan {
+        let roles = self.roles();
+        let start = self.start_hour;
+        let mut scenarios = Vec::new();
+        let role = |kind, index| roles.get(&(kind, index));
+
+        // Dusk and dawn: one lamp fails at the first dusk, one burns by day.
+        let mut lamps = Vec::new();
+        if let Some(l) = role(AssetKind::Streetlight, town::FAILING_LAMP) {
+            let (rise, set) = l.sun;
+            let fails = start.max(set);
+            lamps.push(self.expect("lamp_out", &l.asset, fails + 1.0));
+            // The night's lighting rate, computed an hour after sunrise (checked once a minute).
+            let dawn = if rise + 24.0 > fails {
+                rise + 24.0
+            } else {
+                rise + 48.0
+            };
+            let by = dawn + 1.5 + self.town_h(70.0);
+            if by < start + 24.0
+                && let Some(segment) = &l.place.segment
+            {
+                lamps.push(self.expect("lighting_rate", &format!("segment:{segment}"), by));
+            }
+        }
+        if let Some(l) = role(AssetKind::Streetlight, town::DAY_BURNING_LAMP) {
+            let (rise, set) = l.sun;
+            let by = if (rise..set).contains(&start) {
+                start + 1.0
+            } else {
+                self.next(rise) + 1.0
+            };
+            lamps.push(self.expect("lamp_on_by_day", &l.asset, by));
+        }
+        let failing = role(AssetKind::Streetlight, town::FAILING_LAMP)
+            .map_or("none".to_owned(), |l| l.asset.clone());
+        let burning = role(AssetKind::Streetlight, town::DAY_BURNING_LAMP)
+            .map_or("none".to_owned(), |l| l.asset.clone());
+        scenarios.push(self.scenario(
+            "dusk-and-dawn",
+            format!(
+                "lamps light at dusk and go out at dawn; {failing} fails at the first dusk (its night's lighting rate falls below target), {burning} burns by day"
+            ),
+            (start, start + 24.0),
+            lamps,
+        ));
+
+        // The storm.
+        let (storm, hold, gone) = town::STORM;
+        let storm_at = self.next(storm);
+        let mut water = Vec::new();
+        let mut story = Vec::new();
+        for index in 0.. {
+            let Some(p) = role(AssetKind::Waterlogging, index) else {
+                break;
+            };
+            let (peak, rise_min) = town::WATER_POINTS[index as usize % town::WATER_POINTS.len()];
+            let th = self.rules.thresholds_for(&p.place).waterlogging;
+            let by = storm_at + (hold - storm) + 0.25;
+            // The early warning sees rises over its window; readings every few real seconds are
+            // minutes apart in the town, so count on 80 % of the window.
+            if peak / rise_min * th.rise_window_min * 0.8 >= th.rise_cm {
+                water.push(self.expect("waterlogging_rise", &p.asset, by));
+            }
+            if peak >= th.warn_cm {
+                water.push(self.expect("waterlogging", &p.asset, by));
+            }
+            if peak >= th.critical_cm {
+                water.push(self.expect("waterlogging_critical", &p.asset, by));
+            }
+            story.push(format!("{} to {peak} cm in {rise_min} min", p.asset));
+        }
+        scenarios.push(self.scenario(
+            "rainstorm",
+            format!(
+                "a rainstorm from {}: {}; held to {}, gone by {}",
+                clock_time(storm),
+                story.join(", "),
+                clock_time(hold),
+                clock_time(gone)
+            ),
+            (storm_at, storm_at + (gone - storm)),
+            water,
+        ));
+
+        // The building site's dust episode.
+        let (from, to, peak) = town::DUST_EPISODE;
+        let dust_at = self.next(from);
+        let mut dust = Vec::new();
+        for index in 0.. {
+            let Some(d) = role(AssetKind::DustMonitor, index) else {
+                break;
+            };
+            let th = self.rules.thresholds_for(&d.place).dust;
+            // The episode's quarter-hour means are far above any site's limit; more than the
+            // day's allowance of warnings is a task.
+            if peak + 40.0 > th.pm10_15min {
+                dust.push(self.expect("dust", &d.asset, dust_at + (to - from) + 0.5));
+            }
+        }
+        scenarios.push(self.scenario(
+            "dust-episode",
+            format!("earthworks meet the wind: PM10 up by {peak} µg/m³ at its peak"),
+            (dust_at, dust_at + (to - from)),
+            dust,
+        ));
+
+        // Bins.
+        let mut bins = Vec::new();
+        for index in 0.. {
+            let Some(b) = role(AssetKind::SmartBin, index) else {
+                break;
+            };
+            if index == town::DYING_BIN.0 {
+                continue;
+            }
+            let th = self.rules.thresholds_for(&b.place).bin;
+            let fill = |h: f64| town::bin_fill(index, h.rem_euclid(24.0));
+            let minutes = (0..24 * 60).map(|m| start + f64::from(m) / 60.0);
+            let hold = th.full_for_min.ceil() as usize;
+            let fulls: Vec<f64> = minutes.clone().collect();
+            if let Some(i) = (0..fulls.len().saturating_sub(hold))
+                .find(|&i| (i..=i + hold).all(|j| fill(fulls[j]) >= th.full))
+            {
+                bins.push(self.expect(
+                    "bin_full",
+                    &b.asset,
+                    fulls[i] + th.full_for_min / 60.0 + 0.5,
+                ));
+            }
+            if let Some(h) = minutes.clone().find(|h| fill(*h) >= th.overflow) {
+                bins.push(self.expect("bin_overflow", &b.asset, h + 0.5));
+            }
+        }
+        let market = role(AssetKind::SmartBin, town::MARKET_BIN)
+            .map_or("none".to_owned(), |b| b.asset.clone());
+        scenarios.push(self.scenario(
+            "bins",
+            format!(
+                "foot traffic fills the bins, rounds at {} empty them; {market} by the night market overflows in the evening",
+                town::ROUNDS.map(clock_time).join(", ")
+            ),
+            (start, start + 24.0),
+            bins,
+        ));
+
+        // A sensor dies.
+        if let Some(Role { asset, gateway, .. }) = role(AssetKind::SmartBin, town::DYING_BIN.0) {
+            let dies = start + town::DYING_BIN.1;
+            // The hub's silence limit, in the town's hours (see crate::rules::silence_limit).
+            let silence = crate::rules::silence_limit(&self.clock, crate::rules::MIN_SILENCE_MS);
+            let by = dies + self.town_h(silence as f64 / 1000.0 + LATENCY_S);
+            let mut s = self.scenario(
+                "sensor-dies",
+                format!(
+                    "{asset}'s sensor stops answering its bus; the other devices on the bus go on"
+                ),
+                (dies, dies),
+                vec![self.expect(crate::rules::RULE_DEVICE, asset, by)],
+            );
+            s.gateway = Some(gateway.clone());
+            scenarios.push(s);
+        }
+
+        // A gateway loses its uplink for 20 minutes: shorter than the hub's silence limit, so no
+        // task; what it read meanwhile arrives afterwards.
+        if let Some(gw) = outage_gateway(self.gateways) {
+            let from = start + OUTAGE.0;
+            let mut s = self.scenario(
+                "uplink-outage",
+                format!(
+                    "{gw} loses its uplink for {} minutes; it keeps reading into its spool and sends the backlog when the uplink returns",
+                    (OUTAGE.1 * 60.0).round()
+                ),
+                (from, from + OUTAGE.1),
+                Vec::new(),
+            );
+            s.gateway = Some(gw);
+            scenarios.push(s);
+        }
+
+        // The parking cameras' script and the AI cameras' street vendor.
+        let mut enforcement = Vec::new();
+        let mut trading = Vec::new();
+        for cam in self
+            .gateways
+            .iter()
+            .filter_map(|g| g.cameras.as_ref())
+            .flat_map(|c| &c.cameras)
+        {
+            let Some(zone_id) = cam.zone_for(Some(1)).map(ToString::to_string) else {
+                continue;
+            };
+            let Some(zone) = self.rules.zone(&zone_id) else {
+                continue;
+            };
+            match cam.info.kind {
+                AssetKind::ParkingCamera => {
+                    enforcement.extend(self.parking(&zone_id, zone));
+                }
+                AssetKind::EncroachmentCamera => {
+                    let at = start + STALL.0;
+                    let t = self.rule_ms(at);
+                    let allowed = match zone.class {
+                        ZoneClass::Forbidden => false,
+                        _ => self.rules.in_windows(&zone.trading, t),
+                    };
+                    let dwell = self.rules.cfg.trading.dwell_min / 60.0;
+                    if !allowed && STALL.1 - STALL.0 > dwell {
+                        trading.push(self.expect(
+                            "street_trading",
+                            &format!("trading:{zone_id}"),
+                            at + dwell + 0.25 + self.town_h(LATENCY_S),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        scenarios.push(self.scenario(
+            "parking-cameras",
+            "a car parks in the no-parking stretch and is seen again 90 minutes later; a car stops \
+             for a moment; a muck truck drives in during the evening truck ban; the market's \
+             permitted truck and the office's whitelisted car do the same without a case"
+                .to_owned(),
+            (start + CAPTURES[0].after_h, start + CAPTURES[CAPTURES.len() - 1].after_h),
+            enforcement,
+        ));
+        scenarios.push(self.scenario(
+            "street-vendor",
+            "a street vendor sets up on the pavement of the shopping street outside its market \
+             hours and leaves an hour later; the case is filed for an operator to confirm"
+                .to_owned(),
+            (start + STALL.0, start + STALL.1),
+            trading,
+        ));
+
+        Plan {
+            start_hour: start,
+            speed: self.clock.speed,
+            started: self.real(start),
+            until: self.real(start + 24.0),
+            scenarios,
+        }
+    }
+
+    /// The tasks the parking script raises in a camera's zone.
+    fn parking(&self, zone_id: &str, zone: &crate::rules::config::Zone) -> Vec<Expected> {
+        let start = self.start_hour;
+        let cfg = &self.rules.cfg;
+        let enforced = |t: i64| {
+            if zone.no_parking.is_empty() {
+                zone.class == ZoneClass::Forbidden
+            } else {
+                self.rules.in_windows(&zone.no_parking, t)
+            }
+        };
+        let mut out = Vec::new();
+        let mut first_seen: BTreeMap<&str, f64> = BTreeMap::new();
+        for c in CAPTURES {
+            let at = start + c.after_h;
+            let t = self.rule_ms(at);
+            let (colour, plate) = split_plate(c.plate);
+            let by = at + self.town_h(LATENCY_S) + 0.1;
+            let truck_ban = (colour == "黄" && cfg.truck.yellow_plates)
+                && self.rules.in_windows(&zone.truck_ban, t)
+                && !cfg.truck.permits.iter().any(|p| p == plate);
+            if truck_ban {
+                out.push(self.expect(
+                    "truck_restricted",
+                    &plate_subject("truck", zone_id, plate),
+                    by,
+                ));
+            }
+            if !enforced(t) || cfg.parking.whitelist.iter().any(|p| p == plate) {
+                continue;
+            }
+            match first_seen.get(plate) {
+                None => {
+                    first_seen.insert(plate, at);
+                }
+                Some(first) => {
+                    let gap_min = (at - first) * 60.0;
+                    if gap_min >= cfg.parking.min_gap_min && gap_min <= cfg.parking.max_gap_min {
+                        out.push(self.expect(
+                            "parking_violation",
+                            &plate_subject("parking", zone_id, plate),
+                            by,
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The plate's colour character and the plate itself.
+pub fn split_plate(read: &str) -> (&str, &str) {
+    let split = read.chars().next().map_or(0, char::len_utf8);
+    read.split_at(split)
+}
+
+/// The gateway whose uplink the demo cuts: the one with the second waterlogging point (its
+/// water is receding then, so it has readings to keep), else the last gateway.
+pub fn outage_gateway(gateways: &[GatewayConfig]) -> Option<String> {
+    gateways
+        .iter()
+        .filter(|g| {
+            g.buses
+                .iter()
+                .flat_map(|b| &b.devices)
+                .any(|d| d.kind == AssetKind::Waterlogging)
+        })
+        .nth(1)
+        .or(gateways.last())
+        .map(|g| g.gateway.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// 2026-11-22 00:00 in China.
+    const MIDNIGHT: i64 = 1_795_305_600_000 - 8 * 3_600_000;
+
+    fn plan(speed: f64) -> Plan {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let gateways = super::super::load_gateways(&root.join("firmware-config/gateways")).unwrap();
+        let text = std::fs::read_to_string(root.join("deploy/rules/demo-town.toml")).unwrap();
+        let rules = Rules::parse(&text, "demo-town.toml").unwrap();
+        let start_hour = 16.5;
+        let now = MIDNIGHT + 16 * 3_600_000;
+        let clock = RuleClock {
+            real0: now,
+            rule0: MIDNIGHT + (start_hour * 3_600_000.0) as i64,
+            speed,
+        };
+        let sun = |_: f64, _: f64| Some(town::DEFAULT_SUN);
+        Town {
+            gateways: &gateways,
+            rules: &rules,
+            start_hour,
+            clock,
+            midnight: MIDNIGHT,
+            sun: &sun,
+        }
+        .plan()
+    }
+
+    fn tasks(p: &Plan, name: &str) -> Vec<(String, String)> {
+        p.scenario(name)
+            .unwrap()
+            .tasks
+            .iter()
+            .map(|t| (t.rule.clone(), t.subject.clone()))
+            .collect()
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_demo_towns_day_names_its_tasks() {
+        let p = plan(120.0);
+        for line in p.summary() {
+            eprintln!("{line}");
+        }
+        assert_eq!(
+            tasks(&p, "dusk-and-dawn"),
+            pairs(&[
+                ("lamp_out", "sl-hz-0003"),
+                ("lighting_rate", "segment:hanzhong-rd-s2"),
+                ("lamp_on_by_day", "sl-zs-0001"),
+            ])
+        );
+        assert_eq!(
+            tasks(&p, "rainstorm"),
+            pairs(&[
+                ("waterlogging_rise", "wl-hz-0001"),
+                ("waterlogging", "wl-hz-0001"),
+                ("waterlogging_critical", "wl-hz-0001"),
+                ("waterlogging", "wl-zs-0001"),
+            ])
+        );
+        assert_eq!(tasks(&p, "dust-episode"), pairs(&[("dust", "dm-hz-0001")]));
+        assert_eq!(
+            tasks(&p, "bins"),
+            pairs(&[("bin_full", "bin-zs-0002"), ("bin_overflow", "bin-zs-0002")])
+        );
+        assert_eq!(
+            tasks(&p, "sensor-dies"),
+            pairs(&[("device_offline", "bin-hz-0001")])
+        );
+        let outage = p.scenario("uplink-outage").unwrap();
+        assert!(outage.tasks.is_empty());
+        assert_eq!(outage.gateway.as_deref(), Some("gw-zhongshan-01"));
+        let enforcement = tasks(&p, "parking-cameras");
+        assert_eq!(
+            enforcement,
+            pairs(&[
+                (
+                    "truck_restricted",
+                    &plate_subject("truck", "np-zhongshan-s1", "苏A0T923")
+                ),
+                (
+                    "parking_violation",
+                    &plate_subject("parking", "np-zhongshan-s1", "苏A8HK52")
+                ),
+            ])
+        );
+        assert_eq!(
+            tasks(&p, "street-vendor"),
+            pairs(&[("street_trading", "trading:xjk-commercial")])
+        );
+        // The storm's tasks are due by 19:45, the dead sensor's once the silence limit (a minute of
+        // real time, two town hours at this speed) has passed.
+        let storm = &p.scenario("rainstorm").unwrap().tasks[0];
+        assert!((storm.by_hour - 19.75).abs() < 1e-9);
+        let dead = &p.scenario("sensor-dies").unwrap().tasks[0];
+        assert!((19.0..20.5).contains(&dead.by_hour), "{}", dead.by_hour);
+    }
+
+    #[test]
+    fn in_real_time_the_dead_sensor_waits_for_the_silence_limit() {
+        let p = plan(1.0);
+        let dead = &p.scenario("sensor-dies").unwrap().tasks[0];
+        assert!((dead.by_hour - (17.5 + 0.25 + 20.0 / 3600.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn plates_split_at_their_colour() {
+        assert_eq!(split_plate("绿苏AD12345"), ("绿", "苏AD12345"));
+        assert_eq!(split_plate(""), ("", ""));
+    }
+}
