@@ -37,6 +37,11 @@ echo
 echo "## Reading to task at 10,000 readings/s"
 ./target/release/examples/ingest_bench tasks 10000 60 2>/dev/null
 echo
+echo "## Hub soak (its own process; RSS mean per quarter of the run)"
+for rate in 320 10000; do
+  ./target/release/examples/ingest_bench soak "$rate" "${SOAK_S:-600}" 2>/dev/null
+done
+echo
 if [[ -x scripts/bench-gateway.sh ]]; then
     echo "## Agent vs a peer gateway"
     ./scripts/bench-gateway.sh

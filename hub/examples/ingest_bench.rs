@@ -21,6 +21,14 @@
 //! reading-to-task latency under that load through Mosquitto, the hub and its rules (see
 //! [`task_latency`]); prints how many probe tasks appeared and their latency p50 / p90 / p99 / max.
 //!
+//! `... --example ingest_bench -- soak RATE [SECONDS]`: memory over time. The hub runs as its own
+//! process (the release `hub serve` built next to this example: `cargo build --release -p hub
+//! --bins --examples`) on a fresh Mosquitto; ten gateways publish RATE readings/s in envelopes of
+//! 100 for SECONDS (default 300); the hub's resident memory (`/proc/PID/status`, VmRSS) is sampled
+//! every second. Prints the mean over each quarter of the run, the peak, the hub's CPU (share of
+//! one core), how many envelopes it stored, and the size of its database at the end (SQLite's page
+//! cache, up to 64 MiB, grows with the database: part of any growth is that).
+//!
 //! The hub's per-gateway rate limit is off here: one publisher plays each gateway far faster than
 //! an agent would.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -137,6 +145,10 @@ async fn publish_with(
     let keys: Vec<Key> = (0..gateways).map(key).collect();
     let started = Instant::now();
     let base = Timestamp::now().add_millis(-3_600_000);
+    // Each gateway's readings a step apart: a second in a burst; paced, as far apart as its
+    // envelopes are sent, so the readings' time keeps pace with the clock in a long run (the hub
+    // refuses readings from more than five minutes ahead).
+    let step_ms = rate.map_or(1000.0, |r| 1000.0 * gateways as f64 / r);
     let producer = tokio::spawn(async move {
         let limits = Limits::default();
         let start = tokio::time::Instant::now();
@@ -158,7 +170,7 @@ async fn publish_with(
                         Item::Reading(Reading {
                             device: format!("dev-{}", r % 50).parse().unwrap(),
                             metric: format!("m{}", r / 50).parse().unwrap(),
-                            observed_at: base.add_millis(seq as i64 * 1000),
+                            observed_at: base.add_millis((seq as f64 * step_ms) as i64),
                             value: Some(Value::Number((n * per_envelope + r) as f64)),
                             unit: None,
                             quality: Default::default(),
@@ -593,7 +605,150 @@ fn task_latency(readings_per_s: f64, secs: f64) {
     rt.block_on(hub.stop());
 }
 
+/// A process's resident memory in KiB and its CPU time in clock ticks (user + system).
+fn rss_and_cpu(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+    Some((rss, ticks))
+}
+
+/// A counter from the hub's `/metrics`.
+fn metric(http: u16, name: &str) -> Option<u64> {
+    let text = ureq::get(&format!("http://127.0.0.1:{http}/metrics"))
+        .call()
+        .ok()?
+        .body_mut()
+        .read_to_string()
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// Memory of the hub process under `readings_per_s` for `secs` (see the module's documentation).
+fn soak(readings_per_s: f64, secs: f64) {
+    const GATEWAYS: usize = 10;
+    const PER: usize = 100;
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("hub"))
+        .filter(|p| p.is_file())
+        .expect("the hub binary next to this example: cargo build --release -p hub --bins");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _broker = mosquitto(dir.path(), port);
+    let data = dir.path().join("hub-soak");
+    {
+        let admin = hub::keys::KeyAdmin::open(&data).unwrap();
+        for g in 0..GATEWAYS {
+            admin.import(&gateway(g), &key(g)).unwrap();
+        }
+    }
+    let http = free_port();
+    let child = Command::new(&bin)
+        .arg("serve")
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--broker", &format!("mqtt://127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("hub.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let _hub = Killed(child);
+    let end = Instant::now() + Duration::from_secs(30);
+    while ureq::get(&format!("http://127.0.0.1:{http}/healthz"))
+        .call()
+        .is_err()
+    {
+        assert!(Instant::now() < end, "the hub never became healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let env_rate = readings_per_s / PER as f64;
+    let envelopes = ((env_rate * secs) as usize).max(GATEWAYS);
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while sampling.load(Relaxed) {
+                if let Some(s) = rss_and_cpu(pid) {
+                    samples.push(s);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            samples
+        })
+    };
+    let rt = runtime();
+    let took = rt
+        .block_on(publish_with(
+            port,
+            GATEWAYS,
+            envelopes,
+            PER,
+            Some(env_rate),
+            false,
+        ))
+        .as_secs_f64();
+    sampling.store(false, Relaxed);
+    let samples = sampler.join().unwrap();
+    let end = Instant::now() + Duration::from_secs(120);
+    let stored = loop {
+        let n = metric(http, "hub_envelopes_stored_total").unwrap_or(0);
+        if n >= envelopes as u64 || Instant::now() > end {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // Mean resident memory over each quarter of the run.
+    let quarters: Vec<String> = samples
+        .chunks(samples.len().div_ceil(4).max(1))
+        .map(|c| {
+            let kib = c.iter().map(|x| x.0 as f64).sum::<f64>() / c.len() as f64;
+            format!("{:.1}", kib / 1024.0)
+        })
+        .collect();
+    let peak = samples.iter().map(|s| s.0).max().unwrap_or(0) as f64 / 1024.0;
+    let ticks = samples.last().map_or(0, |s| s.1) - samples.first().map_or(0, |s| s.1);
+    let cpu = ticks as f64 / 100.0 / took.max(1e-9) * 100.0;
+    let db_mib = ["hub.sqlite3", "hub.sqlite3-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(data.join(f)).ok())
+        .map(|m| m.len())
+        .sum::<u64>() as f64
+        / (1024.0 * 1024.0);
+    println!(
+        "| {readings_per_s:.0} readings/s ({GATEWAYS} gateways, envelopes of {PER}) | {took:.0} s | {} MiB | {peak:.1} MiB | {cpu:.1} % | {stored} of {envelopes} | {db_mib:.0} MiB |",
+        quarters.join(" / ")
+    );
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("soak") {
+        let rate: f64 = std::env::args()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .expect("soak RATE [SECONDS]: RATE in readings/s");
+        let secs: f64 = std::env::args()
+            .nth(3)
+            .map_or(300.0, |a| a.parse().expect("SECONDS must be a number"));
+        soak(rate, secs);
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("tasks") {
         let rate: f64 = std::env::args()
             .nth(2)
