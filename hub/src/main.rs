@@ -329,9 +329,8 @@ struct DemoArgs {
     /// Simulated seconds of town life per real second (120: a day in 12 minutes; 1: real time).
     #[arg(long, default_value_t = 120.0)]
     speed: f64,
-    /// Simulated hour of day at start (16.5: half an hour before dusk, an hour and a half before
-    /// the storm).
-    #[arg(long, default_value_t = 16.5)]
+    /// Simulated hour of day at start (16: an hour before dusk, two hours before the storm).
+    #[arg(long, default_value_t = 16.0)]
     start_hour: f64,
     /// Random seed of the simulation.
     #[arg(long, default_value_t = 1)]

@@ -82,7 +82,7 @@ async fn run(
             if !sleep_until(at, &stop).await {
                 return;
             }
-            (c.plate.to_owned(), 1, 95)
+            (c.plate.to_owned(), 1u32, 95u8)
         } else {
             if !sleep_until(next_passer, &stop).await {
                 return;
@@ -106,8 +106,20 @@ async fn run(
             ],
             rng.u64(..),
         );
-        if !post(&agent, &url, ct, body, "camera capture").await {
-            return;
+        // The script's captures are the scenario: one the agent did not take (not listening yet,
+        // busy) is posted again until it is; a passer-by is not worth it.
+        loop {
+            match post(&agent, &url, ct.clone(), body.clone(), "camera capture").await {
+                Posted::Taken => break,
+                Posted::Stopping => return,
+                Posted::NotTaken if scripted => {
+                    let again = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+                    if !sleep_until(again, &stop).await {
+                        return;
+                    }
+                }
+                Posted::NotTaken => break,
+            }
         }
     }
 }
@@ -162,7 +174,7 @@ async fn run_ai(
             )
             .await
         };
-        if !posted {
+        if posted == Posted::Stopping {
             return;
         }
     }
@@ -177,9 +189,18 @@ fn http_client() -> ureq::Agent {
         .into()
 }
 
-/// Posts one camera request to its agent (off the runtime: ureq blocks) and logs how it went;
-/// false when the runtime is shutting down.
-async fn post(agent: &ureq::Agent, url: &str, ct: String, body: Vec<u8>, what: &str) -> bool {
+/// How a camera request went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Posted {
+    Taken,
+    /// Refused, or the agent not reachable.
+    NotTaken,
+    /// The runtime is shutting down.
+    Stopping,
+}
+
+/// Posts one camera request to its agent (off the runtime: ureq blocks) and logs how it went.
+async fn post(agent: &ureq::Agent, url: &str, ct: String, body: Vec<u8>, what: &str) -> Posted {
     let (agent2, url2) = (agent.clone(), url.to_owned());
     let result = tokio::task::spawn_blocking(move || {
         agent2
@@ -190,10 +211,18 @@ async fn post(agent: &ureq::Agent, url: &str, ct: String, body: Vec<u8>, what: &
     })
     .await;
     match result {
-        Ok(Ok(200)) => tracing::debug!(%url, what, "posted"),
-        Ok(Ok(status)) => tracing::warn!(%url, status, what, "the agent refused a camera request"),
-        Ok(Err(e)) => tracing::debug!(%url, error = %e, "agent not reachable yet"),
-        Err(_) => return false,
+        Ok(Ok(200)) => {
+            tracing::debug!(%url, what, "posted");
+            Posted::Taken
+        }
+        Ok(Ok(status)) => {
+            tracing::warn!(%url, status, what, "the agent refused a camera request");
+            Posted::NotTaken
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%url, error = %e, "agent not reachable yet");
+            Posted::NotTaken
+        }
+        Err(_) => Posted::Stopping,
     }
-    true
 }

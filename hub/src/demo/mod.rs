@@ -252,7 +252,7 @@ pub async fn run(
     }
     let cams = cameras::start(
         &gateways,
-        Duration::from_secs(15),
+        scenario::CAMERA_EVERY,
         &clock,
         opts.seed,
         devices_stop.clone(),

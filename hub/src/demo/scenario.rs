@@ -95,6 +95,9 @@ pub const OUTAGE: (f64, f64) = (3.5, 20.0 / 60.0);
 /// event's upload, the rules' evaluation, the hub's periodic checks.
 const LATENCY_S: f64 = 20.0;
 
+/// How often (real time) a parking camera sees a passer-by; an AI box looks five times as often.
+pub const CAMERA_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// A task the hub must raise.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -105,6 +108,9 @@ pub struct Expected {
     pub by_hour: f64,
     /// The same, as a real time.
     pub due: String,
+    /// False when the hub may raise it or not: an event under way when the demo started, or a
+    /// condition too close to a rule's threshold for the town's coarse sampling to decide.
+    pub required: bool,
 }
 
 /// One scenario of the day.
@@ -122,7 +128,7 @@ pub struct Scenario {
     /// The gateway it happens to, where it happens to one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
-    /// Exactly the tasks it must produce (none: it must produce none).
+    /// The tasks it must (`required`) or may produce; no other (none: it must produce none).
     pub tasks: Vec<Expected>,
 }
 
@@ -204,6 +210,8 @@ struct Role {
     gateway: String,
     place: AssetPlace,
     sun: (f64, f64),
+    /// Seconds (real time) between the device's polls.
+    poll_s: f64,
 }
 
 impl Town<'_> {
@@ -220,13 +228,23 @@ impl Town<'_> {
         real_s * self.clock.speed / 3600.0
     }
 
-    /// The first time of day `hour` at or after the start.
-    fn next(&self, hour: f64) -> f64 {
-        if hour >= self.start_hour {
-            hour
+    /// When a daily event from `from` to `to` (hours of the day) first happens: today if it has
+    /// not ended by the start, and whether it was already under way then.
+    fn next_event(&self, from: f64, to: f64) -> (f64, bool) {
+        let start = self.start_hour;
+        if start < from {
+            (from, false)
+        } else if start < to {
+            (from, true)
         } else {
-            hour + 24.0
+            (from + 24.0, false)
         }
+    }
+
+    /// Town hours a duration rule needs beyond its own minutes: the first poll after the change
+    /// and whole polls of evidence (a poll is minutes of the town's time when it runs fast).
+    fn polls(&self, poll_s: f64) -> f64 {
+        self.town_h(2.0 * poll_s + 10.0)
     }
 
     fn expect(&self, rule: &str, subject: &str, by_hour: f64) -> Expected {
@@ -235,6 +253,15 @@ impl Town<'_> {
             subject: subject.to_owned(),
             by_hour,
             due: self.real(by_hour),
+            required: true,
+        }
+    }
+
+    /// A task the hub may raise or not.
+    fn may(&self, rule: &str, subject: &str, by_hour: f64) -> Expected {
+        Expected {
+            required: false,
+            ..self.expect(rule, subject, by_hour)
         }
     }
 
@@ -276,6 +303,7 @@ impl Town<'_> {
                     },
                     sun: (self.sun)(d.location.lat(), d.location.lon())
                         .unwrap_or(town::DEFAULT_SUN),
+                    poll_s: f64::from(d.poll_ms) / 1000.0,
                 };
                 out.insert((d.kind, *index), role);
                 *index += 1;
@@ -295,27 +323,35 @@ impl Town<'_> {
         let mut lamps = Vec::new();
         if let Some(l) = role(AssetKind::Streetlight, town::FAILING_LAMP) {
             let (rise, set) = l.sun;
+            let th = self.rules.thresholds_for(&l.place).lamp;
+            // It fails at the first dusk (at once when the demo starts after it) and stays dark.
             let fails = start.max(set);
-            lamps.push(self.expect("lamp_out", &l.asset, fails + 1.0));
+            let by = fails + th.out_for_min / 60.0 + self.polls(l.poll_s) + 0.25;
+            lamps.push(self.expect("lamp_out", &l.asset, by));
             // The night's lighting rate, computed an hour after sunrise (checked once a minute).
             let dawn = if rise + 24.0 > fails {
                 rise + 24.0
             } else {
                 rise + 48.0
             };
-            let by = dawn + 1.5 + self.town_h(70.0);
-            if by < start + 24.0
+            if dawn + 1.0 < start + 24.0
                 && let Some(segment) = &l.place.segment
             {
+                let by = dawn + 1.5 + self.town_h(70.0);
                 lamps.push(self.expect("lighting_rate", &format!("segment:{segment}"), by));
             }
         }
         if let Some(l) = role(AssetKind::Streetlight, town::DAY_BURNING_LAMP) {
             let (rise, set) = l.sun;
-            let by = if (rise..set).contains(&start) {
-                start + 1.0
+            let th = self.rules.thresholds_for(&l.place).lamp;
+            let need = th.on_by_day_for_min / 60.0 + self.polls(l.poll_s);
+            let by = if (rise..set).contains(&start) && start + need <= set {
+                start + need + 0.25
             } else {
-                self.next(rise) + 1.0
+                // Not enough daylight left at the start: the next morning, once the lamps
+                // should be off.
+                let morning = if start < rise { rise } else { rise + 24.0 };
+                morning + th.off_offset_min.max(0.0) / 60.0 + need + 0.25
             };
             lamps.push(self.expect("lamp_on_by_day", &l.asset, by));
         }
@@ -334,7 +370,7 @@ impl Town<'_> {
 
         // The storm.
         let (storm, hold, gone) = town::STORM;
-        let storm_at = self.next(storm);
+        let (storm_at, under_way) = self.next_event(storm, gone);
         let mut water = Vec::new();
         let mut story = Vec::new();
         for index in 0.. {
@@ -343,17 +379,29 @@ impl Town<'_> {
             };
             let (peak, rise_min) = town::WATER_POINTS[index as usize % town::WATER_POINTS.len()];
             let th = self.rules.thresholds_for(&p.place).waterlogging;
-            let by = storm_at + (hold - storm) + 0.25;
+            let by = (storm_at + (hold - storm)).max(start) + self.polls(p.poll_s) + 0.25;
+            // Under way at the start: the hub sees part of it, so its tasks may come or not.
+            let task = |rule: &str, certain: bool| {
+                if certain && !under_way {
+                    self.expect(rule, &p.asset, by)
+                } else {
+                    self.may(rule, &p.asset, by)
+                }
+            };
             // The early warning sees rises over its window; readings every few real seconds are
-            // minutes apart in the town, so count on 80 % of the window.
-            if peak / rise_min * th.rise_window_min * 0.8 >= th.rise_cm {
-                water.push(self.expect("waterlogging_rise", &p.asset, by));
+            // minutes apart in the town, so count on 80 % of the window; no reading can show more
+            // than the whole window's rise (plus the sensor's half-centimetre of noise).
+            let rise = peak / rise_min * th.rise_window_min;
+            if rise * 0.8 >= th.rise_cm {
+                water.push(task("waterlogging_rise", true));
+            } else if rise + 0.5 >= th.rise_cm {
+                water.push(task("waterlogging_rise", false));
             }
             if peak >= th.warn_cm {
-                water.push(self.expect("waterlogging", &p.asset, by));
+                water.push(task("waterlogging", true));
             }
             if peak >= th.critical_cm {
-                water.push(self.expect("waterlogging_critical", &p.asset, by));
+                water.push(task("waterlogging_critical", true));
             }
             story.push(format!("{} to {peak} cm in {rise_min} min", p.asset));
         }
@@ -372,17 +420,50 @@ impl Town<'_> {
 
         // The building site's dust episode.
         let (from, to, peak) = town::DUST_EPISODE;
-        let dust_at = self.next(from);
+        let (dust_at, under_way) = self.next_event(from, to);
         let mut dust = Vec::new();
         for index in 0.. {
             let Some(d) = role(AssetKind::DustMonitor, index) else {
                 break;
             };
             let th = self.rules.thresholds_for(&d.place).dust;
-            // The episode's quarter-hour means are far above any site's limit; more than the
-            // day's allowance of warnings is a task.
-            if peak + 40.0 > th.pm10_15min {
-                dust.push(self.expect("dust", &d.asset, dust_at + (to - from) + 0.5));
+            // As the hub judges it: a quarter-hour mean above the limit is a warning, the day's
+            // allowance of warnings or an hourly mean above its limit a task. From the town's
+            // PM10 without its noise (±4 µg/m³), so within 5 of a limit is undecided.
+            let mean = |a: f64, b: f64| {
+                let n = 60;
+                (0..n)
+                    .map(|i| town::pm10(a + (b - a) * (f64::from(i) + 0.5) / f64::from(n)))
+                    .sum::<f64>()
+                    / f64::from(n)
+            };
+            let quarters: Vec<f64> = (0..((to - from) * 4.0).ceil() as i32 + 4)
+                .map(|q| {
+                    (
+                        from.floor() + f64::from(q) / 4.0,
+                        from.floor() + f64::from(q + 1) / 4.0,
+                    )
+                })
+                .map(|(a, b)| mean(a, b))
+                .collect();
+            let over = |margin: f64| {
+                let warnings = quarters
+                    .iter()
+                    .filter(|m| **m > th.pm10_15min + margin)
+                    .count();
+                // With a background monitor the hourly limit applies to the difference, which
+                // this plan does not model: the warnings decide alone.
+                let hourly = th.background.is_none()
+                    && quarters.windows(4).any(|w| {
+                        w.iter().sum::<f64>() / 4.0 > th.pm10_hourly_no_background + margin
+                    });
+                warnings >= th.warnings_per_day as usize || hourly
+            };
+            let by = dust_at.max(start) + (to - from) + self.polls(d.poll_s) + 0.5;
+            if over(5.0) && !under_way {
+                dust.push(self.expect("dust", &d.asset, by));
+            } else if over(-5.0) {
+                dust.push(self.may("dust", &d.asset, by));
             }
         }
         scenarios.push(self.scenario(
@@ -436,7 +517,8 @@ impl Town<'_> {
             let dies = start + town::DYING_BIN.1;
             // The hub's silence limit, in the town's hours (see crate::rules::silence_limit).
             let silence = crate::rules::silence_limit(&self.clock, crate::rules::MIN_SILENCE_MS);
-            let by = dies + self.town_h(silence as f64 / 1000.0 + LATENCY_S);
+            let by = dies
+                + self.town_h(silence as f64 / 1000.0 + LATENCY_S + offline_every(&self.clock));
             let mut s = self.scenario(
                 "sensor-dies",
                 format!(
@@ -449,10 +531,25 @@ impl Town<'_> {
             scenarios.push(s);
         }
 
-        // A gateway loses its uplink for 20 minutes: shorter than the hub's silence limit, so no
-        // task; what it read meanwhile arrives afterwards.
+        // A gateway loses its uplink for 20 minutes. The broker announces its last will; the hub
+        // raises a task only when the silence outlasts its grace (a third of the silence limit,
+        // in real time; the reconnection takes a few seconds more). What it read meanwhile
+        // arrives afterwards either way.
         if let Some(gw) = outage_gateway(self.gateways) {
             let from = start + OUTAGE.0;
+            let grace_s = crate::rules::silence_limit(&self.clock, crate::rules::MIN_SILENCE_MS / 3)
+                as f64
+                / 1000.0;
+            let dark_s = OUTAGE.1 * 3600.0 / self.clock.speed.max(1e-9);
+            let subject = format!("gateway:{gw}");
+            let by = from + self.town_h(grace_s + LATENCY_S + offline_every(&self.clock));
+            let tasks = if dark_s > grace_s + 15.0 {
+                vec![self.expect(crate::rules::RULE_GATEWAY, &subject, by)]
+            } else if dark_s + 15.0 > grace_s {
+                vec![self.may(crate::rules::RULE_GATEWAY, &subject, by)]
+            } else {
+                Vec::new()
+            };
             let mut s = self.scenario(
                 "uplink-outage",
                 format!(
@@ -460,7 +557,7 @@ impl Town<'_> {
                     (OUTAGE.1 * 60.0).round()
                 ),
                 (from, from + OUTAGE.1),
-                Vec::new(),
+                tasks,
             );
             s.gateway = Some(gw);
             scenarios.push(s);
@@ -486,19 +583,35 @@ impl Town<'_> {
                     enforcement.extend(self.parking(&zone_id, zone));
                 }
                 AssetKind::EncroachmentCamera => {
-                    let at = start + STALL.0;
-                    let t = self.rule_ms(at);
-                    let allowed = match zone.class {
+                    // The longest stretch of the stall's stay outside the zone's trading hours,
+                    // minute by minute, against the dwell the rule wants plus two looks.
+                    let allowed = |h: f64| match zone.class {
                         ZoneClass::Forbidden => false,
-                        _ => self.rules.in_windows(&zone.trading, t),
+                        _ => self.rules.in_windows(&zone.trading, self.rule_ms(h)),
                     };
+                    let (mut best, mut run, mut run_from) = ((0.0, 0.0), 0.0, 0.0);
+                    for m in 0..((STALL.1 - STALL.0) * 60.0) as i32 {
+                        let h = start + STALL.0 + f64::from(m) / 60.0;
+                        if allowed(h) {
+                            run = 0.0;
+                        } else {
+                            if run == 0.0 {
+                                run_from = h;
+                            }
+                            run += 1.0 / 60.0;
+                            if run > best.1 {
+                                best = (run_from, run);
+                            }
+                        }
+                    }
                     let dwell = self.rules.cfg.trading.dwell_min / 60.0;
-                    if !allowed && STALL.1 - STALL.0 > dwell {
-                        trading.push(self.expect(
-                            "street_trading",
-                            &format!("trading:{zone_id}"),
-                            at + dwell + 0.25 + self.town_h(LATENCY_S),
-                        ));
+                    let look = self.town_h(CAMERA_EVERY.as_secs_f64() / 5.0);
+                    let by = best.0 + dwell + 2.0 * look + 0.25 + self.town_h(LATENCY_S);
+                    let subject = format!("trading:{zone_id}");
+                    if best.1 >= dwell + 2.0 * look {
+                        trading.push(self.expect("street_trading", &subject, by));
+                    } else if best.1 > 0.0 {
+                        trading.push(self.may("street_trading", &subject, by));
                     }
                 }
                 _ => {}
@@ -582,6 +695,11 @@ impl Town<'_> {
     }
 }
 
+/// How often (real seconds) the hub checks for silence at this clock's speed.
+fn offline_every(clock: &RuleClock) -> f64 {
+    crate::rules::offline_every(clock).as_secs_f64()
+}
+
 /// The plate's colour character and the plate itself.
 pub fn split_plate(read: &str) -> (&str, &str) {
     let split = read.chars().next().map_or(0, char::len_utf8);
@@ -613,11 +731,14 @@ mod tests {
     const MIDNIGHT: i64 = 1_795_305_600_000 - 8 * 3_600_000;
 
     fn plan(speed: f64) -> Plan {
+        plan_at(16.0, speed)
+    }
+
+    fn plan_at(start_hour: f64, speed: f64) -> Plan {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let gateways = super::super::load_gateways(&root.join("firmware-config/gateways")).unwrap();
         let text = std::fs::read_to_string(root.join("deploy/rules/demo-town.toml")).unwrap();
         let rules = Rules::parse(&text, "demo-town.toml").unwrap();
-        let start_hour = 16.5;
         let now = MIDNIGHT + 16 * 3_600_000;
         let clock = RuleClock {
             real0: now,
@@ -636,11 +757,24 @@ mod tests {
         .plan()
     }
 
+    /// The scenario's required tasks.
     fn tasks(p: &Plan, name: &str) -> Vec<(String, String)> {
         p.scenario(name)
             .unwrap()
             .tasks
             .iter()
+            .filter(|t| t.required)
+            .map(|t| (t.rule.clone(), t.subject.clone()))
+            .collect()
+    }
+
+    /// The scenario's optional tasks.
+    fn optional(p: &Plan, name: &str) -> Vec<(String, String)> {
+        p.scenario(name)
+            .unwrap()
+            .tasks
+            .iter()
+            .filter(|t| !t.required)
             .map(|t| (t.rule.clone(), t.subject.clone()))
             .collect()
     }
@@ -683,6 +817,9 @@ mod tests {
             tasks(&p, "sensor-dies"),
             pairs(&[("device_offline", "bin-hz-0001")])
         );
+        for s in &p.scenarios {
+            assert!(s.tasks.iter().all(|t| t.required), "{s:?}");
+        }
         let outage = p.scenario("uplink-outage").unwrap();
         assert!(outage.tasks.is_empty());
         assert_eq!(outage.gateway.as_deref(), Some("gw-zhongshan-01"));
@@ -707,16 +844,77 @@ mod tests {
         // The storm's tasks are due by 19:45, the dead sensor's once the silence limit (a minute of
         // real time, two town hours at this speed) has passed.
         let storm = &p.scenario("rainstorm").unwrap().tasks[0];
-        assert!((storm.by_hour - 19.75).abs() < 1e-9);
+        assert!((19.75..20.5).contains(&storm.by_hour), "{}", storm.by_hour);
         let dead = &p.scenario("sensor-dies").unwrap().tasks[0];
-        assert!((19.0..20.5).contains(&dead.by_hour), "{}", dead.by_hour);
+        assert!((18.5..20.0).contains(&dead.by_hour), "{}", dead.by_hour);
+        let day = &p.scenario("dusk-and-dawn").unwrap().tasks[2];
+        assert!(
+            day.by_hour < 17.5,
+            "caught the same afternoon: {}",
+            day.by_hour
+        );
     }
 
     #[test]
-    fn in_real_time_the_dead_sensor_waits_for_the_silence_limit() {
+    fn in_real_time_the_dead_sensor_and_the_outage_meet_the_silence_limit() {
         let p = plan(1.0);
         let dead = &p.scenario("sensor-dies").unwrap().tasks[0];
-        assert!((dead.by_hour - (17.5 + 0.25 + 20.0 / 3600.0)).abs() < 1e-6);
+        assert!((dead.by_hour - (17.0 + 0.25 + 50.0 / 3600.0)).abs() < 1e-6);
+        // Twenty real minutes without the gateway outlast the last will's five-minute grace.
+        assert_eq!(
+            tasks(&p, "uplink-outage"),
+            pairs(&[("gateway_offline", "gateway:gw-zhongshan-01")])
+        );
+    }
+
+    #[test]
+    fn a_late_start_leaves_the_day_burning_lamp_to_the_morning() {
+        let p = plan_at(16.8, 120.0);
+        let day = p
+            .scenario("dusk-and-dawn")
+            .unwrap()
+            .tasks
+            .iter()
+            .find(|t| t.rule == "lamp_on_by_day")
+            .unwrap()
+            .clone();
+        assert!(day.required && day.by_hour > 24.0 + 6.7, "{day:?}");
+    }
+
+    #[test]
+    fn an_event_under_way_at_the_start_may_or_may_not_raise_its_tasks() {
+        let p = plan_at(18.5, 120.0);
+        assert!(tasks(&p, "rainstorm").is_empty());
+        assert!(
+            optional(&p, "rainstorm")
+                .contains(&("waterlogging_critical".to_owned(), "wl-hz-0001".to_owned()))
+        );
+        let storm = p.scenario("rainstorm").unwrap();
+        assert!(
+            (storm.from_hour - 18.0).abs() < 1e-9,
+            "today's storm, not tomorrow's"
+        );
+    }
+
+    #[test]
+    fn trading_inside_the_market_hours_is_no_case_and_across_their_end_is_one() {
+        // Stall from 10:45 to 11:45: inside 10:00-14:00.
+        assert!(tasks(&plan_at(10.0, 120.0), "street-vendor").is_empty());
+        assert!(optional(&plan_at(10.0, 120.0), "street-vendor").is_empty());
+        // Stall from 13:15 to 14:15: fifteen minutes after the market closes, less than the dwell
+        // and two looks (5 + 12 minutes): undecided.
+        assert_eq!(
+            optional(&plan_at(12.5, 120.0), "street-vendor"),
+            pairs(&[("street_trading", "trading:xjk-commercial")])
+        );
+        // Stall from 13:00 to 14:00 at real time: nothing outside the hours.
+        assert!(
+            plan_at(12.25, 1.0)
+                .scenario("street-vendor")
+                .unwrap()
+                .tasks
+                .is_empty()
+        );
     }
 
     #[test]

@@ -227,13 +227,7 @@ impl SimDevice {
                 );
             }
             AssetKind::DustMonitor => {
-                let (from, to, peak) = DUST_EPISODE;
-                let episode = if (from..to).contains(&hour) {
-                    peak * (((hour - from) / (to - from)) * std::f64::consts::PI).sin()
-                } else {
-                    0.0
-                };
-                let pm10 = 55.0 + 12.0 * day_wave(hour) + episode + 4.0 * n(1);
+                let pm10 = pm10(hour) + 4.0 * n(1);
                 let working = (7.0..18.0).contains(&hour);
                 out.insert("pm10", Value::Number(pm10));
                 out.insert("pm25", Value::Number(pm10 * 0.55 + 2.0 * n(2)));
@@ -284,6 +278,17 @@ impl SimDevice {
         }
         out
     }
+}
+
+/// PM10 (µg/m³) at a dust monitor at `hour`, without its noise: a daily wave and the episode.
+pub fn pm10(hour: f64) -> f64 {
+    let (from, to, peak) = DUST_EPISODE;
+    let episode = if (from..to).contains(&hour) {
+        peak * (((hour - from) / (to - from)) * std::f64::consts::PI).sin()
+    } else {
+        0.0
+    };
+    55.0 + 12.0 * day_wave(hour) + episode
 }
 
 /// Water depth in cm at `hour` for the storm: rising from 18:00 to `peak` in `rise_min` minutes,

@@ -42,7 +42,7 @@ pub use config::{ConfigError, Rules};
 pub use engine::{Action, Asset, CameraEvent, Engine, Place, Raise, plate_subject};
 pub use offline::{
     ACCELERATED_FLOOR_MS, Changes, DEVICE_CONTRACTOR, EVERY, MIN_SILENCE_MS, RULE_DEVICE,
-    RULE_GATEWAY, evaluate_offline, silence_limit,
+    RULE_GATEWAY, evaluate_offline, offline_every, silence_limit,
 };
 
 /// How far back the rules look for a series or events they have never seen, at start.
@@ -858,13 +858,7 @@ pub fn start(
             let mut pending = runner.all_series().unwrap_or_default();
             let mut events = true;
             let mut last_offline = Instant::now() - EVERY;
-            // In an accelerated town the silence limit is a minute of real time, not fifteen:
-            // checked as often as that needs.
-            let offline_every = if runner.setup.clock.speed > 1.0 {
-                Duration::from_secs(5)
-            } else {
-                EVERY
-            };
+            let offline_every = offline::offline_every(&runner.setup.clock);
             let mut last_escalation = Instant::now() - Duration::from_secs(60);
             let mut last_tick = Instant::now();
             let mut last_cycle = Instant::now();

@@ -48,6 +48,16 @@ fn rfc3339(ms: i64) -> String {
     protocol::Timestamp::from_unix_millis(ms).to_rfc3339()
 }
 
+/// How often the rules thread checks for silence: [`EVERY`], or every 5 s when the rules' clock
+/// runs fast (the silence limit is then about a minute).
+pub fn offline_every(clock: &super::RuleClock) -> std::time::Duration {
+    if clock.speed > 1.0 {
+        std::time::Duration::from_secs(5)
+    } else {
+        EVERY
+    }
+}
+
 /// A silence of `rule_ms` on the rules' clock, in real milliseconds: the same in production; in an
 /// accelerated town shorter, but not under [`ACCELERATED_FLOOR_MS`].
 pub fn silence_limit(clock: &super::RuleClock, rule_ms: i64) -> i64 {
