@@ -344,6 +344,27 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Publishes `envelopes` of `per` readings from `gateways`, `env_rate` envelopes a second in
+/// all, to the broker on `port`; the seconds it took.
+fn publish_paced(
+    rt: &tokio::runtime::Runtime,
+    port: u16,
+    gateways: usize,
+    envelopes: usize,
+    per: usize,
+    env_rate: f64,
+) -> f64 {
+    rt.block_on(publish_with(
+        port,
+        gateways,
+        envelopes,
+        per,
+        Some(env_rate),
+        false,
+    ))
+    .as_secs_f64()
+}
+
 /// Latency at a paced rate: `readings_per_s` from 10 gateways in envelopes of 100, for `secs`.
 fn paced(readings_per_s: f64, secs: f64) {
     const GATEWAYS: usize = 10;
@@ -355,16 +376,7 @@ fn paced(readings_per_s: f64, secs: f64) {
     let hub = start_hub(&rt, dir.path().join("hub-paced"), external(port), GATEWAYS);
     let env_rate = readings_per_s / PER as f64;
     let envelopes = ((env_rate * secs) as usize).max(GATEWAYS);
-    let took = rt
-        .block_on(publish_with(
-            port,
-            GATEWAYS,
-            envelopes,
-            PER,
-            Some(env_rate),
-            false,
-        ))
-        .as_secs_f64();
+    let took = publish_paced(&rt, port, GATEWAYS, envelopes, PER, env_rate);
     let end = Instant::now() + Duration::from_secs(120);
     while hub.metrics.envelopes_stored.load(Relaxed) < envelopes as u64 {
         assert!(Instant::now() < end, "the hub fell behind for good");
@@ -622,7 +634,7 @@ fn rss_and_cpu(pid: u32) -> Option<(u64, u64)> {
     Some((rss, ticks))
 }
 
-/// A counter from the hub's `/metrics`.
+/// A counter from the hub's `/metrics` (a metric without labels).
 fn metric(http: u16, name: &str) -> Option<u64> {
     let text = ureq::get(&format!("http://127.0.0.1:{http}/metrics"))
         .call()
@@ -631,7 +643,7 @@ fn metric(http: u16, name: &str) -> Option<u64> {
         .read_to_string()
         .ok()?;
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
         .map(|v| v as u64)
 }
 
@@ -694,16 +706,7 @@ fn soak(readings_per_s: f64, secs: f64) {
         })
     };
     let rt = runtime();
-    let took = rt
-        .block_on(publish_with(
-            port,
-            GATEWAYS,
-            envelopes,
-            PER,
-            Some(env_rate),
-            false,
-        ))
-        .as_secs_f64();
+    let took = publish_paced(&rt, port, GATEWAYS, envelopes, PER, env_rate);
     sampling.store(false, Relaxed);
     let samples = sampler.join().unwrap();
     let end = Instant::now() + Duration::from_secs(120);

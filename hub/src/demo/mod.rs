@@ -68,7 +68,10 @@ pub fn simulate(
     sun: impl Fn(f64, f64) -> Option<(f64, f64)>,
 ) -> anyhow::Result<Vec<(SocketAddr, modbus_sim::SimBus)>> {
     let start_hour = clock.start_s() / 3600.0;
-    let mut per_kind: BTreeMap<protocol::AssetKind, u32> = BTreeMap::new();
+    let numbers: BTreeMap<(&str, &str), u32> = town::numbered(gateways)
+        .into_iter()
+        .map(|(gw, d, n)| ((gw.gateway.as_str(), d.id.as_str()), n))
+        .collect();
     let mut buses = Vec::new();
     for gw in gateways {
         for bus in &gw.buses {
@@ -86,13 +89,12 @@ pub fn simulate(
                 .with_context(|| format!("{}: bus {:?}: the demo serves devices on loopback; host must be 127.0.0.1:PORT, not {addr}", gw.file.display(), bus.name))?;
             let mut units = BTreeMap::new();
             for d in &bus.devices {
-                let index = per_kind.entry(d.kind).or_default();
-                let mut model = town::SimDevice::new(d.kind, *index, d.params.clone(), seed)
+                let index = numbers[&(gw.gateway.as_str(), d.id.as_str())];
+                let mut model = town::SimDevice::new(d.kind, index, d.params.clone(), seed)
                     .with_sun(sun(d.location.lat(), d.location.lon()).unwrap_or(town::DEFAULT_SUN));
-                if (d.kind, *index) == (protocol::AssetKind::SmartBin, town::DYING_BIN.0) {
+                if (d.kind, index) == (protocol::AssetKind::SmartBin, town::DYING_BIN.0) {
                     model = model.dying_at((start_hour + town::DYING_BIN.1) * 3600.0);
                 }
-                *index += 1;
                 units.insert(d.unit, modbus_sim::SimUnit::new(d.clone(), model));
             }
             buses.push((

@@ -21,8 +21,7 @@ use crate::rules::config::{AssetPlace, Rules, ZoneClass};
 use crate::rules::{RuleClock, plate_subject};
 
 /// What a vehicle in the parking camera's script stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
     /// Parks in the no-parking zone: seen now and again later.
     Violator,
@@ -284,14 +283,12 @@ impl Town<'_> {
         }
     }
 
-    /// Every Modbus device by kind and its number within the kind, in the order the simulation
-    /// numbers them.
+    /// Every Modbus device by kind and its number within the kind, as the simulation numbers
+    /// them ([`town::numbered`]).
     fn roles(&self) -> BTreeMap<(AssetKind, u32), Role> {
-        let mut per_kind: BTreeMap<AssetKind, u32> = BTreeMap::new();
-        let mut out = BTreeMap::new();
-        for gw in self.gateways {
-            for d in gw.buses.iter().flat_map(|b| &b.devices) {
-                let index = per_kind.entry(d.kind).or_default();
+        town::numbered(self.gateways)
+            .into_iter()
+            .map(|(gw, d, index)| {
                 let role = Role {
                     asset: d.asset.to_string(),
                     gateway: gw.gateway.to_string(),
@@ -305,11 +302,9 @@ impl Town<'_> {
                         .unwrap_or(town::DEFAULT_SUN),
                     poll_s: f64::from(d.poll_ms) / 1000.0,
                 };
-                out.insert((d.kind, *index), role);
-                *index += 1;
-            }
-        }
-        out
+                ((d.kind, index), role)
+            })
+            .collect()
     }
 
     /// The plan of the first day.
@@ -483,21 +478,21 @@ impl Town<'_> {
                 continue;
             }
             let th = self.rules.thresholds_for(&b.place).bin;
-            let fill = |h: f64| town::bin_fill(index, h.rem_euclid(24.0));
-            let minutes = (0..24 * 60).map(|m| start + f64::from(m) / 60.0);
+            // The bin's level minute by minute over the day (each computed once).
+            let minute = |m: usize| start + m as f64 / 60.0;
+            let fill: Vec<f64> = (0..24 * 60)
+                .map(|m| town::bin_fill(index, minute(m).rem_euclid(24.0)))
+                .collect();
             let hold = th.full_for_min.ceil() as usize;
-            let fulls: Vec<f64> = minutes.clone().collect();
-            if let Some(i) = (0..fulls.len().saturating_sub(hold))
-                .find(|&i| (i..=i + hold).all(|j| fill(fulls[j]) >= th.full))
+            if let Some(m) = fill
+                .windows(hold + 1)
+                .position(|w| w.iter().all(|f| *f >= th.full))
             {
-                bins.push(self.expect(
-                    "bin_full",
-                    &b.asset,
-                    fulls[i] + th.full_for_min / 60.0 + 0.5,
-                ));
+                let by = minute(m) + th.full_for_min / 60.0 + 0.5;
+                bins.push(self.expect("bin_full", &b.asset, by));
             }
-            if let Some(h) = minutes.clone().find(|h| fill(*h) >= th.overflow) {
-                bins.push(self.expect("bin_overflow", &b.asset, h + 0.5));
+            if let Some(m) = fill.iter().position(|f| *f >= th.overflow) {
+                bins.push(self.expect("bin_overflow", &b.asset, minute(m) + 0.5));
             }
         }
         let market = role(AssetKind::SmartBin, town::MARKET_BIN)
@@ -706,18 +701,13 @@ pub fn split_plate(read: &str) -> (&str, &str) {
     read.split_at(split)
 }
 
-/// The gateway whose uplink the demo cuts: the one with the second waterlogging point (its
-/// water is receding then, so it has readings to keep), else the last gateway.
+/// The gateway whose uplink the demo cuts: the one with waterlogging point number 1 (its water
+/// is receding then, so it has readings to keep), else the last gateway.
 pub fn outage_gateway(gateways: &[GatewayConfig]) -> Option<String> {
-    gateways
-        .iter()
-        .filter(|g| {
-            g.buses
-                .iter()
-                .flat_map(|b| &b.devices)
-                .any(|d| d.kind == AssetKind::Waterlogging)
-        })
-        .nth(1)
+    town::numbered(gateways)
+        .into_iter()
+        .find(|(_, d, n)| d.kind == AssetKind::Waterlogging && *n == 1)
+        .map(|(gw, _, _)| gw)
         .or(gateways.last())
         .map(|g| g.gateway.to_string())
 }

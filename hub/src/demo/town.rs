@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use firmware_config::{Device, GatewayConfig};
 use protocol::{AssetKind, Value};
 
 /// Simulated time of day, advancing `speed` times faster than real time from a starting hour.
@@ -69,6 +70,22 @@ pub const DEFAULT_SUN: (f64, f64) = (6.7, 17.03);
 /// When lamps should be lit, given the local (sunrise, sunset) hours.
 pub fn lamps_scheduled_on(hour: f64, sun: (f64, f64)) -> bool {
     !(sun.0..sun.1).contains(&hour)
+}
+
+/// Every Modbus device of `gateways` with its number within its kind, counted in file, bus and
+/// device order. The number decides the part a device plays (the constants below); the simulation
+/// and the scenario plan both number devices with this, so they agree on who is who.
+pub fn numbered(gateways: &[GatewayConfig]) -> Vec<(&GatewayConfig, &Device, u32)> {
+    let mut per_kind: BTreeMap<AssetKind, u32> = BTreeMap::new();
+    let mut out = Vec::new();
+    for gw in gateways {
+        for d in gw.buses.iter().flat_map(|b| &b.devices) {
+            let n = per_kind.entry(d.kind).or_default();
+            out.push((gw, d, *n));
+            *n += 1;
+        }
+    }
+    out
 }
 
 /// The lamp (by number among the streetlights) that fails at the first dusk.

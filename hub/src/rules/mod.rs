@@ -41,8 +41,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 pub use config::{ConfigError, Rules};
 pub use engine::{Action, Asset, CameraEvent, Engine, Place, Raise, plate_subject};
 pub use offline::{
-    ACCELERATED_FLOOR_MS, Changes, DEVICE_CONTRACTOR, EVERY, MIN_SILENCE_MS, RULE_DEVICE,
-    RULE_GATEWAY, evaluate_offline, offline_every, silence_limit,
+    Changes, DEVICE_CONTRACTOR, EVERY, MIN_SILENCE_MS, RULE_DEVICE, RULE_GATEWAY, evaluate_offline,
+    offline_every, silence_limit,
 };
 
 /// How far back the rules look for a series or events they have never seen, at start.

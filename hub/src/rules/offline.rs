@@ -76,6 +76,9 @@ pub fn evaluate_offline(
     clock: &super::RuleClock,
 ) -> Result<Changes, crate::store::StoreError> {
     let min_silence = silence_limit(clock, MIN_SILENCE_MS);
+    // A last will says offline at once; it gets a third of that grace, so that a gateway that
+    // reboots is not a task.
+    let will_grace = silence_limit(clock, MIN_SILENCE_MS / 3);
     // IMMEDIATE: the write lock first (waiting for the store writer), so the read below cannot
     // go stale before the write (a deferred transaction would fail to upgrade then).
     let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
@@ -94,11 +97,7 @@ pub fn evaluate_offline(
         for row in rows {
             let (id, last_seen, state) = row?;
             let silent = now_ms - last_seen > min_silence;
-            // A last will says offline at once; give it a third of that grace, so a gateway that
-            // reboots is not a task.
-            let offline = silent
-                || (state == "offline"
-                    && now_ms - last_seen > silence_limit(clock, MIN_SILENCE_MS / 3));
+            let offline = silent || (state == "offline" && now_ms - last_seen > will_grace);
             gateways.push((id, last_seen, offline));
         }
     }
