@@ -13,7 +13,11 @@ cargo build --workspace --bins
 # The agent for 64-bit Raspberry Pi OS, which tests/tests/raspberry_pi.rs runs under qemu-user.
 cargo build --target aarch64-unknown-linux-gnu -p edge-agent --bin edge-agent
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+# A throwaway PostgreSQL server: the store's tests run on SQLite and on PostgreSQL.
+pgdir=$(mktemp -d /tmp/city-pg.XXXXXX)
+trap 'rm -f "$log"; ./scripts/postgres.sh stop "$pgdir"' EXIT
+CITY_TEST_POSTGRES="$(./scripts/postgres.sh start "$pgdir")"
+export CITY_TEST_POSTGRES CITY_REQUIRE_POSTGRES=1
 status=0
 cargo test --workspace --all-targets --no-fail-fast 2>&1 | tee "$log" || status=$?
 summary=$(awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { printf "%d passed, %d failed", p, f }' "$log")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real test peers when they are missing: Mosquitto and its clients, socat (serial pty
 # pairs), curl (a camera posting multipart events), openssl (test certificates), VictoriaMetrics (a
-# server of the InfluxDB v2 write API), Chromium with chromedriver (the console in a real browser),
+# server of the InfluxDB v2 write API), PostgreSQL, Chromium with chromedriver (the console in a real browser),
 # and pymodbus in a project-local virtualenv (.venv). Safe to run again; does nothing when all are
 # present. Used by ./test.sh; see ../shared/PEERS.md for why each peer.
 set -euo pipefail
@@ -17,6 +17,9 @@ command -v curl >/dev/null 2>&1 || need_apt+=(curl ca-certificates)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v victoria-metrics >/dev/null 2>&1 || [ -x /usr/bin/victoria-metrics ] || need_apt+=(victoria-metrics)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# PostgreSQL: the hub's shared store when several hub processes run (scripts/postgres.sh starts a
+# throwaway server for the tests).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 # Headless Chromium and its WebDriver for the console's browser tests (tests/tests/console.rs).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)

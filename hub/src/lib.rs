@@ -13,6 +13,7 @@ pub mod assessment;
 pub mod broker;
 pub mod commands;
 pub mod console;
+pub mod db;
 pub mod demo;
 pub mod evidence;
 pub mod fleet;

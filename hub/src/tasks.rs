@@ -22,12 +22,11 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use rusqlite::TransactionBehavior::Immediate;
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::access::{Principal, Role};
 use crate::api::{ApiError, ApiState};
+use crate::db::{self, Begin, Sql, Tx, args, for_update};
 
 /// Where a task is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,7 +220,7 @@ const COLUMNS: &str =
     "id, kind, category, rule, subject, asset, road_segment, grid, zone, department,
     severity, state, title, detail, opened_at, due_at, updated_at, closed_at";
 
-fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskView> {
+fn view(r: &db::Row) -> db::Result<TaskView> {
     Ok(TaskView {
         id: r.get(0)?,
         kind: r.get(1)?,
@@ -236,30 +235,32 @@ fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<TaskView> {
         severity: r.get(10)?,
         state: r.get(11)?,
         title: r.get(12)?,
-        detail: serde_json::from_str(&r.get::<_, String>(13)?).unwrap_or_default(),
+        detail: serde_json::from_str(&r.get::<String>(13)?).unwrap_or_default(),
         opened_at: rfc3339(r.get(14)?),
-        due_at: r.get::<_, Option<i64>>(15)?.map(rfc3339),
+        due_at: r.get::<Option<i64>>(15)?.map(rfc3339),
         updated_at: rfc3339(r.get(16)?),
-        closed_at: r.get::<_, Option<i64>>(17)?.map(rfc3339),
+        closed_at: r.get::<Option<i64>>(17)?.map(rfc3339),
         history: None,
         notifications: None,
     })
 }
 
-pub(crate) fn load(c: &Connection, id: i64) -> rusqlite::Result<Option<TaskView>> {
-    c.query_row(
-        &format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"),
-        [id],
-        view,
-    )
-    .optional()
+pub(crate) fn load(c: &dyn Sql, id: i64) -> db::Result<Option<TaskView>> {
+    c.query_opt(
+        &format!("SELECT {COLUMNS} FROM tasks WHERE id = $1"),
+        args![id],
+    )?
+    .map(|r| view(&r))
+    .transpose()
 }
 
-fn history(c: &Connection, id: i64) -> rusqlite::Result<Vec<TaskEvent>> {
-    let mut stmt = c.prepare_cached(
-        "SELECT at, actor, action, from_state, to_state, note FROM task_events WHERE task = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map([id], |r| {
+fn history(c: &dyn Sql, id: i64) -> db::Result<Vec<TaskEvent>> {
+    c.query(
+        "SELECT at, actor, action, from_state, to_state, note FROM task_events WHERE task = $1 ORDER BY id",
+        args![id],
+    )?
+    .iter()
+    .map(|r| {
         Ok(TaskEvent {
             at: rfc3339(r.get(0)?),
             actor: r.get(1)?,
@@ -268,14 +269,14 @@ fn history(c: &Connection, id: i64) -> rusqlite::Result<Vec<TaskEvent>> {
             to: r.get(4)?,
             note: r.get(5)?,
         })
-    })?;
-    rows.collect()
+    })
+    .collect()
 }
 
 /// Records one step of a task in its audit trail (every writer of tasks goes through here).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn audit(
-    tx: &Connection,
+    tx: &dyn Sql,
     task: i64,
     at: i64,
     actor: &str,
@@ -283,12 +284,205 @@ pub(crate) fn audit(
     from: Option<&str>,
     to: &str,
     note: Option<&str>,
-) -> rusqlite::Result<()> {
+) -> db::Result<()> {
     tx.execute(
-        "INSERT INTO task_events (task, at, actor, action, from_state, to_state, note) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![task, at, actor, action, from, to, note],
+        "INSERT INTO task_events (task, at, actor, action, from_state, to_state, note) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        args![task, at, actor, action, from, to, note],
     )?;
     Ok(())
+}
+
+/// Which tasks a list shows.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Filter {
+    pub states: Vec<&'static str>,
+    pub category: Option<String>,
+    pub department: Option<String>,
+    pub kind: Option<String>,
+    pub limit: i64,
+}
+
+/// Tasks by `f`, newest first.
+pub(crate) fn select(c: &dyn Sql, f: &Filter) -> db::Result<Vec<TaskView>> {
+    let n = f.states.len();
+    let placeholders = (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    // CAST: PostgreSQL cannot tell a parameter's type from `$n IS NULL` alone.
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tasks WHERE state IN ({placeholders})
+           AND (CAST(${n1} AS TEXT) IS NULL OR category = ${n1})
+           AND (CAST(${n2} AS TEXT) IS NULL OR department = ${n2})
+           AND (CAST(${n3} AS TEXT) IS NULL OR kind = ${n3})
+         ORDER BY id DESC LIMIT ${n4}",
+        n1 = n + 1,
+        n2 = n + 2,
+        n3 = n + 3,
+        n4 = n + 4,
+    );
+    let mut values: Vec<db::Value> = f
+        .states
+        .iter()
+        .map(|s| db::Value::Text((*s).into()))
+        .collect();
+    values.extend(
+        args![f.category, f.department, f.kind, f.limit]
+            .iter()
+            .cloned(),
+    );
+    c.query(&sql, &values)?.iter().map(view).collect()
+}
+
+/// A task and its audit trail.
+pub(crate) fn detail(c: &dyn Sql, id: i64) -> db::Result<Option<TaskView>> {
+    let Some(mut t) = load(c, id)? else {
+        return Ok(None);
+    };
+    t.history = Some(history(c, id)?);
+    Ok(Some(t))
+}
+
+/// Files a task by hand (`t` checked, its text trimmed): the task, or why not (an unknown asset).
+pub(crate) fn file_by_hand(
+    c: &dyn Sql,
+    t: &NewTask,
+    due_ms: Option<i64>,
+    actor: &str,
+    now: i64,
+) -> db::Result<Result<TaskView, String>> {
+    let severity = t.severity.as_deref().unwrap_or("warning");
+    // Write: the write lock first (waiting for the store writer), so the read below cannot go
+    // stale before the write (a deferred SQLite transaction would fail to upgrade then).
+    let tx = Tx::begin(c, Begin::Write)?;
+    let place = match &t.asset {
+        Some(a) => match tx.query_opt(
+            "SELECT road_segment, grid, zone FROM assets WHERE id = $1",
+            args![a],
+        )? {
+            Some(r) => (
+                r.get::<Option<String>>(0)?,
+                r.get::<Option<String>>(1)?,
+                r.get::<Option<String>>(2)?,
+            ),
+            None => return Ok(Err(format!("no asset {a:?}"))),
+        },
+        None => (None, None, None),
+    };
+    let (road_segment, grid, zone) = place;
+    // A hand-filed task is its own subject: several reports about one asset are several tasks.
+    let subject = format!("report:{}", uuid::Uuid::new_v4());
+    let id: i64 = db::one(
+        &tx,
+        "INSERT INTO tasks (kind, category, rule, subject, asset, road_segment, grid, zone, department,
+            severity, state, title, detail, opened_at, due_at, updated_at)
+         VALUES ($1, $2, 'manual', $3, $4, $5, $6, $7, $8, $9, 'filed', $10, '{}', $11, $12, $11)
+         RETURNING id",
+        args![
+            t.kind.as_str(),
+            t.category,
+            subject,
+            t.asset,
+            road_segment,
+            grid,
+            zone,
+            t.department,
+            severity,
+            t.title,
+            now,
+            due_ms.map(|d| now + d)
+        ],
+    )?;
+    audit(
+        &tx,
+        id,
+        now,
+        actor,
+        "file",
+        None,
+        "filed",
+        t.note.as_deref(),
+    )?;
+    let task = load(&tx, id)?;
+    tx.commit()?;
+    Ok(task.ok_or_else(|| "the new task vanished".to_owned()))
+}
+
+/// Moves task `id` by `action` on behalf of `who`: the task after, or the HTTP status and why not.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn apply(
+    c: &dyn Sql,
+    who: &Principal,
+    id: i64,
+    action: Action,
+    note: Option<&str>,
+    dispatch_to: Option<&str>,
+    now: i64,
+) -> db::Result<Result<TaskView, (StatusCode, String)>> {
+    let tx = Tx::begin(c, Begin::Write)?;
+    // FOR UPDATE (PostgreSQL): two people acting on one task at once act one after the other.
+    let Some(t) = tx
+        .query_opt(
+            &format!("SELECT {COLUMNS} FROM tasks WHERE id = $1{}", for_update(c)),
+            args![id],
+        )?
+        .map(|r| view(&r))
+        .transpose()?
+    else {
+        return Ok(Err((StatusCode::NOT_FOUND, format!("no task {id}"))));
+    };
+    if !sees(who, t.department.as_deref()) {
+        return Ok(Err((StatusCode::NOT_FOUND, format!("no task {id}"))));
+    }
+    if !may(who, action, &t.kind, t.department.as_deref()) {
+        return Ok(Err((
+            StatusCode::FORBIDDEN,
+            format!(
+                "role {} may not {} this {} task{}",
+                who.role.as_str(),
+                action.as_str(),
+                t.kind,
+                t.department
+                    .as_deref()
+                    .map(|d| format!(" of department {d}"))
+                    .unwrap_or_default()
+            ),
+        )));
+    }
+    let from = TaskState::parse(&t.state).unwrap_or(TaskState::Filed);
+    let to = match action.apply(from) {
+        Ok(to) => to,
+        Err(m) => return Ok(Err((StatusCode::CONFLICT, m))),
+    };
+    let department = if action == Action::Dispatch {
+        dispatch_to.map(str::to_owned).or(t.department.clone())
+    } else {
+        t.department.clone()
+    };
+    if to == TaskState::Dispatched && department.is_none() {
+        return Ok(Err((
+            StatusCode::BAD_REQUEST,
+            "dispatch needs a department (this task has none): {\"action\":\"dispatch\",\"department\":\"...\"}".into(),
+        )));
+    }
+    let closed = matches!(to, TaskState::Closed | TaskState::Cancelled);
+    tx.execute(
+        "UPDATE tasks SET state = $2, department = $3, updated_at = $4, closed_at = $5 WHERE id = $1",
+        args![id, to.as_str(), department, now, closed.then_some(now)],
+    )?;
+    audit(
+        &tx,
+        id,
+        now,
+        &who.name,
+        action.as_str(),
+        Some(from.as_str()),
+        to.as_str(),
+        note,
+    )?;
+    let after = load(&tx, id)?;
+    tx.commit()?;
+    Ok(after.ok_or_else(|| (StatusCode::NOT_FOUND, format!("no task {id}"))))
 }
 
 /// Puts a task change on the live feed.
@@ -357,35 +551,14 @@ pub async fn list(
         Role::Crew => who.department.clone(),
         _ => p.department,
     };
-    let limit = p.limit.unwrap_or(200).clamp(1, 1000) as i64;
-    let (category, kind) = (p.category, p.kind);
-    let tasks = s
-        .store
-        .read(move |c| {
-            let placeholders = vec!["?"; states.len()].join(",");
-            let sql = format!(
-                "SELECT {COLUMNS} FROM tasks WHERE state IN ({placeholders})
-                   AND (?{n1} IS NULL OR category = ?{n1}) AND (?{n2} IS NULL OR department = ?{n2})
-                   AND (?{n3} IS NULL OR kind = ?{n3})
-                 ORDER BY id DESC LIMIT ?{n4}",
-                n1 = states.len() + 1,
-                n2 = states.len() + 2,
-                n3 = states.len() + 3,
-                n4 = states.len() + 4,
-            );
-            let mut values: Vec<rusqlite::types::Value> = states
-                .iter()
-                .map(|s| rusqlite::types::Value::Text((*s).to_owned()))
-                .collect();
-            for v in [category, department, kind] {
-                values.push(v.map_or(rusqlite::types::Value::Null, rusqlite::types::Value::Text));
-            }
-            values.push(rusqlite::types::Value::Integer(limit));
-            let mut stmt = c.prepare(&sql)?;
-            let rows = stmt.query_map(rusqlite::params_from_iter(values), view)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await?;
+    let filter = Filter {
+        states,
+        category: p.category,
+        department,
+        kind: p.kind,
+        limit: p.limit.unwrap_or(200).clamp(1, 1000) as i64,
+    };
+    let tasks = s.store.read(move |c| Ok(select(c, &filter)?)).await?;
     Ok(Json(
         tasks
             .into_iter()
@@ -412,10 +585,9 @@ pub async fn get_one(
     let task = s
         .store
         .read(move |c| {
-            let Some(mut t) = load(c, id)? else {
+            let Some(mut t) = detail(c, id)? else {
                 return Ok(None);
             };
-            t.history = Some(history(c, id)?);
             t.notifications = Some(crate::notify::deliveries(c, id)?);
             Ok(Some(t))
         })
@@ -456,7 +628,7 @@ pub async fn file(
     if !matches!(who.role, Role::Admin | Role::Operator) {
         return Err(who.forbidden("filing tasks"));
     }
-    let Json(t) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let Json(mut t) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
     let category = t.category.trim().to_owned();
     if category.is_empty() || category.len() > 64 {
@@ -468,7 +640,7 @@ pub async fn file(
     if title.is_empty() || title.len() > 500 {
         return Err(bad("title must be 1 to 500 characters".into()));
     }
-    let severity = t.severity.unwrap_or_else(|| "warning".into());
+    let severity = t.severity.clone().unwrap_or_else(|| "warning".into());
     if !matches!(severity.as_str(), "info" | "warning" | "critical") {
         return Err(bad(format!(
             "severity {severity:?}: use info, warning or critical"
@@ -481,60 +653,14 @@ pub async fn file(
         Some(h) => Some((h * 3_600_000.0) as i64),
         None => None,
     };
+    (t.category, t.title, t.severity) = (category, title, Some(severity));
     let actor = who.name.clone();
     let now = crate::now_ms();
-    let created = s
+    let task = s
         .store
-        .write_aside(move |c| {
-            // IMMEDIATE: the write lock first (waiting for the store writer), so the read below cannot
-            // go stale before the write (a deferred transaction would fail to upgrade then).
-            let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
-            let place: Option<(Option<String>, Option<String>, Option<String>)> = match &t.asset {
-                Some(a) => tx
-                    .query_row(
-                        "SELECT road_segment, grid, zone FROM assets WHERE id = ?1",
-                        [a],
-                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                    )
-                    .optional()?,
-                None => Some((None, None, None)),
-            };
-            let Some((road_segment, grid, zone)) = place else {
-                return Ok(Err(format!(
-                    "no asset {:?}",
-                    t.asset.unwrap_or_default()
-                )));
-            };
-            // A hand-filed task is its own subject: several reports about one asset are several tasks.
-            let subject = format!("report:{}", uuid::Uuid::new_v4());
-            tx.execute(
-                "INSERT INTO tasks (kind, category, rule, subject, asset, road_segment, grid, zone, department,
-                    severity, state, title, detail, opened_at, due_at, updated_at)
-                 VALUES (?1, ?2, 'manual', ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'filed', ?10, '{}', ?11, ?12, ?11)",
-                params![
-                    t.kind.as_str(),
-                    category,
-                    subject,
-                    t.asset,
-                    road_segment,
-                    grid,
-                    zone,
-                    t.department,
-                    severity,
-                    title,
-                    now,
-                    due_ms.map(|d| now + d)
-                ],
-            )?;
-            let id = tx.last_insert_rowid();
-            audit(&tx, id, now, &actor, "file", None, "filed", t.note.as_deref())?;
-            tx.commit()?;
-            Ok(Ok(load(c, id)?))
-        })
+        .write_aside(move |c| Ok(file_by_hand(c, &t, due_ms, &actor, now)?))
         .await?
         .map_err(|m| ApiError::new(StatusCode::NOT_FOUND, m))?;
-    let task = created
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "the new task vanished"))?;
     announce(&s.live, &task, "file");
     Ok((StatusCode::CREATED, Json(task)))
 }
@@ -570,79 +696,27 @@ pub async fn act(
         ));
     }
     let who2 = who.clone();
+    let action = b.action.as_str();
     let now = crate::now_ms();
     let outcome = s
         .store
         .write_aside(move |c| {
-            // IMMEDIATE: the write lock first (waiting for the store writer), so the read below cannot
-            // go stale before the write (a deferred transaction would fail to upgrade then).
-            let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
-            let Some(t) = load(&tx, id)? else {
-                return Ok(Err((StatusCode::NOT_FOUND, format!("no task {id}"))));
-            };
-            if !sees(&who2, t.department.as_deref()) {
-                return Ok(Err((StatusCode::NOT_FOUND, format!("no task {id}"))));
-            }
-            if !may(&who2, b.action, &t.kind, t.department.as_deref()) {
-                return Ok(Err((
-                    StatusCode::FORBIDDEN,
-                    format!(
-                        "role {} may not {} this {} task{}",
-                        who2.role.as_str(),
-                        b.action.as_str(),
-                        t.kind,
-                        t.department
-                            .as_deref()
-                            .map(|d| format!(" of department {d}"))
-                            .unwrap_or_default()
-                    ),
-                )));
-            }
-            let from = TaskState::parse(&t.state).unwrap_or(TaskState::Filed);
-            let to = match b.action.apply(from) {
-                Ok(to) => to,
-                Err(m) => return Ok(Err((StatusCode::CONFLICT, m))),
-            };
-            let department = if b.action == Action::Dispatch {
-                b.department.clone().or(t.department.clone())
-            } else {
-                t.department.clone()
-            };
-            if to == TaskState::Dispatched && department.is_none() {
-                return Ok(Err((
-                    StatusCode::BAD_REQUEST,
-                    "dispatch needs a department (this task has none): {\"action\":\"dispatch\",\"department\":\"...\"}".into(),
-                )));
-            }
-            tx.execute(
-                "UPDATE tasks SET state = ?2, department = ?3, updated_at = ?4,
-                    closed_at = CASE WHEN ?2 IN ('closed', 'cancelled') THEN ?4 ELSE NULL END
-                 WHERE id = ?1",
-                params![id, to.as_str(), department, now],
-            )?;
-            audit(
-                &tx,
+            Ok(apply(
+                c,
+                &who2,
                 id,
-                now,
-                &who2.name,
-                b.action.as_str(),
-                Some(from.as_str()),
-                to.as_str(),
+                b.action,
                 note.as_deref(),
-            )?;
-            tx.commit()?;
-            Ok(Ok(load(c, id)?))
+                b.department.as_deref(),
+                now,
+            )?)
         })
         .await?;
     match outcome {
-        Ok(Some(t)) => {
-            announce(&s.live, &t, b.action.as_str());
+        Ok(t) => {
+            announce(&s.live, &t, action);
             Ok(Json(shown(&who, t)))
         }
-        Ok(None) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no task {id}"),
-        )),
         Err((code, m)) => Err(ApiError::new(code, m)),
     }
 }
@@ -721,5 +795,174 @@ mod tests {
         };
         assert!(!may(&installer, Action::Dispatch, "maintenance", None));
         assert!(sees(&installer, Some("lighting")));
+    }
+
+    fn who(role: Role, department: Option<&str>) -> Principal {
+        Principal {
+            name: format!("{}-1", role.as_str()),
+            role,
+            department: department.map(str::to_owned),
+        }
+    }
+
+    fn by_hand(asset: Option<&str>) -> NewTask {
+        NewTask {
+            kind: Kind::Maintenance,
+            category: "lamp_out".into(),
+            title: "lamp out".into(),
+            asset: asset.map(str::to_owned),
+            department: None,
+            severity: None,
+            due_in_h: None,
+            note: Some("citizen report".into()),
+        }
+    }
+
+    /// The closed loop through the store's SQL, on SQLite and on PostgreSQL.
+    #[test]
+    fn a_task_goes_round_the_loop_on_both_engines() {
+        for (name, c) in crate::db::testing::migrated() {
+            let c = &*c;
+            c.execute(
+                "INSERT INTO assets (id, kind, gateway, device, road_segment, grid, zone, updated_at)
+                 VALUES ('sl-1', 'streetlight', 'gw-1', 'lamp-1', 'hanzhong-rd-s2', 'g-7', 'commercial', 0)",
+                &[],
+            )
+            .unwrap();
+            let op = who(Role::Operator, None);
+            let unknown = file_by_hand(c, &by_hand(Some("sl-9")), None, "op", 1_000).unwrap();
+            assert_eq!(unknown.unwrap_err(), "no asset \"sl-9\"", "{name}");
+            let t = file_by_hand(c, &by_hand(Some("sl-1")), Some(3_600_000), "op", 1_000)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                (t.state.as_str(), t.road_segment.as_deref()),
+                ("filed", Some("hanzhong-rd-s2")),
+                "{name}"
+            );
+            assert_eq!(
+                t.due_at.as_deref(),
+                Some("1970-01-01T01:00:01.000Z"),
+                "{name}"
+            );
+            let id = t.id;
+            let act = |p: &Principal, a: Action, dept: Option<&str>, at: i64| {
+                apply(c, p, id, a, Some("note"), dept, at).unwrap()
+            };
+            let e = act(&op, Action::Dispatch, None, 2_000).unwrap_err();
+            assert_eq!(e.0, StatusCode::BAD_REQUEST, "{name}: {e:?}");
+            assert_eq!(
+                act(&op, Action::Dispatch, Some("lighting"), 2_000)
+                    .unwrap()
+                    .state,
+                "dispatched"
+            );
+            // Another department's crew does not see it; the lighting crew works it.
+            let e = act(
+                &who(Role::Crew, Some("sanitation")),
+                Action::Accept,
+                None,
+                3_000,
+            )
+            .unwrap_err();
+            assert_eq!(e.0, StatusCode::NOT_FOUND, "{name}");
+            let crew = who(Role::Crew, Some("lighting"));
+            for (a, state) in [
+                (Action::Accept, "accepted"),
+                (Action::Start, "handling"),
+                (Action::Handle, "handled"),
+            ] {
+                assert_eq!(act(&crew, a, None, 4_000).unwrap().state, state, "{name}");
+            }
+            let e = act(&crew, Action::Close, None, 5_000).unwrap_err();
+            assert_eq!(e.0, StatusCode::FORBIDDEN, "{name}");
+            act(&op, Action::Verify, None, 5_000).unwrap();
+            let closed = act(&op, Action::Close, None, 6_000).unwrap();
+            assert_eq!(
+                (closed.state.as_str(), closed.closed_at.as_deref()),
+                ("closed", Some("1970-01-01T00:00:06.000Z")),
+                "{name}"
+            );
+            assert_eq!(
+                act(&op, Action::Close, None, 7_000).unwrap_err().0,
+                StatusCode::CONFLICT,
+                "{name}"
+            );
+            let trail = detail(c, id).unwrap().unwrap().history.unwrap();
+            let steps: Vec<&str> = trail.iter().map(|e| e.action.as_str()).collect();
+            assert_eq!(
+                steps,
+                [
+                    "file", "dispatch", "accept", "start", "handle", "verify", "close"
+                ],
+                "{name}"
+            );
+            assert_eq!(
+                apply(c, &op, 999, Action::Close, None, None, 0)
+                    .unwrap()
+                    .unwrap_err()
+                    .0,
+                StatusCode::NOT_FOUND
+            );
+
+            // Lists: open ones, closed ones, by department, newest first, limited.
+            let t2 = file_by_hand(
+                c,
+                &NewTask {
+                    category: "bin_full".into(),
+                    ..by_hand(None)
+                },
+                None,
+                "op",
+                8_000,
+            )
+            .unwrap()
+            .unwrap();
+            let list =
+                |states: Vec<&'static str>, department: Option<&str>, limit: i64| -> Vec<i64> {
+                    let f = Filter {
+                        states,
+                        department: department.map(str::to_owned),
+                        limit,
+                        ..Filter::default()
+                    };
+                    select(c, &f).unwrap().iter().map(|t| t.id).collect()
+                };
+            assert_eq!(list(vec!["filed"], None, 10), [t2.id], "{name}");
+            assert_eq!(list(vec!["closed", "cancelled"], None, 10), [id], "{name}");
+            assert_eq!(
+                list(vec!["closed", "filed"], None, 10),
+                [t2.id, id],
+                "{name}"
+            );
+            assert_eq!(list(vec!["closed", "filed"], None, 1), [t2.id], "{name}");
+            assert_eq!(
+                list(vec!["closed", "filed"], Some("lighting"), 10),
+                [id],
+                "{name}"
+            );
+            let f = Filter {
+                states: vec!["filed"],
+                category: Some("lamp_out".into()),
+                limit: 10,
+                ..Filter::default()
+            };
+            assert!(select(c, &f).unwrap().is_empty(), "{name}");
+
+            // One open task per subject and rule, on both engines.
+            let open_rule_task = |subject: &str| {
+                c.execute(
+                    "INSERT INTO tasks (kind, category, rule, subject, severity, state, title, detail, opened_at, updated_at)
+                     VALUES ('maintenance', 'lamp_out', 'lamp_out', $1, 'warning', 'filed', 't', '{}', 0, 0)",
+                    args![subject],
+                )
+            };
+            open_rule_task("sl-1").unwrap();
+            let e = open_rule_task("sl-1")
+                .unwrap_err()
+                .to_string()
+                .to_lowercase();
+            assert!(e.contains("unique"), "{name}: {e}");
+        }
     }
 }

@@ -4,7 +4,7 @@
 mod events;
 pub(crate) mod query;
 mod rollup;
-mod schema;
+pub(crate) mod schema;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 pub use events::{EventView, EventsQuery, EvidenceMeta, EvidenceView};
 pub use query::{AssetView, DeadLetterView, GatewayView, ReadingPoint, Readings, ReadingsQuery};
 pub use rollup::Retention;
+/// The schema on PostgreSQL (crate::db); the hub itself does not run on PostgreSQL yet.
+pub use schema::migrate_pg;
 
 use crate::metrics::Metrics;
 
@@ -35,6 +37,8 @@ pub enum StoreError {
     },
     #[error("database query failed: {0}")]
     Query(#[from] rusqlite::Error),
+    #[error("database query failed: {0}")]
+    Db(#[from] crate::db::DbError),
     #[error("no asset {0:?}")]
     UnknownAsset(String),
     #[error("the store has shut down")]
