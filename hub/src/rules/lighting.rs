@@ -7,8 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::TransactionBehavior::Immediate;
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{self, Begin, Sql, Tx, args};
 use serde::Serialize;
 
 use super::config::{HOUR, MIN, RoadClass, Rules};
@@ -45,16 +44,18 @@ struct Lamp {
     rated: Option<f64>,
 }
 
-fn lamps(c: &Connection) -> rusqlite::Result<Vec<Lamp>> {
-    let mut stmt = c.prepare(
+fn lamps(c: &dyn Sql) -> db::Result<Vec<Lamp>> {
+    c.query(
         "SELECT a.id, a.road_segment, a.lat, a.lon,
             (SELECT s.id FROM series s WHERE s.gateway = a.gateway AND s.device = a.device AND s.metric = 'activePower'),
             (SELECT s.last_value FROM series s WHERE s.gateway = a.gateway AND s.device = a.device AND s.metric = 'ratedPower')
          FROM assets a
          WHERE a.kind = 'streetlight' AND a.road_segment IS NOT NULL AND a.lat IS NOT NULL AND a.lon IS NOT NULL
          ORDER BY a.id",
-    )?;
-    stmt.query_map([], |r| {
+        &[],
+    )?
+    .iter()
+    .map(|r| {
         Ok(Lamp {
             id: r.get(0)?,
             segment: r.get(1)?,
@@ -63,22 +64,13 @@ fn lamps(c: &Connection) -> rusqlite::Result<Vec<Lamp>> {
             power: r.get(4)?,
             rated: r.get(5)?,
         })
-    })?
+    })
     .collect()
 }
 
 /// The segments' lighting for the night beginning on local day `night`, from stored readings.
-pub fn measure(
-    c: &Connection,
-    rules: &Rules,
-    clock: RuleClock,
-    night: i64,
-) -> rusqlite::Result<Vec<Night>> {
+pub fn measure(c: &dyn Sql, rules: &Rules, clock: RuleClock, night: i64) -> db::Result<Vec<Night>> {
     let mut per: BTreeMap<String, (Vec<f64>, Vec<String>)> = BTreeMap::new();
-    let mut count = c.prepare_cached(
-        "SELECT COUNT(*), COALESCE(SUM(value >= ?4), 0) FROM readings
-         WHERE series = ?1 AND ts >= ?2 AND ts < ?3 AND quality IS NULL AND value IS NOT NULL",
-    )?;
     for lamp in lamps(c)? {
         let place = super::config::AssetPlace {
             asset: lamp.id.clone(),
@@ -96,15 +88,23 @@ pub fn measure(
         let to = rise + (th.off_offset_min * MIN as f64) as i64;
         let rated = lamp.rated.filter(|r| *r > 0.0).unwrap_or(th.rated_w);
         let (n, lit): (i64, i64) = match lamp.power {
-            Some(series) => count.query_row(
-                params![
-                    series,
-                    clock.real_at(from),
-                    clock.real_at(to),
-                    th.lit_ratio * rated
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?,
+            Some(series) => {
+                let r = c.query(
+                    "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN value >= $4 THEN 1 ELSE 0 END), 0) AS BIGINT)
+                     FROM readings
+                     WHERE series = $1 AND ts >= $2 AND ts < $3 AND quality IS NULL AND value IS NOT NULL",
+                    args![
+                        series,
+                        clock.real_at(from),
+                        clock.real_at(to),
+                        th.lit_ratio * rated
+                    ],
+                )?;
+                match r.first() {
+                    Some(r) => (r.get(0)?, r.get(1)?),
+                    None => (0, 0),
+                }
+            }
             None => (0, 0),
         };
         let rate = if n > 0 { lit as f64 / n as f64 } else { 0.0 };
@@ -130,21 +130,26 @@ pub fn measure(
 /// Measures every night that has ended (an hour after sunrise) since the last one measured, keeps it,
 /// and opens or closes the road chiefs' KPI tasks. Returns the tasks changed.
 pub fn evaluate_nights(
-    c: &Connection,
+    c: &dyn Sql,
     rules: &Rules,
     clock: RuleClock,
     now_ms: i64,
-) -> rusqlite::Result<Vec<(i64, &'static str)>> {
+) -> db::Result<Vec<(i64, &'static str)>> {
     let now_rule = clock.at(now_ms);
     let (_, _, today) = rules.local(now_rule);
-    let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
+    let tx = Tx::begin(c, Begin::Write)?;
+    // FOR UPDATE (PostgreSQL): of two hub processes, one measures a night; the other then finds
+    // it measured.
     let last: Option<i64> = tx
-        .query_row(
-            "SELECT value FROM rule_meta WHERE key = 'lighting_night'",
-            [],
-            |r| r.get(0),
-        )
-        .optional()?;
+        .query_opt(
+            &format!(
+                "SELECT value FROM rule_meta WHERE key = 'lighting_night'{}",
+                db::for_update(c)
+            ),
+            &[],
+        )?
+        .map(|r| r.get(0))
+        .transpose()?;
     let any_lamp = lamps(&tx)?.into_iter().next();
     let mut changed = Vec::new();
     // The first night measured is the one that begins the day the rules first run: nights before,
@@ -152,8 +157,8 @@ pub fn evaluate_nights(
     let mut night = last.map_or(today, |l| l + 1);
     if last.is_none() {
         tx.execute(
-            "INSERT INTO rule_meta (key, value) VALUES ('lighting_night', ?1)",
-            [today - 1],
+            "INSERT INTO rule_meta (key, value) VALUES ('lighting_night', $1) ON CONFLICT (key) DO NOTHING",
+            args![today - 1],
         )?;
     }
     while night < today {
@@ -169,10 +174,10 @@ pub fn evaluate_nights(
         for n in measure(&tx, rules, clock, night)? {
             tx.execute(
                 "INSERT INTO lighting_nights (night, segment, lamps, rate, target, dark)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (night, segment) DO UPDATE SET lamps = excluded.lamps, rate = excluded.rate,
                     target = excluded.target, dark = excluded.dark",
-                params![
+                args![
                     n.night,
                     n.segment,
                     n.lamps as i64,
@@ -234,9 +239,9 @@ pub fn evaluate_nights(
             }
         }
         tx.execute(
-            "INSERT INTO rule_meta (key, value) VALUES ('lighting_night', ?1)
+            "INSERT INTO rule_meta (key, value) VALUES ('lighting_night', $1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            [night],
+            args![night],
         )?;
         night += 1;
     }
@@ -255,6 +260,7 @@ pub fn day_text(day: i64) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use rusqlite::{Connection, params};
 
     #[test]
     fn a_night_with_a_dark_lamp_is_a_kpi_task_and_a_good_night_closes_it() {

@@ -35,8 +35,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::TransactionBehavior::Immediate;
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{self, Begin, Sql, Tx, args};
 
 pub use config::{ConfigError, Rules};
 pub use engine::{Action, Asset, CameraEvent, Engine, Place, Raise, plate_subject};
@@ -136,17 +135,20 @@ impl Feed {
 
 /// Opens a task unless one is open for (subject, rule); returns the new task's id.
 pub(crate) fn open_task(
-    tx: &Connection,
+    tx: &dyn Sql,
     now_ms: i64,
     r: &Raise,
     department: &str,
     due: i64,
-) -> rusqlite::Result<Option<i64>> {
-    let n = tx.execute(
-        "INSERT OR IGNORE INTO tasks (kind, category, rule, subject, asset, road_segment, grid, zone, department,
+) -> db::Result<Option<i64>> {
+    // The partial unique index (one open task per subject and rule) is the conflict target.
+    let Some(row) = tx.query_opt(
+        "INSERT INTO tasks (kind, category, rule, subject, asset, road_segment, grid, zone, department,
             severity, state, title, detail, opened_at, due_at, updated_at)
-         VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?13)",
-        params![
+         VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $13)
+         ON CONFLICT (subject, rule) WHERE state NOT IN ('closed', 'cancelled') DO NOTHING
+         RETURNING id",
+        args![
             r.kind,
             r.rule,
             r.subject,
@@ -162,11 +164,11 @@ pub(crate) fn open_task(
             now_ms,
             due,
         ],
-    )?;
-    if n == 0 {
+    )?
+    else {
         return Ok(None);
-    }
-    let id = tx.last_insert_rowid();
+    };
+    let id: i64 = row.get(0)?;
     let note = if r.state == "filed" {
         format!(
             "rule {}: {} (to be confirmed by an operator)",
@@ -183,22 +185,23 @@ pub(crate) fn open_task(
 /// sensor; an enforcement task (the violation happened) gets the note and stays with its crew.
 /// Returns the task's id when it was closed.
 pub(crate) fn clear_task(
-    tx: &Connection,
+    tx: &dyn Sql,
     now_ms: i64,
     rule: &str,
     subject: &str,
     note: &str,
-) -> rusqlite::Result<Option<i64>> {
-    let open: Option<(i64, String, String)> = tx
-        .query_row(
-            "SELECT id, state, kind FROM tasks WHERE subject = ?1 AND rule = ?2 AND state NOT IN ('closed', 'cancelled')",
-            params![subject, rule],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()?;
-    let Some((id, from, kind)) = open else {
+) -> db::Result<Option<i64>> {
+    let Some(open) = tx.query_opt(
+        &format!(
+            "SELECT id, state, kind FROM tasks WHERE subject = $1 AND rule = $2 AND state NOT IN ('closed', 'cancelled'){}",
+            db::for_update(tx)
+        ),
+        args![subject, rule],
+    )?
+    else {
         return Ok(None);
     };
+    let (id, from, kind): (i64, String, String) = (open.get(0)?, open.get(1)?, open.get(2)?);
     if kind != "maintenance" {
         crate::tasks::audit(
             tx,
@@ -213,8 +216,8 @@ pub(crate) fn clear_task(
         return Ok(None);
     }
     tx.execute(
-        "UPDATE tasks SET state = 'closed', updated_at = ?2, closed_at = ?2 WHERE id = ?1",
-        params![id, now_ms],
+        "UPDATE tasks SET state = 'closed', updated_at = $2, closed_at = $2 WHERE id = $1",
+        args![id, now_ms],
     )?;
     crate::tasks::audit(
         tx,
@@ -230,26 +233,27 @@ pub(crate) fn clear_task(
 }
 
 fn escalate_task(
-    tx: &Connection,
+    tx: &dyn Sql,
     now_ms: i64,
     rule: &str,
     subject: &str,
     severity: &str,
     note: &str,
-) -> rusqlite::Result<Option<i64>> {
-    let open: Option<(i64, String)> = tx
-        .query_row(
-            "SELECT id, state FROM tasks WHERE subject = ?1 AND rule = ?2 AND state NOT IN ('closed', 'cancelled')",
-            params![subject, rule],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let Some((id, state)) = open else {
+) -> db::Result<Option<i64>> {
+    let Some(open) = tx.query_opt(
+        &format!(
+            "SELECT id, state FROM tasks WHERE subject = $1 AND rule = $2 AND state NOT IN ('closed', 'cancelled'){}",
+            db::for_update(tx)
+        ),
+        args![subject, rule],
+    )?
+    else {
         return Ok(None);
     };
+    let (id, state): (i64, String) = (open.get(0)?, open.get(1)?);
     tx.execute(
-        "UPDATE tasks SET severity = ?2, updated_at = ?3 WHERE id = ?1",
-        params![id, severity, now_ms],
+        "UPDATE tasks SET severity = $2, updated_at = $3 WHERE id = $1",
+        args![id, severity, now_ms],
     )?;
     crate::tasks::audit(
         tx,
@@ -270,29 +274,43 @@ fn escalate_task(
 /// the road chief of their segment. Each step once per task, in its audit trail (from which the
 /// notifications go out). Returns the task ids and what was done to each.
 pub fn escalate_overdue(
-    c: &Connection,
+    c: &dyn Sql,
     rules: &Rules,
     clock: RuleClock,
     now_ms: i64,
-) -> rusqlite::Result<Vec<(i64, &'static str)>> {
-    let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
+) -> db::Result<Vec<(i64, &'static str)>> {
+    let tx = Tx::begin(c, Begin::Write)?;
+    // FOR UPDATE (PostgreSQL): two hub processes escalating at once remind and escalate once;
+    // the second waits, then finds the step already in the trail.
+    let lock = db::for_update(c);
     let mut done = Vec::new();
     let share = rules.cfg.limits.remind_at;
     // In 0..1, checked when the rules file is loaded.
     if share > 0.0 {
-        let due_soon: Vec<(i64, String, Option<String>, i64)> = tx
-            .prepare(
+        let due_soon = tx.query(
+            &format!(
                 "SELECT t.id, t.state, t.department, t.due_at FROM tasks t
                  WHERE t.state IN ('filed', 'dispatched', 'accepted', 'handling')
-                   AND t.due_at IS NOT NULL AND t.due_at > ?1
-                   AND t.opened_at + CAST((t.due_at - t.opened_at) * ?2 AS INTEGER) <= ?1
-                   AND NOT EXISTS (SELECT 1 FROM task_events e WHERE e.task = t.id AND e.action = 'remind')",
-            )?
-            .query_map(params![now_ms, share], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        for (id, state, dept, due) in due_soon {
+                   AND t.due_at IS NOT NULL AND t.due_at > $1
+                   AND t.opened_at + CAST((t.due_at - t.opened_at) * CAST($2 AS DOUBLE PRECISION) AS BIGINT) <= $1
+                   AND NOT EXISTS (SELECT 1 FROM task_events e WHERE e.task = t.id AND e.action = 'remind')
+                 ORDER BY t.id{lock}"
+            ),
+            args![now_ms, share],
+        )?;
+        for r in &due_soon {
+            let (id, state, dept, due): (i64, String, Option<String>, i64) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            // Read again now that the row is locked: another hub process may have just reminded.
+            if tx
+                .query_opt(
+                    "SELECT id FROM task_events WHERE task = $1 AND action = 'remind'",
+                    args![id],
+                )?
+                .is_some()
+            {
+                continue;
+            }
             // What is left, in the rules' (the town's) time.
             let left_min = ((due - now_ms) as f64 * clock.speed / 60_000.0).round() as i64;
             let left = if left_min >= 120 {
@@ -319,17 +337,18 @@ pub fn escalate_overdue(
         }
     }
     let accept_by = now_ms - clock.real_span(ACCEPT_WITHIN_MS);
-    let late: Vec<(i64, String, Option<String>)> = tx
-        .prepare(
+    let late = tx.query(
+        &format!(
             "SELECT t.id, t.state, t.department FROM tasks t
-             WHERE t.state = 'dispatched' AND t.escalation < 1 AND t.opened_at <= ?1",
-        )?
-        .query_map([accept_by], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    for (id, state, dept) in late {
+             WHERE t.state = 'dispatched' AND t.escalation < 1 AND t.opened_at <= $1 ORDER BY t.id{lock}"
+        ),
+        args![accept_by],
+    )?;
+    for r in &late {
+        let (id, state, dept): (i64, String, Option<String>) = (r.get(0)?, r.get(1)?, r.get(2)?);
         tx.execute(
-            "UPDATE tasks SET escalation = 1, updated_at = ?2 WHERE id = ?1",
-            params![id, now_ms],
+            "UPDATE tasks SET escalation = 1, updated_at = $2 WHERE id = $1",
+            args![id, now_ms],
         )?;
         let note = format!(
             "not accepted within {} min: escalated to the supervisor of {}",
@@ -348,14 +367,16 @@ pub fn escalate_overdue(
         )?;
         done.push((id, "escalate"));
     }
-    let overdue: Vec<(i64, String, Option<String>)> = tx
-        .prepare(
+    let overdue = tx.query(
+        &format!(
             "SELECT id, state, road_segment FROM tasks
-             WHERE state NOT IN ('closed', 'cancelled') AND escalation < 2 AND due_at IS NOT NULL AND due_at <= ?1",
-        )?
-        .query_map([now_ms], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    for (id, state, segment) in overdue {
+             WHERE state NOT IN ('closed', 'cancelled') AND escalation < 2 AND due_at IS NOT NULL AND due_at <= $1
+             ORDER BY id{lock}"
+        ),
+        args![now_ms],
+    )?;
+    for r in &overdue {
+        let (id, state, segment): (i64, String, Option<String>) = (r.get(0)?, r.get(1)?, r.get(2)?);
         let chief = segment.as_deref().and_then(|s| {
             rules.segment(s).map(|seg| {
                 seg.chief
@@ -368,8 +389,8 @@ pub fn escalate_overdue(
             None => "the district road chief".into(),
         });
         tx.execute(
-            "UPDATE tasks SET escalation = 2, updated_at = ?2 WHERE id = ?1",
-            params![id, now_ms],
+            "UPDATE tasks SET escalation = 2, updated_at = $2 WHERE id = $1",
+            args![id, now_ms],
         )?;
         let note = format!("not closed by its time limit: escalated to {to} (路长)");
         crate::tasks::audit(
@@ -398,26 +419,18 @@ struct Catalogue {
 }
 
 impl Catalogue {
-    fn load(c: &Connection, rules: &Rules) -> rusqlite::Result<Catalogue> {
+    fn load(c: &dyn Sql, rules: &Rules) -> db::Result<Catalogue> {
         let mut cat = Catalogue::default();
-        let mut stmt = c.prepare(
+        let rows = c.query(
             "SELECT id, kind, gateway, device, lat, lon, road_segment, grid, zone FROM assets",
+            &[],
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, Option<f64>>(4)?,
-                r.get::<_, Option<f64>>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                r.get::<_, Option<String>>(7)?,
-                r.get::<_, Option<String>>(8)?,
-            ))
-        })?;
-        for row in rows {
-            let (id, kind, gw, dev, lat, lon, seg, grid, zone) = row?;
+        for r in &rows {
+            let (id, kind, gw, dev): (String, String, String, String) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            let (lat, lon): (Option<f64>, Option<f64>) = (r.get(4)?, r.get(5)?);
+            let (seg, grid, zone): (Option<String>, Option<String>, Option<String>) =
+                (r.get(6)?, r.get(7)?, r.get(8)?);
             cat.by_device.insert((gw, dev), id.clone());
             cat.assets.insert(
                 id.clone(),
@@ -442,29 +455,21 @@ impl Catalogue {
     /// the assets reloaded when the series belongs to a device not known yet).
     fn series(
         &mut self,
-        c: &Connection,
+        c: &dyn Sql,
         rules: &Rules,
         id: i64,
-    ) -> rusqlite::Result<Option<(String, String)>> {
+    ) -> db::Result<Option<(String, String)>> {
         if let Some(known) = self.series.get(&id) {
             return Ok(known.clone());
         }
-        let Some((gw, dev, metric)) = c
-            .query_row(
-                "SELECT gateway, device, metric FROM series WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                },
-            )
-            .optional()?
+        let Some(r) = c.query_opt(
+            "SELECT gateway, device, metric FROM series WHERE id = $1",
+            args![id],
+        )?
         else {
             return Ok(None);
         };
+        let (gw, dev, metric): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
         let key = (gw, dev);
         if !self.by_device.contains_key(&key) {
             *self = Catalogue {
@@ -486,28 +491,28 @@ impl Catalogue {
 /// Feeds `engine` the good readings of one asset's `series` in `(after, to]` (per series), merged
 /// in time order; returns the newest timestamp read per series and whether a series had more.
 fn feed_asset(
-    c: &Connection,
+    c: &dyn Sql,
     engine: &mut Engine,
     clock: RuleClock,
     asset: &Asset,
     series: &[(i64, String, i64)],
     to: i64,
     out: &mut Vec<Action>,
-) -> rusqlite::Result<(Vec<(i64, i64)>, bool)> {
-    let mut stmt = c.prepare_cached(
-        "SELECT ts, value FROM readings
-         WHERE series = ?1 AND ts > ?2 AND ts <= ?3 AND quality IS NULL AND value IS NOT NULL
-         ORDER BY ts LIMIT ?4",
-    )?;
+) -> db::Result<(Vec<(i64, i64)>, bool)> {
     let mut merged: Vec<(i64, usize, f64)> = Vec::new();
     let mut newest = Vec::new();
     let mut more = false;
     for (i, (id, _, after)) in series.iter().enumerate() {
-        let rows: Vec<(i64, f64)> = stmt
-            .query_map(params![id, after, to, CHUNK], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?
-            .collect::<Result<_, _>>()?;
+        let rows: Vec<(i64, f64)> = c
+            .query(
+                "SELECT ts, value FROM readings
+                 WHERE series = $1 AND ts > $2 AND ts <= $3 AND quality IS NULL AND value IS NOT NULL
+                 ORDER BY ts LIMIT $4",
+                args![id, after, to, CHUNK],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect::<db::Result<_>>()?;
         more |= rows.len() as i64 == CHUNK;
         if let Some(last) = rows.last() {
             newest.push((*id, last.0));
@@ -521,11 +526,11 @@ fn feed_asset(
     Ok((newest, more))
 }
 
-fn camera_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(CameraEvent, String, String)> {
+fn camera_event(row: &db::Row) -> db::Result<(CameraEvent, String, String)> {
     let attributes: serde_json::Value =
-        serde_json::from_str(&row.get::<_, String>(5)?).unwrap_or_default();
+        serde_json::from_str(&row.get::<String>(5)?).unwrap_or_default();
     let evidence: serde_json::Value =
-        serde_json::from_str(&row.get::<_, String>(6)?).unwrap_or_default();
+        serde_json::from_str(&row.get::<String>(6)?).unwrap_or_default();
     let images = evidence
         .as_array()
         .map(|a| {
@@ -549,7 +554,7 @@ fn camera_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<(CameraEvent, Strin
 
 /// The live evaluation: engine, catalogue and cursors, persisted with every change.
 struct Runner {
-    conn: Connection,
+    conn: Box<dyn Sql + Send>,
     setup: Setup,
     engine: Engine,
     cat: Catalogue,
@@ -562,7 +567,7 @@ struct Runner {
 }
 
 impl Runner {
-    fn open(conn: Connection, setup: Setup, now_ms: i64) -> rusqlite::Result<Runner> {
+    fn open(conn: Box<dyn Sql + Send>, setup: Setup, now_ms: i64) -> db::Result<Runner> {
         let mut r = Runner {
             conn,
             engine: Engine::new(Arc::clone(&setup.rules)),
@@ -578,48 +583,44 @@ impl Runner {
     }
 
     /// (Re)loads everything from the store: what a restart does.
-    fn reload(&mut self) -> rusqlite::Result<()> {
-        let c = &self.conn;
+    fn reload(&mut self) -> db::Result<()> {
+        let c = &*self.conn;
         self.cat = Catalogue::load(c, &self.setup.rules)?;
         self.engine = Engine::new(Arc::clone(&self.setup.rules));
-        let mut stmt = c.prepare("SELECT key, state FROM rule_state")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        for row in rows {
-            let (k, v) = row?;
-            self.engine.restore(&k, &v);
+        for r in c.query("SELECT key, state FROM rule_state", &[])? {
+            self.engine
+                .restore(&r.get::<String>(0)?, &r.get::<String>(1)?);
         }
-        drop(stmt);
         self.engine.take_changed();
         self.cursors = c
-            .prepare("SELECT series, ts FROM rule_cursor")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<Result<_, _>>()?;
-        self.started_with = c
-            .prepare("SELECT id FROM series")?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+            .query("SELECT series, ts FROM rule_cursor", &[])?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect::<db::Result<_>>()?;
+        self.started_with = self.all_series()?;
         let cursor: Option<i64> = c
-            .query_row(
+            .query_opt(
                 "SELECT value FROM rule_meta WHERE key = 'event_cursor'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?;
+                &[],
+            )?
+            .map(|r| r.get(0))
+            .transpose()?;
         self.event_cursor = match cursor {
             Some(v) => v,
-            None => c.query_row(
-                "SELECT COALESCE(MAX(id), 0) FROM events WHERE received < ?1",
-                [self.started_at - LOOKBACK_MS],
-                |r| r.get(0),
+            None => db::one(
+                c,
+                "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM events WHERE received < $1",
+                args![self.started_at - LOOKBACK_MS],
             )?,
         };
         Ok(())
     }
 
-    fn all_series(&self) -> rusqlite::Result<HashSet<i64>> {
+    fn all_series(&self) -> db::Result<HashSet<i64>> {
         self.conn
-            .prepare("SELECT id FROM series")?
-            .query_map([], |r| r.get(0))?
+            .query("SELECT id FROM series", &[])?
+            .iter()
+            .map(|r| r.get(0))
             .collect()
     }
 
@@ -629,13 +630,13 @@ impl Runner {
         dirty: HashSet<i64>,
         events: bool,
         now_ms: i64,
-    ) -> rusqlite::Result<(Vec<(i64, &'static str)>, bool)> {
+    ) -> db::Result<(Vec<(i64, &'static str)>, bool)> {
         let rules = Arc::clone(&self.setup.rules);
         let clock = self.setup.clock;
         // Dirty series grouped by asset, each with its cursor.
         let mut by_asset: HashMap<String, Vec<(i64, String, i64)>> = HashMap::new();
         for id in dirty {
-            if let Some((asset, metric)) = self.cat.series(&self.conn, &rules, id)? {
+            if let Some((asset, metric)) = self.cat.series(&*self.conn, &rules, id)? {
                 let after = self.cursors.get(&id).copied().unwrap_or_else(|| {
                     if self.started_with.contains(&id) {
                         self.started_at - LOOKBACK_MS
@@ -657,7 +658,7 @@ impl Runner {
                 continue;
             };
             let (newest, m) = feed_asset(
-                &self.conn,
+                &*self.conn,
                 &mut self.engine,
                 clock,
                 asset,
@@ -670,13 +671,16 @@ impl Runner {
         }
         let mut event_cursor = self.event_cursor;
         if events || more {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT id, gateway, device, event, ts, attributes, evidence FROM events
-                 WHERE id > ?1 ORDER BY id LIMIT 2000",
-            )?;
-            let evs: Vec<(CameraEvent, String, String)> = stmt
-                .query_map([self.event_cursor], camera_event)?
-                .collect::<Result<_, _>>()?;
+            let evs: Vec<(CameraEvent, String, String)> = self
+                .conn
+                .query(
+                    "SELECT id, gateway, device, event, ts, attributes, evidence FROM events
+                     WHERE id > $1 ORDER BY id LIMIT 2000",
+                    args![self.event_cursor],
+                )?
+                .iter()
+                .map(camera_event)
+                .collect::<db::Result<_>>()?;
             more |= evs.len() == 2000;
             for (mut ev, gw, dev) in evs {
                 event_cursor = ev.id;
@@ -693,39 +697,36 @@ impl Runner {
         self.engine.tick(clock.at(now_ms), &mut actions);
         // Everything in one transaction: tasks, state and cursors.
         let changed = self.engine.take_changed();
-        let tx = rusqlite::Transaction::new_unchecked(&self.conn, Immediate)?;
+        let tx = Tx::begin(&*self.conn, Begin::Write)?;
         let mut tasks = Vec::new();
         for a in &actions {
             if let Some(t) = apply(&tx, &rules, clock, now_ms, a)? {
                 tasks.push(t);
             }
         }
-        {
-            let mut put = tx.prepare_cached(
-                "INSERT INTO rule_state (key, state, updated_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
-            )?;
-            let mut del = tx.prepare_cached("DELETE FROM rule_state WHERE key = ?1")?;
-            for key in &changed {
-                match self.engine.state_json(key) {
-                    Some(json) => put.execute(params![key, json, now_ms])?,
-                    None => del.execute([key])?,
-                };
-            }
-            let mut cur = tx.prepare_cached(
-                "INSERT INTO rule_cursor (series, ts) VALUES (?1, ?2)
+        for key in &changed {
+            match self.engine.state_json(key) {
+                Some(json) => tx.execute(
+                    "INSERT INTO rule_state (key, state, updated_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (key) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+                    args![key, json, now_ms],
+                )?,
+                None => tx.execute("DELETE FROM rule_state WHERE key = $1", args![key])?,
+            };
+        }
+        for (id, ts) in &moved {
+            tx.execute(
+                "INSERT INTO rule_cursor (series, ts) VALUES ($1, $2)
                  ON CONFLICT (series) DO UPDATE SET ts = excluded.ts",
+                args![id, ts],
             )?;
-            for (id, ts) in &moved {
-                cur.execute(params![id, ts])?;
-            }
-            if event_cursor != self.event_cursor {
-                tx.execute(
-                    "INSERT INTO rule_meta (key, value) VALUES ('event_cursor', ?1)
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    [event_cursor],
-                )?;
-            }
+        }
+        if event_cursor != self.event_cursor {
+            tx.execute(
+                "INSERT INTO rule_meta (key, value) VALUES ('event_cursor', $1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                args![event_cursor],
+            )?;
         }
         tx.commit()?;
         self.cursors.extend(moved);
@@ -736,12 +737,12 @@ impl Runner {
 
 /// Carries out one action in the task store; returns the task changed.
 fn apply(
-    tx: &Connection,
+    tx: &dyn Sql,
     rules: &Rules,
     clock: RuleClock,
     now_ms: i64,
     a: &Action,
-) -> rusqlite::Result<Option<(i64, &'static str)>> {
+) -> db::Result<Option<(i64, &'static str)>> {
     Ok(match a {
         Action::Raise(r) => {
             let place = config::AssetPlace {
@@ -773,18 +774,19 @@ fn apply(
 /// `hub rules backtest`: evaluates the rules over stored history in `[from, to]` (the readings'
 /// time) with fresh state, and returns what they would have done, in time order, without doing it.
 pub fn backtest(
-    c: &Connection,
+    c: &dyn Sql,
     rules: Arc<Rules>,
     clock: RuleClock,
     from_ms: i64,
     to_ms: i64,
-) -> rusqlite::Result<Vec<Action>> {
+) -> db::Result<Vec<Action>> {
     let mut cat = Catalogue::load(c, &rules)?;
     let mut engine = Engine::new(Arc::clone(&rules));
     let ids: Vec<i64> = c
-        .prepare("SELECT id FROM series ORDER BY id")?
-        .query_map([], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+        .query("SELECT id FROM series ORDER BY id", &[])?
+        .iter()
+        .map(|r| r.get(0))
+        .collect::<db::Result<_>>()?;
     let mut by_asset: std::collections::BTreeMap<String, Vec<(i64, String, i64)>> =
         Default::default();
     for id in ids {
@@ -819,13 +821,13 @@ pub fn backtest(
         }
         start = end + 1;
     }
-    let mut stmt = c.prepare(
+    let evs = c.query(
         "SELECT id, gateway, device, event, ts, attributes, evidence FROM events
-         WHERE ts >= ?1 AND ts <= ?2 ORDER BY ts, id",
+         WHERE ts >= $1 AND ts <= $2 ORDER BY ts, id",
+        args![from_ms, to_ms],
     )?;
-    let evs = stmt.query_map([from_ms, to_ms], camera_event)?;
-    for ev in evs {
-        let (mut ev, gw, dev) = ev?;
+    for ev in &evs {
+        let (mut ev, gw, dev) = camera_event(ev)?;
         ev.at = clock.at(ev.at);
         let asset = cat
             .by_device
@@ -848,9 +850,9 @@ pub fn start(
     live: crate::live::Live,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let conn = Connection::open(&db)?;
+    let conn = rusqlite::Connection::open(&db)?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    let mut runner = Runner::open(conn, setup, crate::now_ms())?;
+    let mut runner = Runner::open(Box::new(conn), setup, crate::now_ms())?;
     Ok(std::thread::Builder::new()
         .name("rules".into())
         .spawn(move || {
@@ -865,7 +867,7 @@ pub fn start(
             while !stop.is_cancelled() {
                 let announce = |runner: &Runner, changed: &[(i64, &str)]| {
                     for &(id, action) in changed {
-                        if let Ok(Some(t)) = crate::tasks::load(&runner.conn, id) {
+                        if let Ok(Some(t)) = crate::tasks::load(&*runner.conn, id) {
                             tracing::info!(task = id, rule = %t.rule, subject = %t.subject, action, "task by rule");
                             crate::tasks::announce(&live, &t, action);
                         }
@@ -902,7 +904,7 @@ pub fn start(
                 }
                 if last_offline.elapsed() >= offline_every {
                     last_offline = Instant::now();
-                    match evaluate_offline(&runner.conn, crate::now_ms(), &runner.setup.clock) {
+                    match evaluate_offline(&*runner.conn, crate::now_ms(), &runner.setup.clock) {
                         Ok(ch) => {
                             let changed: Vec<(i64, &str)> = ch
                                 .opened
@@ -918,11 +920,11 @@ pub fn start(
                 if last_escalation.elapsed() >= Duration::from_secs(60) {
                     last_escalation = Instant::now();
                     let (rules, clock) = (Arc::clone(&runner.setup.rules), runner.setup.clock);
-                    match escalate_overdue(&runner.conn, &rules, clock, crate::now_ms()) {
+                    match escalate_overdue(&*runner.conn, &rules, clock, crate::now_ms()) {
                         Ok(changed) => announce(&runner, &changed),
                         Err(e) => tracing::error!(error = %e, "escalation failed; retrying"),
                     }
-                    match lighting::evaluate_nights(&runner.conn, &rules, clock, crate::now_ms()) {
+                    match lighting::evaluate_nights(&*runner.conn, &rules, clock, crate::now_ms()) {
                         Ok(changed) => announce(&runner, &changed),
                         Err(e) => tracing::error!(error = %e, "lighting rate failed; retrying"),
                     }
@@ -964,27 +966,42 @@ mod tests {
     use super::*;
 
     const MIN: i64 = 60_000;
+    const HOUR_MS: i64 = 60 * MIN;
     /// 2026-11-22 10:00 in China.
     const T0: i64 = 1_795_305_600_000 - 8 * 3_600_000 + 10 * 3_600_000;
 
-    fn db() -> Connection {
-        let mut c = Connection::open_in_memory().unwrap();
-        crate::store::prepare(&mut c).unwrap();
-        c.execute_batch(
+    /// The town of these tests on `c`: a water level sensor and a parking camera.
+    fn town(c: &dyn Sql) {
+        c.batch(
             "INSERT INTO assets (id, kind, gateway, device, lat, lon, road_segment, zone, updated_at)
                VALUES ('wl-1', 'waterlogging', 'gw-a', 'd1', 32.04, 118.78, 'hanzhong-rd-s2', NULL, 0),
                       ('anpr-1', 'parkingCamera', 'gw-a', 'cam-1', 32.04, 118.78, 'zhongshan-rd-s1', 'np-1', 0);
              INSERT INTO series (id, gateway, device, metric) VALUES (1, 'gw-a', 'd1', 'waterDepth'), (2, 'gw-a', 'd1', 'temperature');",
         )
         .unwrap();
-        c
     }
 
-    fn depth(c: &Connection, minutes: std::ops::Range<i64>, cm: f64) {
+    /// Two connections to one database with the town, per engine (two hub processes, or one
+    /// restarted).
+    #[allow(clippy::type_complexity)]
+    fn towns() -> Vec<(
+        &'static str,
+        Box<dyn Sql + Send>,
+        Box<dyn Sql + Send>,
+        Option<tempfile::TempDir>,
+    )> {
+        let v = crate::db::testing::pairs();
+        for (_, a, _, _) in &v {
+            town(&**a);
+        }
+        v
+    }
+
+    fn depth(c: &dyn Sql, minutes: std::ops::Range<i64>, cm: f64) {
         for m in minutes {
             c.execute(
-                "INSERT INTO readings (series, ts, value) VALUES (1, ?1, ?2)",
-                params![T0 + m * MIN, cm],
+                "INSERT INTO readings (series, ts, value) VALUES (1, $1, $2)",
+                args![T0 + m * MIN, cm],
             )
             .unwrap();
         }
@@ -1013,196 +1030,197 @@ mod tests {
         }
     }
 
-    fn tasks(c: &Connection) -> Vec<(String, String, String, String)> {
-        c.prepare("SELECT rule, subject, state, department FROM tasks ORDER BY id")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+    fn tasks(c: &dyn Sql) -> Vec<(String, String, String, String)> {
+        c.query(
+            "SELECT rule, subject, state, department FROM tasks ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get(0).unwrap(),
+                r.get(1).unwrap(),
+                r.get(2).unwrap(),
+                r.get(3).unwrap(),
+            )
+        })
+        .collect()
     }
 
+    /// The rules' state is in the store: a hub process that stops in the middle of a condition
+    /// (a restart, or on PostgreSQL another process taking over) goes on from its start.
     #[test]
-    fn a_restart_neither_forgets_a_condition_nor_duplicates_a_task() {
-        let now = T0 + 30 * MIN;
-        let c = db();
-        depth(&c, 0..3, 16.0);
-        let mut r = Runner::open(c, setup(), now).unwrap();
-        let all = r.all_series().unwrap();
-        let (changed, _) = r.cycle(all.clone(), false, now).unwrap();
-        assert!(changed.is_empty());
-        // Restart in the middle of the five minutes: the condition goes on from its start.
-        let c = r.conn;
-        depth(&c, 3..6, 16.0);
-        let mut r = Runner::open(c, setup(), now).unwrap();
-        let (changed, _) = r.cycle(all.clone(), false, now).unwrap();
-        assert_eq!(changed.len(), 1);
-        assert_eq!(
-            tasks(&r.conn),
-            [(
-                "waterlogging".into(),
-                "wl-1".into(),
-                "dispatched".into(),
-                "drainage-gulou".into()
-            )]
-        );
-        // Evaluated again, and after another restart: nothing twice.
-        assert!(r.cycle(all.clone(), false, now).unwrap().0.is_empty());
-        let c = r.conn;
-        let mut r = Runner::open(c, setup(), now).unwrap();
-        assert!(r.cycle(all.clone(), false, now).unwrap().0.is_empty());
-        assert_eq!(tasks(&r.conn).len(), 1);
-        // The water goes down: below 5 cm for 10 minutes closes it, verified by the sensor.
-        depth(&r.conn, 6..20, 2.0);
-        let (changed, _) = r.cycle(all.clone(), false, now).unwrap();
-        assert_eq!(changed.iter().map(|c| c.1).collect::<Vec<_>>(), ["cleared"]);
-        assert_eq!(tasks(&r.conn)[0].2, "closed");
+    fn a_restart_or_another_process_neither_forgets_a_condition_nor_duplicates_a_task() {
+        for (name, a, b, _keep) in towns() {
+            let now = T0 + 30 * MIN;
+            depth(&*a, 0..3, 16.0);
+            let mut r = Runner::open(a, setup(), now).unwrap();
+            let all = r.all_series().unwrap();
+            let (changed, _) = r.cycle(all.clone(), false, now).unwrap();
+            assert!(changed.is_empty(), "{name}");
+            // Stopped in the middle of the five minutes; the other connection takes over.
+            drop(r);
+            depth(&*b, 3..6, 16.0);
+            let mut r = Runner::open(b, setup(), now).unwrap();
+            let (changed, _) = r.cycle(all.clone(), false, now).unwrap();
+            assert_eq!(changed.len(), 1, "{name}");
+            assert_eq!(
+                tasks(&*r.conn),
+                [(
+                    "waterlogging".into(),
+                    "wl-1".into(),
+                    "dispatched".into(),
+                    "drainage-gulou".into()
+                )],
+                "{name}"
+            );
+            // Evaluated again, and after another restart: nothing twice.
+            assert!(
+                r.cycle(all.clone(), false, now).unwrap().0.is_empty(),
+                "{name}"
+            );
+            let c = r.conn;
+            let mut r = Runner::open(c, setup(), now).unwrap();
+            assert!(
+                r.cycle(all.clone(), false, now).unwrap().0.is_empty(),
+                "{name}"
+            );
+            assert_eq!(tasks(&*r.conn).len(), 1, "{name}");
+            // The water goes down: below 5 cm for 10 minutes closes it, verified by the sensor.
+            depth(&*r.conn, 6..20, 2.0);
+            let (changed, _) = r.cycle(all.clone(), false, now).unwrap();
+            assert_eq!(
+                changed.iter().map(|c| c.1).collect::<Vec<_>>(),
+                ["cleared"],
+                "{name}"
+            );
+            assert_eq!(tasks(&*r.conn)[0].2, "closed", "{name}");
 
-        // The backtest over the same hour says the same, without touching the tasks.
-        let actions = backtest(&r.conn, setup().rules, RuleClock::REAL, T0, T0 + HOUR_MS).unwrap();
-        let kinds: Vec<(&str, &str)> = actions
-            .iter()
-            .map(|a| {
-                (
-                    if matches!(a, Action::Raise(_)) {
-                        "raise"
-                    } else {
-                        "clear"
-                    },
-                    a.rule(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            kinds,
-            [("raise", "waterlogging"), ("clear", "waterlogging")]
-        );
-        assert_eq!(tasks(&r.conn).len(), 1);
+            // The backtest over the same hour says the same, without touching the tasks.
+            let actions =
+                backtest(&*r.conn, setup().rules, RuleClock::REAL, T0, T0 + HOUR_MS).unwrap();
+            let kinds: Vec<(&str, &str)> = actions
+                .iter()
+                .map(|a| {
+                    (
+                        if matches!(a, Action::Raise(_)) {
+                            "raise"
+                        } else {
+                            "clear"
+                        },
+                        a.rule(),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                kinds,
+                [("raise", "waterlogging"), ("clear", "waterlogging")],
+                "{name}"
+            );
+            assert_eq!(tasks(&*r.conn).len(), 1, "{name}");
+        }
     }
-
-    const HOUR_MS: i64 = 60 * MIN;
 
     #[test]
     fn camera_events_raise_enforcement_tasks_masked_in_the_subject() {
-        let now = T0 + 30 * MIN;
-        let c = db();
-        let mut r = Runner::open(c, setup(), now).unwrap();
-        for (id, at) in [(1, T0), (2, T0 + 7 * MIN)] {
-            r.conn
-                .execute(
-                    "INSERT INTO events (id, gateway, device, event, ts, phase, attributes, evidence, received)
-                     VALUES (?1, 'gw-a', 'cam-1', 'plate', ?2, 'instant', ?3, ?4, ?2)",
-                    params![
-                        id,
-                        at,
-                        r#"{"plate":"苏A8HK52","plateColor":"blue","confidence":0.95}"#,
-                        format!(r#"[{{"sha256":"img-{id}"}}]"#)
-                    ],
-                )
-                .unwrap();
+        for (name, a, b, _keep) in towns() {
+            let now = T0 + 30 * MIN;
+            let mut r = Runner::open(a, setup(), now).unwrap();
+            for (id, at) in [(1, T0), (2, T0 + 7 * MIN)] {
+                r.conn
+                    .execute(
+                        "INSERT INTO events (id, gateway, device, event, ts, phase, attributes, evidence, received)
+                         VALUES ($1, 'gw-a', 'cam-1', 'plate', $2, 'instant', $3, $4, $2)",
+                        args![
+                            id,
+                            at,
+                            r#"{"plate":"苏A8HK52","plateColor":"blue","confidence":0.95}"#,
+                            format!(r#"[{{"sha256":"img-{id}"}}]"#)
+                        ],
+                    )
+                    .unwrap();
+            }
+            let (changed, _) = r.cycle(HashSet::new(), true, now).unwrap();
+            assert_eq!(changed.len(), 1, "{name}");
+            let t = crate::tasks::load(&*r.conn, changed[0].0).unwrap().unwrap();
+            assert_eq!(
+                (
+                    t.kind.as_str(),
+                    t.rule.as_str(),
+                    t.department.as_deref(),
+                    t.zone.as_deref()
+                ),
+                (
+                    "enforcement",
+                    "parking_violation",
+                    Some("traffic-police"),
+                    Some("np-1")
+                ),
+                "{name}"
+            );
+            assert!(!t.subject.contains("8HK52"), "{}", t.subject);
+            assert_eq!(t.detail["evidence"][1]["images"][0], "img-2", "{name}");
+            // The event cursor is kept: after a restart (or in another process) the same captures
+            // raise nothing.
+            drop(r);
+            let mut r = Runner::open(b, setup(), now).unwrap();
+            assert!(
+                r.cycle(HashSet::new(), true, now).unwrap().0.is_empty(),
+                "{name}"
+            );
         }
-        let (changed, _) = r.cycle(HashSet::new(), true, now).unwrap();
-        assert_eq!(changed.len(), 1);
-        let t = crate::tasks::load(&r.conn, changed[0].0).unwrap().unwrap();
-        assert_eq!(
-            (
-                t.kind.as_str(),
-                t.rule.as_str(),
-                t.department.as_deref(),
-                t.zone.as_deref()
-            ),
-            (
-                "enforcement",
-                "parking_violation",
-                Some("traffic-police"),
-                Some("np-1")
-            )
-        );
-        assert!(!t.subject.contains("8HK52"), "{}", t.subject);
-        assert_eq!(t.detail["evidence"][1]["images"][0], "img-2");
-        // The event cursor is kept: after a restart the same captures raise nothing.
-        let c = r.conn;
-        let mut r = Runner::open(c, setup(), now).unwrap();
-        assert!(r.cycle(HashSet::new(), true, now).unwrap().0.is_empty());
     }
 
     #[test]
     fn overdue_tasks_go_to_the_supervisor_then_the_road_chief() {
-        let now = T0 + 6 * MIN;
-        let c = db();
-        depth(&c, 0..6, 16.0);
-        let mut r = Runner::open(c, setup(), now).unwrap();
-        let all = r.all_series().unwrap();
-        r.cycle(all, false, now).unwrap();
-        let rules = setup().rules;
-        assert!(
-            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 14 * MIN)
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(
-            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 16 * MIN)
-                .unwrap()
-                .len(),
-            1
-        );
-        assert!(
-            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 17 * MIN)
-                .unwrap()
-                .is_empty()
-        );
-        // Waterlogging is due within 4 hours: a reminder after three, once; then the road chief.
-        let id = r
-            .conn
-            .query_row("SELECT id FROM tasks", [], |r| r.get::<_, i64>(0))
-            .unwrap();
-        assert!(
-            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 3 * HOUR_MS - MIN)
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(
-            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 3 * HOUR_MS + MIN).unwrap(),
-            [(id, "remind")]
-        );
-        assert!(
-            escalate_overdue(
-                &r.conn,
-                &rules,
-                RuleClock::REAL,
-                now + 3 * HOUR_MS + 2 * MIN
-            )
-            .unwrap()
-            .is_empty()
-        );
-        assert_eq!(
-            escalate_overdue(&r.conn, &rules, RuleClock::REAL, now + 4 * HOUR_MS + MIN).unwrap(),
-            [(id, "escalate")]
-        );
-        let reminder: String = r
-            .conn
-            .query_row(
+        for (name, a, b, _keep) in towns() {
+            let now = T0 + 6 * MIN;
+            depth(&*a, 0..6, 16.0);
+            let mut r = Runner::open(a, setup(), now).unwrap();
+            let all = r.all_series().unwrap();
+            r.cycle(all, false, now).unwrap();
+            let rules = setup().rules;
+            // Two hub processes escalate: each step still happens once.
+            let esc = |at: i64| {
+                let mut done = escalate_overdue(&*r.conn, &rules, RuleClock::REAL, at).unwrap();
+                done.extend(escalate_overdue(&*b, &rules, RuleClock::REAL, at).unwrap());
+                done
+            };
+            assert!(esc(now + 14 * MIN).is_empty(), "{name}");
+            assert_eq!(esc(now + 16 * MIN).len(), 1, "{name}");
+            assert!(esc(now + 17 * MIN).is_empty(), "{name}");
+            // Waterlogging is due within 4 hours: a reminder after three, once; then the road chief.
+            let id: i64 = db::one(&*r.conn, "SELECT id FROM tasks", &[]).unwrap();
+            assert!(esc(now + 3 * HOUR_MS - MIN).is_empty(), "{name}");
+            assert_eq!(esc(now + 3 * HOUR_MS + MIN), [(id, "remind")], "{name}");
+            assert!(esc(now + 3 * HOUR_MS + 2 * MIN).is_empty(), "{name}");
+            assert_eq!(esc(now + 4 * HOUR_MS + MIN), [(id, "escalate")], "{name}");
+            let reminder: String = db::one(
+                &*r.conn,
                 "SELECT note FROM task_events WHERE action = 'remind'",
-                [],
-                |r| r.get(0),
+                &[],
             )
             .unwrap();
-        assert!(
-            reminder.contains("59 min left") && reminder.contains("reminder to drainage-gulou"),
-            "{reminder}"
-        );
-        let notes: Vec<String> = r
-            .conn
-            .prepare("SELECT note FROM task_events WHERE action = 'escalate' ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert!(
-            notes[0].contains("supervisor of drainage-gulou"),
-            "{notes:?}"
-        );
-        assert!(notes[1].contains("陈静"), "{notes:?}");
+            assert!(
+                reminder.contains("59 min left") && reminder.contains("reminder to drainage-gulou"),
+                "{reminder}"
+            );
+            let notes: Vec<String> = r
+                .conn
+                .query(
+                    "SELECT note FROM task_events WHERE action = 'escalate' ORDER BY id",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0).unwrap())
+                .collect();
+            assert!(
+                notes[0].contains("supervisor of drainage-gulou"),
+                "{notes:?}"
+            );
+            assert!(notes[1].contains("陈静"), "{notes:?}");
+        }
     }
 }

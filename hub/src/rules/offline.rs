@@ -16,10 +16,7 @@
 
 use std::time::Duration;
 
-use rusqlite::Connection;
-use rusqlite::TransactionBehavior::Immediate;
-#[cfg(test)]
-use rusqlite::params;
+use crate::db::{self, Begin, Sql, Tx};
 
 /// How often the hub evaluates.
 pub const EVERY: Duration = Duration::from_secs(30);
@@ -71,7 +68,7 @@ pub fn silence_limit(clock: &super::RuleClock, rule_ms: i64) -> i64 {
 /// Opens tasks for devices and gateways silent too long at `now_ms` (real time), and closes those
 /// whose device or gateway has spoken since.
 pub fn evaluate_offline(
-    c: &Connection,
+    c: &dyn Sql,
     now_ms: i64,
     clock: &super::RuleClock,
 ) -> Result<Changes, crate::store::StoreError> {
@@ -81,21 +78,13 @@ pub fn evaluate_offline(
     let will_grace = silence_limit(clock, MIN_SILENCE_MS / 3);
     // IMMEDIATE: the write lock first (waiting for the store writer), so the read below cannot
     // go stale before the write (a deferred transaction would fail to upgrade then).
-    let tx = rusqlite::Transaction::new_unchecked(c, Immediate)?;
+    let tx = Tx::begin(c, Begin::Write)?;
     let mut changes = Changes::default();
     // Gateways: offline by their last will, or silent (heartbeats every few seconds) too long.
     let mut gateways: Vec<(String, i64, bool)> = Vec::new();
     {
-        let mut stmt = tx.prepare("SELECT id, last_seen, state FROM gateways")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (id, last_seen, state) = row?;
+        for r in tx.query("SELECT id, last_seen, state FROM gateways ORDER BY id", &[])? {
+            let (id, last_seen, state): (String, i64, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
             let silent = now_ms - last_seen > min_silence;
             let offline = silent || (state == "offline" && now_ms - last_seen > will_grace);
             gateways.push((id, last_seen, offline));
@@ -131,10 +120,11 @@ pub fn evaluate_offline(
 
     // Devices: the newest of their readings and of the polls their gateway says they answered.
     let answered = crate::store::query::last_answered(&tx)?;
-    let mut stmt = tx.prepare(
+    let rows = tx.query(
         "SELECT a.id, a.gateway, a.device, a.report_interval_s, a.updated_at, a.road_segment, a.grid, a.zone,
                 (SELECT MAX(s.last_received) FROM series s WHERE s.gateway = a.gateway AND s.device = a.device)
          FROM assets a ORDER BY a.id",
+        &[],
     )?;
     type Row = (
         String,
@@ -145,8 +135,9 @@ pub fn evaluate_offline(
         (Option<String>, Option<String>, Option<String>),
         Option<i64>,
     );
-    let assets: Vec<Row> = stmt
-        .query_map([], |r| {
+    let assets: Vec<Row> = rows
+        .iter()
+        .map(|r| {
             Ok((
                 r.get(0)?,
                 r.get(1)?,
@@ -156,9 +147,8 @@ pub fn evaluate_offline(
                 (r.get(5)?, r.get(6)?, r.get(7)?),
                 r.get(8)?,
             ))
-        })?
-        .collect::<Result<_, rusqlite::Error>>()?;
-    drop(stmt);
+        })
+        .collect::<db::Result<_>>()?;
     for (asset, gateway, device, interval_s, announced, place, received) in assets {
         let heard = received
             .into_iter()
@@ -208,7 +198,7 @@ pub fn evaluate_offline(
 /// Opens a task unless one is open for (subject, rule); returns the new task's id.
 #[allow(clippy::too_many_arguments)]
 fn open_task(
-    tx: &Connection,
+    tx: &dyn Sql,
     now_ms: i64,
     rule: &'static str,
     subject: &str,
@@ -217,7 +207,7 @@ fn open_task(
     severity: &'static str,
     title: &str,
     detail: serde_json::Value,
-) -> rusqlite::Result<Option<i64>> {
+) -> db::Result<Option<i64>> {
     let raise = super::Raise {
         rule,
         kind: "maintenance",
@@ -247,12 +237,12 @@ fn open_task(
 
 /// Closes the open task of (subject, rule), verified by the device or gateway speaking again.
 fn clear(
-    tx: &Connection,
+    tx: &dyn Sql,
     now_ms: i64,
     rule: &str,
     subject: &str,
     heard_ms: i64,
-) -> rusqlite::Result<Option<i64>> {
+) -> db::Result<Option<i64>> {
     let note = format!(
         "verified by the sensor: heard from again at {}",
         rfc3339(heard_ms)
@@ -265,6 +255,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::rules::RuleClock;
+    use rusqlite::{Connection, params};
 
     const REAL: RuleClock = RuleClock::REAL;
 

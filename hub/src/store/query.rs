@@ -211,14 +211,14 @@ fn list_assets(c: &Connection) -> Result<Vec<AssetView>, StoreError> {
 
 /// When each device last answered a poll, by (gateway, device), from the latest heartbeats.
 pub(crate) fn last_answered(
-    c: &Connection,
+    c: &dyn crate::db::Sql,
 ) -> Result<std::collections::HashMap<(String, String), i64>, StoreError> {
-    let mut stmt = c.prepare_cached(
+    let rows = c.query(
         "SELECT id, last_heartbeat FROM gateways WHERE last_heartbeat IS NOT NULL",
+        &[],
     )?;
-    let mut rows = stmt.query([])?;
     let mut out = std::collections::HashMap::new();
-    while let Some(r) = rows.next()? {
+    for r in &rows {
         let (gw, json): (String, String) = (r.get(0)?, r.get(1)?);
         let Ok(hb) = serde_json::from_str::<protocol::Heartbeat>(&json) else {
             continue;
