@@ -22,7 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -379,28 +379,21 @@ pub fn token_sha256_hex(token: &str) -> String {
 }
 
 /// Looks a token up (current tokens only).
-pub(crate) fn lookup(conn: &Connection, token: &str) -> rusqlite::Result<Option<Principal>> {
-    conn.query_row(
-        "SELECT name, role, department FROM api_tokens WHERE hash = ?1 AND revoked_at IS NULL",
-        params![hash(token)],
-        |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, Option<String>>(2)?,
-            ))
-        },
-    )
-    .optional()
-    .map(|found| {
-        found.and_then(|(name, role, department)| {
-            Some(Principal {
-                name,
-                role: Role::parse(&role)?,
-                department,
-            })
-        })
-    })
+pub(crate) fn lookup(c: &dyn crate::db::Sql, token: &str) -> crate::db::Result<Option<Principal>> {
+    let Some(r) = c.query_opt(
+        "SELECT name, role, department FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL",
+        crate::db::args![hash(token)],
+    )?
+    else {
+        return Ok(None);
+    };
+    let (name, role, department): (String, String, Option<String>) =
+        (r.get(0)?, r.get(1)?, r.get(2)?);
+    Ok(Role::parse(&role).map(|role| Principal {
+        name,
+        role,
+        department,
+    }))
 }
 
 /// The token of a request: `Authorization: Bearer`, else the `token` query parameter.

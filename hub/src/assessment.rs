@@ -10,11 +10,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use crate::db::{self, Sql, args};
 use axum::Extension;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use crate::access::Principal;
@@ -166,21 +166,23 @@ fn ranked(map: BTreeMap<String, Acc>) -> Vec<Row> {
 
 /// The assessment of `year`-`month` at `now`.
 pub fn report(
-    c: &Connection,
+    c: &dyn Sql,
     rules: &Rules,
     year: i32,
     month: u8,
     now: i64,
 ) -> Result<Report, String> {
     let (from, to) = bounds(rules, year, month).ok_or("no such month")?;
-    let q = |e: rusqlite::Error| e.to_string();
+    let q = |e: db::DbError| e.to_string();
     let tasks: Vec<Task> = c
-        .prepare(
+        .query(
             "SELECT road_segment, department, kind, rule, subject, state, opened_at, due_at, closed_at
-             FROM tasks WHERE opened_at >= ?1 AND opened_at < ?2 ORDER BY opened_at, id",
+             FROM tasks WHERE opened_at >= $1 AND opened_at < $2 ORDER BY opened_at, id",
+            args![from, to],
         )
         .map_err(q)?
-        .query_map(params![from, to], |r| {
+        .iter()
+        .map(|r| {
             Ok(Task {
                 segment: r.get(0)?,
                 department: r.get(1)?,
@@ -193,19 +195,21 @@ pub fn report(
                 closed: r.get(8)?,
             })
         })
-        .map_err(q)?
-        .collect::<Result<_, _>>()
+        .collect::<db::Result<_>>()
         .map_err(q)?;
     let (first_day, last_day) = (
         (from + i64::from(rules.offset_s) * 1000) / 86_400_000,
         (to + i64::from(rules.offset_s) * 1000) / 86_400_000,
     );
     let nights: Vec<(String, f64)> = c
-        .prepare("SELECT segment, rate FROM lighting_nights WHERE night >= ?1 AND night < ?2")
+        .query(
+            "SELECT segment, rate FROM lighting_nights WHERE night >= $1 AND night < $2",
+            args![first_day, last_day],
+        )
         .map_err(q)?
-        .query_map(params![first_day, last_day], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(q)?
-        .collect::<Result<_, _>>()
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+        .collect::<db::Result<_>>()
         .map_err(q)?;
 
     let chief_of = |seg: &Option<String>| {
@@ -396,6 +400,7 @@ pub async fn get(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use rusqlite::{Connection, params};
 
     const H: i64 = 3_600_000;
 

@@ -12,12 +12,12 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::db::{self, args};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use protocol::{Action, Command, CommandId, Timestamp};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{ApiError, ApiState};
@@ -57,7 +57,7 @@ pub struct CommandView {
     pub replied_at: Option<String>,
 }
 
-fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<CommandView> {
+fn view(r: &db::Row) -> db::Result<CommandView> {
     let ts = |ms: i64| Timestamp::from_unix_millis(ms).to_rfc3339();
     let expires: i64 = r.get(6)?;
     let outcome: Option<String> = r.get(7)?;
@@ -79,7 +79,7 @@ fn view(r: &rusqlite::Row<'_>) -> rusqlite::Result<CommandView> {
         state,
         detail: r.get(8)?,
         read_back: read_back.and_then(|s| serde_json::from_str(&s).ok()),
-        replied_at: r.get::<_, Option<i64>>(10)?.map(ts),
+        replied_at: r.get::<Option<i64>>(10)?.map(ts),
     })
 }
 
@@ -107,12 +107,9 @@ pub async fn issue(
     let target: Option<(String, String)> = s
         .store
         .read(move |c| {
-            Ok(c.query_row(
-                "SELECT gateway, device FROM assets WHERE id = ?1",
-                [&a],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?)
+            c.query_opt("SELECT gateway, device FROM assets WHERE id = $1", args![a])?
+                .map(|r| Ok((r.get(0)?, r.get(1)?)))
+                .transpose()
         })
         .await?;
     let Some((gateway, device)) = target else {
@@ -166,10 +163,12 @@ pub async fn issue(
     let row = s
         .store
         .read(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT {COLUMNS} FROM commands WHERE id = ?1"),
-                [&id],
-                view,
+            Ok(view(
+                &c.query_opt(
+                    &format!("SELECT {COLUMNS} FROM commands WHERE id = $1"),
+                    args![id],
+                )?
+                .ok_or(StoreError::Closed)?,
             )?)
         })
         .await?;
@@ -185,12 +184,12 @@ pub async fn get_one(
     let row = s
         .store
         .read(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT {COLUMNS} FROM commands WHERE id = ?1"),
-                [&key],
-                view,
-            )
-            .optional()?)
+            c.query_opt(
+                &format!("SELECT {COLUMNS} FROM commands WHERE id = $1"),
+                args![key],
+            )?
+            .map(|r| Ok(view(&r)?))
+            .transpose()
         })
         .await?;
     row.map(Json)
@@ -205,13 +204,13 @@ pub async fn list_for_asset(
     let rows = s
         .store
         .read(move |c| {
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM commands WHERE asset = ?1 ORDER BY issued_at DESC LIMIT 100"
-            ))?;
-            let rows = stmt
-                .query_map(params![asset], view)?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            let rows = c.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM commands WHERE asset = $1 ORDER BY issued_at DESC LIMIT 100"
+                ),
+                args![asset],
+            )?;
+            Ok(rows.iter().map(view).collect::<db::Result<Vec<_>>>()?)
         })
         .await?;
     Ok(Json(rows))

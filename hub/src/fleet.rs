@@ -20,12 +20,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::db::{self, Sql, args};
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use protocol::{ConfigPush, ConfigReport, ConfigSource, GatewayId, Timestamp};
-use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -102,11 +102,11 @@ pub fn state(latest: Option<u64>, running: Option<&ConfigReport>) -> &'static st
     }
 }
 
-fn version_view(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionView> {
+fn version_view(r: &db::Row) -> db::Result<VersionView> {
     Ok(VersionView {
-        version: r.get::<_, i64>(0)? as u64,
+        version: r.get::<i64>(0)? as u64,
         sha256: r.get(1)?,
-        bytes: r.get::<_, i64>(2)? as usize,
+        bytes: r.get::<i64>(2)? as usize,
         uploaded_at: Timestamp::from_unix_millis(r.get(3)?).to_rfc3339(),
         uploaded_by: r.get(4)?,
         comment: r.get(5)?,
@@ -120,13 +120,13 @@ fn gateway_id(id: &str) -> Result<GatewayId, ApiError> {
 }
 
 /// `None` for a gateway the hub has never heard from; else its last heartbeat (if any).
-fn known_gateway(c: &rusqlite::Connection, gw: &str) -> rusqlite::Result<Option<Option<String>>> {
-    c.query_row(
-        "SELECT last_heartbeat FROM gateways WHERE id = ?1",
-        [gw],
-        |r| r.get(0),
-    )
-    .optional()
+fn known_gateway(c: &dyn Sql, gw: &str) -> db::Result<Option<Option<String>>> {
+    c.query_opt(
+        "SELECT last_heartbeat FROM gateways WHERE id = $1",
+        args![gw],
+    )?
+    .map(|r| r.get(0))
+    .transpose()
 }
 
 /// The configuration report in a gateway's last heartbeat.
@@ -197,12 +197,12 @@ pub async fn upload(
             let seen = report.as_ref().and_then(|r| r.newest).unwrap_or(0) as i64;
             let failed = report.as_ref().and_then(|r| r.failed.as_ref()).map(|f| f.version as i64);
             let newest: Option<(i64, String)> = c
-                .query_row(
-                    "SELECT version, sha256 FROM gateway_configs WHERE gateway = ?1 ORDER BY version DESC LIMIT 1",
-                    [&gw],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
+                .query_opt(
+                    "SELECT version, sha256 FROM gateway_configs WHERE gateway = $1 ORDER BY version DESC LIMIT 1",
+                    args![gw],
+                )?
+                .map(|r| Ok::<_, db::DbError>((r.get(0)?, r.get(1)?)))
+                .transpose()?;
             let (version, created) = match newest {
                 // The same text again: nothing new, unless the gateway did not keep it (a trial
                 // that failed while the broker was down may be tried again).
@@ -211,17 +211,18 @@ pub async fn upload(
                     let v = newest.map_or(0, |(v, _)| v).max(seen) + 1;
                     c.execute(
                         "INSERT INTO gateway_configs (gateway, version, sha256, toml, uploaded_at, uploaded_by, comment)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                        params![gw, v, sha, text, Timestamp::now().unix_millis(), by, comment],
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        args![gw, v, sha, text, Timestamp::now().unix_millis(), by, comment],
                     )?;
                     (v, true)
                 }
             };
-            let view = c.query_row(
-                &format!("SELECT {VERSION_COLUMNS} FROM gateway_configs WHERE gateway = ?1 AND version = ?2"),
-                params![gw, version],
-                version_view,
-            )?;
+            let view = version_view(&c
+                .query_opt(
+                    &format!("SELECT {VERSION_COLUMNS} FROM gateway_configs WHERE gateway = $1 AND version = $2"),
+                    args![gw, version],
+                )?
+                .ok_or(StoreError::Closed)?)?;
             Ok(Some((view, created)))
         })
         .await?;
@@ -311,12 +312,16 @@ pub async fn get(
             let Some(hb) = known_gateway(c, &gw)? else {
                 return Ok(None);
             };
-            let mut stmt = c.prepare_cached(&format!(
-                "SELECT {VERSION_COLUMNS} FROM gateway_configs WHERE gateway = ?1 ORDER BY version DESC"
-            ))?;
-            let versions = stmt
-                .query_map([&gw], version_view)?
-                .collect::<Result<Vec<_>, _>>()?;
+            let versions = c
+                .query(
+                    &format!(
+                        "SELECT {VERSION_COLUMNS} FROM gateway_configs WHERE gateway = $1 ORDER BY version DESC"
+                    ),
+                    args![gw],
+                )?
+                .iter()
+                .map(version_view)
+                .collect::<db::Result<Vec<_>>>()?;
             Ok(Some((running(hb), versions)))
         })
         .await?;
@@ -351,12 +356,12 @@ pub async fn get_version(
     let text: Option<String> = s
         .store
         .read(move |c| {
-            Ok(c.query_row(
-                "SELECT toml FROM gateway_configs WHERE gateway = ?1 AND version = ?2",
-                params![gw, version as i64],
-                |r| r.get(0),
-            )
-            .optional()?)
+            Ok(c.query_opt(
+                "SELECT toml FROM gateway_configs WHERE gateway = $1 AND version = $2",
+                args![gw, version],
+            )?
+            .map(|r| r.get(0))
+            .transpose()?)
         })
         .await?;
     match text {
@@ -392,24 +397,26 @@ pub async fn run(
         }
         let behind = store
             .read(|c| {
-                let mut stmt = c.prepare_cached(
+                let rows = c.query(
                     "SELECT g.id, g.last_heartbeat, v.version, g.online_at, v.uploaded_at
                      FROM gateways g
                      JOIN gateway_configs v ON v.gateway = g.id
                        AND v.version = (SELECT MAX(version) FROM gateway_configs WHERE gateway = g.id)
                      WHERE g.state = 'online'",
+                    &[],
                 )?;
-                let rows = stmt
-                    .query_map([], |r| {
+                let rows = rows
+                    .iter()
+                    .map(|r| {
                         Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, Option<String>>(1)?,
-                            r.get::<_, i64>(2)? as u64,
-                            r.get::<_, Option<i64>>(3)?.unwrap_or(0),
-                            r.get::<_, i64>(4)?,
+                            r.get::<String>(0)?,
+                            r.get::<Option<String>>(1)?,
+                            r.get::<i64>(2)? as u64,
+                            r.get::<Option<i64>>(3)?.unwrap_or(0),
+                            r.get::<i64>(4)?,
                         ))
-                    })?
-                    .collect::<Result<Vec<_>, _>>()?;
+                    })
+                    .collect::<db::Result<Vec<_>>>()?;
                 Ok(rows)
             })
             .await;
@@ -447,10 +454,10 @@ pub async fn run(
             let (g, v) = (gw.clone(), version as i64);
             let toml = store
                 .read(move |c| {
-                    Ok(c.query_row(
-                        "SELECT toml FROM gateway_configs WHERE gateway = ?1 AND version = ?2",
-                        params![g, v],
-                        |r| r.get::<_, String>(0),
+                    Ok(db::one::<String>(
+                        c,
+                        "SELECT toml FROM gateway_configs WHERE gateway = $1 AND version = $2",
+                        args![g, v],
                     )?)
                 })
                 .await;

@@ -21,6 +21,7 @@ pub use rollup::Retention;
 /// The schema on PostgreSQL (crate::db); the hub itself does not run on PostgreSQL yet.
 pub use schema::migrate_pg;
 
+use crate::db::Sql;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Error)]
@@ -116,10 +117,10 @@ impl std::fmt::Debug for WriteOp {
 #[derive(Clone)]
 pub struct Store {
     writes: mpsc::Sender<(WriteOp, Option<Ack>)>,
-    reader: Arc<Mutex<Connection>>,
+    reader: Arc<Mutex<Box<dyn Sql + Send>>>,
     /// For the few writes that do not go through the writer's queue (people acting on tasks):
     /// waiting for the write lock there must not hold up the API's reads.
-    aside: Arc<Mutex<Connection>>,
+    aside: Arc<Mutex<Box<dyn Sql + Send>>>,
     path: PathBuf,
     retention: Retention,
 }
@@ -216,8 +217,8 @@ impl Store {
         Ok((
             Store {
                 writes: tx,
-                reader: Arc::new(Mutex::new(reader)),
-                aside: Arc::new(Mutex::new(aside)),
+                reader: Arc::new(Mutex::new(Box::new(reader))),
+                aside: Arc::new(Mutex::new(Box::new(aside))),
                 path,
                 retention,
             },
@@ -244,7 +245,7 @@ impl Store {
     /// Runs a read on the reader connection off the async runtime.
     pub(crate) async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&dyn Sql) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         run_on(self.reader.clone(), f).await
     }
@@ -253,19 +254,19 @@ impl Store {
     /// async runtime); for writes made by people at human rates, such as task actions.
     pub(crate) async fn write_aside<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&dyn Sql) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         run_on(self.aside.clone(), f).await
     }
 }
 
 async fn run_on<T: Send + 'static>(
-    conn: Arc<Mutex<Connection>>,
-    f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    conn: Arc<Mutex<Box<dyn Sql + Send>>>,
+    f: impl FnOnce(&dyn Sql) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(move || {
         let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&conn)
+        f(&**conn)
     })
     .await
     .map_err(|_| StoreError::Closed)?

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use crate::db::{self, Sql, args};
 use serde::Serialize;
 
 use super::rollup::{DAY_MS, HOUR_MS, MINUTE_MS};
@@ -128,7 +128,7 @@ impl Store {
 
     /// How many gateways the hub knows; cheap enough for every health check.
     pub async fn gateway_count(&self) -> Result<i64, StoreError> {
-        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM gateways", [], |r| r.get(0))?))
+        self.read(|c| Ok(db::one(c, "SELECT COUNT(*) FROM gateways", &[])?))
             .await
     }
 
@@ -141,16 +141,16 @@ impl Store {
     }
 }
 
-fn list_assets(c: &Connection) -> Result<Vec<AssetView>, StoreError> {
-    let mut stmt = c.prepare_cached(
+fn list_assets(c: &dyn Sql) -> Result<Vec<AssetView>, StoreError> {
+    let rows = c.query(
         "SELECT a.id, a.kind, a.gateway, a.device, a.profile, a.lon, a.lat, a.road_segment, a.grid, a.zone,
                 s.metric, s.unit, s.last_value, s.last_text, s.last_quality, s.last_received, s.vtype
          FROM assets a LEFT JOIN series s ON s.gateway = a.gateway AND s.device = a.device
          ORDER BY a.id, s.metric",
+        &[],
     )?;
-    let mut rows = stmt.query([])?;
     let mut out: Vec<AssetView> = Vec::new();
-    while let Some(r) = rows.next()? {
+    for r in &rows {
         let id: String = r.get(0)?;
         if out.last().is_none_or(|a| a.id != id) {
             let (lon, lat): (Option<f64>, Option<f64>) = (r.get(5)?, r.get(6)?);
@@ -173,7 +173,7 @@ fn list_assets(c: &Connection) -> Result<Vec<AssetView>, StoreError> {
         let Some(asset) = out.last_mut() else {
             continue;
         };
-        let Some(metric) = r.get::<_, Option<String>>(10)? else {
+        let Some(metric) = r.get::<Option<String>>(10)? else {
             continue;
         };
         let received: Option<i64> = r.get(15)?;
@@ -183,10 +183,10 @@ fn list_assets(c: &Connection) -> Result<Vec<AssetView>, StoreError> {
                 asset.last_seen = Some(seen);
             }
         }
-        if let Some(unit) = r.get::<_, Option<String>>(11)? {
+        if let Some(unit) = r.get::<Option<String>>(11)? {
             asset.units.insert(metric.clone(), unit);
         }
-        if let Some(q) = r.get::<_, Option<String>>(14)? {
+        if let Some(q) = r.get::<Option<String>>(14)? {
             asset.bad.insert(metric.clone(), q);
         }
         let vtype: Option<String> = r.get(16)?;
@@ -236,25 +236,23 @@ pub(crate) fn last_answered(
 }
 
 fn readings(
-    c: &Connection,
+    c: &dyn Sql,
     q: &ReadingsQuery,
     retention: super::Retention,
     now_ms: i64,
 ) -> Result<Readings, StoreError> {
     let series: Option<(i64, Option<String>)> = c
-        .query_row(
+        .query_opt(
             "SELECT s.id, s.vtype FROM assets a JOIN series s ON s.gateway = a.gateway AND s.device = a.device
-             WHERE a.id = ?1 AND s.metric = ?2",
-            params![q.asset, q.metric],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+             WHERE a.id = $1 AND s.metric = $2",
+            args![q.asset, q.metric],
+        )?
+        .map(|r| Ok::<_, db::DbError>((r.get(0)?, r.get(1)?)))
+        .transpose()?;
     let Some((series, vtype)) = series else {
-        let known: bool = c.query_row(
-            "SELECT EXISTS (SELECT 1 FROM assets WHERE id = ?1)",
-            [&q.asset],
-            |r| r.get(0),
-        )?;
+        let known = c
+            .query_opt("SELECT 1 FROM assets WHERE id = $1", args![q.asset])?
+            .is_some();
         return if known {
             Ok(Readings {
                 points: Vec::new(),
@@ -272,18 +270,22 @@ fn readings(
             // data then).
             let raw_cutoff = now_ms - i64::from(retention.raw_days) * DAY_MS;
             let raw_kept = q.from_ms >= raw_cutoff
-                || !c.query_row(
-                    "SELECT EXISTS (SELECT 1 FROM rollup_1h WHERE series = ?1 AND ts >= ?2 AND ts < ?3)",
-                    params![series, q.from_ms - q.from_ms.rem_euclid(HOUR_MS), raw_cutoff],
-                    |r| r.get::<_, bool>(0),
-                )?;
+                || c.query_opt(
+                    "SELECT 1 FROM rollup_1h WHERE series = $1 AND ts >= $2 AND ts < $3 LIMIT 1",
+                    args![
+                        series,
+                        q.from_ms - q.from_ms.rem_euclid(HOUR_MS),
+                        raw_cutoff
+                    ],
+                )?
+                .is_none();
             let few = raw_kept
                 && {
-                    let n: i64 = c.query_row(
-                    "SELECT COUNT(*) FROM (SELECT 1 FROM readings WHERE series = ?1 AND ts >= ?2 AND ts <= ?3 LIMIT ?4)",
-                    params![series, q.from_ms, q.to_ms, q.max_points as i64 + 1],
-                    |r| r.get(0),
-                )?;
+                    let n: i64 = db::one(
+                        c,
+                        "SELECT COUNT(*) FROM (SELECT 1 FROM readings WHERE series = $1 AND ts >= $2 AND ts <= $3 LIMIT $4) AS x",
+                        args![series, q.from_ms, q.to_ms, q.max_points as i64 + 1],
+                    )?;
                     n as usize <= q.max_points
                 };
             (!few).then(|| {
@@ -300,12 +302,12 @@ fn readings(
     let mut points = Vec::new();
     match step_ms {
         None => {
-            let mut stmt = c.prepare_cached(
+            let rows = c.query(
                 "SELECT ts, value, text, quality FROM readings
-                 WHERE series = ?1 AND ts >= ?2 AND ts <= ?3 AND (value IS NOT NULL OR text IS NOT NULL) ORDER BY ts",
+                 WHERE series = $1 AND ts >= $2 AND ts <= $3 AND (value IS NOT NULL OR text IS NOT NULL) ORDER BY ts",
+                args![series, q.from_ms, q.to_ms],
             )?;
-            let mut rows = stmt.query(params![series, q.from_ms, q.to_ms])?;
-            while let Some(r) = rows.next()? {
+            for r in &rows {
                 points.push(ReadingPoint {
                     ts: rfc3339(r.get(0)?),
                     value: json_value(r.get(1)?, r.get(2)?, vtype.as_deref()),
@@ -367,13 +369,14 @@ fn auto_step(
         .unwrap_or_else(|| (wanted + DAY_MS - 1) / DAY_MS * DAY_MS)
 }
 
-fn list_gateways(c: &Connection) -> Result<Vec<GatewayView>, StoreError> {
-    let mut stmt = c.prepare_cached(
+fn list_gateways(c: &dyn Sql) -> Result<Vec<GatewayView>, StoreError> {
+    let rows = c.query(
         "SELECT g.id, g.state, g.boot, g.clock, g.agent, g.config_version, g.connected_at, g.last_seen, g.last_heartbeat,
                 (SELECT COUNT(*) FROM assets a WHERE a.gateway = g.id)
          FROM gateways g ORDER BY g.id",
+        &[],
     )?;
-    let rows = stmt.query_map([], |r| {
+    let views = rows.iter().map(|r| {
         Ok(GatewayView {
             id: r.get(0)?,
             state: r.get(1)?,
@@ -381,22 +384,23 @@ fn list_gateways(c: &Connection) -> Result<Vec<GatewayView>, StoreError> {
             clock: r.get(3)?,
             agent: r.get(4)?,
             config_version: r.get(5)?,
-            connected_at: r.get::<_, Option<i64>>(6)?.map(rfc3339),
+            connected_at: r.get::<Option<i64>>(6)?.map(rfc3339),
             last_seen: rfc3339(r.get(7)?),
             last_heartbeat: r
-                .get::<_, Option<String>>(8)?
+                .get::<Option<String>>(8)?
                 .and_then(|s| serde_json::from_str(&s).ok()),
             assets: r.get(9)?,
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    });
+    Ok(views.collect::<db::Result<_>>()?)
 }
 
-fn list_dead_letters(c: &Connection, limit: usize) -> Result<Vec<DeadLetterView>, StoreError> {
-    let mut stmt = c.prepare_cached(
-        "SELECT id, received, topic, gateway, code, reason, size, payload FROM dead_letters ORDER BY id DESC LIMIT ?1",
+fn list_dead_letters(c: &dyn Sql, limit: usize) -> Result<Vec<DeadLetterView>, StoreError> {
+    let rows = c.query(
+        "SELECT id, received, topic, gateway, code, reason, size, payload FROM dead_letters ORDER BY id DESC LIMIT $1",
+        args![limit],
     )?;
-    let rows = stmt.query_map([limit as i64], |r| {
+    let views = rows.iter().map(|r| {
         let payload: Vec<u8> = r.get(7)?;
         let text = String::from_utf8_lossy(&payload[..payload.len().min(4096)]).into_owned();
         Ok(DeadLetterView {
@@ -409,6 +413,94 @@ fn list_dead_letters(c: &Connection, limit: usize) -> Result<Vec<DeadLetterView>
             size: r.get(6)?,
             payload: text,
         })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    });
+    Ok(views.collect::<db::Result<_>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const T0: i64 = 1_790_000_000_000 - 1_790_000_000_000 % DAY_MS;
+
+    /// The API's reads give the same answers on SQLite and on PostgreSQL.
+    #[test]
+    fn the_apis_reads_on_both_engines() {
+        for (name, c) in crate::db::testing::migrated() {
+            let c = &*c;
+            c.batch(&format!(
+                "INSERT INTO gateways (id, state, last_seen) VALUES ('gw-1', 'online', {T0});
+                 INSERT INTO assets (id, kind, gateway, device, lon, lat, updated_at)
+                   VALUES ('dm-1', 'dust', 'gw-1', 'd1', 118.78, 32.04, 0), ('sl-1', 'streetlight', 'gw-1', 'l1', NULL, NULL, 0);
+                 INSERT INTO series (id, gateway, device, metric, unit, last_value, last_received, vtype)
+                   VALUES (1, 'gw-1', 'd1', 'pm10', 'ug/m3', 80.0, {T0}, 'number'),
+                          (2, 'gw-1', 'l1', 'lampOn', NULL, 1.0, {T0}, 'bool');"
+            ))
+            .unwrap();
+            c.execute(
+                "INSERT INTO dead_letters (received, topic, gateway, code, reason, payload, size)
+                 VALUES ($1, 'city/v1/gw/gw-1/up', 'gw-1', 'bad_signature', 'no', $2, 1)",
+                crate::db::args![T0, b"x".to_vec()],
+            )
+            .unwrap();
+            // An hour of pm10 a minute apart, the first half hour also rolled up.
+            for m in 0..60_i64 {
+                c.execute(
+                    "INSERT INTO readings (series, ts, value) VALUES (1, $1, $2)",
+                    crate::db::args![T0 + m * MINUTE_MS, 50.0 + m as f64],
+                )
+                .unwrap();
+            }
+            let assets = list_assets(c).unwrap();
+            assert_eq!(assets.len(), 2, "{name}");
+            assert_eq!(assets[0].latest["pm10"], serde_json::json!(80.0), "{name}");
+            assert_eq!(
+                assets[1].latest["lampOn"],
+                serde_json::json!(true),
+                "{name}"
+            );
+            assert!(assets[1].location.is_none(), "{name}");
+            let q = |step_ms, max_points| ReadingsQuery {
+                asset: "dm-1".into(),
+                metric: "pm10".into(),
+                from_ms: T0,
+                to_ms: T0 + HOUR_MS - 1,
+                max_points,
+                step_ms,
+            };
+            let retention = super::super::Retention::default();
+            let raw = readings(c, &q(None, 100), retention, T0 + HOUR_MS).unwrap();
+            assert_eq!((raw.points.len(), raw.step_ms), (60, None), "{name}");
+            let auto = readings(c, &q(None, 10), retention, T0 + HOUR_MS).unwrap();
+            assert_eq!(auto.step_ms, Some(10 * MINUTE_MS), "{name}");
+            assert_eq!(auto.points.len(), 6, "{name}");
+            assert_eq!(auto.points[0].count, Some(10), "{name}");
+            assert_eq!(auto.points[0].value, serde_json::json!(54.5), "{name}");
+            assert_eq!(
+                (auto.points[5].min, auto.points[5].max),
+                (Some(100.0), Some(109.0)),
+                "{name}"
+            );
+            let none = ReadingsQuery {
+                asset: "dm-9".into(),
+                ..q(None, 10)
+            };
+            assert!(
+                matches!(
+                    readings(c, &none, retention, T0),
+                    Err(StoreError::UnknownAsset(_))
+                ),
+                "{name}"
+            );
+            let gws = list_gateways(c).unwrap();
+            assert_eq!((gws[0].id.as_str(), gws[0].assets), ("gw-1", 2), "{name}");
+            let dl = list_dead_letters(c, 10).unwrap();
+            assert_eq!(
+                (dl[0].code.as_str(), dl[0].payload.as_str()),
+                ("bad_signature", "x"),
+                "{name}"
+            );
+        }
+    }
 }

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
 use crate::metrics::Metrics;
 
@@ -442,17 +442,18 @@ impl Source {
 /// one series in `[from, to]`. Minutes and hours come from the rollups up to the watermark and
 /// from the raw readings after it, so the newest buckets are complete too.
 pub(super) fn buckets(
-    c: &Connection,
+    c: &dyn crate::db::Sql,
     series: i64,
     from: i64,
     to: i64,
     step_ms: i64,
-) -> rusqlite::Result<Vec<Bucket>> {
+) -> crate::db::Result<Vec<Bucket>> {
+    use crate::db::args;
     let source = Source::for_step(step_ms);
-    let watermark: i64 = c
-        .query_row("SELECT watermark FROM rollup_state", [], |r| r.get(0))
-        .optional()?
-        .unwrap_or(0);
+    let watermark: i64 = match c.query_opt("SELECT watermark FROM rollup_state", &[])? {
+        Some(r) => r.get(0)?,
+        None => 0,
+    };
     // Align the range to the step so no bucket is half counted.
     let from = floor(from, step_ms);
     let end = to + 1; // `to` is inclusive
@@ -489,14 +490,14 @@ pub(super) fn buckets(
         }
     };
     if end > raw_from {
-        let mut stmt = c.prepare_cached(
-            "SELECT (ts / ?4) * ?4, COUNT(*), SUM(value), MIN(value), MAX(value) FROM readings
-             WHERE series = ?1 AND ts >= ?2 AND ts < ?3 AND value IS NOT NULL AND quality IS NULL
+        let rows = c.query(
+            "SELECT (ts / $4) * $4, COUNT(*), SUM(value), MIN(value), MAX(value) FROM readings
+             WHERE series = $1 AND ts >= $2 AND ts < $3 AND value IS NOT NULL AND quality IS NULL
              GROUP BY 1 ORDER BY 1",
+            args![series, raw_from, end, step_ms],
         )?;
-        let rows = stmt.query_map(params![series, raw_from, end, step_ms], bucket_row)?;
-        for b in rows {
-            parts.push(b?);
+        for r in &rows {
+            parts.push(bucket_row(r)?);
         }
     }
     // Parts arrive in time order per source; merge those of the same bucket.
@@ -512,7 +513,7 @@ pub(super) fn buckets(
 }
 
 /// A bucket from a row of (ts, n, sum, min, max).
-fn bucket_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Bucket> {
+fn bucket_row(r: &crate::db::Row) -> crate::db::Result<Bucket> {
     Ok(Bucket {
         ts: r.get(0)?,
         n: r.get(1)?,
@@ -523,21 +524,24 @@ fn bucket_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Bucket> {
 }
 
 fn rollup_rows(
-    c: &Connection,
+    c: &dyn crate::db::Sql,
     table: &str,
     series: i64,
     from: i64,
     to: i64,
     step_ms: i64,
     out: &mut Vec<Bucket>,
-) -> rusqlite::Result<()> {
-    let mut stmt = c.prepare_cached(&format!(
-        "SELECT (ts / ?4) * ?4, SUM(n), SUM(sum), MIN(min), MAX(max) FROM {table}
-         WHERE series = ?1 AND ts >= ?2 AND ts < ?3 GROUP BY 1 ORDER BY 1"
-    ))?;
-    let rows = stmt.query_map(params![series, from, to, step_ms], bucket_row)?;
-    for b in rows {
-        out.push(b?);
+) -> crate::db::Result<()> {
+    // CAST: PostgreSQL sums integers as NUMERIC.
+    let rows = c.query(
+        &format!(
+            "SELECT (ts / $4) * $4, CAST(SUM(n) AS BIGINT), SUM(sum), MIN(min), MAX(max) FROM {table}
+             WHERE series = $1 AND ts >= $2 AND ts < $3 GROUP BY 1 ORDER BY 1"
+        ),
+        crate::db::args![series, from, to, step_ms],
+    )?;
+    for r in &rows {
+        out.push(bucket_row(r)?);
     }
     Ok(())
 }
