@@ -63,6 +63,41 @@ fn pg_message(e: &postgres::Error) -> String {
     }
 }
 
+impl DbError {
+    /// Whether trying the same work again later may succeed (the disk, the connection, a lock),
+    /// as against the database refusing this data (a constraint, a value out of range).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Sqlite(e) => {
+                use rusqlite::ErrorCode::*;
+                matches!(
+                    e.sqlite_error_code(),
+                    Some(
+                        SystemIoFailure
+                            | DiskFull
+                            | DatabaseBusy
+                            | DatabaseLocked
+                            | CannotOpen
+                            | ReadOnly
+                            | OutOfMemory
+                    )
+                )
+            }
+            DbError::Postgres(e) => match e.code() {
+                // No SQLSTATE: the connection itself failed.
+                None => true,
+                // Connection exception, transaction rollback (serialization, deadlock),
+                // insufficient resources, operator intervention (shutdown), system error.
+                Some(code) => {
+                    let class = &code.code()[..2];
+                    matches!(class, "08" | "40" | "53" | "57" | "58")
+                }
+            },
+            DbError::Column { .. } => false,
+        }
+    }
+}
+
 /// Lets code not yet moved onto this layer (returning `rusqlite::Result`) call code that has.
 impl From<DbError> for rusqlite::Error {
     fn from(e: DbError) -> Self {

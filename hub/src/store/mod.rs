@@ -189,11 +189,7 @@ impl Store {
         })?;
         let reader = open(&path)?;
         let aside = open(&path)?;
-        let maintenance = rollup::Maintenance::load(&wconn, retention, data_dir.join("evidence"))
-            .map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let maintenance = rollup::Maintenance::load(&wconn, retention, data_dir.join("evidence"))?;
         let sink = match influx {
             Some(cfg) => {
                 let (sink, sink_metrics) =
@@ -209,7 +205,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(wconn, rx, metrics, sink, live, maintenance, feed))
+            .spawn(move || writer::run(Box::new(wconn), rx, metrics, sink, live, maintenance, feed))
             .map_err(|e| StoreError::DataDir {
                 path: data_dir.to_owned(),
                 source: e,

@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, params};
+use crate::db::{self, Begin, Sql, Tx, args};
 
 use crate::metrics::Metrics;
 
@@ -103,24 +103,20 @@ pub(super) struct Maintenance {
 }
 
 impl Maintenance {
-    pub fn load(
-        conn: &Connection,
-        retention: Retention,
-        evidence_dir: PathBuf,
-    ) -> rusqlite::Result<Self> {
-        let stored: i64 = conn.query_row("SELECT watermark FROM rollup_state", [], |r| r.get(0))?;
+    pub fn load(conn: &dyn Sql, retention: Retention, evidence_dir: PathBuf) -> db::Result<Self> {
+        let stored: i64 = db::one(conn, "SELECT watermark FROM rollup_state", &[])?;
         let watermark = if stored > 0 {
             stored
         } else {
             // A new store (or one from before rollups): start at the oldest reading.
-            let oldest: Option<i64> = conn.query_row(
+            let oldest: Option<i64> = db::one(
+                conn,
                 "SELECT MIN((SELECT MIN(ts) FROM readings WHERE series = s.id)) FROM series s",
-                [],
-                |r| r.get(0),
+                &[],
             )?;
             let start = oldest.unwrap_or_else(|| crate::now_ms() - HORIZON_MS);
             let start = floor(start, MINUTE_MS);
-            conn.execute("UPDATE rollup_state SET watermark = ?1", [start])?;
+            conn.execute("UPDATE rollup_state SET watermark = $1", args![start])?;
             start
         };
         Ok(Self {
@@ -152,7 +148,7 @@ impl Maintenance {
     }
 
     /// Runs what is due; called by the writer between batches.
-    pub fn run_due(&mut self, conn: &mut Connection, metrics: &Metrics) {
+    pub fn run_due(&mut self, conn: &dyn Sql, metrics: &Metrics) {
         let now = Instant::now();
         if now >= self.next_rollup {
             let started = Instant::now();
@@ -197,13 +193,13 @@ impl Maintenance {
 
     /// Rolls up the next minutes that passed the horizon and recomputes dirty minutes. Returns
     /// whether more work is waiting.
-    pub fn rollup_step(&mut self, conn: &mut Connection, now_ms: i64) -> rusqlite::Result<bool> {
+    pub fn rollup_step(&mut self, conn: &dyn Sql, now_ms: i64) -> db::Result<bool> {
         let horizon = floor(now_ms - HORIZON_MS, MINUTE_MS);
         let to = horizon.min(self.watermark + STEP_MAX_MS);
-        let tx = conn.transaction()?;
+        let tx = Tx::begin(conn, Begin::Deferred)?;
         if to > self.watermark {
             roll_new_minutes(&tx, self.watermark, to)?;
-            tx.execute("UPDATE rollup_state SET watermark = ?1", [to])?;
+            tx.execute("UPDATE rollup_state SET watermark = $1", args![to])?;
         }
         let watermark = self.watermark.max(to);
         let dirty_left = recompute_dirty(&tx, watermark)?;
@@ -215,10 +211,10 @@ impl Maintenance {
     /// Deletes what is past its period, within the time budget. Returns whether it finished.
     pub fn retention_pass(
         &mut self,
-        conn: &mut Connection,
+        conn: &dyn Sql,
         now_ms: i64,
         metrics: &Metrics,
-    ) -> rusqlite::Result<bool> {
+    ) -> db::Result<bool> {
         let started = Instant::now();
         let r = self.retention;
         let days = |d: u32| now_ms - i64::from(d) * DAY_MS;
@@ -226,26 +222,32 @@ impl Maintenance {
         let raw_cutoff = days(r.raw_days).min(self.watermark);
         let minute_cutoff = floor(days(r.minute_days), MINUTE_MS);
         let hour_cutoff = floor(days(r.hour_days), HOUR_MS);
-        let tx = conn.transaction()?;
+        let tx = Tx::begin(conn, Begin::Deferred)?;
         let mut done = true;
         {
-            let mut series =
-                tx.prepare_cached("SELECT id FROM series WHERE id > ?1 ORDER BY id")?;
-            let ids: Vec<i64> = series
-                .query_map([self.retention_cursor], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let mut raw =
-                tx.prepare_cached("DELETE FROM readings WHERE series = ?1 AND ts < ?2")?;
-            let mut minutes =
-                tx.prepare_cached("DELETE FROM rollup_1m WHERE series = ?1 AND ts < ?2")?;
-            let mut hours =
-                tx.prepare_cached("DELETE FROM rollup_1h WHERE series = ?1 AND ts < ?2")?;
+            let ids: Vec<i64> = tx
+                .query(
+                    "SELECT id FROM series WHERE id > $1 ORDER BY id",
+                    args![self.retention_cursor],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<db::Result<_>>()?;
             for id in ids {
-                let n = raw.execute(params![id, raw_cutoff])?;
+                let n = tx.execute(
+                    "DELETE FROM readings WHERE series = $1 AND ts < $2",
+                    args![id, raw_cutoff],
+                )?;
                 metrics.retention_deleted("reading", n as u64);
-                let n = minutes.execute(params![id, minute_cutoff])?;
+                let n = tx.execute(
+                    "DELETE FROM rollup_1m WHERE series = $1 AND ts < $2",
+                    args![id, minute_cutoff],
+                )?;
                 metrics.retention_deleted("minute", n as u64);
-                let n = hours.execute(params![id, hour_cutoff])?;
+                let n = tx.execute(
+                    "DELETE FROM rollup_1h WHERE series = $1 AND ts < $2",
+                    args![id, hour_cutoff],
+                )?;
                 metrics.retention_deleted("hour", n as u64);
                 self.retention_cursor = id;
                 if started.elapsed() > RETENTION_BUDGET {
@@ -258,8 +260,8 @@ impl Maintenance {
             // Envelope names (deduplication) are kept as long as raw readings.
             let n = tx.execute(
                 "DELETE FROM envelopes WHERE (gateway, boot, seq) IN
-                   (SELECT gateway, boot, seq FROM envelopes WHERE received < ?1 LIMIT 50000)",
-                [days(r.raw_days)],
+                   (SELECT gateway, boot, seq FROM envelopes WHERE received < $1 LIMIT 50000)",
+                args![days(r.raw_days)],
             )?;
             metrics.retention_deleted("envelope", n as u64);
             done = n < 50_000;
@@ -275,20 +277,15 @@ impl Maintenance {
     }
 
     /// Deletes the images stored before `cutoff` and marks their records expired.
-    fn expire_evidence(
-        &self,
-        tx: &Connection,
-        cutoff: i64,
-        now_ms: i64,
-    ) -> rusqlite::Result<usize> {
-        let mut stmt = tx.prepare_cached(
-            "SELECT sha256 FROM evidence WHERE stored_at < ?1 AND expired_at IS NULL LIMIT 500",
-        )?;
-        let shas: Vec<String> = stmt
-            .query_map([cutoff], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let mut mark =
-            tx.prepare_cached("UPDATE evidence SET expired_at = ?2 WHERE sha256 = ?1")?;
+    fn expire_evidence(&self, tx: &dyn Sql, cutoff: i64, now_ms: i64) -> db::Result<usize> {
+        let shas: Vec<String> = tx
+            .query(
+                "SELECT sha256 FROM evidence WHERE stored_at < $1 AND expired_at IS NULL LIMIT 500",
+                args![cutoff],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect::<db::Result<_>>()?;
         for sha in &shas {
             if sha.len() < 2 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
                 continue;
@@ -303,7 +300,10 @@ impl Maintenance {
                     continue;
                 }
             }
-            mark.execute(params![sha, now_ms])?;
+            tx.execute(
+                "UPDATE evidence SET expired_at = $2 WHERE sha256 = $1",
+                args![sha, now_ms],
+            )?;
         }
         Ok(shas.len())
     }
@@ -311,72 +311,83 @@ impl Maintenance {
 
 /// Rolls the minutes in `[from, to)` up from the raw readings, and adds them into their hours.
 /// Those minutes were never rolled up before (they were past the watermark), so adding is right.
-fn roll_new_minutes(tx: &Connection, from: i64, to: i64) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO rollup_1m (series, ts, n, sum, min, max)
+fn roll_new_minutes(tx: &dyn Sql, from: i64, to: i64) -> db::Result<()> {
+    tx.execute(
+        "INSERT INTO rollup_1m (series, ts, n, sum, min, max)
          SELECT series, ts - ts % 60000, COUNT(*), SUM(value), MIN(value), MAX(value)
          FROM readings
-         WHERE series IN (SELECT id FROM series) AND ts >= ?1 AND ts < ?2
+         WHERE series IN (SELECT id FROM series) AND ts >= $1 AND ts < $2
            AND value IS NOT NULL AND quality IS NULL
-         GROUP BY series, ts - ts % 60000",
-    )?
-    .execute(params![from, to])?;
-    tx.prepare_cached(
+         GROUP BY series, ts - ts % 60000
+         ON CONFLICT (series, ts) DO UPDATE SET
+            n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max",
+        args![from, to],
+    )?;
+    tx.execute(
         "INSERT INTO rollup_1h (series, ts, n, sum, min, max)
          SELECT series, ts - ts % 3600000, SUM(n), SUM(sum), MIN(min), MAX(max)
          FROM rollup_1m
-         WHERE series IN (SELECT id FROM series) AND ts >= ?1 AND ts < ?2
+         WHERE series IN (SELECT id FROM series) AND ts >= $1 AND ts < $2
          GROUP BY series, ts - ts % 3600000
          ON CONFLICT (series, ts) DO UPDATE SET
-            n = n + excluded.n, sum = sum + excluded.sum,
-            min = MIN(min, excluded.min), max = MAX(max, excluded.max)",
-    )?
-    .execute(params![from, to])?;
+            n = rollup_1h.n + excluded.n, sum = rollup_1h.sum + excluded.sum,
+            min = CASE WHEN excluded.min < rollup_1h.min THEN excluded.min ELSE rollup_1h.min END,
+            max = CASE WHEN excluded.max > rollup_1h.max THEN excluded.max ELSE rollup_1h.max END",
+        args![from, to],
+    )?;
     Ok(())
 }
 
 /// Recomputes up to [`DIRTY_PER_STEP`] dirty minutes and their hours from what is stored.
 /// Returns whether dirty minutes are left. A minute at or past the watermark is not rolled up
 /// yet (its hour will be added to when it is), so it is only unmarked.
-fn recompute_dirty(tx: &Connection, watermark: i64) -> rusqlite::Result<bool> {
-    let mut stmt = tx.prepare_cached("SELECT series, ts FROM rollup_dirty LIMIT ?1")?;
-    let dirty: Vec<(i64, i64)> = stmt
-        .query_map([DIRTY_PER_STEP as i64 + 1], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
+fn recompute_dirty(tx: &dyn Sql, watermark: i64) -> db::Result<bool> {
+    let dirty: Vec<(i64, i64)> = tx
+        .query(
+            "SELECT series, ts FROM rollup_dirty ORDER BY series, ts LIMIT $1",
+            args![DIRTY_PER_STEP + 1],
+        )?
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+        .collect::<db::Result<_>>()?;
     let more = dirty.len() > DIRTY_PER_STEP;
     let mut hours = BTreeSet::new();
-    {
-        let mut del_minute =
-            tx.prepare_cached("DELETE FROM rollup_1m WHERE series = ?1 AND ts = ?2")?;
-        let mut minute = tx.prepare_cached(
-            "INSERT INTO rollup_1m (series, ts, n, sum, min, max)
-             SELECT ?1, ?2, COUNT(*), SUM(value), MIN(value), MAX(value)
-             FROM readings
-             WHERE series = ?1 AND ts >= ?2 AND ts < ?2 + 60000 AND value IS NOT NULL AND quality IS NULL
-             HAVING COUNT(*) > 0",
+    for &(series, ts) in dirty.iter().take(DIRTY_PER_STEP) {
+        tx.execute(
+            "DELETE FROM rollup_dirty WHERE series = $1 AND ts = $2",
+            args![series, ts],
         )?;
-        let mut undirty =
-            tx.prepare_cached("DELETE FROM rollup_dirty WHERE series = ?1 AND ts = ?2")?;
-        for &(series, ts) in dirty.iter().take(DIRTY_PER_STEP) {
-            undirty.execute(params![series, ts])?;
-            if ts >= watermark {
-                continue;
-            }
-            del_minute.execute(params![series, ts])?;
-            minute.execute(params![series, ts])?;
-            hours.insert((series, floor(ts, HOUR_MS)));
+        if ts >= watermark {
+            continue;
         }
+        tx.execute(
+            "DELETE FROM rollup_1m WHERE series = $1 AND ts = $2",
+            args![series, ts],
+        )?;
+        // CAST: typed parameters in a SELECT list (PostgreSQL cannot infer them there).
+        tx.execute(
+            "INSERT INTO rollup_1m (series, ts, n, sum, min, max)
+             SELECT CAST($1 AS BIGINT), CAST($2 AS BIGINT), COUNT(*), SUM(value), MIN(value), MAX(value)
+             FROM readings
+             WHERE series = $1 AND ts >= $2 AND ts < CAST($2 AS BIGINT) + 60000
+               AND value IS NOT NULL AND quality IS NULL
+             HAVING COUNT(*) > 0",
+            args![series, ts],
+        )?;
+        hours.insert((series, floor(ts, HOUR_MS)));
     }
-    let mut del_hour = tx.prepare_cached("DELETE FROM rollup_1h WHERE series = ?1 AND ts = ?2")?;
-    let mut hour = tx.prepare_cached(
-        "INSERT INTO rollup_1h (series, ts, n, sum, min, max)
-         SELECT ?1, ?2, SUM(n), SUM(sum), MIN(min), MAX(max)
-         FROM rollup_1m WHERE series = ?1 AND ts >= ?2 AND ts < ?2 + 3600000
-         HAVING COUNT(*) > 0",
-    )?;
     for (series, ts) in hours {
-        del_hour.execute(params![series, ts])?;
-        hour.execute(params![series, ts])?;
+        tx.execute(
+            "DELETE FROM rollup_1h WHERE series = $1 AND ts = $2",
+            args![series, ts],
+        )?;
+        tx.execute(
+            "INSERT INTO rollup_1h (series, ts, n, sum, min, max)
+             SELECT CAST($1 AS BIGINT), CAST($2 AS BIGINT), SUM(n), SUM(sum), MIN(min), MAX(max)
+             FROM rollup_1m WHERE series = $1 AND ts >= $2 AND ts < CAST($2 AS BIGINT) + 3600000
+             HAVING COUNT(*) > 0",
+            args![series, ts],
+        )?;
     }
     Ok(more)
 }
@@ -384,16 +395,14 @@ fn recompute_dirty(tx: &Connection, watermark: i64) -> rusqlite::Result<bool> {
 /// Records that these (series, minute) rollups must be recomputed; called in the writer's
 /// transaction for readings that came in behind the watermark.
 pub(super) fn mark_dirty(
-    tx: &Connection,
+    tx: &dyn Sql,
     minutes: &std::collections::HashSet<(i64, i64)>,
-) -> rusqlite::Result<()> {
-    if minutes.is_empty() {
-        return Ok(());
-    }
-    let mut stmt =
-        tx.prepare_cached("INSERT OR IGNORE INTO rollup_dirty (series, ts) VALUES (?1, ?2)")?;
+) -> db::Result<()> {
     for (series, ts) in minutes {
-        stmt.execute(params![series, ts])?;
+        tx.execute(
+            "INSERT INTO rollup_dirty (series, ts) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            args![series, ts],
+        )?;
     }
     Ok(())
 }
@@ -555,21 +564,24 @@ mod tests {
 
     const T0: i64 = 1_790_000_000_000 - 1_790_000_000_000 % DAY_MS; // a midnight, UTC
 
-    fn db() -> Connection {
-        let mut c = Connection::open_in_memory().unwrap();
-        super::super::schema::migrate(&mut c).unwrap();
-        c.execute_batch(
-            "INSERT INTO series (id, gateway, device, metric) VALUES (1, 'gw', 'd1', 'level'), (2, 'gw', 'd2', 'level');",
-        )
-        .unwrap();
-        c
+    /// The store with two series, on each engine this run reaches.
+    fn dbs() -> Vec<(&'static str, Box<dyn Sql>)> {
+        let v = crate::db::testing::migrated();
+        for (_, c) in &v {
+            c.batch(
+                "INSERT INTO series (id, gateway, device, metric) VALUES (1, 'gw', 'd1', 'level'), (2, 'gw', 'd2', 'level');",
+            )
+            .unwrap();
+        }
+        v
     }
 
     /// A reading as the writer stores it, marking its minute dirty when it is late.
-    fn put(c: &Connection, m: &Maintenance, series: i64, ts: i64, v: f64, bad: bool) {
+    fn put(c: &dyn Sql, m: &Maintenance, series: i64, ts: i64, v: f64, bad: bool) {
         c.execute(
-            "INSERT OR REPLACE INTO readings (series, ts, value, quality) VALUES (?1, ?2, ?3, ?4)",
-            params![series, ts, v, bad.then_some("out_of_range")],
+            "INSERT INTO readings (series, ts, value, quality) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (series, ts) DO UPDATE SET value = excluded.value, quality = excluded.quality",
+            args![series, ts, v, bad.then_some("out_of_range")],
         )
         .unwrap();
         if ts < m.watermark() {
@@ -639,157 +651,159 @@ mod tests {
 
     #[test]
     fn rollups_answer_like_the_raw_readings_with_late_data_and_restarts() {
-        let mut c = db();
-        let dir = tempfile::tempdir().unwrap();
-        let mut m = Maintenance::load(&c, Retention::default(), dir.path().into()).unwrap();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        let mut data = Vec::new();
-        // Six hours of readings arriving in time order, with some late ones (replays) and a
-        // restart of the writer now and then; the rollups advance as the clock does.
-        let mut now = T0;
-        while now < T0 + 6 * HOUR_MS {
-            now += 20_000 + rng.below(40_000) as i64;
-            for series in [1, 2] {
-                let on_time = now - rng.below(5_000) as i64;
-                let late = rng.below(10) == 0;
-                let ts = if late {
-                    T0 + rng.below((now - T0) as u64) as i64
-                } else {
-                    on_time
-                };
-                let v = (rng.below(1000) as f64) / 10.0;
-                let bad = rng.below(20) == 0;
-                put(&c, &m, series, ts, v, bad);
-                data.push((series, ts, v, bad));
-            }
-            m.rollup_step(&mut c, now).unwrap();
-            if rng.below(50) == 0 {
-                m = Maintenance::load(&c, Retention::default(), dir.path().into()).unwrap();
-            }
-        }
-        assert!(m.watermark() > T0 + 5 * HOUR_MS, "the rollups kept up");
-        let dirty: i64 = c
-            .query_row("SELECT COUNT(*) FROM rollup_dirty", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(dirty, 0, "late minutes were recomputed");
-        for step in [
-            1_000,
-            30_000,
-            MINUTE_MS,
-            5 * MINUTE_MS,
-            HOUR_MS,
-            2 * HOUR_MS,
-            DAY_MS,
-        ] {
-            for (from, to) in [
-                (T0, now),
-                (T0 + 17 * MINUTE_MS + 5, now - 7),
-                (T0 + 2 * HOUR_MS, T0 + 3 * HOUR_MS - 1),
-                (now - 10 * MINUTE_MS, now),
-            ] {
+        for (name, c) in dbs() {
+            let c = &*c;
+            let dir = tempfile::tempdir().unwrap();
+            let mut m = Maintenance::load(c, Retention::default(), dir.path().into()).unwrap();
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+            let mut data = Vec::new();
+            // Six hours of readings arriving in time order, with some late ones (replays) and a
+            // restart of the writer now and then; the rollups advance as the clock does.
+            let mut now = T0;
+            while now < T0 + 6 * HOUR_MS {
+                now += 20_000 + rng.below(40_000) as i64;
                 for series in [1, 2] {
-                    let got = buckets(&c, series, from, to, step).unwrap();
-                    let want = expected(&data, series, from, to, step);
-                    assert!(
-                        same(&got, &want),
-                        "series {series} step {step} range {from}..{to}:\n got {got:?}\nwant {want:?}"
-                    );
+                    let on_time = now - rng.below(5_000) as i64;
+                    let late = rng.below(10) == 0;
+                    let ts = if late {
+                        T0 + rng.below((now - T0) as u64) as i64
+                    } else {
+                        on_time
+                    };
+                    let v = (rng.below(1000) as f64) / 10.0;
+                    let bad = rng.below(20) == 0;
+                    put(c, &m, series, ts, v, bad);
+                    data.push((series, ts, v, bad));
+                }
+                m.rollup_step(c, now).unwrap();
+                if rng.below(50) == 0 {
+                    m = Maintenance::load(c, Retention::default(), dir.path().into()).unwrap();
                 }
             }
+            assert!(
+                m.watermark() > T0 + 5 * HOUR_MS,
+                "{name}: the rollups kept up"
+            );
+            let dirty: i64 = db::one(c, "SELECT COUNT(*) FROM rollup_dirty", &[]).unwrap();
+            assert_eq!(dirty, 0, "{name}: late minutes were recomputed");
+            for step in [
+                1_000,
+                30_000,
+                MINUTE_MS,
+                5 * MINUTE_MS,
+                HOUR_MS,
+                2 * HOUR_MS,
+                DAY_MS,
+            ] {
+                for (from, to) in [
+                    (T0, now),
+                    (T0 + 17 * MINUTE_MS + 5, now - 7),
+                    (T0 + 2 * HOUR_MS, T0 + 3 * HOUR_MS - 1),
+                    (now - 10 * MINUTE_MS, now),
+                ] {
+                    for series in [1, 2] {
+                        let got = buckets(c, series, from, to, step).unwrap();
+                        let want = expected(&data, series, from, to, step);
+                        assert!(
+                            same(&got, &want),
+                            "{name}: series {series} step {step} range {from}..{to}:\n got {got:?}\nwant {want:?}"
+                        );
+                    }
+                }
+            }
+            // The hours come from the hour table (not recomputed from raw).
+            let hours: i64 = db::one(c, "SELECT COUNT(*) FROM rollup_1h", &[]).unwrap();
+            assert!(hours >= 10, "{name}: {hours}");
         }
-        // The hours come from the hour table (not recomputed from raw).
-        let hours: i64 = c
-            .query_row("SELECT COUNT(*) FROM rollup_1h", [], |r| r.get(0))
-            .unwrap();
-        assert!(hours >= 10, "{hours}");
     }
 
     #[test]
     fn retention_deletes_raw_after_rollup_and_keeps_the_history_in_rollups() {
-        let mut c = db();
-        let dir = tempfile::tempdir().unwrap();
-        let retention = Retention {
-            raw_days: 8,
-            minute_days: 9,
-            hour_days: 10,
-            evidence_days: 1,
-        };
-        c.execute("UPDATE rollup_state SET watermark = 0", [])
-            .unwrap();
-        let m = Maintenance::load(&c, retention, dir.path().into()).unwrap();
-        c.execute("UPDATE rollup_state SET watermark = 0", [])
-            .unwrap();
-        // One reading every 10 minutes for 12 days.
-        let mut ts = T0;
-        let mut n = 0;
-        while ts < T0 + 12 * DAY_MS {
-            put(&c, &m, 1, ts, 1.0 + (n % 3) as f64, false);
-            ts += 10 * MINUTE_MS;
-            n += 1;
+        for (name, c) in dbs() {
+            let c = &*c;
+            let dir = tempfile::tempdir().unwrap();
+            let retention = Retention {
+                raw_days: 8,
+                minute_days: 9,
+                hour_days: 10,
+                evidence_days: 1,
+            };
+            c.execute("UPDATE rollup_state SET watermark = 0", &[])
+                .unwrap();
+            let m = Maintenance::load(c, retention, dir.path().into()).unwrap();
+            c.execute("UPDATE rollup_state SET watermark = 0", &[])
+                .unwrap();
+            // One reading every 10 minutes for 12 days.
+            let mut ts = T0;
+            let mut n = 0;
+            while ts < T0 + 12 * DAY_MS {
+                put(c, &m, 1, ts, 1.0 + (n % 3) as f64, false);
+                ts += 10 * MINUTE_MS;
+                n += 1;
+            }
+            // Opened on this store, the rollups start at its oldest reading.
+            let mut m = Maintenance::load(c, retention, dir.path().into()).unwrap();
+            assert_eq!(m.watermark(), T0, "{name}");
+            let now = T0 + 12 * DAY_MS;
+            let metrics = Metrics::default();
+            // Before the rollups caught up, retention keeps raw readings that are not rolled up yet.
+            m.retention_pass(c, now, &metrics).unwrap();
+            let raw: i64 = db::one(c, "SELECT COUNT(*) FROM readings", &[]).unwrap();
+            assert_eq!(raw, n, "{name}: nothing deleted before it was rolled up");
+            while m.rollup_step(c, now).unwrap() {}
+            while !m.retention_pass(c, now, &metrics).unwrap() {}
+            let count = |sql: &str| -> i64 { db::one(c, sql, &[]).unwrap() };
+            assert_eq!(
+                count("SELECT MIN(ts) FROM readings"),
+                now - 8 * DAY_MS,
+                "raw from 8 days back"
+            );
+            assert_eq!(count("SELECT MIN(ts) FROM rollup_1m"), now - 9 * DAY_MS);
+            assert_eq!(count("SELECT MIN(ts) FROM rollup_1h"), now - 10 * DAY_MS);
+            // A query over the whole period still answers from the hours.
+            let b = buckets(c, 1, T0, now, DAY_MS).unwrap();
+            assert_eq!(b.len(), 10, "{name}: {b:?}");
+            assert_eq!(b[9].n, 144, "{name}: a day of readings every 10 minutes");
+            let text = metrics.render();
+            assert!(
+                text.contains("hub_retention_deleted_total{kind=\"reading\"} "),
+                "{text}"
+            );
         }
-        // Opened on this store, the rollups start at its oldest reading.
-        let mut m = Maintenance::load(&c, retention, dir.path().into()).unwrap();
-        assert_eq!(m.watermark(), T0);
-        let now = T0 + 12 * DAY_MS;
-        let metrics = Metrics::default();
-        // Before the rollups caught up, retention keeps raw readings that are not rolled up yet.
-        m.retention_pass(&mut c, now, &metrics).unwrap();
-        let raw: i64 = c
-            .query_row("SELECT COUNT(*) FROM readings", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(raw, n, "nothing deleted before it was rolled up");
-        while m.rollup_step(&mut c, now).unwrap() {}
-        while !m.retention_pass(&mut c, now, &metrics).unwrap() {}
-        let count = |sql: &str| -> i64 { c.query_row(sql, [], |r| r.get(0)).unwrap() };
-        assert_eq!(
-            count("SELECT MIN(ts) FROM readings"),
-            now - 8 * DAY_MS,
-            "raw from 8 days back"
-        );
-        assert_eq!(count("SELECT MIN(ts) FROM rollup_1m"), now - 9 * DAY_MS);
-        assert_eq!(count("SELECT MIN(ts) FROM rollup_1h"), now - 10 * DAY_MS);
-        // A query over the whole period still answers from the hours.
-        let b = buckets(&c, 1, T0, now, DAY_MS).unwrap();
-        assert_eq!(b.len(), 10, "{b:?}");
-        assert_eq!(b[9].n, 144, "a day of readings every 10 minutes");
-        let text = metrics.render();
-        assert!(
-            text.contains("hub_retention_deleted_total{kind=\"reading\"} "),
-            "{text}"
-        );
     }
 
     #[test]
     fn evidence_images_are_deleted_after_their_period_and_marked_expired() {
-        let mut c = db();
-        let dir = tempfile::tempdir().unwrap();
-        let retention = Retention {
-            evidence_days: 1,
-            ..Retention::default()
-        };
-        let mut m = Maintenance::load(&c, retention, dir.path().into()).unwrap();
-        let (old, new) = ("ab".repeat(32), "cd".repeat(32));
-        for (sha, at) in [(&old, T0), (&new, T0 + DAY_MS + 1)] {
-            std::fs::create_dir_all(dir.path().join(&sha[..2])).unwrap();
-            std::fs::write(dir.path().join(&sha[..2]).join(sha), b"jpeg").unwrap();
-            c.execute(
-                "INSERT INTO evidence (sha256, media_type, bytes, gateway, stored_at) VALUES (?1, 'image/jpeg', 4, 'gw', ?2)",
-                params![sha, at],
+        for (name, c) in dbs() {
+            let c = &*c;
+            let dir = tempfile::tempdir().unwrap();
+            let retention = Retention {
+                evidence_days: 1,
+                ..Retention::default()
+            };
+            let mut m = Maintenance::load(c, retention, dir.path().into()).unwrap();
+            let (old, new) = ("ab".repeat(32), "cd".repeat(32));
+            for (sha, at) in [(&old, T0), (&new, T0 + DAY_MS + 1)] {
+                std::fs::create_dir_all(dir.path().join(&sha[..2])).unwrap();
+                std::fs::write(dir.path().join(&sha[..2]).join(sha), b"jpeg").unwrap();
+                c.execute(
+                "INSERT INTO evidence (sha256, media_type, bytes, gateway, stored_at) VALUES ($1, 'image/jpeg', 4, 'gw', $2)",
+                args![sha, at],
             )
             .unwrap();
+            }
+            m.retention_pass(c, T0 + DAY_MS + 10, &Metrics::default())
+                .unwrap();
+            assert!(!dir.path().join("ab").join(&old).exists());
+            assert!(dir.path().join("cd").join(&new).exists());
+            let expired: Vec<Option<i64>> = c
+                .query("SELECT expired_at FROM evidence ORDER BY sha256", &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0).unwrap())
+                .collect();
+            assert_eq!(expired, vec![Some(T0 + DAY_MS + 10), None], "{name}");
         }
-        m.retention_pass(&mut c, T0 + DAY_MS + 10, &Metrics::default())
-            .unwrap();
-        assert!(!dir.path().join("ab").join(&old).exists());
-        assert!(dir.path().join("cd").join(&new).exists());
-        let expired: Vec<Option<i64>> = c
-            .prepare("SELECT expired_at FROM evidence ORDER BY sha256")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(expired, vec![Some(T0 + DAY_MS + 10), None]);
     }
 
     #[test]

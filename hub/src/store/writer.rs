@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use crate::db::{self, Begin, Sql, Tx, args};
 use protocol::{Envelope, Item, Presence, Quality, Value};
-use rusqlite::{Connection, params};
 use tokio::sync::mpsc;
 
 use super::{Ack, WriteOp};
@@ -21,7 +21,7 @@ const DEAD_LETTERS_KEPT: i64 = 10_000;
 const DEAD_LETTER_PAYLOAD_MAX: usize = 64 * 1024;
 
 pub(super) fn run(
-    mut conn: Connection,
+    conn: Box<dyn Sql + Send>,
     mut rx: mpsc::Receiver<(WriteOp, Option<Ack>)>,
     metrics: Arc<Metrics>,
     sink: Option<crate::influx::Sink>,
@@ -30,7 +30,7 @@ pub(super) fn run(
     feed: crate::rules::Feed,
 ) {
     let mut series = SeriesCache::default();
-    maintenance.run_due(&mut conn, &metrics);
+    maintenance.run_due(&*conn, &metrics);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Waiting for the next write with a timeout, so rollups and retention run on an idle hub too
     // (a current-thread runtime of its own: only its timer is used).
@@ -50,7 +50,7 @@ pub(super) fn run(
             Ok(Some(op)) => op,
             Ok(None) => break,
             Err(_) => {
-                maintenance.run_due(&mut conn, &metrics);
+                maintenance.run_due(&*conn, &metrics);
                 continue;
             }
         };
@@ -67,7 +67,7 @@ pub(super) fn run(
         // is lost, and the queue in front of us fills up and slows the broker down meanwhile.
         let (fresh, touched) = loop {
             let late = Late::new(&maintenance);
-            match write_batch(&mut conn, &mut series, &batch, &metrics, late) {
+            match write_batch(&*conn, &mut series, &batch, &metrics, late) {
                 Ok(done) => break done,
                 Err(e) => {
                     attempt += 1;
@@ -118,7 +118,7 @@ pub(super) fn run(
             }
         }
         // Between batches (never holding an acknowledgement back): rollups and retention.
-        maintenance.run_due(&mut conn, &metrics);
+        maintenance.run_due(&*conn, &metrics);
     }
     tracing::info!("store writer stopped: queue closed and drained");
 }
@@ -162,13 +162,13 @@ fn publish_live(live: &crate::live::Live, batch: &[(WriteOp, Option<Ack>)], fres
 }
 
 fn write_batch(
-    conn: &mut Connection,
+    conn: &dyn Sql,
     series: &mut SeriesCache,
     batch: &[(WriteOp, Option<Ack>)],
     metrics: &Metrics,
     mut late: Late,
-) -> rusqlite::Result<(Vec<usize>, Vec<i64>)> {
-    let mut tx = conn.transaction()?;
+) -> db::Result<(Vec<usize>, Vec<i64>)> {
+    let tx = Tx::begin(conn, Begin::Deferred)?;
     let mut dead_letters = 0;
     // The latest value of each series written in this batch, applied once at its end: a series gets
     // one update per batch instead of one per reading.
@@ -178,11 +178,11 @@ fn write_batch(
     for (i, (op, _)) in batch.iter().enumerate() {
         // Each operation in a savepoint: one that the database refuses is set aside as a dead letter
         // instead of failing the whole batch forever.
-        let sp = tx.savepoint()?;
+        tx.batch("SAVEPOINT op")?;
         staged.clear();
         let mut new_envelope = false;
         let result = apply(
-            &sp,
+            &tx,
             series,
             op,
             &mut staged,
@@ -192,7 +192,7 @@ fn write_batch(
         );
         match result {
             Ok(()) => {
-                sp.commit()?;
+                tx.batch("RELEASE SAVEPOINT op")?;
                 if new_envelope {
                     fresh.push(i);
                 }
@@ -200,9 +200,9 @@ fn write_batch(
                     merge_latest(&mut latest, id, l);
                 }
             }
-            Err(e) if is_io_error(&e) => return Err(e),
+            Err(e) if e.is_transient() => return Err(e),
             Err(e) => {
-                drop(sp);
+                tx.batch("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")?;
                 series.clear();
                 tracing::warn!(error = %e, op = ?op, "write refused by the database; set aside as a dead letter");
                 metrics.rejected("store_refused");
@@ -224,8 +224,8 @@ fn write_batch(
     }
     if dead_letters > 0 {
         tx.execute(
-            "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?1",
-            [DEAD_LETTERS_KEPT],
+            "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - $1",
+            args![DEAD_LETTERS_KEPT],
         )?;
     }
     write_latest(&tx, &latest)?;
@@ -296,61 +296,50 @@ fn merge_latest(map: &mut LatestMap, id: i64, new: Latest) {
     }
 }
 
-fn write_latest(tx: &Connection, latest: &LatestMap) -> rusqlite::Result<()> {
-    let mut update = tx.prepare_cached(
-        "UPDATE series SET last_received = MAX(COALESCE(last_received, 0), ?2),
-            last_ts = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?3 ELSE last_ts END,
-            last_value = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?4 ELSE last_value END,
-            last_text = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?5 ELSE last_text END,
-            last_quality = CASE WHEN ?6 AND (last_ts IS NULL OR last_ts <= ?3) THEN ?7 ELSE last_quality END,
-            vtype = COALESCE(?8, vtype)
-         WHERE id = ?1",
-    )?;
+fn write_latest(tx: &dyn Sql, latest: &LatestMap) -> db::Result<()> {
+    // CASE, not MAX(a, b) or GREATEST(a, b): the one spelling both engines know. $6 is 1 when the
+    // batch has a value for the series.
+    const UPDATE: &str = "UPDATE series SET
+            last_received = CASE WHEN COALESCE(last_received, 0) > $2 THEN last_received ELSE $2 END,
+            last_ts = CASE WHEN $6 = 1 AND (last_ts IS NULL OR last_ts <= $3) THEN $3 ELSE last_ts END,
+            last_value = CASE WHEN $6 = 1 AND (last_ts IS NULL OR last_ts <= $3) THEN $4 ELSE last_value END,
+            last_text = CASE WHEN $6 = 1 AND (last_ts IS NULL OR last_ts <= $3) THEN $5 ELSE last_text END,
+            last_quality = CASE WHEN $6 = 1 AND (last_ts IS NULL OR last_ts <= $3) THEN $7 ELSE last_quality END,
+            vtype = COALESCE($8, vtype)
+         WHERE id = $1";
     for (id, l) in latest {
         match &l.value {
-            Some((ts, value, text, quality, vtype)) => update.execute(params![
-                id, l.received, ts, value, text, true, quality, vtype
-            ])?,
-            None => update.execute(params![
-                id,
-                l.received,
-                None::<i64>,
-                None::<f64>,
-                None::<String>,
-                false,
-                None::<String>,
-                None::<String>
-            ])?,
+            Some((ts, value, text, quality, vtype)) => tx.execute(
+                UPDATE,
+                args![id, l.received, ts, value, text, 1_i64, quality, vtype],
+            )?,
+            None => tx.execute(
+                UPDATE,
+                args![
+                    id,
+                    l.received,
+                    None::<i64>,
+                    None::<f64>,
+                    None::<String>,
+                    0_i64,
+                    None::<String>,
+                    None::<String>
+                ],
+            )?,
         };
     }
     Ok(())
 }
 
-fn is_io_error(e: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode::*;
-    matches!(
-        e.sqlite_error_code(),
-        Some(
-            SystemIoFailure
-                | DiskFull
-                | DatabaseBusy
-                | DatabaseLocked
-                | CannotOpen
-                | ReadOnly
-                | OutOfMemory
-        )
-    )
-}
-
 fn apply(
-    tx: &Connection,
+    tx: &dyn Sql,
     series: &mut SeriesCache,
     op: &WriteOp,
     latest: &mut LatestMap,
     fresh: &mut bool,
     metrics: &Metrics,
     late: &mut Late,
-) -> rusqlite::Result<()> {
+) -> db::Result<()> {
     match op {
         WriteOp::Envelope { env, received } => {
             *fresh = write_envelope(
@@ -373,10 +362,10 @@ fn apply(
         } => {
             let json = serde_json::to_string(heartbeat).unwrap_or_default();
             tx.execute(
-                "INSERT INTO gateways (id, boot, state, clock, last_seen, last_heartbeat) VALUES (?1, ?2, 'online', ?3, ?4, ?5)
-                 ON CONFLICT (id) DO UPDATE SET boot = ?2, clock = ?3, last_seen = ?4, last_heartbeat = ?5,
-                   state = CASE WHEN gateways.boot = ?2 THEN gateways.state ELSE 'online' END",
-                params![heartbeat.gateway.as_str(), heartbeat.boot.to_string(), clock_str(heartbeat.clock), received.unix_millis(), json],
+                "INSERT INTO gateways (id, boot, state, clock, last_seen, last_heartbeat) VALUES ($1, $2, 'online', $3, $4, $5)
+                 ON CONFLICT (id) DO UPDATE SET boot = $2, clock = $3, last_seen = $4, last_heartbeat = $5,
+                   state = CASE WHEN gateways.boot = $2 THEN gateways.state ELSE 'online' END",
+                args![heartbeat.gateway.as_str(), heartbeat.boot.to_string(), clock_str(heartbeat.clock), received.unix_millis(), json],
             )?;
             Ok(())
         }
@@ -388,8 +377,8 @@ fn apply(
             let action = serde_json::to_string(&command.action).unwrap_or_default();
             tx.execute(
                 "INSERT INTO commands (id, gateway, device, asset, action, issued_at, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                args![
                     command.id.to_string(),
                     gateway,
                     command.device.as_str(),
@@ -412,9 +401,9 @@ fn apply(
             // Only the gateway the command went to can answer it; a reply to a command this hub did
             // not issue (or a second reply) changes nothing.
             tx.execute(
-                "UPDATE commands SET outcome = ?3, detail = ?4, read_back = ?5, replied_at = ?6
-                 WHERE id = ?1 AND gateway = ?2 AND outcome IS NULL",
-                params![
+                "UPDATE commands SET outcome = $3, detail = $4, read_back = $5, replied_at = $6
+                 WHERE id = $1 AND gateway = $2 AND outcome IS NULL",
+                args![
                     reply.id.to_string(),
                     reply.gateway.as_str(),
                     outcome,
@@ -433,8 +422,9 @@ fn apply(
             received,
         } => {
             tx.execute(
-                "INSERT OR IGNORE INTO evidence (sha256, media_type, bytes, gateway, stored_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![sha256, media_type, *bytes as i64, gateway, received.unix_millis()],
+                "INSERT INTO evidence (sha256, media_type, bytes, gateway, stored_at) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT DO NOTHING",
+                args![sha256, media_type, *bytes, gateway, received.unix_millis()],
             )?;
             Ok(())
         }
@@ -466,55 +456,46 @@ fn clock_str(c: protocol::ClockState) -> &'static str {
 }
 
 fn insert_dead_letter(
-    tx: &Connection,
+    tx: &dyn Sql,
     received: i64,
     topic: &str,
     gateway: Option<&str>,
     code: &str,
     reason: &str,
     payload: &[u8],
-) -> rusqlite::Result<()> {
+) -> db::Result<()> {
     let kept = &payload[..payload.len().min(DEAD_LETTER_PAYLOAD_MAX)];
     tx.execute(
-        "INSERT INTO dead_letters (received, topic, gateway, code, reason, payload, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![received, topic, gateway, code, reason, kept, payload.len() as i64],
+        "INSERT INTO dead_letters (received, topic, gateway, code, reason, payload, size) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        args![received, topic, gateway, code, reason, kept, payload.len()],
     )?;
     Ok(())
 }
 
 fn write_envelope(
-    tx: &Connection,
+    tx: &dyn Sql,
     series: &mut SeriesCache,
     env: &Envelope,
     received: i64,
     latest: &mut LatestMap,
     metrics: &Metrics,
     late: &mut Late,
-) -> rusqlite::Result<bool> {
+) -> db::Result<bool> {
     let gw = env.gateway.as_str();
     let fresh = tx.execute(
-        "INSERT OR IGNORE INTO envelopes (gateway, boot, seq, received, items) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![gw, env.boot.to_string(), env.seq as i64, received, env.items.len() as i64],
+        "INSERT INTO envelopes (gateway, boot, seq, received, items) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT DO NOTHING",
+        args![gw, env.boot.to_string(), env.seq, received, env.items.len()],
     )?;
     if fresh == 0 {
         metrics.envelopes_duplicate.fetch_add(1, Relaxed);
         return Ok(false);
     }
     tx.execute(
-        "INSERT INTO gateways (id, boot, state, clock, last_seen) VALUES (?1, ?2, 'online', ?3, ?4)
-         ON CONFLICT (id) DO UPDATE SET last_seen = MAX(gateways.last_seen, ?4)",
-        params![gw, env.boot.to_string(), clock_str(env.clock), received],
-    )?;
-    let mut insert_reading = tx.prepare_cached(
-        "INSERT OR REPLACE INTO readings (series, ts, value, text, quality) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    let mut insert_event = tx.prepare_cached(
-        "INSERT OR IGNORE INTO events (gateway, device, event, ts, phase, attributes, evidence, received)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    let mut insert_evidence_ref = tx.prepare_cached(
-        "INSERT OR IGNORE INTO event_evidence (event_id, sha256, position, gateway, media_type, bytes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO gateways (id, boot, state, clock, last_seen) VALUES ($1, $2, 'online', $3, $4)
+         ON CONFLICT (id) DO UPDATE SET
+            last_seen = CASE WHEN gateways.last_seen > excluded.last_seen THEN gateways.last_seen ELSE excluded.last_seen END",
+        args![gw, env.boot.to_string(), clock_str(env.clock), received],
     )?;
     let (mut readings, mut events) = (0u64, 0u64);
     for item in &env.items {
@@ -537,7 +518,12 @@ fn write_envelope(
                     Quality::Bad { reason, .. } => Some(reason.as_str()),
                 };
                 let ts = r.observed_at.unix_millis();
-                insert_reading.execute(params![id, ts, value, text, quality])?;
+                tx.execute(
+                    "INSERT INTO readings (series, ts, value, text, quality) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (series, ts) DO UPDATE SET
+                        value = excluded.value, text = excluded.text, quality = excluded.quality",
+                    args![id, ts, value, text, quality],
+                )?;
                 if value.is_some() {
                     late.note(id, ts);
                 }
@@ -572,27 +558,31 @@ fn write_envelope(
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_owned))
                     .unwrap_or_default();
-                let inserted = insert_event.execute(params![
-                    gw,
-                    e.device.as_str(),
-                    e.event.as_str(),
-                    e.observed_at.unix_millis(),
-                    phase,
-                    attributes,
-                    evidence,
-                    received
-                ])?;
-                if inserted == 1 {
-                    let event_id = tx.last_insert_rowid();
+                let inserted = tx.query_opt(
+                    "INSERT INTO events (gateway, device, event, ts, phase, attributes, evidence, received)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                     ON CONFLICT DO NOTHING
+                     RETURNING id",
+                    args![
+                        gw,
+                        e.device.as_str(),
+                        e.event.as_str(),
+                        e.observed_at.unix_millis(),
+                        phase,
+                        attributes,
+                        evidence,
+                        received
+                    ],
+                )?;
+                if let Some(row) = inserted {
+                    let event_id: i64 = row.get(0)?;
                     for (position, r) in e.evidence.iter().enumerate() {
-                        insert_evidence_ref.execute(params![
-                            event_id,
-                            r.sha256,
-                            position as i64,
-                            gw,
-                            r.media_type,
-                            r.bytes as i64
-                        ])?;
+                        tx.execute(
+                            "INSERT INTO event_evidence (event_id, sha256, position, gateway, media_type, bytes)
+                             VALUES ($1, $2, $3, $4, $5, $6)
+                             ON CONFLICT DO NOTHING",
+                            args![event_id, r.sha256, position, gw, r.media_type, r.bytes],
+                        )?;
                     }
                 }
                 events += 1;
@@ -605,7 +595,7 @@ fn write_envelope(
     Ok(true)
 }
 
-fn write_presence(tx: &Connection, p: &Presence, received: i64) -> rusqlite::Result<()> {
+fn write_presence(tx: &dyn Sql, p: &Presence, received: i64) -> db::Result<()> {
     let state = match p.state {
         protocol::PresenceState::Online => "online",
         protocol::PresenceState::Offline => "offline",
@@ -614,24 +604,23 @@ fn write_presence(tx: &Connection, p: &Presence, received: i64) -> rusqlite::Res
     // A retained `offline` from an earlier boot must not mark a gateway that has since reconnected.
     tx.execute(
         "INSERT INTO gateways (id, boot, state, clock, agent, config_version, connected_at, last_seen, online_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, CASE WHEN ?3 = 'online' THEN ?8 END)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $3 = 'online' THEN $8 END)
          ON CONFLICT (id) DO UPDATE SET
-            online_at = CASE WHEN ?3 = 'online' THEN ?8 ELSE gateways.online_at END,
-            state = CASE WHEN ?3 = 'offline' AND gateways.boot IS NOT ?2 THEN gateways.state ELSE ?3 END,
-            boot = CASE WHEN ?3 = 'offline' THEN gateways.boot ELSE ?2 END,
-            clock = ?4, agent = COALESCE(?5, gateways.agent), config_version = COALESCE(?6, gateways.config_version),
-            connected_at = CASE WHEN ?3 = 'online' THEN ?7 ELSE gateways.connected_at END,
-            last_seen = MAX(gateways.last_seen, ?8)",
-        params![p.gateway.as_str(), boot, state, clock_str(p.clock), p.agent, p.config_version, p.sent_at.unix_millis(), received],
-    )?;
-    let mut upsert = tx.prepare_cached(
-        "INSERT INTO assets (id, kind, gateway, device, profile, lon, lat, road_segment, grid, zone, report_interval_s, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-         ON CONFLICT (id) DO UPDATE SET kind = ?2, gateway = ?3, device = ?4, profile = ?5, lon = ?6, lat = ?7,
-            road_segment = ?8, grid = ?9, zone = ?10, report_interval_s = ?11, updated_at = ?12",
+            online_at = CASE WHEN $3 = 'online' THEN $8 ELSE gateways.online_at END,
+            state = CASE WHEN $3 = 'offline' AND gateways.boot IS DISTINCT FROM $2 THEN gateways.state ELSE $3 END,
+            boot = CASE WHEN $3 = 'offline' THEN gateways.boot ELSE $2 END,
+            clock = $4, agent = COALESCE($5, gateways.agent), config_version = COALESCE($6, gateways.config_version),
+            connected_at = CASE WHEN $3 = 'online' THEN $7 ELSE gateways.connected_at END,
+            last_seen = CASE WHEN gateways.last_seen > $8 THEN gateways.last_seen ELSE $8 END",
+        args![p.gateway.as_str(), boot, state, clock_str(p.clock), p.agent, p.config_version, p.sent_at.unix_millis(), received],
     )?;
     for d in &p.devices {
-        upsert.execute(params![
+        tx.execute(
+        "INSERT INTO assets (id, kind, gateway, device, profile, lon, lat, road_segment, grid, zone, report_interval_s, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT (id) DO UPDATE SET kind = $2, gateway = $3, device = $4, profile = $5, lon = $6, lat = $7,
+            road_segment = $8, grid = $9, zone = $10, report_interval_s = $11, updated_at = $12",
+        args![
             d.asset.as_str(),
             d.kind.as_str(),
             p.gateway.as_str(),
@@ -664,12 +653,12 @@ impl SeriesCache {
 
     fn id(
         &mut self,
-        tx: &Connection,
+        tx: &dyn Sql,
         gw: &str,
         device: &str,
         metric: &str,
         unit: Option<&str>,
-    ) -> rusqlite::Result<i64> {
+    ) -> db::Result<i64> {
         if let Some(id) = self
             .ids
             .get(gw)
@@ -678,12 +667,12 @@ impl SeriesCache {
         {
             return Ok(*id);
         }
-        let id = tx.query_row(
-            "INSERT INTO series (gateway, device, metric, unit) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (gateway, device, metric) DO UPDATE SET unit = COALESCE(?4, series.unit)
+        let id = db::one(
+            tx,
+            "INSERT INTO series (gateway, device, metric, unit) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (gateway, device, metric) DO UPDATE SET unit = COALESCE($4, series.unit)
              RETURNING id",
-            params![gw, device, metric, unit],
-            |r| r.get(0),
+            args![gw, device, metric, unit],
         )?;
         self.ids
             .entry(gw.to_owned())
@@ -692,5 +681,115 @@ impl SeriesCache {
             .or_default()
             .insert(metric.to_owned(), id);
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn envelope(seq: u64, value: f64) -> Envelope {
+        serde_json::from_value(serde_json::json!({
+            "v": 1, "gateway": "gw-a", "boot": "67e55044-10b1-426f-9247-bb680e5fe0c8", "seq": seq,
+            "sentAt": "2026-11-22T06:00:00.000Z", "clock": "synced",
+            "items": [
+                {"kind": "reading", "device": "d1", "metric": "pm10", "unit": "ug/m3", "observedAt": "2026-11-22T06:00:00.000Z", "value": value},
+                {"kind": "reading", "device": "d1", "metric": "pm10", "observedAt": "2026-11-22T05:59:00.000Z", "value": 1.0},
+                {"kind": "reading", "device": "d1", "metric": "lampOn", "observedAt": "2026-11-22T06:00:00.000Z", "value": true},
+                {"kind": "reading", "device": "d2", "metric": "x", "observedAt": "2026-11-22T06:00:01.000Z", "quality": {"bad": {"reason": "timeout"}}},
+                {"kind": "event", "device": "cam", "event": "plate", "observedAt": "2026-11-22T06:00:02.000Z", "phase": "instant",
+                 "attributes": {"plate": "苏A8HK52"},
+                 "evidence": [{"sha256": "ab".repeat(32), "mediaType": "image/jpeg", "bytes": 10}]}
+            ]
+        }))
+        .unwrap()
+    }
+
+    fn op(env: Envelope) -> (WriteOp, Option<Ack>) {
+        let received = env.sent_at;
+        (WriteOp::Envelope { env, received }, None)
+    }
+
+    fn command(id: &str) -> (WriteOp, Option<Ack>) {
+        let command: protocol::Command = serde_json::from_value(serde_json::json!({
+            "v": 1, "id": id, "device": "d1",
+            "issuedAt": "2026-11-22T06:00:00.000Z", "expiresAt": "2026-11-22T06:01:00.000Z",
+            "action": "reset"
+        }))
+        .unwrap();
+        (
+            WriteOp::Command {
+                command,
+                gateway: "gw-a".into(),
+                asset: None,
+            },
+            None,
+        )
+    }
+
+    /// What the writer stores, on SQLite and on PostgreSQL: once per envelope however often it
+    /// comes, the latest value per series, events with their evidence, and an operation the
+    /// database refuses set aside as a dead letter without losing the rest of its batch.
+    #[test]
+    fn a_batch_is_stored_once_on_both_engines() {
+        for (name, c) in crate::db::testing::migrated() {
+            let c = &*c;
+            let dir = tempfile::tempdir().unwrap();
+            let m = super::super::rollup::Maintenance::load(
+                c,
+                super::super::Retention::default(),
+                dir.path().into(),
+            )
+            .unwrap();
+            let metrics = Metrics::default();
+            let mut series = SeriesCache::default();
+            let id = "0b6e5a0e-7c83-4f4e-9a43-3c1c6a2b7d10";
+            let batch = vec![
+                op(envelope(0, 80.0)),
+                op(envelope(0, 80.0)),
+                command(id),
+                command(id),
+                op(envelope(1, 90.0)),
+            ];
+            let (fresh, touched) =
+                write_batch(c, &mut series, &batch, &metrics, Late::new(&m)).unwrap();
+            assert_eq!(fresh, [0, 4], "{name}: the repeated envelope is not fresh");
+            assert_eq!(touched.len(), 3, "{name}: {touched:?}");
+            // A redelivery in a later batch (after a restart: a new series cache) is skipped too.
+            let again = write_batch(
+                c,
+                &mut SeriesCache::default(),
+                &[op(envelope(1, 90.0))],
+                &metrics,
+                Late::new(&m),
+            )
+            .unwrap();
+            assert!(again.0.is_empty(), "{name}");
+            let n = |sql: &str| -> i64 { db::one(c, sql, &[]).unwrap() };
+            assert_eq!(n("SELECT COUNT(*) FROM envelopes"), 2, "{name}");
+            assert_eq!(n("SELECT COUNT(*) FROM readings"), 4, "{name}");
+            assert_eq!(n("SELECT COUNT(*) FROM events"), 1, "{name}");
+            assert_eq!(n("SELECT COUNT(*) FROM event_evidence"), 1, "{name}");
+            assert_eq!(n("SELECT COUNT(*) FROM commands"), 1, "{name}");
+            let latest = c
+                .query_opt(
+                    "SELECT last_value, unit, vtype, last_ts FROM series WHERE metric = 'pm10'",
+                    &[],
+                )
+                .unwrap()
+                .unwrap();
+            assert_eq!(latest.get::<f64>(0).unwrap(), 90.0, "{name}");
+            assert_eq!(latest.get::<String>(1).unwrap(), "ug/m3", "{name}");
+            assert_eq!(latest.get::<String>(2).unwrap(), "number", "{name}");
+            let refused: Vec<String> = c
+                .query("SELECT code FROM dead_letters", &[])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0).unwrap())
+                .collect();
+            assert_eq!(refused, ["store_refused"], "{name}: the second command");
+            assert_eq!(metrics.envelopes_duplicate.load(Relaxed), 2, "{name}");
+        }
     }
 }
