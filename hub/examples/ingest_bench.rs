@@ -245,7 +245,7 @@ fn start_hub(
     mqtt: hub::MqttMode,
     gateways: usize,
 ) -> hub::RunningHub {
-    let admin = hub::keys::KeyAdmin::open(&data).unwrap();
+    let admin = hub::keys::KeyAdmin::open(&hub::store::Database::new(&data, None)).unwrap();
     for g in 0..gateways {
         admin.import(&gateway(g), &key(g)).unwrap();
     }
@@ -663,7 +663,7 @@ fn soak(readings_per_s: f64, secs: f64) {
     let _broker = mosquitto(dir.path(), port);
     let data = dir.path().join("hub-soak");
     {
-        let admin = hub::keys::KeyAdmin::open(&data).unwrap();
+        let admin = hub::keys::KeyAdmin::open(&hub::store::Database::new(&data, None)).unwrap();
         for g in 0..GATEWAYS {
             admin.import(&gateway(g), &key(g)).unwrap();
         }

@@ -17,12 +17,12 @@
 
 use std::path::Path;
 
+use crate::db::{Begin, Sql, Tx, args};
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -143,7 +143,7 @@ fn hash(token: &str) -> Vec<u8> {
 /// The token table, for `hub tokens` and the demo.
 #[derive(Debug)]
 pub struct TokenAdmin {
-    conn: Connection,
+    conn: Box<dyn Sql + Send>,
 }
 
 /// A token as listed (never the token).
@@ -158,9 +158,10 @@ pub struct TokenInfo {
 }
 
 impl TokenAdmin {
-    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+    /// Opens the hub database (creating and migrating it if needed).
+    pub fn open(database: &crate::store::Database) -> anyhow::Result<Self> {
         Ok(Self {
-            conn: crate::store::open_database(data_dir)?,
+            conn: database.connect_and_migrate()?,
         })
     }
 
@@ -197,8 +198,9 @@ impl TokenAdmin {
             "a crew token needs --department, and only a crew token has one"
         );
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO api_tokens (name, role, department, hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![name, role.as_str(), department, hash(token), crate::now_ms()],
+            "INSERT INTO api_tokens (name, role, department, hash, created_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT DO NOTHING",
+            args![name, role.as_str(), department, hash(token), crate::now_ms()],
         )?;
         anyhow::ensure!(
             n == 1,
@@ -210,8 +212,8 @@ impl TokenAdmin {
     /// Revokes the token called `name` (refused from the next request on).
     pub fn revoke(&self, name: &str) -> anyhow::Result<()> {
         let n = self.conn.execute(
-            "UPDATE api_tokens SET revoked_at = ?2, name = name || '#revoked-' || ?2 WHERE name = ?1 AND revoked_at IS NULL",
-            params![name, crate::now_ms()],
+            "UPDATE api_tokens SET revoked_at = $2, name = name || '#revoked-' || CAST(CAST($2 AS BIGINT) AS TEXT) WHERE name = $1 AND revoked_at IS NULL",
+            args![name, crate::now_ms()],
         )?;
         anyhow::ensure!(
             n == 1,
@@ -221,20 +223,21 @@ impl TokenAdmin {
     }
 
     pub fn list(&self) -> anyhow::Result<Vec<TokenInfo>> {
-        let mut stmt = self.conn.prepare(
+        let rows = self.conn.query(
             "SELECT name, role, department, created_at, revoked_at FROM api_tokens ORDER BY created_at, name",
+            &[],
         )?;
         let ts = |ms: i64| protocol::Timestamp::from_unix_millis(ms).to_rfc3339();
-        let rows = stmt.query_map([], |r| {
+        let infos = rows.iter().map(|r| {
             Ok(TokenInfo {
                 name: r.get(0)?,
                 role: r.get(1)?,
                 department: r.get(2)?,
                 created_at: ts(r.get(3)?),
-                revoked_at: r.get::<_, Option<i64>>(4)?.map(ts),
+                revoked_at: r.get::<Option<i64>>(4)?.map(ts),
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        });
+        Ok(infos.collect::<crate::db::Result<_>>()?)
     }
 }
 
@@ -326,33 +329,36 @@ impl TokenAdmin {
         }
         anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
         let now = crate::now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = Tx::begin(&*self.conn, Begin::Write)?;
         for (name, role, department, digest) in &entries {
-            let cli: bool = tx.query_row(
-                "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE name = ?1 AND source = 'cli')",
-                [name],
-                |r| r.get(0),
-            )?;
+            let cli = tx
+                .query_opt(
+                    "SELECT 1 FROM api_tokens WHERE name = $1 AND source = 'cli'",
+                    args![name],
+                )?
+                .is_some();
             anyhow::ensure!(
                 !cli,
                 "{}: token {name:?} exists already, made with `hub tokens add`; revoke it or rename the entry",
                 file.display()
             );
             tx.execute(
-                "INSERT INTO api_tokens (name, role, department, hash, created_at, source) VALUES (?1, ?2, ?3, ?4, ?5, 'config')
-                 ON CONFLICT (name) DO UPDATE SET role = ?2, department = ?3, hash = ?4, revoked_at = NULL",
-                params![name, role.as_str(), department, digest, now],
+                "INSERT INTO api_tokens (name, role, department, hash, created_at, source) VALUES ($1, $2, $3, $4, $5, 'config')
+                 ON CONFLICT (name) DO UPDATE SET role = $2, department = $3, hash = $4, revoked_at = NULL",
+                args![name, role.as_str(), department, digest, now],
             )
             .map_err(|e| anyhow::anyhow!("{}: token {name:?}: {e} (is the same token also made with `hub tokens add`?)", file.display()))?;
         }
         let keep: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
         let stale: Vec<String> = {
-            let mut stmt = tx.prepare(
-                "SELECT name FROM api_tokens WHERE source = 'config' AND revoked_at IS NULL",
-            )?;
-            let names = stmt
-                .query_map([], |r| r.get::<_, String>(0))?
-                .collect::<Result<Vec<_>, _>>()?;
+            let names = tx
+                .query(
+                    "SELECT name FROM api_tokens WHERE source = 'config' AND revoked_at IS NULL",
+                    &[],
+                )?
+                .iter()
+                .map(|r| r.get::<String>(0))
+                .collect::<crate::db::Result<Vec<_>>>()?;
             names
                 .into_iter()
                 .filter(|n| !keep.contains(&n.as_str()))
@@ -360,8 +366,8 @@ impl TokenAdmin {
         };
         for name in &stale {
             tx.execute(
-                "UPDATE api_tokens SET revoked_at = ?2, name = name || '#revoked-' || ?2 WHERE name = ?1",
-                params![name, now],
+                "UPDATE api_tokens SET revoked_at = $2, name = name || '#revoked-' || CAST(CAST($2 AS BIGINT) AS TEXT) WHERE name = $1",
+                args![name, now],
             )?;
             tracing::info!(token = %name, "token no longer in the tokens file: revoked");
         }
@@ -452,11 +458,18 @@ mod tests {
     #[test]
     #[allow(clippy::unwrap_used)]
     fn tokens_file_adds_updates_revokes_and_reports_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut admin = TokenAdmin::open(dir.path()).unwrap();
+        for (name, database, dir) in crate::db::testing::databases() {
+            eprintln!("engine: {name}");
+            tokens_file_on(&database, dir.path());
+        }
+    }
+
+    #[allow(clippy::unwrap_used)]
+    fn tokens_file_on(database: &crate::store::Database, dir: &std::path::Path) {
+        let mut admin = TokenAdmin::open(database).unwrap();
         let cli = admin.add("made-by-cli", Role::Admin, None).unwrap();
         let (t1, t2) = ("a".repeat(40), "b".repeat(40));
-        let file = dir.path().join("tokens.toml");
+        let file = dir.join("tokens.toml");
         let write = |body: String| std::fs::write(&file, body).unwrap();
         write(format!(
             "[[token]]\nname = \"control-room\"\nrole = \"operator\"\nsha256 = \"{}\"\n\n\
@@ -465,8 +478,8 @@ mod tests {
             token_sha256_hex(&t2)
         ));
         assert_eq!(admin.sync_file(&file).unwrap(), 2);
-        let db = crate::store::open_database(dir.path()).unwrap();
-        let who = |t: &str| lookup(&db, t).unwrap();
+        let db = database.connect().unwrap();
+        let who = |t: &str| lookup(&*db, t).unwrap();
         assert_eq!(who(&t1).unwrap().role, Role::Operator);
         assert_eq!(who(&t2).unwrap().department.as_deref(), Some("lighting"));
         assert!(
@@ -525,24 +538,30 @@ mod tests {
 
     #[test]
     fn tokens_are_kept_hashed_and_revocable() {
-        let dir = tempfile::tempdir().unwrap();
-        let admin = TokenAdmin::open(dir.path()).unwrap();
+        for (name, database, _dir) in crate::db::testing::databases() {
+            eprintln!("engine: {name}");
+            tokens_are_kept_hashed_and_revocable_on(&database);
+        }
+    }
+
+    #[allow(clippy::unwrap_used)]
+    fn tokens_are_kept_hashed_and_revocable_on(database: &crate::store::Database) {
+        let admin = TokenAdmin::open(database).unwrap();
         let t = admin
             .add("zhang-crew", Role::Crew, Some("sanitation"))
             .unwrap();
         assert!(admin.add("x", Role::Crew, None).is_err());
         assert!(admin.add("zhang-crew", Role::Admin, None).is_err());
-        let conn = Connection::open(dir.path().join("hub.sqlite3")).unwrap();
-        let p = lookup(&conn, &t).unwrap().unwrap();
+        let conn = database.connect().unwrap();
+        let conn = &*conn;
+        let p = lookup(conn, &t).unwrap().unwrap();
         assert_eq!(p.role, Role::Crew);
         assert_eq!(p.department.as_deref(), Some("sanitation"));
-        let stored: Vec<u8> = conn
-            .query_row("SELECT hash FROM api_tokens", [], |r| r.get(0))
-            .unwrap();
+        let stored: Vec<u8> = crate::db::one(conn, "SELECT hash FROM api_tokens", &[]).unwrap();
         assert_ne!(stored, t.as_bytes());
-        assert!(lookup(&conn, "cty_guess").unwrap().is_none());
+        assert!(lookup(conn, "cty_guess").unwrap().is_none());
         admin.revoke("zhang-crew").unwrap();
-        assert!(lookup(&conn, &t).unwrap().is_none());
+        assert!(lookup(conn, &t).unwrap().is_none());
         // The name is free again after revocation.
         admin
             .add("zhang-crew", Role::Crew, Some("sanitation"))

@@ -17,9 +17,9 @@
 //! loop's SQL (`crate::tasks`). The rest of the hub still talks rusqlite directly, so a hub process
 //! cannot run on PostgreSQL yet.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 
 use bytes::BytesMut;
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
@@ -325,6 +325,12 @@ pub trait Sql {
     }
 }
 
+impl fmt::Debug for dyn Sql + Send {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sql({:?})", self.engine())
+    }
+}
+
 /// [`Sql::query_one`] for `&dyn Sql`.
 pub fn one<T: FromValue>(c: &(impl Sql + ?Sized), sql: &str, params: &[Value]) -> Result<T> {
     match c.query_opt(sql, params)? {
@@ -499,40 +505,73 @@ impl Sql for rusqlite::Transaction<'_> {
 
 /// A PostgreSQL connection with its prepared statements.
 pub struct PgConn {
-    client: RefCell<postgres::Client>,
-    statements: RefCell<HashMap<String, postgres::Statement>>,
+    /// `None` only while being dropped.
+    client: Mutex<Option<postgres::Client>>,
+    statements: Mutex<HashMap<String, postgres::Statement>>,
 }
 
 impl fmt::Debug for PgConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PgConn({} statements)", self.statements.borrow().len())
+        write!(f, "PgConn({} statements)", lock(&self.statements).len())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f`, which blocks on the PostgreSQL client's own runtime, so that it may be called from
+/// anywhere: on a thread of the hub's (the store writer, the rules) directly; on an async worker
+/// thread (ingest checking a key) through `block_in_place`; on a single-threaded runtime (tests)
+/// on a thread of its own. The client would panic if it blocked on a runtime's worker thread.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Err(_) => f(),
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(_) => std::thread::scope(|s| match s.spawn(f).join() {
+            Ok(t) => t,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
     }
 }
 
 impl PgConn {
     /// Connects with a libpq-style string (`host=/run/postgresql dbname=city user=hub`) or URL
-    /// (`postgresql://hub@db.example/city`). Must not be called on an async runtime's worker
-    /// thread (the client runs its own); the store calls it on its own threads.
+    /// (`postgresql://hub@db.example/city`). Callable from anywhere (see [`off_runtime`]).
     pub fn connect(params: &str) -> Result<Self> {
-        let client = postgres::Client::connect(params, postgres::NoTls)?;
+        let client = off_runtime(|| postgres::Client::connect(params, postgres::NoTls))?;
         Ok(Self::from_client(client))
     }
 
     pub fn from_client(client: postgres::Client) -> Self {
         PgConn {
-            client: RefCell::new(client),
-            statements: RefCell::new(HashMap::new()),
+            client: Mutex::new(Some(client)),
+            statements: Mutex::new(HashMap::new()),
         }
     }
 
-    fn statement(&self, sql: &str) -> Result<postgres::Statement> {
-        if let Some(s) = self.statements.borrow().get(sql) {
+    /// Runs `f` with the client, off the async runtime.
+    fn with<T: Send>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T> + Send,
+    ) -> Result<T> {
+        off_runtime(|| {
+            let mut guard = lock(&self.client);
+            let client = guard.as_mut().ok_or_else(|| DbError::Column {
+                index: 0,
+                message: "the connection is closed".into(),
+            })?;
+            f(client)
+        })
+    }
+
+    fn statement(&self, client: &mut postgres::Client, sql: &str) -> Result<postgres::Statement> {
+        if let Some(s) = lock(&self.statements).get(sql) {
             return Ok(s.clone());
         }
-        let s = self.client.borrow_mut().prepare(sql)?;
-        self.statements
-            .borrow_mut()
-            .insert(sql.to_owned(), s.clone());
+        let s = client.prepare(sql)?;
+        lock(&self.statements).insert(sql.to_owned(), s.clone());
         Ok(s)
     }
 }
@@ -546,16 +585,17 @@ impl Sql for PgConn {
         Engine::Postgres
     }
     fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
-        let stmt = self.statement(sql)?;
-        let n = self
-            .client
-            .borrow_mut()
-            .execute(&stmt, &pg_params(params))?;
+        let n = self.with(|client| {
+            let stmt = self.statement(client, sql)?;
+            Ok(client.execute(&stmt, &pg_params(params))?)
+        })?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
     fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let stmt = self.statement(sql)?;
-        let rows = self.client.borrow_mut().query(&stmt, &pg_params(params))?;
+        let rows = self.with(|client| {
+            let stmt = self.statement(client, sql)?;
+            Ok(client.query(&stmt, &pg_params(params))?)
+        })?;
         rows.iter()
             .map(|r| {
                 (0..r.len())
@@ -567,7 +607,29 @@ impl Sql for PgConn {
             .collect()
     }
     fn batch(&self, sql: &str) -> Result<()> {
-        Ok(self.client.borrow_mut().batch_execute(sql)?)
+        self.with(|client| Ok(client.batch_execute(sql)?))
+    }
+}
+
+/// Closing the client blocks on its runtime too: on an async runtime's thread (a task holding
+/// the store being dropped at shutdown) it is closed on a thread of its own.
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        let Some(client) = self
+            .client
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let _ = std::thread::Builder::new()
+                .name("pg-close".into())
+                .spawn(move || drop(client));
+        } else {
+            drop(client);
+        }
     }
 }
 
@@ -753,6 +815,29 @@ pub(crate) mod testing {
             .join()
             .expect("connect thread");
             v.push(("postgres", Box::new(a), Box::new(b), None));
+        }
+        v
+    }
+
+    /// A fresh database per engine this run can reaches, as the hub names one (SQLite: a file in
+    /// the returned directory; PostgreSQL: a new database on the test server).
+    pub fn databases() -> Vec<(&'static str, crate::store::Database, tempfile::TempDir)> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut v = vec![(
+            "sqlite",
+            crate::store::Database::Sqlite(dir.path().join("hub.sqlite3")),
+            dir,
+        )];
+        if let Some(params) = pg_params() {
+            let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+            PgConn::connect(&params)
+                .and_then(|c| c.batch(&format!("CREATE DATABASE {name}")))
+                .expect("create a test database");
+            v.push((
+                "postgres",
+                crate::store::Database::Postgres(format!("{params} dbname={name}")),
+                tempfile::tempdir().expect("temp dir"),
+            ));
         }
         v
     }

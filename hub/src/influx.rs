@@ -16,14 +16,13 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
+use crate::db::{Sql, args};
 use protocol::{Envelope, Item, Quality, Value};
-use rusqlite::{Connection, OptionalExtension, params};
 
 /// Where and how to write.
 #[derive(Debug, Clone)]
@@ -98,15 +97,13 @@ impl Sink {
     }
 }
 
-/// Starts the sink thread. `db` is the hub database (read for asset tags).
-pub fn start(cfg: InfluxConfig, db: PathBuf) -> anyhow::Result<(Sink, Arc<SinkMetrics>)> {
+/// Starts the sink thread. `conn` is a connection to the hub database (read for asset tags).
+pub fn start(
+    cfg: InfluxConfig,
+    conn: Box<dyn Sql + Send>,
+) -> anyhow::Result<(Sink, Arc<SinkMetrics>)> {
     let metrics = Arc::new(SinkMetrics::default());
     let (tx, rx) = std::sync::mpsc::sync_channel(1024);
-    let conn = Connection::open_with_flags(
-        &db,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    conn.busy_timeout(Duration::from_secs(5))?;
     let m = metrics.clone();
     let queue_lines = cfg.queue_lines as u64;
     std::thread::Builder::new()
@@ -131,7 +128,12 @@ struct Tags {
     loaded: Option<Instant>,
 }
 
-fn run(cfg: InfluxConfig, rx: Receiver<Vec<Envelope>>, conn: Connection, m: Arc<SinkMetrics>) {
+fn run(
+    cfg: InfluxConfig,
+    rx: Receiver<Vec<Envelope>>,
+    conn: Box<dyn Sql + Send>,
+    m: Arc<SinkMetrics>,
+) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(5)))
         .timeout_global(Some(Duration::from_secs(30)))
@@ -157,7 +159,7 @@ fn run(cfg: InfluxConfig, rx: Receiver<Vec<Envelope>>, conn: Connection, m: Arc<
             Ok(envs) => {
                 for env in &envs {
                     let n = env.items.len() as u64;
-                    encode(env, &conn, &mut tags, &mut lines, &m);
+                    encode(env, &*conn, &mut tags, &mut lines, &m);
                     m.queued_lines.fetch_sub(n, Relaxed);
                 }
                 first_at.get_or_insert_with(Instant::now);
@@ -357,7 +359,7 @@ fn field_value(v: &Value) -> String {
 
 /// Looks up (and caches for 5 minutes) the measurement and tags of a device.
 fn tags_of<'a>(
-    conn: &Connection,
+    conn: &dyn Sql,
     cache: &'a mut HashMap<(String, String), Tags>,
     gateway: &str,
     device: &str,
@@ -369,20 +371,22 @@ fn tags_of<'a>(
     });
     if stale {
         let row = conn
-            .query_row(
-                "SELECT id, kind, road_segment, grid, zone FROM assets WHERE gateway = ?1 AND device = ?2 LIMIT 1",
-                params![gateway, device],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                    ))
-                },
+            .query_opt(
+                "SELECT id, kind, road_segment, grid, zone FROM assets WHERE gateway = $1 AND device = $2 LIMIT 1",
+                args![gateway, device],
             )
-            .optional()
+            .and_then(|r| {
+                r.map(|r| {
+                    Ok((
+                        r.get::<String>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<Option<String>>(2)?,
+                        r.get::<Option<String>>(3)?,
+                        r.get::<Option<String>>(4)?,
+                    ))
+                })
+                .transpose()
+            })
             .unwrap_or(None);
         let t = match row {
             Some((asset, kind, road, grid, zone)) => {
@@ -430,7 +434,7 @@ fn snake(s: &str) -> String {
 /// event. Bad readings are left out (counted); plates in event attributes are masked.
 fn encode(
     env: &Envelope,
-    conn: &Connection,
+    conn: &dyn Sql,
     cache: &mut HashMap<(String, String), Tags>,
     out: &mut Vec<String>,
     m: &SinkMetrics,
@@ -522,7 +526,7 @@ mod tests {
     #[test]
     fn readings_of_one_device_and_time_share_a_line() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = Connection::open(dir.path().join("db")).unwrap();
+        let mut conn = rusqlite::Connection::open(dir.path().join("db")).unwrap();
         crate::store::prepare(&mut conn).unwrap();
         conn.execute(
             "INSERT INTO assets (id, kind, gateway, device, road_segment, updated_at) VALUES ('lamp 1', 'streetLight', 'gw-a', 'd1', 'rd,1', 0)",

@@ -12,14 +12,13 @@
 //! its commands with the key the gateway last used, so commands keep working during the change.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use anyhow::Context;
+use crate::db::{self, Begin, Sql, Tx, args};
+use crate::store::Database;
 use protocol::GatewayId;
 use protocol::auth::{AuthError, Key, KeyId, Opened};
-use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 /// How often the ring checks the database for changed keys (revocations take effect within this).
@@ -36,16 +35,21 @@ pub struct KeyInfo {
 }
 
 /// Direct access to the key table, for the `hub keys` commands and the demo.
-#[derive(Debug)]
 pub struct KeyAdmin {
-    conn: Connection,
+    conn: Box<dyn Sql + Send>,
+}
+
+impl std::fmt::Debug for KeyAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyAdmin")
+    }
 }
 
 impl KeyAdmin {
-    /// Opens the hub database under `data_dir` (creating and migrating it if needed).
-    pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
+    /// Opens the hub database (creating and migrating it if needed).
+    pub fn open(database: &Database) -> anyhow::Result<Self> {
         Ok(Self {
-            conn: crate::store::open_database(data_dir)?,
+            conn: database.connect_and_migrate()?,
         })
     }
 
@@ -65,8 +69,14 @@ impl KeyAdmin {
     /// Records a key made elsewhere (a key file). Refuses an id the gateway already has.
     pub fn import(&self, gateway: &GatewayId, key: &Key) -> anyhow::Result<()> {
         let n = self.conn.execute(
-            "INSERT OR IGNORE INTO gateway_keys (gateway, key_id, secret, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![gateway.as_str(), key.id.as_str(), key.secret(), crate::now_ms()],
+            "INSERT INTO gateway_keys (gateway, key_id, secret, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
+            args![
+                gateway.as_str(),
+                key.id.as_str(),
+                key.secret(),
+                crate::now_ms()
+            ],
         )?;
         anyhow::ensure!(
             n == 1,
@@ -79,8 +89,8 @@ impl KeyAdmin {
     /// Revokes a key: messages signed with it are refused from the next reload on.
     pub fn revoke(&self, gateway: &GatewayId, key_id: &KeyId) -> anyhow::Result<()> {
         let n = self.conn.execute(
-            "UPDATE gateway_keys SET revoked_at = ?3 WHERE gateway = ?1 AND key_id = ?2 AND revoked_at IS NULL",
-            params![gateway.as_str(), key_id.as_str(), crate::now_ms()],
+            "UPDATE gateway_keys SET revoked_at = $3 WHERE gateway = $1 AND key_id = $2 AND revoked_at IS NULL",
+            args![gateway.as_str(), key_id.as_str(), crate::now_ms()],
         )?;
         anyhow::ensure!(
             n == 1,
@@ -91,33 +101,34 @@ impl KeyAdmin {
 
     /// Every key, or one gateway's, oldest first.
     pub fn list(&self, gateway: Option<&GatewayId>) -> anyhow::Result<Vec<KeyInfo>> {
-        let mut stmt = self.conn.prepare(
+        let rows = self.conn.query(
             "SELECT gateway, key_id, created_at, revoked_at FROM gateway_keys
-             WHERE ?1 IS NULL OR gateway = ?1 ORDER BY gateway, created_at, key_id",
+             WHERE CAST($1 AS TEXT) IS NULL OR gateway = $1 ORDER BY gateway, created_at, key_id",
+            args![gateway.map(|g| g.as_str())],
         )?;
-        let rows = stmt.query_map(params![gateway.map(|g| g.as_str())], |r| {
-            let ts = |ms: i64| protocol::Timestamp::from_unix_millis(ms).to_rfc3339();
+        let ts = |ms: i64| protocol::Timestamp::from_unix_millis(ms).to_rfc3339();
+        let keys = rows.iter().map(|r| {
             Ok(KeyInfo {
                 gateway: r.get(0)?,
                 key_id: r.get(1)?,
                 created_at: ts(r.get(2)?),
-                revoked_at: r.get::<_, Option<i64>>(3)?.map(ts),
+                revoked_at: r.get::<Option<i64>>(3)?.map(ts),
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        });
+        Ok(keys.collect::<db::Result<_>>()?)
     }
 
     /// The gateway's newest current key, made if it has none (the demo provisions its gateways so).
     pub fn ensure(&self, gateway: &GatewayId) -> anyhow::Result<Key> {
         let found = self
             .conn
-            .query_row(
-                "SELECT key_id, secret FROM gateway_keys WHERE gateway = ?1 AND revoked_at IS NULL
+            .query_opt(
+                "SELECT key_id, secret FROM gateway_keys WHERE gateway = $1 AND revoked_at IS NULL
                  ORDER BY created_at DESC LIMIT 1",
-                params![gateway.as_str()],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)),
-            )
-            .optional()?;
+                args![gateway.as_str()],
+            )?
+            .map(|r| Ok::<_, db::DbError>((r.get::<String>(0)?, r.get::<Vec<u8>>(1)?)))
+            .transpose()?;
         match found {
             Some((id, secret)) => Ok(Key::new(KeyId::new(&id)?, secret)?),
             None => self.add(gateway, None),
@@ -125,11 +136,11 @@ impl KeyAdmin {
     }
 }
 
-fn table_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row(
+fn table_version(conn: &dyn Sql) -> db::Result<i64> {
+    db::one(
+        conn,
         "SELECT version FROM gateway_keys_version WHERE id = 0",
-        [],
-        |r| r.get(0),
+        &[],
     )
 }
 
@@ -167,7 +178,7 @@ struct Ring {
 #[derive(Debug)]
 pub struct KeyRing {
     ring: RwLock<Ring>,
-    conn: Mutex<Connection>,
+    conn: Mutex<Box<dyn Sql + Send>>,
     /// The table version the ring holds.
     loaded: Mutex<i64>,
     pub policy: AuthPolicy,
@@ -183,11 +194,9 @@ pub enum Verdict<'a> {
 }
 
 impl KeyRing {
-    /// Loads every current key from the database at `path`.
-    pub fn open(path: &Path, policy: AuthPolicy) -> anyhow::Result<Arc<Self>> {
-        let conn =
-            Connection::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+    /// Loads every current key from the database.
+    pub fn open(database: &Database, policy: AuthPolicy) -> anyhow::Result<Arc<Self>> {
+        let conn = database.connect()?;
         let ring = KeyRing {
             ring: RwLock::new(Ring::default()),
             conn: Mutex::new(conn),
@@ -203,15 +212,20 @@ impl KeyRing {
         let mut keys: HashMap<String, Vec<Key>> = HashMap::new();
         let version;
         {
-            let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-            // One read transaction: the keys and the version they belong to.
-            let conn = conn.transaction()?;
-            version = table_version(&conn)?;
-            let mut stmt = conn.prepare_cached(
+            let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            // One read transaction: the keys and the version they belong to. (REPEATABLE READ
+            // on PostgreSQL: one snapshot for both statements.)
+            let tx = Tx::begin(&**conn, Begin::Deferred)?;
+            if tx.engine() == db::Engine::Postgres {
+                tx.batch("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")?;
+            }
+            version = table_version(&tx)?;
+            let rows = tx.query(
                 "SELECT gateway, key_id, secret FROM gateway_keys WHERE revoked_at IS NULL ORDER BY created_at",
+                &[],
             )?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
+            tx.commit()?;
+            for r in &rows {
                 let gateway: String = r.get(0)?;
                 let id: String = r.get(1)?;
                 let secret: Vec<u8> = r.get(2)?;
@@ -234,7 +248,7 @@ impl KeyRing {
     pub fn refresh(&self) -> bool {
         let current = {
             let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-            table_version(&conn)
+            table_version(&**conn)
         };
         let changed = match current {
             Ok(v) => v != *self.loaded.lock().unwrap_or_else(|p| p.into_inner()),
@@ -398,13 +412,19 @@ mod tests {
 
     #[test]
     fn add_verify_rotate_revoke() {
-        let dir = tempfile::tempdir().unwrap();
-        let admin = KeyAdmin::open(dir.path()).unwrap();
+        for (name, database, _dir) in crate::db::testing::databases() {
+            eprintln!("engine: {name}");
+            add_verify_rotate_revoke_on(&database);
+        }
+    }
+
+    fn add_verify_rotate_revoke_on(database: &Database) {
+        let admin = KeyAdmin::open(database).unwrap();
         let gw = GatewayId::new("gw-a").unwrap();
         let other = GatewayId::new("gw-b").unwrap();
         let k1 = admin.add(&gw, None).unwrap();
         let kb = admin.add(&other, None).unwrap();
-        let ring = KeyRing::open(&dir.path().join("hub.sqlite3"), AuthPolicy::Required).unwrap();
+        let ring = KeyRing::open(database, AuthPolicy::Required).unwrap();
         let topic = "city/v1/gw/gw-a/up";
         let msg = br#"{"v":1}"#;
 
@@ -456,11 +476,11 @@ mod tests {
     #[test]
     fn unsigned_only_for_gateways_without_keys_when_allowed() {
         let dir = tempfile::tempdir().unwrap();
-        let admin = KeyAdmin::open(dir.path()).unwrap();
+        let database = Database::Sqlite(dir.path().join("hub.sqlite3"));
+        let admin = KeyAdmin::open(&database).unwrap();
         let keyed = GatewayId::new("gw-keyed").unwrap();
         admin.add(&keyed, None).unwrap();
-        let ring =
-            KeyRing::open(&dir.path().join("hub.sqlite3"), AuthPolicy::AllowUnsigned).unwrap();
+        let ring = KeyRing::open(&database, AuthPolicy::AllowUnsigned).unwrap();
         let free = GatewayId::new("gw-free").unwrap();
         assert_eq!(
             ring.check(&free, "t", b"{}"),

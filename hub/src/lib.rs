@@ -57,7 +57,11 @@ pub enum MqttMode {
 pub struct HubConfig {
     /// HTTP API address; port 0 picks a free port (see [`RunningHub::http_addr`]).
     pub http: SocketAddr,
+    /// Evidence images, and the SQLite database unless `postgres` is given.
     pub data_dir: PathBuf,
+    /// A PostgreSQL database for the relational state (shared by several hub processes) instead
+    /// of SQLite: a libpq-style connection string or `postgresql://` URL.
+    pub postgres: Option<String>,
     pub mqtt: MqttMode,
     pub topic_root: String,
     /// MQTT client id of the ingest session; keep it stable so the broker keeps the session.
@@ -86,6 +90,7 @@ impl HubConfig {
         Self {
             http,
             data_dir: data_dir.into(),
+            postgres: None,
             mqtt,
             topic_root: protocol::topic::DEFAULT_ROOT.into(),
             client_id: "hub-ingest".into(),
@@ -147,15 +152,17 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let metrics = Arc::new(metrics::Metrics::default());
     let live = live::Live::default();
     let feed = rules::Feed::default();
+    let database = store::Database::new(&cfg.data_dir, cfg.postgres.as_deref());
     let (store, writer) = store::Store::open(
         &cfg.data_dir,
+        &database,
         metrics.clone(),
         cfg.influx.clone(),
         live.clone(),
         cfg.retention,
         feed.clone(),
     )?;
-    let keys = keys::KeyRing::open(store.path(), cfg.auth)?;
+    let keys = keys::KeyRing::open(&database, cfg.auth)?;
     if cfg.auth == keys::AuthPolicy::AllowUnsigned {
         tracing::warn!("--allow-unsigned: gateways without a key may send unsigned messages");
     }
@@ -241,14 +248,14 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let http_stop = CancellationToken::new();
     let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(256);
     let rules = rules::start(
-        store.path().to_owned(),
+        database.clone(),
         cfg.rules.clone(),
         feed,
         live.clone(),
         shutdown.clone(),
     )?;
     let notifier = notify::start(
-        store.path().to_owned(),
+        database.clone(),
         cfg.rules.rules.cfg.notify.clone(),
         topics.clone(),
         outgoing_tx.clone(),
@@ -290,7 +297,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    tracing::info!(%http_addr, data_dir = %cfg.data_dir.display(), "hub started");
+    tracing::info!(%http_addr, data_dir = %cfg.data_dir.display(), ?database, "hub started");
     Ok(RunningHub {
         http_addr,
         mqtt_addr,

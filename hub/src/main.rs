@@ -17,6 +17,19 @@ use hub::{HubConfig, MqttMode};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Keep the hub's relational state (assets, gateways, tasks, rule state, keys, tokens,
+    /// readings) in this PostgreSQL database instead of SQLite under --data-dir, so several hub
+    /// processes can share it (docs/SCALING.md). A libpq connection string
+    /// ("host=db.example dbname=city user=hub") or URL; give the password in the environment
+    /// (HUB_POSTGRES, PGPASSWORD) rather than on the command line.
+    #[arg(
+        long,
+        global = true,
+        env = "HUB_POSTGRES",
+        value_name = "CONNINFO",
+        hide_env_values = true
+    )]
+    postgres: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -79,7 +92,7 @@ fn load_rules(file: Option<&std::path::Path>) -> anyhow::Result<hub::rules::Rule
     }
 }
 
-fn rules(cmd: RulesCommand) -> anyhow::Result<()> {
+fn rules(cmd: RulesCommand, postgres: Option<&str>) -> anyhow::Result<()> {
     match cmd {
         RulesCommand::Check { file } => {
             let r = load_rules(Some(&file))?;
@@ -106,9 +119,9 @@ fn rules(cmd: RulesCommand) -> anyhow::Result<()> {
             let r = std::sync::Arc::new(load_rules(rules.as_deref())?);
             let to = to.unwrap_or_else(|| protocol::Timestamp::now().unix_millis());
             anyhow::ensure!(from < to, "--from must be before --to");
-            let conn = hub::store::open_database(&data_dir)?;
+            let conn = hub::store::Database::new(&data_dir, postgres).connect_and_migrate()?;
             let offset = r.offset_s;
-            let actions = hub::rules::backtest(&conn, r, hub::rules::RuleClock::REAL, from, to)?;
+            let actions = hub::rules::backtest(&*conn, r, hub::rules::RuleClock::REAL, from, to)?;
             let local = |ms: i64| {
                 protocol::Timestamp::from_unix_millis(ms + i64::from(offset) * 1000)
                     .to_rfc3339()
@@ -352,7 +365,10 @@ async fn main() -> anyhow::Result<()> {
         "info,rumqttd=warn,rumqttd::server::broker=off,rumqttd::router::routing=off".into()
     });
     tracing_subscriber::fmt().with_env_filter(filter).init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    let postgres = cli.postgres.clone();
+    let db = |data_dir: &std::path::Path| hub::store::Database::new(data_dir, postgres.as_deref());
+    match cli.command {
         Command::Serve(a) => {
             let password = match &a.broker_password_file {
                 Some(f) => Some(
@@ -381,10 +397,11 @@ async fn main() -> anyhow::Result<()> {
                 },
             };
             if let Some(file) = &a.tokens_file {
-                let n = hub::access::TokenAdmin::open(&a.common.data_dir)?.sync_file(file)?;
+                let n = hub::access::TokenAdmin::open(&db(&a.common.data_dir))?.sync_file(file)?;
                 tracing::info!(tokens = n, file = %file.display(), "tokens file loaded");
             }
             let mut cfg = config(&a.common, mqtt)?;
+            cfg.postgres = postgres.clone();
             cfg.rules.rules = std::sync::Arc::new(load_rules(a.rules.as_deref())?);
             if a.allow_unsigned {
                 cfg.auth = hub::keys::AuthPolicy::AllowUnsigned;
@@ -405,12 +422,13 @@ async fn main() -> anyhow::Result<()> {
                 seed: a.seed,
             };
             let mut cfg = config(&a.common, mqtt)?;
+            cfg.postgres = postgres.clone();
             cfg.rules.rules = std::sync::Arc::new(load_rules(Some(&a.rules))?);
             hub::demo::run(cfg, opts, shutdown_signal()).await?;
         }
-        Command::Keys(k) => return keys(k),
-        Command::Tokens(t) => return tokens(t),
-        Command::Rules(r) => return rules(r),
+        Command::Keys(k) => return keys(k, postgres.as_deref()),
+        Command::Tokens(t) => return tokens(t, postgres.as_deref()),
+        Command::Rules(r) => return rules(r, postgres.as_deref()),
     }
     Ok(())
 }
@@ -455,7 +473,8 @@ fn config(c: &CommonArgs, mqtt: MqttMode) -> anyhow::Result<HubConfig> {
     Ok(cfg)
 }
 
-fn tokens(cmd: TokensCommand) -> anyhow::Result<()> {
+fn tokens(cmd: TokensCommand, postgres: Option<&str>) -> anyhow::Result<()> {
+    let db = |data_dir: &std::path::Path| hub::store::Database::new(data_dir, postgres);
     use hub::access::TokenAdmin;
     match cmd {
         TokensCommand::Add {
@@ -465,7 +484,7 @@ fn tokens(cmd: TokensCommand) -> anyhow::Result<()> {
             token_file,
             data_dir,
         } => {
-            let admin = TokenAdmin::open(&data_dir)?;
+            let admin = TokenAdmin::open(&db(&data_dir))?;
             match token_file {
                 Some(f) => {
                     let token = std::fs::read_to_string(&f)
@@ -488,7 +507,7 @@ fn tokens(cmd: TokensCommand) -> anyhow::Result<()> {
                 "{:<32} {:<12} {:<16} {:<26} revoked",
                 "name", "role", "department", "created"
             );
-            for t in TokenAdmin::open(&data_dir)?.list()? {
+            for t in TokenAdmin::open(&db(&data_dir))?.list()? {
                 println!(
                     "{:<32} {:<12} {:<16} {:<26} {}",
                     t.name,
@@ -510,14 +529,15 @@ fn tokens(cmd: TokensCommand) -> anyhow::Result<()> {
             println!("{}", hub::access::token_sha256_hex(&token));
         }
         TokensCommand::Revoke { name, data_dir } => {
-            TokenAdmin::open(&data_dir)?.revoke(&name)?;
+            TokenAdmin::open(&db(&data_dir))?.revoke(&name)?;
             eprintln!("token {name:?} revoked");
         }
     }
     Ok(())
 }
 
-fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
+fn keys(cmd: KeysCommand, postgres: Option<&str>) -> anyhow::Result<()> {
+    let db = |data_dir: &std::path::Path| hub::store::Database::new(data_dir, postgres);
     use hub::keys::KeyAdmin;
     use protocol::GatewayId;
     use protocol::auth::KeyId;
@@ -531,7 +551,7 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         } => {
             let gateway = gw(&gateway)?;
             let key_id = key_id.map(|k| KeyId::new(&k)).transpose()?;
-            let key = KeyAdmin::open(&data_dir)?.add(&gateway, key_id)?;
+            let key = KeyAdmin::open(&db(&data_dir))?.add(&gateway, key_id)?;
             let text = firmware_config::keyfile::key_file_text(&gateway, &key);
             match out {
                 Some(path) => {
@@ -552,7 +572,7 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
             data_dir,
         } => {
             let gateway = gateway.as_deref().map(gw).transpose()?;
-            let list = KeyAdmin::open(&data_dir)?.list(gateway.as_ref())?;
+            let list = KeyAdmin::open(&db(&data_dir))?.list(gateway.as_ref())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -574,7 +594,7 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
             data_dir,
         } => {
             let gateway = gw(&gateway)?;
-            KeyAdmin::open(&data_dir)?.revoke(&gateway, &KeyId::new(&key_id)?)?;
+            KeyAdmin::open(&db(&data_dir))?.revoke(&gateway, &KeyId::new(&key_id)?)?;
             eprintln!(
                 "key {key_id} of gateway {gateway} revoked; a running hub refuses it within seconds"
             );
@@ -582,7 +602,7 @@ fn keys(cmd: KeysCommand) -> anyhow::Result<()> {
         KeysCommand::Import { file, data_dir } => {
             let k = firmware_config::keyfile::read_key_file(&file)
                 .map_err(|d| anyhow::anyhow!("{}:{}: {}", d.file.display(), d.line, d.message))?;
-            KeyAdmin::open(&data_dir)?.import(&k.gateway, &k.key)?;
+            KeyAdmin::open(&db(&data_dir))?.import(&k.gateway, &k.key)?;
             eprintln!("key {} of gateway {} recorded", k.key.id, k.gateway);
         }
     }

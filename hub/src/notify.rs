@@ -34,7 +34,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -519,7 +518,7 @@ pub(crate) fn deliveries(c: &dyn Sql, task: i64) -> db::Result<Vec<DeliveryView>
 
 /// Runs the notifier on a thread of its own until `stop`; nothing to do without channels.
 pub fn start(
-    db: PathBuf,
+    db: crate::store::Database,
     channels: Vec<Channel>,
     topics: protocol::TopicScheme,
     outgoing: tokio::sync::mpsc::Sender<crate::ingest::Outgoing>,
@@ -547,8 +546,7 @@ pub fn start(
         };
         with_secrets.push((ch, secret));
     }
-    let conn = Connection::open(&db)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    let conn = db.connect()?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .http_status_as_error(false)
@@ -562,10 +560,11 @@ pub fn start(
                 let plain: Vec<Channel> = with_secrets.iter().map(|(c, _)| c.clone()).collect();
                 while !stop.is_cancelled() {
                     let now = crate::now_ms();
-                    if let Err(e) = enqueue(&conn, &plain, now) {
+                    if let Err(e) = enqueue(&*conn, &plain, now) {
                         tracing::error!(error = %e, "notifier cannot read task events; retrying");
                     }
-                    if let Err(e) = deliver(&conn, &agent, &with_secrets, &topics, &outgoing, now) {
+                    if let Err(e) = deliver(&*conn, &agent, &with_secrets, &topics, &outgoing, now)
+                    {
                         tracing::error!(error = %e, "notifier cannot record deliveries; retrying");
                     }
                     for _ in 0..10 {

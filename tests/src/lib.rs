@@ -303,12 +303,40 @@ pub fn gateway_head(gateway: &str, broker: &str) -> String {
     )
 }
 
+/// A fresh, empty PostgreSQL database on the test server that `./test.sh` starts
+/// (`CITY_TEST_POSTGRES`): its connection string. Without a server, `None` (the PostgreSQL half
+/// of a test is skipped, said on stderr), unless `CITY_REQUIRE_POSTGRES` is set: then a missing
+/// server fails the test.
+pub fn postgres_database() -> Option<String> {
+    let params = match std::env::var("CITY_TEST_POSTGRES") {
+        Ok(p) if !p.is_empty() => p,
+        _ if std::env::var_os("CITY_REQUIRE_POSTGRES").is_some() => {
+            panic!("CITY_REQUIRE_POSTGRES is set but CITY_TEST_POSTGRES names no server")
+        }
+        _ => {
+            eprintln!("CITY_TEST_POSTGRES is not set: PostgreSQL half skipped (./test.sh runs it)");
+            return None;
+        }
+    };
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    use hub::db::Sql as _;
+    hub::db::PgConn::connect(&params)
+        .and_then(|c| c.batch(&format!("CREATE DATABASE {name}")))
+        .expect("create a test database");
+    Some(format!("{params} dbname={name}"))
+}
+
 /// The admin token every test hub knows ([`provision_admin`]); `get_json` and `get_status` send it.
 pub const TEST_TOKEN: &str = "test-admin-token-3c1f0e9a7b5d42e8a6f1c0d9b8e7a6f5";
 
 /// Records [`TEST_TOKEN`] as an admin token in the hub database under `hub_dir` (again is fine).
 pub fn provision_admin(hub_dir: &Path) {
-    let _ = hub::access::TokenAdmin::open(hub_dir).unwrap().add_token(
+    provision_admin_in(&hub::store::Database::new(hub_dir, None));
+}
+
+/// Records [`TEST_TOKEN`] as an admin token in `database` (again is fine).
+pub fn provision_admin_in(database: &hub::store::Database) {
+    let _ = hub::access::TokenAdmin::open(database).unwrap().add_token(
         "test-admin",
         hub::access::Role::Admin,
         None,
@@ -323,7 +351,7 @@ pub fn api_token(
     role: hub::access::Role,
     department: Option<&str>,
 ) -> String {
-    hub::access::TokenAdmin::open(hub_dir)
+    hub::access::TokenAdmin::open(&hub::store::Database::new(hub_dir, None))
         .unwrap()
         .add(name, role, department)
         .unwrap()
@@ -510,7 +538,7 @@ pub fn provision_key(
     file: &Path,
 ) -> protocol::auth::Key {
     let gw = protocol::GatewayId::new(gateway).unwrap();
-    let key = hub::keys::KeyAdmin::open(hub_dir)
+    let key = hub::keys::KeyAdmin::open(&hub::store::Database::new(hub_dir, None))
         .unwrap()
         .add(&gw, Some(protocol::auth::KeyId::new(key_id).unwrap()))
         .unwrap();

@@ -17,9 +17,20 @@ fn config(
     http: std::net::SocketAddr,
     mqtt: std::net::SocketAddr,
 ) -> hub::HubConfig {
-    tests::provision_admin(dir);
+    config_on(dir, None, http, mqtt)
+}
+
+/// A hub on SQLite under `dir`, or on the PostgreSQL database `postgres`.
+fn config_on(
+    dir: &std::path::Path,
+    postgres: Option<&str>,
+    http: std::net::SocketAddr,
+    mqtt: std::net::SocketAddr,
+) -> hub::HubConfig {
+    tests::provision_admin_in(&hub::store::Database::new(dir, postgres));
     hub::HubConfig {
         auth: hub::keys::AuthPolicy::AllowUnsigned,
+        postgres: postgres.map(str::to_owned),
         ..hub::HubConfig::new(
             http,
             dir.to_owned(),
@@ -30,12 +41,24 @@ fn config(
 
 #[test]
 fn bad_input_is_set_aside_and_redelivery_is_stored_once() {
+    bad_input_and_redelivery(None);
+}
+
+/// The same, the hub's state in PostgreSQL: the shared store of several hub processes.
+#[test]
+fn bad_input_is_set_aside_and_redelivery_is_stored_once_on_postgres() {
+    if let Some(pg) = tests::postgres_database() {
+        bad_input_and_redelivery(Some(&pg));
+    }
+}
+
+fn bad_input_and_redelivery(postgres: Option<&str>) {
     tests::init_logs();
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (http, mqtt) = (free_addr(), free_addr());
     let hub = rt
-        .block_on(hub::start(config(dir.path(), http, mqtt)))
+        .block_on(hub::start(config_on(dir.path(), postgres, http, mqtt)))
         .unwrap();
     let base = format!("http://{http}");
     tests::wait_hub_ready(http);
@@ -124,7 +147,7 @@ fn bad_input_is_set_aside_and_redelivery_is_stored_once() {
     // After a restart on the same data directory, the same envelope is still recognised.
     let (http2, mqtt2) = (free_addr(), free_addr());
     let hub = rt
-        .block_on(hub::start(config(dir.path(), http2, mqtt2)))
+        .block_on(hub::start(config_on(dir.path(), postgres, http2, mqtt2)))
         .unwrap();
     tests::wait_hub_ready(http2);
     rt.block_on(tests::publish_all(

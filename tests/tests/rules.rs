@@ -74,6 +74,7 @@ fn depths(
 fn start(
     rt: &tokio::runtime::Runtime,
     dir: &std::path::Path,
+    postgres: Option<&str>,
     http: std::net::SocketAddr,
     mqtt: std::net::SocketAddr,
 ) -> hub::RunningHub {
@@ -85,6 +86,7 @@ fn start(
     let hub = rt
         .block_on(hub::start(hub::HubConfig {
             auth: hub::keys::AuthPolicy::AllowUnsigned,
+            postgres: postgres.map(str::to_owned),
             rules: hub::rules::Setup {
                 rules: Arc::new(rules),
                 clock: hub::rules::RuleClock::REAL,
@@ -102,9 +104,23 @@ fn start(
 
 #[test]
 fn water_above_the_limit_raises_one_task_across_a_restart_and_the_sensor_closes_it() {
+    water_above_the_limit(None);
+}
+
+/// The same with the hub's state in PostgreSQL: the condition in progress is in the shared
+/// database, so the process that starts next (here the same hub restarted; at scale another hub
+/// process) finishes it.
+#[test]
+fn water_above_the_limit_raises_one_task_across_a_restart_on_postgres() {
+    if let Some(pg) = tests::postgres_database() {
+        water_above_the_limit(Some(&pg));
+    }
+}
+
+fn water_above_the_limit(postgres: Option<&str>) {
     tests::init_logs();
     let dir = tempfile::tempdir().unwrap();
-    tests::provision_admin(dir.path());
+    tests::provision_admin_in(&hub::store::Database::new(dir.path(), postgres));
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (http, mqtt) = (free_addr(), free_addr());
     let base = format!("http://{http}");
@@ -118,7 +134,7 @@ fn water_above_the_limit_raises_one_task_across_a_restart_and_the_sensor_closes_
     };
     let tasks = || get_json(&format!("{base}/api/v1/tasks?status=all")).unwrap();
 
-    let hub = start(&rt, dir.path(), http, mqtt);
+    let hub = start(&rt, dir.path(), postgres, http, mqtt);
     assert!(tests::mosquitto_pub(
         mqtt.port(),
         None,
@@ -154,7 +170,7 @@ fn water_above_the_limit_raises_one_task_across_a_restart_and_the_sensor_closes_
         move || (get_json(&url)?.as_array()?.len() >= n).then_some(())
     };
     let tasks = || get_json(&format!("{base}/api/v1/tasks?status=all")).unwrap();
-    let hub = start(&rt, dir.path(), http, mqtt);
+    let hub = start(&rt, dir.path(), postgres, http, mqtt);
     let more = depths(boot, 2, t0, 4..6, 18.0);
     assert!(tests::mosquitto_pub(mqtt.port(), None, &topic, &more));
     let task = tests::eventually(Duration::from_secs(15), "the waterlogging task", || {

@@ -174,8 +174,9 @@ pub async fn run(
     let agents_dir = cfg.data_dir.join("agents");
     // Every gateway gets its message key, as an installer would give it with `hub keys add`.
     let mut key_files = Vec::new();
+    let database = crate::store::Database::new(&cfg.data_dir, cfg.postgres.as_deref());
     {
-        let admin = crate::keys::KeyAdmin::open(&cfg.data_dir)?;
+        let admin = crate::keys::KeyAdmin::open(&database)?;
         for gw in &gateways {
             let key = admin.ensure(&gw.gateway)?;
             let dir = agents_dir.join(gw.gateway.as_str());
@@ -192,7 +193,7 @@ pub async fn run(
     }
     // An admin token for this run (the previous run's is revoked), in a file and in the URL printed.
     let token = {
-        let tokens = crate::access::TokenAdmin::open(&cfg.data_dir)?;
+        let tokens = crate::access::TokenAdmin::open(&database)?;
         let _ = tokens.revoke("demo-admin");
         tokens.add("demo-admin", crate::access::Role::Admin, None)?
     };

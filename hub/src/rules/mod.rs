@@ -31,7 +31,6 @@ mod offline;
 pub mod sun;
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -844,15 +843,13 @@ pub fn backtest(
 /// events as the store commits them, silence every [`EVERY`], escalation every minute; puts what
 /// changed on the live feed.
 pub fn start(
-    db: PathBuf,
+    db: crate::store::Database,
     setup: Setup,
     feed: Feed,
     live: crate::live::Live,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let conn = rusqlite::Connection::open(&db)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
-    let mut runner = Runner::open(Box::new(conn), setup, crate::now_ms())?;
+    let mut runner = Runner::open(db.connect()?, setup, crate::now_ms())?;
     Ok(std::thread::Builder::new()
         .name("rules".into())
         .spawn(move || {

@@ -40,6 +40,8 @@ pub enum StoreError {
     Query(#[from] rusqlite::Error),
     #[error("database query failed: {0}")]
     Db(#[from] crate::db::DbError),
+    #[error("PostgreSQL database: {0}")]
+    Postgres(crate::db::DbError),
     #[error("no asset {0:?}")]
     UnknownAsset(String),
     #[error("the store has shut down")]
@@ -121,6 +123,7 @@ pub struct Store {
     /// For the few writes that do not go through the writer's queue (people acting on tasks):
     /// waiting for the write lock there must not hold up the API's reads.
     aside: Arc<Mutex<Box<dyn Sql + Send>>>,
+    database: Database,
     path: PathBuf,
     retention: Retention,
 }
@@ -131,22 +134,79 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Where the hub's relational state lives: SQLite under the data directory (one hub on one
+/// machine, the default), or a PostgreSQL database shared by several hub processes.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    /// A libpq-style connection string or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite(p) => write!(f, "SQLite {}", p.display()),
+            // Never the password.
+            Database::Postgres(_) => write!(f, "PostgreSQL"),
+        }
+    }
+}
+
+impl Database {
+    /// SQLite `hub.sqlite3` under `data_dir`, or PostgreSQL at `postgres` when given.
+    pub fn new(data_dir: &Path, postgres: Option<&str>) -> Self {
+        match postgres {
+            Some(p) => Database::Postgres(p.to_owned()),
+            None => Database::Sqlite(data_dir.join("hub.sqlite3")),
+        }
+    }
+
+    fn sqlite(path: &Path, migrate: bool) -> Result<Box<dyn Sql + Send>, StoreError> {
+        let fail = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let mut conn = Connection::open(path).map_err(fail)?;
+        schema::configure(&conn).map_err(fail)?;
+        if migrate {
+            schema::migrate(&mut conn).map_err(fail)?;
+        }
+        Ok(Box::new(conn))
+    }
+
+    /// A new connection, configured (SQLite: WAL, synchronous, cache, busy timeout).
+    pub fn connect(&self) -> Result<Box<dyn Sql + Send>, StoreError> {
+        match self {
+            Database::Sqlite(path) => Self::sqlite(path, false),
+            Database::Postgres(params) => Ok(Box::new(
+                crate::db::PgConn::connect(params).map_err(StoreError::Postgres)?,
+            )),
+        }
+    }
+
+    /// Connects and brings the schema to the newest version.
+    pub fn connect_and_migrate(&self) -> Result<Box<dyn Sql + Send>, StoreError> {
+        match self {
+            Database::Sqlite(path) => Self::sqlite(path, true),
+            Database::Postgres(params) => {
+                let conn = crate::db::PgConn::connect(params).map_err(StoreError::Postgres)?;
+                schema::migrate_pg(&conn).map_err(StoreError::Postgres)?;
+                Ok(Box::new(conn))
+            }
+        }
+    }
+}
+
 /// Capacity of the write queue. When it is full, ingest waits, stops reading from the broker and so
 /// stops acknowledging: a slow disk slows the gateways' uplink instead of growing the hub's memory.
 pub const WRITE_QUEUE: usize = 4096;
-
-/// Opens (creating and migrating) the hub database under `data_dir` on a connection of its own,
-/// for tools that work beside a running hub (`hub keys`, `hub tokens`).
-pub fn open_database(data_dir: &Path) -> anyhow::Result<Connection> {
-    use anyhow::Context;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let path = data_dir.join("hub.sqlite3");
-    let mut conn =
-        Connection::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    prepare(&mut conn).with_context(|| format!("database {}", path.display()))?;
-    Ok(conn)
-}
 
 /// Configures a connection and brings its database to the newest schema (for tools that open the
 /// database beside a running hub, such as `hub keys`).
@@ -160,6 +220,7 @@ impl Store {
     /// The writer stops when every `Store` handle is dropped, after writing what was queued.
     pub fn open(
         data_dir: &Path,
+        database: &Database,
         metrics: Arc<Metrics>,
         influx: Option<crate::influx::InfluxConfig>,
         live: crate::live::Live,
@@ -170,42 +231,31 @@ impl Store {
             path: data_dir.to_owned(),
             source,
         })?;
-        let path = data_dir.join("hub.sqlite3");
-        let open = |path: &Path| -> Result<Connection, StoreError> {
-            let conn = Connection::open(path).map_err(|source| StoreError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-            schema::configure(&conn).map_err(|source| StoreError::Open {
-                path: path.to_owned(),
-                source,
-            })?;
-            Ok(conn)
+        let wconn = database.connect_and_migrate()?;
+        let reader = database.connect()?;
+        let aside = database.connect()?;
+        let path = match database {
+            Database::Sqlite(p) => p.clone(),
+            Database::Postgres(_) => data_dir.join("hub.sqlite3"),
         };
-        let mut wconn = open(&path)?;
-        schema::migrate(&mut wconn).map_err(|source| StoreError::Open {
-            path: path.clone(),
-            source,
-        })?;
-        let reader = open(&path)?;
-        let aside = open(&path)?;
-        let maintenance = rollup::Maintenance::load(&wconn, retention, data_dir.join("evidence"))?;
-        let sink = match influx {
-            Some(cfg) => {
-                let (sink, sink_metrics) =
-                    crate::influx::start(cfg, path.clone()).map_err(|e| StoreError::DataDir {
-                        path: path.clone(),
-                        source: std::io::Error::other(e.to_string()),
-                    })?;
-                let _ = metrics.influx.set(sink_metrics);
-                Some(sink)
-            }
-            None => None,
-        };
+        let maintenance = rollup::Maintenance::load(&*wconn, retention, data_dir.join("evidence"))?;
+        let sink =
+            match influx {
+                Some(cfg) => {
+                    let (sink, sink_metrics) = crate::influx::start(cfg, database.connect()?)
+                        .map_err(|e| StoreError::DataDir {
+                            path: path.clone(),
+                            source: std::io::Error::other(e.to_string()),
+                        })?;
+                    let _ = metrics.influx.set(sink_metrics);
+                    Some(sink)
+                }
+                None => None,
+            };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(Box::new(wconn), rx, metrics, sink, live, maintenance, feed))
+            .spawn(move || writer::run(wconn, rx, metrics, sink, live, maintenance, feed))
             .map_err(|e| StoreError::DataDir {
                 path: data_dir.to_owned(),
                 source: e,
@@ -213,8 +263,9 @@ impl Store {
         Ok((
             Store {
                 writes: tx,
-                reader: Arc::new(Mutex::new(Box::new(reader))),
-                aside: Arc::new(Mutex::new(Box::new(aside))),
+                reader: Arc::new(Mutex::new(reader)),
+                aside: Arc::new(Mutex::new(aside)),
+                database: database.clone(),
                 path,
                 retention,
             },
@@ -224,6 +275,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the relational state is: the rules, the notifier and the key ring connect to it.
+    pub fn database(&self) -> &Database {
+        &self.database
     }
 
     pub fn retention(&self) -> Retention {

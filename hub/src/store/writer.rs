@@ -604,9 +604,9 @@ fn write_presence(tx: &dyn Sql, p: &Presence, received: i64) -> db::Result<()> {
     // A retained `offline` from an earlier boot must not mark a gateway that has since reconnected.
     tx.execute(
         "INSERT INTO gateways (id, boot, state, clock, agent, config_version, connected_at, last_seen, online_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $3 = 'online' THEN $8 END)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $3 = 'online' THEN CAST($8 AS BIGINT) END)
          ON CONFLICT (id) DO UPDATE SET
-            online_at = CASE WHEN $3 = 'online' THEN $8 ELSE gateways.online_at END,
+            online_at = CASE WHEN $3 = 'online' THEN CAST($8 AS BIGINT) ELSE gateways.online_at END,
             state = CASE WHEN $3 = 'offline' AND gateways.boot IS DISTINCT FROM $2 THEN gateways.state ELSE $3 END,
             boot = CASE WHEN $3 = 'offline' THEN gateways.boot ELSE $2 END,
             clock = $4, agent = COALESCE($5, gateways.agent), config_version = COALESCE($6, gateways.config_version),
@@ -728,6 +728,35 @@ mod tests {
         )
     }
 
+    fn presence(state: &str, boot: &str, sent: &str) -> (WriteOp, Option<Ack>) {
+        let presence: Presence = serde_json::from_value(serde_json::json!({
+            "v": 1, "gateway": "gw-a", "boot": boot, "state": state, "sentAt": sent, "clock": "synced",
+            "agent": "edge-agent 0.1.0",
+            "devices": [{"device": "d1", "asset": "dm-1", "kind": "dustMonitor",
+                         "location": {"type": "Point", "coordinates": [118.78, 32.04]}, "roadSegment": "hanzhong-rd-s2",
+                         "reportIntervalS": 60}]
+        }))
+        .unwrap();
+        let received = presence.sent_at;
+        (WriteOp::Presence { presence, received }, None)
+    }
+
+    fn heartbeat() -> (WriteOp, Option<Ack>) {
+        let heartbeat: protocol::Heartbeat = serde_json::from_value(serde_json::json!({
+            "v": 1, "gateway": "gw-a", "boot": "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "sentAt": "2026-11-22T06:00:05.000Z", "clock": "synced", "uptimeS": 5
+        }))
+        .unwrap();
+        let received = heartbeat.sent_at;
+        (
+            WriteOp::Heartbeat {
+                heartbeat,
+                received,
+            },
+            None,
+        )
+    }
+
     /// What the writer stores, on SQLite and on PostgreSQL: once per envelope however often it
     /// comes, the latest value per series, events with their evidence, and an operation the
     /// database refuses set aside as a dead letter without losing the rest of its batch.
@@ -745,7 +774,16 @@ mod tests {
             let metrics = Metrics::default();
             let mut series = SeriesCache::default();
             let id = "0b6e5a0e-7c83-4f4e-9a43-3c1c6a2b7d10";
+            const BOOT: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
             let batch = vec![
+                presence("online", BOOT, "2026-11-22T05:59:00.000Z"),
+                // A retained offline of an earlier boot does not mark the gateway offline.
+                presence(
+                    "offline",
+                    "11111111-10b1-426f-9247-bb680e5fe0c8",
+                    "2026-11-22T05:59:01.000Z",
+                ),
+                heartbeat(),
                 op(envelope(0, 80.0)),
                 op(envelope(0, 80.0)),
                 command(id),
@@ -754,7 +792,7 @@ mod tests {
             ];
             let (fresh, touched) =
                 write_batch(c, &mut series, &batch, &metrics, Late::new(&m)).unwrap();
-            assert_eq!(fresh, [0, 4], "{name}: the repeated envelope is not fresh");
+            assert_eq!(fresh, [3, 7], "{name}: the repeated envelope is not fresh");
             assert_eq!(touched.len(), 3, "{name}: {touched:?}");
             // A redelivery in a later batch (after a restart: a new series cache) is skipped too.
             let again = write_batch(
@@ -767,6 +805,25 @@ mod tests {
             .unwrap();
             assert!(again.0.is_empty(), "{name}");
             let n = |sql: &str| -> i64 { db::one(c, sql, &[]).unwrap() };
+            let gw = c
+                .query_opt(
+                    "SELECT state, boot, agent, online_at, last_heartbeat IS NOT NULL FROM gateways WHERE id = 'gw-a'",
+                    &[],
+                )
+                .unwrap()
+                .unwrap();
+            assert_eq!(gw.get::<String>(0).unwrap(), "online", "{name}");
+            assert_eq!(gw.get::<String>(1).unwrap(), BOOT, "{name}");
+            assert_eq!(gw.get::<String>(2).unwrap(), "edge-agent 0.1.0", "{name}");
+            assert!(gw.get::<Option<i64>>(3).unwrap().is_some(), "{name}");
+            assert!(gw.get::<bool>(4).unwrap(), "{name}");
+            let asset = c
+                .query_opt("SELECT kind, lat, road_segment, report_interval_s FROM assets WHERE id = 'dm-1'", &[])
+                .unwrap()
+                .unwrap();
+            assert_eq!(asset.get::<String>(0).unwrap(), "dustMonitor", "{name}");
+            assert_eq!(asset.get::<f64>(1).unwrap(), 32.04, "{name}");
+            assert_eq!(asset.get::<i64>(3).unwrap(), 60, "{name}");
             assert_eq!(n("SELECT COUNT(*) FROM envelopes"), 2, "{name}");
             assert_eq!(n("SELECT COUNT(*) FROM readings"), 4, "{name}");
             assert_eq!(n("SELECT COUNT(*) FROM events"), 1, "{name}");
