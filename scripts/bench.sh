@@ -29,6 +29,11 @@ echo
 echo "## Hub ingest vs a bare subscriber"
 ./target/release/examples/ingest_bench "${INGEST_READINGS:-1000000}" 2>/dev/null
 echo
+echo "### The hub on SQLite and on PostgreSQL (one gateway, Mosquitto; a throwaway local server)"
+for run in 1 2 3; do
+  ./target/release/examples/ingest_bench postgres 400000 2>/dev/null
+done
+echo
 echo "### Hub ingest latency at paced rates"
 for rate in 10000 25000 50000; do
   ./target/release/examples/ingest_bench paced "$rate" 60 2>/dev/null

@@ -12,6 +12,11 @@
 //! Then the same into the hub's embedded broker (rumqttd), which has no bare-subscriber twin.
 //! Prints a markdown table. Each case is timed from the first publish.
 //!
+//! `... --example ingest_bench -- postgres [READINGS]` (default 200,000): the hub storing into
+//! SQLite and into PostgreSQL (a throwaway local server started with scripts/postgres.sh, default
+//! durability), one gateway through Mosquitto each, in the same run; prints both rates and their
+//! ratio.
+//!
 //! `... --example ingest_bench -- paced RATE [SECONDS]`: latency at a sustainable rate instead. Ten
 //! gateways publish envelopes of 100 readings, RATE readings/s in all, for SECONDS (default 60),
 //! into the hub on Mosquitto; prints the envelopes' age at commit (publish to committed, p50 / p90 /
@@ -242,10 +247,11 @@ fn bare(dir: &Path, rt: &tokio::runtime::Runtime, gateways: usize, envelopes: us
 fn start_hub(
     rt: &tokio::runtime::Runtime,
     data: PathBuf,
+    postgres: Option<&str>,
     mqtt: hub::MqttMode,
     gateways: usize,
 ) -> hub::RunningHub {
-    let admin = hub::keys::KeyAdmin::open(&hub::store::Database::new(&data, None)).unwrap();
+    let admin = hub::keys::KeyAdmin::open(&hub::store::Database::new(&data, postgres)).unwrap();
     for g in 0..gateways {
         admin.import(&gateway(g), &key(g)).unwrap();
     }
@@ -254,6 +260,7 @@ fn start_hub(
         .block_on(hub::start(hub::HubConfig {
             client_id: "hub-bench".into(),
             rate_limit: None,
+            postgres: postgres.map(str::to_owned),
             ..hub::HubConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), data, mqtt)
         }))
         .unwrap();
@@ -282,7 +289,19 @@ fn hub_case(
     envelopes: usize,
     embedded: bool,
 ) -> Row {
-    let data = dir.join(format!("hub-{gateways}-{embedded}"));
+    hub_case_on(dir, rt, None, gateways, envelopes, embedded)
+}
+
+/// [`hub_case`] with the hub's state in PostgreSQL when `postgres` is given.
+fn hub_case_on(
+    dir: &Path,
+    rt: &tokio::runtime::Runtime,
+    postgres: Option<&str>,
+    gateways: usize,
+    envelopes: usize,
+    embedded: bool,
+) -> Row {
+    let data = dir.join(format!("hub-{gateways}-{embedded}-{}", postgres.is_some()));
     let port = free_port();
     let broker = (!embedded).then(|| mosquitto(dir, port));
     let mqtt = if embedded {
@@ -292,7 +311,7 @@ fn hub_case(
     } else {
         external(port)
     };
-    let hub = start_hub(rt, data, mqtt, gateways);
+    let hub = start_hub(rt, data, postgres, mqtt, gateways);
     let started = Instant::now();
     let publish_secs = rt
         .block_on(publish(port, gateways, envelopes, embedded))
@@ -311,13 +330,19 @@ fn hub_case(
     assert_eq!(hub.metrics.rejected_total(), 0, "messages were rejected");
     let batches = hub.metrics.store_batches.load(Relaxed).max(1);
     eprintln!(
-        "store: {batches} batches, {:.1} envelopes and {:.1} ms each",
+        "store: {batches} batches, {:.1} envelopes and {:.1} ms each; rollups {:.1} ms in all",
         envelopes as f64 / batches as f64,
-        hub.metrics.store_batch_micros.load(Relaxed) as f64 / batches as f64 / 1000.0
+        hub.metrics.store_batch_micros.load(Relaxed) as f64 / batches as f64 / 1000.0,
+        hub.metrics.rollup_micros.load(Relaxed) as f64 / 1000.0
     );
     let row = Row {
         case: format!(
-            "hub, {gateways} gateway(s), {}",
+            "hub{}, {gateways} gateway(s), {}",
+            if postgres.is_some() {
+                " on PostgreSQL"
+            } else {
+                ""
+            },
             if embedded {
                 "embedded broker"
             } else {
@@ -373,7 +398,13 @@ fn paced(readings_per_s: f64, secs: f64) {
     let rt = runtime();
     let port = free_port();
     let _broker = mosquitto(dir.path(), port);
-    let hub = start_hub(&rt, dir.path().join("hub-paced"), external(port), GATEWAYS);
+    let hub = start_hub(
+        &rt,
+        dir.path().join("hub-paced"),
+        None,
+        external(port),
+        GATEWAYS,
+    );
     let env_rate = readings_per_s / PER as f64;
     let envelopes = ((env_rate * secs) as usize).max(GATEWAYS);
     let took = publish_paced(&rt, port, GATEWAYS, envelopes, PER, env_rate);
@@ -414,7 +445,7 @@ fn task_latency(readings_per_s: f64, secs: f64) {
     let port = free_port();
     let _broker = mosquitto(dir.path(), port);
     let data = dir.path().join("hub-tasks");
-    let hub = start_hub(&rt, data.clone(), external(port), GATEWAYS);
+    let hub = start_hub(&rt, data.clone(), None, external(port), GATEWAYS);
     let sensor = |name: String| protocol::DeviceInfo {
         device: name.parse().unwrap(),
         asset: name.parse().unwrap(),
@@ -740,7 +771,94 @@ fn soak(readings_per_s: f64, secs: f64) {
     );
 }
 
+/// A throwaway PostgreSQL server for the bench (scripts/postgres.sh), stopped on drop.
+struct PgServer {
+    dir: PathBuf,
+    params: String,
+}
+
+impl PgServer {
+    fn start(dir: &Path) -> PgServer {
+        let dir = dir.join("pg");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh");
+        let out = std::process::Command::new(&script)
+            .arg("start")
+            .arg(&dir)
+            .output()
+            .expect("run scripts/postgres.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let params = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        PgServer { dir, params }
+    }
+
+    /// A fresh database: its connection string.
+    fn database(&self, name: &str) -> String {
+        use hub::db::Sql as _;
+        hub::db::PgConn::connect(&self.params)
+            .and_then(|c| c.batch(&format!("CREATE DATABASE {name}")))
+            .unwrap();
+        format!("{} dbname={name}", self.params)
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres.sh");
+        let _ = std::process::Command::new(script)
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// `ingest_bench postgres READINGS`: the hub storing into SQLite and into PostgreSQL (a local
+/// server with its default durability, fsync on), one gateway through Mosquitto each, same run.
+fn postgres_compare(readings: usize) {
+    let envelopes = (readings / PER_ENVELOPE).max(4) / 4 * 4;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let pg = PgServer::start(dir.path());
+    let lite = hub_case(dir.path(), &rt, 1, envelopes, false);
+    let db = pg.database("bench");
+    let post = hub_case_on(dir.path(), &rt, Some(&db), 1, envelopes, false);
+    println!("{envelopes} envelopes of {PER_ENVELOPE} readings per case\n");
+    println!("| case | readings/s | seconds | age at commit p50 / p99 |");
+    println!("|---|---|---|---|");
+    let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("≤ {v} ms"));
+    for r in [&lite, &post] {
+        println!(
+            "| {} | {:.0} | {:.2} | {} / {} |",
+            r.case,
+            r.readings as f64 / r.secs,
+            r.secs,
+            ms(r.p50),
+            ms(r.p99)
+        );
+    }
+    println!(
+        "\nPostgreSQL ÷ SQLite: {:.2}",
+        (post.readings as f64 / post.secs) / (lite.readings as f64 / lite.secs)
+    );
+}
+
 fn main() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    if std::env::args().nth(1).as_deref() == Some("postgres") {
+        let readings = std::env::args()
+            .nth(2)
+            .map(|a| a.parse().expect("READINGS must be a number"))
+            .unwrap_or(200_000);
+        return postgres_compare(readings);
+    }
     if std::env::args().nth(1).as_deref() == Some("soak") {
         let rate: f64 = std::env::args()
             .nth(2)

@@ -498,6 +498,8 @@ fn write_envelope(
         args![gw, env.boot.to_string(), clock_str(env.clock), received],
     )?;
     let (mut readings, mut events) = (0u64, 0u64);
+    // The envelope's readings go in as multi-row inserts (see `insert_readings`).
+    let mut rows: Vec<ReadingRow> = Vec::with_capacity(env.items.len());
     for item in &env.items {
         match item {
             Item::Reading(r) => {
@@ -518,12 +520,7 @@ fn write_envelope(
                     Quality::Bad { reason, .. } => Some(reason.as_str()),
                 };
                 let ts = r.observed_at.unix_millis();
-                tx.execute(
-                    "INSERT INTO readings (series, ts, value, text, quality) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (series, ts) DO UPDATE SET
-                        value = excluded.value, text = excluded.text, quality = excluded.quality",
-                    args![id, ts, value, text, quality],
-                )?;
+                rows.push((id, ts, value, text, quality));
                 if value.is_some() {
                     late.note(id, ts);
                 }
@@ -589,10 +586,83 @@ fn write_envelope(
             }
         }
     }
+    insert_readings(tx, rows)?;
     metrics.readings_stored.fetch_add(readings, Relaxed);
     metrics.events_stored.fetch_add(events, Relaxed);
     metrics.envelopes_stored.fetch_add(1, Relaxed);
     Ok(true)
+}
+
+/// (series, ts, value, text, quality) of a reading to store.
+type ReadingRow<'a> = (i64, i64, Option<f64>, Option<&'a str>, Option<&'a str>);
+
+/// Rows per multi-row insert, largest first: any count is a sum of these, and the statements
+/// stay few (each engine caches its prepared statements by text).
+const READING_CHUNKS: [usize; 5] = [128, 32, 8, 2, 1];
+
+/// Inserts readings, a reading stored again replacing the one of the same series and
+/// millisecond. Many rows per statement: on PostgreSQL every statement is a round trip to the
+/// server, so one per reading would cap the hub at a few thousand readings a second.
+fn insert_readings(tx: &dyn Sql, mut rows: Vec<ReadingRow<'_>>) -> db::Result<()> {
+    // One statement may not touch a row twice (PostgreSQL refuses it): of readings of the same
+    // series and millisecond in one envelope the last one stays, as row by row.
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    let mut keep = vec![false; rows.len()];
+    for (i, r) in rows.iter().enumerate().rev() {
+        keep[i] = seen.insert((r.0, r.1));
+    }
+    let mut k = keep.into_iter();
+    rows.retain(|_| k.next().unwrap_or(false));
+    let mut rest = &rows[..];
+    while !rest.is_empty() {
+        let n = READING_CHUNKS
+            .into_iter()
+            .find(|&c| c <= rest.len())
+            .unwrap_or(1);
+        let (chunk, tail) = rest.split_at(n);
+        let mut params = Vec::with_capacity(5 * n);
+        for (id, ts, value, text, quality) in chunk {
+            params.extend_from_slice(args![id, ts, value, text, quality]);
+        }
+        tx.execute(reading_insert(n), &params)?;
+        rest = tail;
+    }
+    Ok(())
+}
+
+/// The insert of `n` readings (built once per size).
+fn reading_insert(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<(usize, &'static str)>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        READING_CHUNKS
+            .iter()
+            .map(|&n| {
+                let values = (0..n)
+                    .map(|i| {
+                        let b = 5 * i;
+                        format!(
+                            "(${}, ${}, ${}, ${}, ${})",
+                            b + 1,
+                            b + 2,
+                            b + 3,
+                            b + 4,
+                            b + 5
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "INSERT INTO readings (series, ts, value, text, quality) VALUES {values}
+                     ON CONFLICT (series, ts) DO UPDATE SET
+                        value = excluded.value, text = excluded.text, quality = excluded.quality"
+                );
+                (n, &*Box::leak(sql.into_boxed_str()))
+            })
+            .collect()
+    });
+    all.iter()
+        .find(|(k, _)| *k == n)
+        .map_or(all[all.len() - 1].1, |(_, sql)| sql)
 }
 
 fn write_presence(tx: &dyn Sql, p: &Presence, received: i64) -> db::Result<()> {
@@ -698,6 +768,8 @@ mod tests {
                 {"kind": "reading", "device": "d1", "metric": "pm10", "observedAt": "2026-11-22T05:59:00.000Z", "value": 1.0},
                 {"kind": "reading", "device": "d1", "metric": "lampOn", "observedAt": "2026-11-22T06:00:00.000Z", "value": true},
                 {"kind": "reading", "device": "d2", "metric": "x", "observedAt": "2026-11-22T06:00:01.000Z", "quality": {"bad": {"reason": "timeout"}}},
+                // The same series and millisecond again in one envelope: the later one stays.
+                {"kind": "reading", "device": "d1", "metric": "pm10", "observedAt": "2026-11-22T06:00:00.000Z", "value": value + 1.0},
                 {"kind": "event", "device": "cam", "event": "plate", "observedAt": "2026-11-22T06:00:02.000Z", "phase": "instant",
                  "attributes": {"plate": "苏A8HK52"},
                  "evidence": [{"sha256": "ab".repeat(32), "mediaType": "image/jpeg", "bytes": 10}]}
@@ -836,7 +908,21 @@ mod tests {
                 )
                 .unwrap()
                 .unwrap();
-            assert_eq!(latest.get::<f64>(0).unwrap(), 90.0, "{name}");
+            assert_eq!(latest.get::<f64>(0).unwrap(), 91.0, "{name}");
+            let stored: Vec<f64> = c
+                .query(
+                    "SELECT value FROM readings WHERE value > 2 ORDER BY value",
+                    &[],
+                )
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0).unwrap())
+                .collect();
+            assert_eq!(
+                stored,
+                [91.0],
+                "{name}: one reading per series and millisecond"
+            );
             assert_eq!(latest.get::<String>(1).unwrap(), "ug/m3", "{name}");
             assert_eq!(latest.get::<String>(2).unwrap(), "number", "{name}");
             let refused: Vec<String> = c
