@@ -380,7 +380,13 @@ impl<'c> Tx<'c> {
 
     pub fn commit(mut self) -> Result<()> {
         self.done = true;
-        self.conn.batch("COMMIT")
+        let result = self.conn.batch("COMMIT");
+        if result.is_err() {
+            // SQLite stays in the transaction when COMMIT fails (busy, I/O): end it, or every
+            // later BEGIN fails. (PostgreSQL has ended it already; this is then a no-op.)
+            let _ = self.conn.batch("ROLLBACK");
+        }
+        result
     }
 }
 
@@ -505,8 +511,14 @@ impl Sql for rusqlite::Transaction<'_> {
 
 /// A PostgreSQL connection with its prepared statements.
 pub struct PgConn {
-    /// `None` only while being dropped.
+    /// How to connect again after the connection is lost (`None`: made from a client).
+    params: Option<String>,
+    /// `None` while being dropped, or after a failed reconnection.
     client: Mutex<Option<postgres::Client>>,
+    /// Inside BEGIN … COMMIT/ROLLBACK: a connection lost then must not be silently replaced
+    /// (the new one would take the rest of the transaction's statements on their own, and
+    /// PostgreSQL answers a COMMIT outside a transaction with a mere warning).
+    in_tx: std::sync::atomic::AtomicBool,
     statements: Mutex<HashMap<String, postgres::Statement>>,
 }
 
@@ -541,11 +553,15 @@ impl PgConn {
     /// (`postgresql://hub@db.example/city`). Callable from anywhere (see [`off_runtime`]).
     pub fn connect(params: &str) -> Result<Self> {
         let client = off_runtime(|| postgres::Client::connect(params, postgres::NoTls))?;
-        Ok(Self::from_client(client))
+        let mut conn = Self::from_client(client);
+        conn.params = Some(params.to_owned());
+        Ok(conn)
     }
 
     pub fn from_client(client: postgres::Client) -> Self {
         PgConn {
+            params: None,
+            in_tx: std::sync::atomic::AtomicBool::new(false),
             client: Mutex::new(Some(client)),
             statements: Mutex::new(HashMap::new()),
         }
@@ -556,11 +572,23 @@ impl PgConn {
         &self,
         f: impl FnOnce(&mut postgres::Client) -> Result<T> + Send,
     ) -> Result<T> {
+        use std::sync::atomic::Ordering::SeqCst;
         off_runtime(|| {
             let mut guard = lock(&self.client);
+            let lost = guard.as_ref().is_none_or(postgres::Client::is_closed);
+            if lost && !self.in_tx.load(SeqCst) {
+                // The server restarted or the network dropped: connect again (the hub's
+                // threads retry what failed), with the prepared statements gone too.
+                if let Some(params) = &self.params {
+                    *guard = None;
+                    lock(&self.statements).clear();
+                    *guard = Some(postgres::Client::connect(params, postgres::NoTls)?);
+                    tracing::warn!("PostgreSQL connection lost; connected again");
+                }
+            }
             let client = guard.as_mut().ok_or_else(|| DbError::Column {
                 index: 0,
-                message: "the connection is closed".into(),
+                message: "the PostgreSQL connection is closed".into(),
             })?;
             f(client)
         })
@@ -607,7 +635,24 @@ impl Sql for PgConn {
             .collect()
     }
     fn batch(&self, sql: &str) -> Result<()> {
-        self.with(|client| Ok(client.batch_execute(sql)?))
+        use std::sync::atomic::Ordering::SeqCst;
+        let word: String = sql
+            .trim_start()
+            .chars()
+            .take(8)
+            .collect::<String>()
+            .to_ascii_uppercase();
+        let ends = word.starts_with("COMMIT")
+            || (word.starts_with("ROLLBACK") && !sql.to_ascii_uppercase().contains(" TO "));
+        if ends {
+            // Whatever happens next, this transaction is over (a failed COMMIT rolls back).
+            self.in_tx.store(false, SeqCst);
+        }
+        self.with(|client| Ok(client.batch_execute(sql)?))?;
+        if word.starts_with("BEGIN") {
+            self.in_tx.store(true, SeqCst);
+        }
+        Ok(())
     }
 }
 
@@ -751,18 +796,13 @@ pub(crate) mod testing {
     /// A fresh PostgreSQL schema of its own on the test server, if there is one.
     pub fn pg() -> Option<PgConn> {
         let params = pg_params()?;
-        // The client runs a runtime of its own, which must not start on a test's runtime thread.
-        std::thread::spawn(move || {
-            let conn = PgConn::connect(&params).expect("connect to CITY_TEST_POSTGRES");
-            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-            conn.batch(&format!(
-                "CREATE SCHEMA {schema}; SET search_path TO {schema}"
-            ))
-            .expect("create a test schema");
-            conn
-        })
-        .join()
-        .ok()
+        let conn = PgConn::connect(&params).expect("connect to CITY_TEST_POSTGRES");
+        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        conn.batch(&format!(
+            "CREATE SCHEMA {schema}; SET search_path TO {schema}"
+        ))
+        .expect("create a test schema");
+        Some(conn)
     }
 
     /// Each engine this run can reach with the hub's schema, named.
@@ -942,5 +982,35 @@ mod tests {
                 "{name}: {e}"
             );
         }
+    }
+
+    /// A PostgreSQL connection that is lost (the server restarted, the network dropped) is made
+    /// again on next use, but never inside a transaction: that one fails until it is ended.
+    #[test]
+    fn a_lost_postgresql_connection_is_made_again_outside_a_transaction() {
+        let Some(a) = super::testing::pg() else {
+            return;
+        };
+        let b = super::testing::pg().unwrap();
+        let kill = |c: &PgConn| {
+            let pid: i64 = one(c, "SELECT CAST(pg_backend_pid() AS BIGINT)", &[]).unwrap();
+            b.execute("SELECT pg_terminate_backend(CAST($1 AS INT))", args![pid])
+                .unwrap();
+            // The client notices when it next talks to the server.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        let ask = |c: &PgConn| one::<i64>(c, "SELECT CAST(1 AS BIGINT)", &[]);
+        kill(&a);
+        // The first statement may fail (that is how the loss shows); a retry reconnects.
+        let again = (0..3).find_map(|_| ask(&a).ok());
+        assert_eq!(again, Some(1));
+
+        let tx = Tx::begin(&a, Begin::Write).unwrap();
+        kill(&a);
+        assert!(ask(&a).is_err());
+        assert!(ask(&a).is_err(), "not reconnected inside the transaction");
+        drop(tx);
+        let again = (0..3).find_map(|_| ask(&a).ok());
+        assert_eq!(again, Some(1), "reconnected once the transaction ended");
     }
 }

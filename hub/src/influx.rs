@@ -372,7 +372,7 @@ fn tags_of<'a>(
     if stale {
         let row = conn
             .query_opt(
-                "SELECT id, kind, road_segment, grid, zone FROM assets WHERE gateway = $1 AND device = $2 LIMIT 1",
+                "SELECT id, kind, road_segment, grid, zone FROM assets WHERE gateway = $1 AND device = $2 ORDER BY id LIMIT 1",
                 args![gateway, device],
             )
             .and_then(|r| {

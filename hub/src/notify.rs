@@ -209,8 +209,13 @@ pub fn body(kind: ChannelKind, m: &Message) -> serde_json::Value {
     }
 }
 
-/// How many task event ids before the cursor are read again (see the module documentation).
+/// How many task event ids before the cursor are read again on PostgreSQL (see the module
+/// documentation), and how recent such an event must be.
 pub const RESCAN: i64 = 1_000;
+pub const RESCAN_MS: i64 = 5 * 60_000;
+/// Deliveries taken per claim: all of them are sent within the lease even when every send takes
+/// its full timeout (10 s).
+const CLAIM: i64 = 5;
 /// How long a claimed delivery is left to its notifier before another may take it.
 pub const LEASE_MS: i64 = 60_000;
 
@@ -242,10 +247,17 @@ fn enqueue(c: &dyn Sql, channels: &[Channel], now: i64) -> db::Result<usize> {
             return Ok(0);
         }
     };
+    // Only PostgreSQL needs the rescan (SQLite commits one writer at a time, ids in order), and
+    // only for recent events: an event behind the cursor is one that committed late, moments
+    // ago, not an old one a new or widened channel would now match.
+    let rescan_from = match c.engine() {
+        db::Engine::Sqlite => cursor,
+        db::Engine::Postgres => (cursor - RESCAN).max(floor),
+    };
     let events = tx.query(
         "SELECT e.id, e.task, e.action, t.department FROM task_events e JOIN tasks t ON t.id = e.task
-         WHERE e.id > $1 ORDER BY e.id LIMIT 2000",
-        args![(cursor - RESCAN).max(floor)],
+         WHERE e.id > $1 AND (e.id > $2 OR e.at > $3) ORDER BY e.id LIMIT 2000",
+        args![rescan_from, cursor, now - RESCAN_MS],
     )?;
     let mut n = 0;
     let mut last = cursor;
@@ -315,30 +327,37 @@ fn claim(c: &dyn Sql, now: i64, limit: i64) -> db::Result<Vec<Claimed>> {
 }
 
 /// Records the outcome of one attempt.
+/// Records the outcome of one attempt, if this notifier still holds the delivery's lease
+/// (`leased_until`, as [`claim`] set it): a notifier whose lease ran out must not overwrite what
+/// the one that took the delivery over recorded. Returns whether it recorded.
 fn record(
     c: &dyn Sql,
     id: i64,
     attempts: i64,
     result: &Result<(), String>,
     now: i64,
-) -> db::Result<()> {
-    match result {
+    leased_until: i64,
+) -> db::Result<bool> {
+    let n = match result {
         Ok(()) => c.execute(
-            "UPDATE notifications SET state = 'delivered', attempts = $2, delivered_at = $3, last_error = NULL WHERE id = $1",
-            args![id, attempts, now],
+            "UPDATE notifications SET state = 'delivered', attempts = $2, delivered_at = $3, last_error = NULL
+             WHERE id = $1 AND state = 'pending' AND next_at = $4",
+            args![id, attempts, now, leased_until],
         ),
         Err(e) => c.execute(
-            "UPDATE notifications SET state = $2, attempts = $3, next_at = $4, last_error = $5 WHERE id = $1",
+            "UPDATE notifications SET state = $2, attempts = $3, next_at = $4, last_error = $5
+             WHERE id = $1 AND state = 'pending' AND next_at = $6",
             args![
                 id,
                 if attempts >= MAX_ATTEMPTS { "dead" } else { "pending" },
                 attempts,
                 now + backoff_ms(attempts),
-                e
+                e,
+                leased_until
             ],
         ),
     }?;
-    Ok(())
+    Ok(n == 1)
 }
 
 fn message(c: &dyn Sql, delivery: i64, event: i64) -> db::Result<Option<Message>> {
@@ -446,39 +465,52 @@ pub fn backoff_ms(n: i64) -> i64 {
     (2_000i64 << (n - 1).clamp(0, 20)).min(3_600_000)
 }
 
-/// Sends what is due; returns (delivered, failed).
+/// Sends what is due, a few deliveries per claim (each claim with a lease of its own), up to
+/// 100 a round; returns (delivered, failed).
 fn deliver(
     c: &dyn Sql,
     agent: &ureq::Agent,
     channels: &[(Channel, Option<String>)],
     topics: &protocol::TopicScheme,
     outgoing: &tokio::sync::mpsc::Sender<crate::ingest::Outgoing>,
-    now: i64,
 ) -> db::Result<(usize, usize)> {
     let (mut ok, mut failed) = (0, 0);
-    for (id, event, channel, attempts) in claim(c, now, 100)? {
-        let result = match (
-            channels.iter().find(|(c, _)| c.name == channel),
-            message(c, id, event)?,
-        ) {
-            (Some((ch, secret)), Some(m)) => {
-                send(agent, ch, secret.as_deref(), &m, topics, outgoing)
+    for _ in 0..100 / CLAIM {
+        let now = crate::now_ms();
+        let claimed = claim(c, now, CLAIM)?;
+        if claimed.is_empty() {
+            break;
+        }
+        let leased_until = now + LEASE_MS;
+        for (id, event, channel, attempts) in claimed {
+            let result = match (
+                channels.iter().find(|(c, _)| c.name == channel),
+                message(c, id, event)?,
+            ) {
+                (Some((ch, secret)), Some(m)) => {
+                    send(agent, ch, secret.as_deref(), &m, topics, outgoing)
+                }
+                (None, _) => Err(format!(
+                    "channel {channel:?} is no longer in the rules file"
+                )),
+                (_, None) => Err("the task event is gone".into()),
+            };
+            let attempts = attempts + 1;
+            match &result {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    failed += 1;
+                    let dead = attempts >= MAX_ATTEMPTS;
+                    tracing::warn!(delivery = id, channel, attempts, dead, error = %e, "notification not delivered");
+                }
             }
-            (None, _) => Err(format!(
-                "channel {channel:?} is no longer in the rules file"
-            )),
-            (_, None) => Err("the task event is gone".into()),
-        };
-        let attempts = attempts + 1;
-        match &result {
-            Ok(()) => ok += 1,
-            Err(e) => {
-                failed += 1;
-                let dead = attempts >= MAX_ATTEMPTS;
-                tracing::warn!(delivery = id, channel, attempts, dead, error = %e, "notification not delivered");
+            if !record(c, id, attempts, &result, crate::now_ms(), leased_until)? {
+                tracing::warn!(
+                    delivery = id,
+                    "lease ran out before the outcome was recorded; another notifier has it"
+                );
             }
         }
-        record(c, id, attempts, &result, crate::now_ms())?;
     }
     Ok((ok, failed))
 }
@@ -563,8 +595,7 @@ pub fn start(
                     if let Err(e) = enqueue(&*conn, &plain, now) {
                         tracing::error!(error = %e, "notifier cannot read task events; retrying");
                     }
-                    if let Err(e) = deliver(&*conn, &agent, &with_secrets, &topics, &outgoing, now)
-                    {
+                    if let Err(e) = deliver(&*conn, &agent, &with_secrets, &topics, &outgoing) {
                         tracing::error!(error = %e, "notifier cannot record deliveries; retrying");
                     }
                     for _ in 0..10 {
@@ -716,8 +747,22 @@ mod tests {
                 claim(c, 2_000 + LEASE_MS - 1, 100).unwrap().is_empty(),
                 "{name}"
             );
-            record(c, claimed[0].0, 1, &Ok(()), 3_000).unwrap();
-            record(c, claimed[1].0, 1, &Err("HTTP 502".into()), 3_000).unwrap();
+            let lease = 2_000 + LEASE_MS;
+            // A notifier whose lease is not the current one records nothing.
+            assert!(
+                !record(c, claimed[0].0, 1, &Ok(()), 3_000, lease - 1).unwrap(),
+                "{name}"
+            );
+            assert!(
+                record(c, claimed[0].0, 1, &Ok(()), 3_000, lease).unwrap(),
+                "{name}"
+            );
+            assert!(record(c, claimed[1].0, 1, &Err("HTTP 502".into()), 3_000, lease).unwrap());
+            // Recorded once: a second outcome for the delivered one changes nothing.
+            assert!(
+                !record(c, claimed[0].0, 2, &Err("late".into()), 3_500, lease).unwrap(),
+                "{name}"
+            );
             assert_eq!(
                 states(c),
                 [
@@ -733,7 +778,18 @@ mod tests {
             );
             let again = claim(c, 3_000 + backoff_ms(1), 100).unwrap();
             assert_eq!(again.len(), 1, "{name}");
-            record(c, again[0].0, MAX_ATTEMPTS, &Err("HTTP 502".into()), 9_000).unwrap();
+            let lease = 3_000 + backoff_ms(1) + LEASE_MS;
+            assert!(
+                record(
+                    c,
+                    again[0].0,
+                    MAX_ATTEMPTS,
+                    &Err("HTTP 502".into()),
+                    9_000,
+                    lease
+                )
+                .unwrap()
+            );
             assert_eq!(
                 states(c)[1],
                 ("drains".into(), "dead".into(), MAX_ATTEMPTS),

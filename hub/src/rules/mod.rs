@@ -291,7 +291,7 @@ pub fn escalate_overdue(
                 "SELECT t.id, t.state, t.department, t.due_at FROM tasks t
                  WHERE t.state IN ('filed', 'dispatched', 'accepted', 'handling')
                    AND t.due_at IS NOT NULL AND t.due_at > $1
-                   AND t.opened_at + CAST((t.due_at - t.opened_at) * CAST($2 AS DOUBLE PRECISION) AS BIGINT) <= $1
+                   AND t.opened_at + (t.due_at - t.opened_at) * CAST($2 AS DOUBLE PRECISION) <= $1
                    AND NOT EXISTS (SELECT 1 FROM task_events e WHERE e.task = t.id AND e.action = 'remind')
                  ORDER BY t.id{lock}"
             ),

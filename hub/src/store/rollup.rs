@@ -195,8 +195,16 @@ impl Maintenance {
     /// whether more work is waiting.
     pub fn rollup_step(&mut self, conn: &dyn Sql, now_ms: i64) -> db::Result<bool> {
         let horizon = floor(now_ms - HORIZON_MS, MINUTE_MS);
-        let to = horizon.min(self.watermark + STEP_MAX_MS);
         let tx = Tx::begin(conn, Begin::Deferred)?;
+        if tx.engine() == db::Engine::Postgres {
+            // Hub processes sharing the database roll up one at a time, each from the
+            // watermark as stored (another may have moved it): hours are added to, so a
+            // minute rolled up twice would count twice.
+            tx.batch("SELECT pg_advisory_xact_lock(7263002)")?;
+            let stored: i64 = db::one(&tx, "SELECT watermark FROM rollup_state", &[])?;
+            self.watermark = self.watermark.max(stored);
+        }
+        let to = horizon.min(self.watermark + STEP_MAX_MS);
         if to > self.watermark {
             roll_new_minutes(&tx, self.watermark, to)?;
             tx.execute("UPDATE rollup_state SET watermark = $1", args![to])?;
