@@ -316,13 +316,6 @@ pub trait Sql {
     fn query_opt(&self, sql: &str, params: &[Value]) -> Result<Option<Row>> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
-    /// The first column of the first row of a statement that returns one (`RETURNING id`, `COUNT`).
-    fn query_one<T: FromValue>(&self, sql: &str, params: &[Value]) -> Result<T>
-    where
-        Self: Sized,
-    {
-        one(self, sql, params)
-    }
 }
 
 impl fmt::Debug for dyn Sql + Send {
@@ -331,7 +324,7 @@ impl fmt::Debug for dyn Sql + Send {
     }
 }
 
-/// [`Sql::query_one`] for `&dyn Sql`.
+/// The first column of the first row of a statement that returns one (`RETURNING id`, `COUNT`).
 pub fn one<T: FromValue>(c: &(impl Sql + ?Sized), sql: &str, params: &[Value]) -> Result<T> {
     match c.query_opt(sql, params)? {
         Some(row) => row.get(0),

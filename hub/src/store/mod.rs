@@ -124,13 +124,14 @@ pub struct Store {
     /// waiting for the write lock there must not hold up the API's reads.
     aside: Arc<Mutex<Box<dyn Sql + Send>>>,
     database: Database,
-    path: PathBuf,
     retention: Retention,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish()
+        f.debug_struct("Store")
+            .field("database", &self.database)
+            .finish()
     }
 }
 
@@ -234,17 +235,18 @@ impl Store {
         let wconn = database.connect_and_migrate()?;
         let reader = database.connect()?;
         let aside = database.connect()?;
-        let path = match database {
-            Database::Sqlite(p) => p.clone(),
-            Database::Postgres(_) => data_dir.join("hub.sqlite3"),
-        };
+        for c in [&wconn, &reader, &aside] {
+            if c.engine() == crate::db::Engine::Sqlite {
+                c.batch(schema::STORE_CACHE)?;
+            }
+        }
         let maintenance = rollup::Maintenance::load(&*wconn, retention, data_dir.join("evidence"))?;
         let sink =
             match influx {
                 Some(cfg) => {
                     let (sink, sink_metrics) = crate::influx::start(cfg, database.connect()?)
                         .map_err(|e| StoreError::DataDir {
-                            path: path.clone(),
+                            path: data_dir.to_owned(),
                             source: std::io::Error::other(e.to_string()),
                         })?;
                     let _ = metrics.influx.set(sink_metrics);
@@ -266,20 +268,10 @@ impl Store {
                 reader: Arc::new(Mutex::new(reader)),
                 aside: Arc::new(Mutex::new(aside)),
                 database: database.clone(),
-                path,
                 retention,
             },
             handle,
         ))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Where the relational state is: the rules, the notifier and the key ring connect to it.
-    pub fn database(&self) -> &Database {
-        &self.database
     }
 
     pub fn retention(&self) -> Retention {

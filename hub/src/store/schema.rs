@@ -325,7 +325,13 @@ pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Connection settings shared by the writer and the readers.
+/// 64 MiB of page cache, for the store's own connections (writer, reader, aside) only: the
+/// default 2 MiB makes a batch touching many series read its B-tree pages back from the OS over
+/// and over. The other threads' connections (rules, notifier, keys) keep the default, so the
+/// hub's memory is bounded as before.
+pub const STORE_CACHE: &str = "PRAGMA cache_size = -65536";
+
+/// Connection settings shared by every connection to the SQLite database.
 pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a committed transaction survives a power cut too. The broker acknowledgement for a message
@@ -333,9 +339,6 @@ pub fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // batched (one transaction per batch), which keeps the fsync cost per message small.
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    // 64 MiB of page cache per connection (the default 2 MiB makes a batch touching many series
-    // read its B-tree pages back from the OS over and over).
-    conn.pragma_update(None, "cache_size", -65_536)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(())
 }

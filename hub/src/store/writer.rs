@@ -632,7 +632,7 @@ fn insert_readings(tx: &dyn Sql, mut rows: Vec<ReadingRow<'_>>) -> db::Result<()
 
 /// The insert of `n` readings (built once per size).
 fn reading_insert(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<(usize, &'static str)>> = std::sync::OnceLock::new();
+    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
         READING_CHUNKS
             .iter()
@@ -656,13 +656,13 @@ fn reading_insert(n: usize) -> &'static str {
                      ON CONFLICT (series, ts) DO UPDATE SET
                         value = excluded.value, text = excluded.text, quality = excluded.quality"
                 );
-                (n, &*Box::leak(sql.into_boxed_str()))
+                (n, sql)
             })
             .collect()
     });
     all.iter()
         .find(|(k, _)| *k == n)
-        .map_or(all[all.len() - 1].1, |(_, sql)| sql)
+        .map_or(&all[all.len() - 1].1, |(_, sql)| sql)
 }
 
 fn write_presence(tx: &dyn Sql, p: &Presence, received: i64) -> db::Result<()> {
