@@ -34,6 +34,8 @@ pub struct ApiState {
     pub rules: Arc<crate::rules::Rules>,
     /// Device profiles gateway files are checked against (built-in and `--profiles`).
     pub profiles: Arc<firmware_config::ProfileSet>,
+    /// The partitions this process holds (see [`crate::cluster`]).
+    pub own: crate::cluster::Ownership,
 }
 
 pub fn router(state: ApiState) -> axum::Router {
@@ -54,6 +56,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/assets", get(assets))
         .route("/api/v1/assets/{id}/readings", get(readings))
         .route("/api/v1/gateways", get(gateways))
+        .route("/api/v1/cluster", get(cluster))
         .route(
             "/api/v1/gateways/{id}/config",
             get(crate::fleet::get).post(crate::fleet::upload),
@@ -291,6 +294,20 @@ pub fn time_param(name: &str, v: Option<String>) -> Result<Option<Timestamp>, Ap
         })
     })
     .transpose()
+}
+
+async fn cluster(
+    State(s): State<ApiState>,
+    Extension(who): Extension<Principal>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !matches!(
+        who.role,
+        crate::access::Role::Admin | crate::access::Role::Operator
+    ) {
+        return Err(who.forbidden("reading the cluster's state"));
+    }
+    let own = s.own.borrow().clone();
+    Ok(Json(s.store.cluster_status(own).await?))
 }
 
 async fn gateways(State(s): State<ApiState>) -> Result<impl IntoResponse, ApiError> {

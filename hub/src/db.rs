@@ -40,6 +40,9 @@ pub enum DbError {
     Postgres(#[from] postgres::Error),
     #[error("column {index}: {message}")]
     Column { index: usize, message: String },
+    /// A condition the caller checks in SQL (the cluster's partitions).
+    #[error("{0}")]
+    Other(String),
 }
 
 pub type Result<T> = std::result::Result<T, DbError>;
@@ -93,7 +96,7 @@ impl DbError {
                     matches!(class, "08" | "40" | "53" | "57" | "58")
                 }
             },
-            DbError::Column { .. } => false,
+            DbError::Column { .. } | DbError::Other(_) => false,
         }
     }
 }

@@ -51,12 +51,134 @@ pub struct IngestConfig {
     pub rate_limit: Option<RateLimit>,
 }
 
-/// Runs until `shutdown` is cancelled. Connection failures are retried with backoff, never fatal.
+/// The topic filters of every gateway's messages to the hub.
+pub fn all_filters(topics: &TopicScheme) -> Vec<String> {
+    CHANNELS.iter().map(|c| topics.filter_all(*c)).collect()
+}
+
+/// The channels the hub takes in.
+const CHANNELS: [Channel; 4] = [Channel::Up, Channel::State, Channel::Status, Channel::Reply];
+
+/// The topics of these gateways' messages to the hub (a cluster partition's session).
+pub fn gateway_filters(topics: &TopicScheme, gateways: &[String]) -> Vec<String> {
+    gateways
+        .iter()
+        .filter_map(|g| GatewayId::new(g.as_str()).ok())
+        .flat_map(|g| CHANNELS.iter().map(move |c| topics.topic(&g, *c)))
+        .collect()
+}
+
+/// A cluster hub's ingest (see [`crate::cluster`]): one session per partition held, whose client
+/// id is the partition's (`<client-id>-pNN`), subscribed to that partition's gateways; and one
+/// session of this process's own (`<client-id>-<hub>`) that publishes commands. A partition no
+/// longer held has its session stopped (what it took is stored and acknowledged first; what it
+/// had not acknowledged the broker gives to the next holder).
+pub async fn run_partitions(
+    cfg: IngestConfig,
+    hub: String,
+    store: Store,
+    metrics: Arc<Metrics>,
+    outgoing: mpsc::Receiver<Outgoing>,
+    mut own: crate::cluster::Ownership,
+    shutdown: CancellationToken,
+) {
+    let base = cfg.client_id.clone();
+    let commands = IngestConfig {
+        client_id: format!("{base}-{hub}"),
+        ..cfg.clone()
+    };
+    let (_none_tx, none) = tokio::sync::watch::channel(Vec::new());
+    let commands = tokio::spawn(session(
+        commands,
+        store.clone(),
+        metrics.clone(),
+        Some(outgoing),
+        none,
+        shutdown.clone(),
+    ));
+    type Running = (
+        CancellationToken,
+        tokio::sync::watch::Sender<Vec<String>>,
+        tokio::task::JoinHandle<()>,
+    );
+    let mut running: std::collections::BTreeMap<u32, Running> = Default::default();
+    let mut watching = true;
+    loop {
+        let owned = own.borrow_and_update().clone();
+        let gone: Vec<u32> = running
+            .keys()
+            .filter(|p| !owned.parts.contains(p))
+            .copied()
+            .collect();
+        for p in gone {
+            if let Some((stop, _, handle)) = running.remove(&p) {
+                stop.cancel();
+                let _ = handle.await;
+                tracing::info!(partition = p, "ingest session of the partition stopped");
+            }
+        }
+        for &p in &owned.parts {
+            let filters = gateway_filters(&cfg.topics, &owned.gateways_of(p));
+            if let Some((_, tx, _)) = running.get(&p) {
+                tx.send_if_modified(|cur| {
+                    let changed = *cur != filters;
+                    if changed {
+                        *cur = filters.clone();
+                    }
+                    changed
+                });
+                continue;
+            }
+            let (tx, rx) = tokio::sync::watch::channel(filters);
+            let stop = shutdown.child_token();
+            let session_cfg = IngestConfig {
+                client_id: format!("{base}-p{p:02}"),
+                ..cfg.clone()
+            };
+            let handle = tokio::spawn(session(
+                session_cfg,
+                store.clone(),
+                metrics.clone(),
+                None,
+                rx,
+                stop.clone(),
+            ));
+            tracing::info!(partition = p, "ingest session of the partition started");
+            running.insert(p, (stop, tx, handle));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = own.changed(), if watching => watching = changed.is_ok(),
+        }
+    }
+    for (_, (_, _, handle)) in running {
+        let _ = handle.await;
+    }
+    let _ = commands.await;
+}
+
+/// One session, on everything (the only hub), until `shutdown` is cancelled; it also publishes
+/// the hub's commands.
 pub async fn run(
     cfg: IngestConfig,
     store: Store,
     metrics: Arc<Metrics>,
-    mut outgoing: mpsc::Receiver<Outgoing>,
+    outgoing: mpsc::Receiver<Outgoing>,
+    shutdown: CancellationToken,
+) {
+    let filters = all_filters(&cfg.topics);
+    let (_keep, filters) = tokio::sync::watch::channel(filters);
+    session(cfg, store, metrics, Some(outgoing), filters, shutdown).await
+}
+
+/// Runs one MQTT session subscribed to `filters` (as they change) until `shutdown` is cancelled;
+/// publishes `outgoing` if given. Connection failures are retried with backoff, never fatal.
+pub async fn session(
+    cfg: IngestConfig,
+    store: Store,
+    metrics: Arc<Metrics>,
+    mut outgoing: Option<mpsc::Receiver<Outgoing>>,
+    mut filter_rx: tokio::sync::watch::Receiver<Vec<String>>,
     shutdown: CancellationToken,
 ) {
     let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
@@ -74,10 +196,7 @@ pub async fn run(
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 4096);
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Publish>();
-    let filters: Vec<String> = [Channel::Up, Channel::State, Channel::Status, Channel::Reply]
-        .iter()
-        .map(|c| cfg.topics.filter_all(*c))
-        .collect();
+    let mut filters: Vec<String> = filter_rx.borrow_and_update().clone();
     let mut failures = 0u32;
     let mut limiter = RateLimiter::new(cfg.rate_limit);
     let cfg = Arc::new(cfg);
@@ -93,7 +212,24 @@ pub async fn run(
                 let keys = cfg.keys.clone();
                 let _ = tokio::task::spawn_blocking(move || keys.refresh()).await;
             }
-            Some(out) = outgoing.recv() => {
+            Ok(()) = filter_rx.changed() => {
+                // New gateways in this session's partition, or some gone.
+                let now = filter_rx.borrow_and_update().clone();
+                let subscribe: Vec<_> = now.iter().filter(|f| !filters.contains(f)).cloned().collect();
+                let unsubscribe: Vec<_> = filters.iter().filter(|f| !now.contains(f)).cloned().collect();
+                for f in subscribe {
+                    if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(error = %e, filter = %f, "cannot subscribe");
+                    }
+                }
+                for f in unsubscribe {
+                    if let Err(e) = client.try_unsubscribe(f.clone()) {
+                        tracing::error!(error = %e, filter = %f, "cannot unsubscribe");
+                    }
+                }
+                filters = now;
+            }
+            Some(out) = async { match outgoing.as_mut() { Some(o) => o.recv().await, None => std::future::pending().await } } => {
                 // Commands to gateways, signed with the gateway's key (QoS 1; rumqttc keeps them
                 // while the broker is away).
                 let payload = match cfg.topics.parse(&out.topic).ok().and_then(|(gw, _)| cfg.keys.signing_key(gw.as_str())) {
@@ -136,7 +272,10 @@ pub async fn run(
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     failures = 0;
                     metrics.mqtt_connections.fetch_add(1, Relaxed);
-                    tracing::info!(host = %cfg.host, port = cfg.port, session_present = ack.session_present, "ingest connected to broker");
+                    tracing::info!(host = %cfg.host, port = cfg.port, client_id = %cfg.client_id, session_present = ack.session_present, "ingest connected to broker");
+                    if filters.is_empty() {
+                        metrics.ingest_ready.store(true, Relaxed);
+                    }
                     for f in &filters {
                         if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
                             tracing::error!(error = %e, filter = %f, "cannot subscribe");
@@ -145,7 +284,7 @@ pub async fn run(
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     if !metrics.ingest_ready.swap(true, Relaxed) {
-                        tracing::info!("ingest subscribed to every gateway's topics");
+                        tracing::info!(client_id = %cfg.client_id, "ingest subscribed");
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {

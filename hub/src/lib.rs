@@ -11,6 +11,7 @@ pub mod access;
 pub mod api;
 pub mod assessment;
 pub mod broker;
+pub mod cluster;
 pub mod commands;
 pub mod console;
 pub mod db;
@@ -80,6 +81,9 @@ pub struct HubConfig {
     pub rules: rules::Setup,
     /// Device profiles beyond the built-in ones, for checking uploaded gateway files.
     pub profiles: Option<PathBuf>,
+    /// One of several hub processes sharing the gateways (needs `postgres` and an external
+    /// broker); see [`cluster`].
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 impl HubConfig {
@@ -101,6 +105,7 @@ impl HubConfig {
             rate_limit: Some(ingest::RateLimit::default()),
             rules: rules::Setup::default(),
             profiles: None,
+            cluster: None,
         }
     }
 }
@@ -119,6 +124,8 @@ pub struct RunningHub {
     rules: std::thread::JoinHandle<()>,
     /// The notifier (see [`notify`]), when the rules file names channels.
     notifier: Option<std::thread::JoinHandle<()>>,
+    /// The cluster's lease supervisor, and what stops it (after ingest and the rules).
+    cluster: Option<(std::thread::JoinHandle<()>, CancellationToken)>,
     store: store::Store,
     pub metrics: Arc<metrics::Metrics>,
 }
@@ -148,6 +155,17 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     cfg.retention
         .validate()
         .map_err(|e| anyhow::anyhow!("retention: {e}"))?;
+    if let Some(c) = &cfg.cluster {
+        c.validate()?;
+        anyhow::ensure!(
+            cfg.postgres.is_some(),
+            "--cluster needs --postgres: the hubs share their state in PostgreSQL"
+        );
+        anyhow::ensure!(
+            matches!(cfg.mqtt, MqttMode::External { .. }),
+            "--cluster needs --broker: the hubs share one external broker"
+        );
+    }
     let limits = Limits::default();
     let metrics = Arc::new(metrics::Metrics::default());
     let live = live::Live::default();
@@ -247,10 +265,24 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let shutdown = CancellationToken::new();
     let http_stop = CancellationToken::new();
     let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(256);
+    let (own, cluster) = match &cfg.cluster {
+        Some(c) => {
+            let stop = CancellationToken::new();
+            let (own, handle) = cluster::start(
+                database.clone(),
+                c.clone(),
+                cfg.rules.rules.clone(),
+                stop.clone(),
+            )?;
+            (own, Some((handle, stop)))
+        }
+        None => (cluster::only_hub(), None),
+    };
     let rules = rules::start(
         database.clone(),
         cfg.rules.clone(),
         feed,
+        own.clone(),
         live.clone(),
         shutdown.clone(),
     )?;
@@ -261,13 +293,24 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         outgoing_tx.clone(),
         shutdown.clone(),
     )?;
-    let ingest = tokio::spawn(ingest::run(
-        ingest_cfg,
-        store.clone(),
-        metrics.clone(),
-        outgoing_rx,
-        shutdown.clone(),
-    ));
+    let ingest = match &cfg.cluster {
+        Some(c) => tokio::spawn(ingest::run_partitions(
+            ingest_cfg,
+            c.hub.clone(),
+            store.clone(),
+            metrics.clone(),
+            outgoing_rx,
+            own.clone(),
+            shutdown.clone(),
+        )),
+        None => tokio::spawn(ingest::run(
+            ingest_cfg,
+            store.clone(),
+            metrics.clone(),
+            outgoing_rx,
+            shutdown.clone(),
+        )),
+    };
     tokio::spawn(fleet::run(
         store.clone(),
         outgoing_tx.clone(),
@@ -287,6 +330,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         stopping: http_stop.clone(),
         rules: cfg.rules.rules.clone(),
         profiles: profiles.clone(),
+        own,
     });
     let stop = http_stop.clone();
     let http = tokio::spawn(async move {
@@ -308,6 +352,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         writer,
         rules,
         notifier,
+        cluster,
         store,
         metrics,
     })
@@ -337,11 +382,16 @@ impl RunningHub {
             writer,
             rules,
             notifier,
+            cluster,
             http_stop,
             http,
             ..
         } = self;
         let _ = tokio::task::spawn_blocking(move || rules.join()).await;
+        if let Some((handle, stop)) = cluster {
+            stop.cancel();
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
         if let Some(n) = notifier {
             let _ = tokio::task::spawn_blocking(move || n.join()).await;
         }

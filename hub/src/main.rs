@@ -275,6 +275,17 @@ struct ServeArgs {
     /// deploy/rules/README.md); DOMAIN.md's defaults without it.
     #[arg(long, value_name = "FILE")]
     rules: Option<PathBuf>,
+    /// Run as one of several hub processes sharing the gateways, under this name (unique among
+    /// them); needs --postgres and --broker. See docs/SCALING.md.
+    #[arg(long, requires = "broker", value_name = "NAME")]
+    cluster: Option<String>,
+    /// How many partitions the gateways are divided into; the same in every hub of the cluster.
+    #[arg(long, requires = "cluster", default_value_t = hub::cluster::ClusterConfig::DEFAULT_PARTITIONS)]
+    partitions: u32,
+    /// How long a hub's hold on its partitions lasts without renewal: a hub that dies has its
+    /// partitions taken over after this.
+    #[arg(long, requires = "cluster", value_name = "SECONDS", default_value_t = hub::cluster::ClusterConfig::DEFAULT_LEASE.as_secs())]
+    lease_secs: u64,
 }
 
 #[derive(Args)]
@@ -406,6 +417,11 @@ async fn main() -> anyhow::Result<()> {
             if a.allow_unsigned {
                 cfg.auth = hub::keys::AuthPolicy::AllowUnsigned;
             }
+            cfg.cluster = a.cluster.map(|hub| hub::cluster::ClusterConfig {
+                hub,
+                partitions: a.partitions,
+                lease: std::time::Duration::from_secs(a.lease_secs),
+            });
             let hub = hub::start(cfg).await?;
             shutdown_signal().await;
             hub.stop().await;

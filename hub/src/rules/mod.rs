@@ -34,6 +34,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::cluster::{Owned, Ownership};
 use crate::db::{self, Begin, Sql, Tx, args};
 
 pub use config::{ConfigError, Rules};
@@ -413,6 +414,8 @@ pub fn escalate_overdue(
 struct Catalogue {
     assets: HashMap<String, Asset>,
     by_device: HashMap<(String, String), String>,
+    /// Asset id → its gateway.
+    gateway: HashMap<String, String>,
     /// Series id → (asset id, metric) if the rules read it.
     series: HashMap<i64, Option<(String, String)>>,
 }
@@ -430,6 +433,7 @@ impl Catalogue {
             let (lat, lon): (Option<f64>, Option<f64>) = (r.get(4)?, r.get(5)?);
             let (seg, grid, zone): (Option<String>, Option<String>, Option<String>) =
                 (r.get(6)?, r.get(7)?, r.get(8)?);
+            cat.gateway.insert(id.clone(), gw.clone());
             cat.by_device.insert((gw, dev), id.clone());
             cat.assets.insert(
                 id.clone(),
@@ -485,6 +489,44 @@ impl Catalogue {
         self.series.insert(id, hit.clone());
         Ok(hit)
     }
+}
+
+/// Pairs of gateways the rules keep state across: gateways with assets in one zone (the zone's
+/// sightings), a dust monitor's and its background monitor's. The cluster puts each such group in
+/// one partition (see [`crate::cluster`]).
+pub fn gateway_links(c: &dyn Sql, rules: &Rules) -> db::Result<Vec<(String, String)>> {
+    let cat = Catalogue::load(c, rules)?;
+    let mut first_in_zone: HashMap<&str, &str> = HashMap::new();
+    let mut links = Vec::new();
+    let mut ids: Vec<&String> = cat.assets.keys().collect();
+    ids.sort();
+    for id in ids {
+        let (asset, Some(gw)) = (&cat.assets[id], cat.gateway.get(id)) else {
+            continue;
+        };
+        if let Some(zone) = asset.place.zone.as_deref() {
+            match first_in_zone.get(zone) {
+                Some(first) if *first != gw.as_str() => {
+                    links.push(((*first).to_owned(), gw.clone()))
+                }
+                Some(_) => {}
+                None => {
+                    first_in_zone.insert(zone, gw);
+                }
+            }
+        }
+        if let Some(bg) = asset
+            .th
+            .dust
+            .background
+            .as_deref()
+            .and_then(|b| cat.gateway.get(b))
+            && bg != gw
+        {
+            links.push((gw.clone(), bg.clone()));
+        }
+    }
+    Ok(links)
 }
 
 /// Feeds `engine` the good readings of one asset's `series` in `(after, to]` (per series), merged
@@ -558,7 +600,11 @@ struct Runner {
     engine: Engine,
     cat: Catalogue,
     cursors: HashMap<i64, i64>,
-    event_cursor: i64,
+    /// The camera event cursor of each partition held.
+    event_cursors: HashMap<u32, i64>,
+    /// The partitions this process holds (all, for the only hub), as last seen.
+    own: Ownership,
+    owned: Arc<Owned>,
     /// Series that existed when the rules started: without a cursor they look back
     /// [`LOOKBACK_MS`]; series created later are read from their start.
     started_with: HashSet<i64>,
@@ -566,14 +612,22 @@ struct Runner {
 }
 
 impl Runner {
-    fn open(conn: Box<dyn Sql + Send>, setup: Setup, now_ms: i64) -> db::Result<Runner> {
+    fn open(
+        conn: Box<dyn Sql + Send>,
+        setup: Setup,
+        mut own: Ownership,
+        now_ms: i64,
+    ) -> db::Result<Runner> {
+        let owned = own.borrow_and_update().clone();
         let mut r = Runner {
             conn,
             engine: Engine::new(Arc::clone(&setup.rules)),
             setup,
             cat: Catalogue::default(),
             cursors: HashMap::new(),
-            event_cursor: 0,
+            event_cursors: HashMap::new(),
+            own,
+            owned,
             started_with: HashSet::new(),
             started_at: now_ms,
         };
@@ -586,9 +640,25 @@ impl Runner {
         let c = &*self.conn;
         self.cat = Catalogue::load(c, &self.setup.rules)?;
         self.engine = Engine::new(Arc::clone(&self.setup.rules));
+        // Only the state of what this process evaluates: another process writes the rest.
+        let owned = &self.owned;
+        let zones: HashSet<&str> = self
+            .cat
+            .assets
+            .iter()
+            .filter(|(id, _)| self.cat.gateway.get(*id).is_some_and(|g| owned.owns(g)))
+            .filter_map(|(_, a)| a.place.zone.as_deref())
+            .collect();
         for r in c.query("SELECT key, state FROM rule_state", &[])? {
-            self.engine
-                .restore(&r.get::<String>(0)?, &r.get::<String>(1)?);
+            let key: String = r.get(0)?;
+            let mine = match key.split_once(':') {
+                Some(("asset", id)) => self.cat.gateway.get(id).is_none_or(|g| owned.owns(g)),
+                Some(("zone", z)) => owned.hub.is_none() || zones.contains(z),
+                _ => true,
+            };
+            if mine {
+                self.engine.restore(&key, &r.get::<String>(1)?);
+            }
         }
         self.engine.take_changed();
         self.cursors = c
@@ -597,22 +667,54 @@ impl Runner {
             .map(|r| Ok((r.get(0)?, r.get(1)?)))
             .collect::<db::Result<_>>()?;
         self.started_with = self.all_series()?;
-        let cursor: Option<i64> = c
-            .query_opt(
-                "SELECT value FROM rule_meta WHERE key = 'event_cursor'",
-                &[],
-            )?
-            .map(|r| r.get(0))
-            .transpose()?;
-        self.event_cursor = match cursor {
-            Some(v) => v,
-            None => db::one(
-                c,
-                "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM events WHERE received < $1",
-                args![self.started_at - LOOKBACK_MS],
-            )?,
+        let meta = |key: &str| -> db::Result<Option<i64>> {
+            c.query_opt("SELECT value FROM rule_meta WHERE key = $1", args![key])?
+                .map(|r| r.get(0))
+                .transpose()
         };
+        // A partition's own cursor; else the one hub's cursor (a hub that became a cluster);
+        // else events of the last LOOKBACK_MS.
+        let global = meta("event_cursor")?;
+        self.event_cursors.clear();
+        for &p in &self.owned.parts {
+            let cursor = match self.owned.hub {
+                Some(_) => meta(&format!("event_cursor:{p}"))?.or(global),
+                None => global,
+            };
+            let cursor = match cursor {
+                Some(v) => v,
+                None => db::one(
+                    c,
+                    "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM events WHERE received < $1",
+                    args![self.started_at - LOOKBACK_MS],
+                )?,
+            };
+            self.event_cursors.insert(p, cursor);
+        }
         Ok(())
+    }
+
+    /// Takes a change of the partitions held: reloads the state of what is now this process's.
+    /// Returns whether anything changed.
+    fn follow_ownership(&mut self) -> db::Result<bool> {
+        if !self.own.has_changed().unwrap_or(false) {
+            return Ok(false);
+        }
+        let now = self.own.borrow_and_update().clone();
+        if now.parts == self.owned.parts && now.gateways == self.owned.gateways {
+            return Ok(false);
+        }
+        self.owned = now;
+        self.reload()?;
+        Ok(true)
+    }
+
+    /// The key in `rule_meta` of partition `p`'s event cursor.
+    fn cursor_key(&self, p: u32) -> String {
+        match self.owned.hub {
+            Some(_) => format!("event_cursor:{p}"),
+            None => "event_cursor".into(),
+        }
     }
 
     fn all_series(&self) -> db::Result<HashSet<i64>> {
@@ -632,10 +734,18 @@ impl Runner {
     ) -> db::Result<(Vec<(i64, &'static str)>, bool)> {
         let rules = Arc::clone(&self.setup.rules);
         let clock = self.setup.clock;
+        if self.owned.parts.is_empty() {
+            // Nothing held (a cluster hub between leases): nothing to evaluate.
+            return Ok((Vec::new(), false));
+        }
         // Dirty series grouped by asset, each with its cursor.
         let mut by_asset: HashMap<String, Vec<(i64, String, i64)>> = HashMap::new();
         for id in dirty {
             if let Some((asset, metric)) = self.cat.series(&*self.conn, &rules, id)? {
+                let gw = self.cat.gateway.get(&asset);
+                if !gw.is_some_and(|g| self.owned.owns(g)) {
+                    continue;
+                }
                 let after = self.cursors.get(&id).copied().unwrap_or_else(|| {
                     if self.started_with.contains(&id) {
                         self.started_at - LOOKBACK_MS
@@ -668,21 +778,27 @@ impl Runner {
             moved.extend(newest);
             more |= m;
         }
-        let mut event_cursor = self.event_cursor;
+        let mut event_cursors = self.event_cursors.clone();
         if events || more {
+            let from = event_cursors.values().copied().min().unwrap_or(0);
             let evs: Vec<(CameraEvent, String, String)> = self
                 .conn
                 .query(
                     "SELECT id, gateway, device, event, ts, attributes, evidence FROM events
                      WHERE id > $1 ORDER BY id LIMIT 2000",
-                    args![self.event_cursor],
+                    args![from],
                 )?
                 .iter()
                 .map(camera_event)
                 .collect::<db::Result<_>>()?;
             more |= evs.len() == 2000;
+            let last = evs.last().map(|e| e.0.id);
             for (mut ev, gw, dev) in evs {
-                event_cursor = ev.id;
+                // Another partition's, or one this partition has seen.
+                let part = self.owned.part_of(&gw);
+                if !self.owned.owns(&gw) || event_cursors.get(&part).is_some_and(|&c| ev.id <= c) {
+                    continue;
+                }
                 ev.at = clock.at(ev.at);
                 let asset = self
                     .cat
@@ -691,12 +807,26 @@ impl Runner {
                     .and_then(|a| self.cat.assets.get(a));
                 self.engine.camera(asset, &ev, &mut actions);
             }
+            if let Some(last) = last {
+                for c in event_cursors.values_mut() {
+                    *c = (*c).max(last);
+                }
+            }
         }
         // What went quiet (street trading not seen again) ends on the clock, data or not.
         self.engine.tick(clock.at(now_ms), &mut actions);
         // Everything in one transaction: tasks, state and cursors.
         let changed = self.engine.take_changed();
         let tx = Tx::begin(&*self.conn, Begin::Write)?;
+        if let Some(hub) = &self.owned.hub
+            && !crate::cluster::still_holds(&tx, hub, &self.owned.parts)?
+        {
+            // Another process holds one of these partitions now (this one stalled past its
+            // lease): write nothing; the supervisor's next round says what is still held.
+            return Err(db::DbError::Other(
+                "a partition's lease ran out: the rules' work of this cycle is dropped".into(),
+            ));
+        }
         let mut tasks = Vec::new();
         for a in &actions {
             if let Some(t) = apply(&tx, &rules, clock, now_ms, a)? {
@@ -720,16 +850,18 @@ impl Runner {
                 args![id, ts],
             )?;
         }
-        if event_cursor != self.event_cursor {
-            tx.execute(
-                "INSERT INTO rule_meta (key, value) VALUES ('event_cursor', $1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                args![event_cursor],
-            )?;
+        for (p, c) in &event_cursors {
+            if self.event_cursors.get(p) != Some(c) {
+                tx.execute(
+                    "INSERT INTO rule_meta (key, value) VALUES ($1, $2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    args![self.cursor_key(*p), c],
+                )?;
+            }
         }
         tx.commit()?;
         self.cursors.extend(moved);
-        self.event_cursor = event_cursor;
+        self.event_cursors = event_cursors;
         Ok((tasks, more))
     }
 }
@@ -846,10 +978,11 @@ pub fn start(
     db: crate::store::Database,
     setup: Setup,
     feed: Feed,
+    own: Ownership,
     live: crate::live::Live,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let mut runner = Runner::open(db.connect()?, setup, crate::now_ms())?;
+    let mut runner = Runner::open(db.connect()?, setup, own, crate::now_ms())?;
     Ok(std::thread::Builder::new()
         .name("rules".into())
         .spawn(move || {
@@ -862,6 +995,19 @@ pub fn start(
             let mut last_tick = Instant::now();
             let mut last_cycle = Instant::now();
             while !stop.is_cancelled() {
+                match runner.follow_ownership() {
+                    // Partitions taken over: whatever came in for them meanwhile.
+                    Ok(true) => {
+                        pending = runner.all_series().unwrap_or_default();
+                        events = true;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot load the rules' state of the partitions held; retrying");
+                        std::thread::sleep(Duration::from_secs(1));
+                        continue;
+                    }
+                }
                 let announce = |runner: &Runner, changed: &[(i64, &str)]| {
                     for &(id, action) in changed {
                         if let Ok(Some(t)) = crate::tasks::load(&*runner.conn, id) {
@@ -899,7 +1045,9 @@ pub fn start(
                     last_tick = Instant::now();
                     events = true;
                 }
-                if last_offline.elapsed() >= offline_every {
+                // Work over every gateway: one process of a cluster does it.
+                let leads = runner.owned.leads();
+                if leads && last_offline.elapsed() >= offline_every {
                     last_offline = Instant::now();
                     match evaluate_offline(&*runner.conn, crate::now_ms(), &runner.setup.clock) {
                         Ok(ch) => {
@@ -914,7 +1062,7 @@ pub fn start(
                         Err(e) => tracing::error!(error = %e, "offline rule failed; retrying"),
                     }
                 }
-                if last_escalation.elapsed() >= Duration::from_secs(60) {
+                if leads && last_escalation.elapsed() >= Duration::from_secs(60) {
                     last_escalation = Instant::now();
                     let (rules, clock) = (Arc::clone(&runner.setup.rules), runner.setup.clock);
                     match escalate_overdue(&*runner.conn, &rules, clock, crate::now_ms()) {
@@ -1045,6 +1193,66 @@ mod tests {
         .collect()
     }
 
+    /// Two cluster processes: only the holder of a gateway's partition evaluates it; one whose
+    /// lease was taken writes nothing; the new holder continues the condition in progress.
+    #[test]
+    fn only_the_holder_of_a_partition_evaluates_it_and_a_new_holder_continues() {
+        use crate::cluster::Owned;
+        use std::collections::BTreeSet;
+        for (name, a, b, _keep) in towns() {
+            let now = T0 + 30 * MIN;
+            let owned = |hub: &str, parts: &[u32]| Owned {
+                hub: Some(hub.into()),
+                parts: parts.iter().copied().collect::<BTreeSet<u32>>(),
+                count: 2,
+                gateways: HashMap::from([("gw-a".to_owned(), 0)]),
+            };
+            let far = T0 + 1000 * HOUR_MS;
+            a.execute(
+                "INSERT INTO cluster_partitions (part, owner, lease_until) VALUES (0, 'a', $1), (1, 'b', $1)",
+                args![far],
+            )
+            .unwrap();
+            let (_a_tx, a_own) = tokio::sync::watch::channel(Arc::new(owned("a", &[0])));
+            let (b_tx, b_own) = tokio::sync::watch::channel(Arc::new(owned("b", &[1])));
+            let mut ra = Runner::open(a, setup(), a_own, now).unwrap();
+            let mut rb = Runner::open(b, setup(), b_own, now).unwrap();
+            let all = ra.all_series().unwrap();
+            depth(&*ra.conn, 0..3, 16.0);
+            assert!(
+                ra.cycle(all.clone(), false, now).unwrap().0.is_empty(),
+                "{name}"
+            );
+            // b does not hold gw-a's partition: it reads nothing of it, moves no cursor.
+            depth(&*rb.conn, 3..6, 16.0);
+            assert!(
+                rb.cycle(all.clone(), false, now).unwrap().0.is_empty(),
+                "{name}"
+            );
+            assert!(tasks(&*rb.conn).is_empty(), "{name}");
+            // a stalls past its lease; b takes partition 0 over.
+            rb.conn
+                .execute(
+                    "UPDATE cluster_partitions SET owner = 'b' WHERE part = 0",
+                    &[],
+                )
+                .unwrap();
+            let e = ra.cycle(all.clone(), false, now).unwrap_err();
+            assert!(e.to_string().contains("lease"), "{name}: {e}");
+            assert!(tasks(&*rb.conn).is_empty(), "{name}: a wrote nothing");
+            b_tx.send_replace(Arc::new(owned("b", &[0, 1])));
+            assert!(rb.follow_ownership().unwrap(), "{name}");
+            // b continues a's condition from its saved state: five minutes above 15 cm.
+            let (changed, _) = rb.cycle(all.clone(), false, now).unwrap();
+            assert_eq!(changed.len(), 1, "{name}");
+            assert_eq!(tasks(&*rb.conn).len(), 1, "{name}");
+            assert!(
+                rb.cycle(all.clone(), false, now).unwrap().0.is_empty(),
+                "{name}"
+            );
+        }
+    }
+
     /// The rules' state is in the store: a hub process that stops in the middle of a condition
     /// (a restart, or on PostgreSQL another process taking over) goes on from its start.
     #[test]
@@ -1052,14 +1260,14 @@ mod tests {
         for (name, a, b, _keep) in towns() {
             let now = T0 + 30 * MIN;
             depth(&*a, 0..3, 16.0);
-            let mut r = Runner::open(a, setup(), now).unwrap();
+            let mut r = Runner::open(a, setup(), crate::cluster::only_hub(), now).unwrap();
             let all = r.all_series().unwrap();
             let (changed, _) = r.cycle(all.clone(), false, now).unwrap();
             assert!(changed.is_empty(), "{name}");
             // Stopped in the middle of the five minutes; the other connection takes over.
             drop(r);
             depth(&*b, 3..6, 16.0);
-            let mut r = Runner::open(b, setup(), now).unwrap();
+            let mut r = Runner::open(b, setup(), crate::cluster::only_hub(), now).unwrap();
             let (changed, _) = r.cycle(all.clone(), false, now).unwrap();
             assert_eq!(changed.len(), 1, "{name}");
             assert_eq!(
@@ -1078,7 +1286,7 @@ mod tests {
                 "{name}"
             );
             let c = r.conn;
-            let mut r = Runner::open(c, setup(), now).unwrap();
+            let mut r = Runner::open(c, setup(), crate::cluster::only_hub(), now).unwrap();
             assert!(
                 r.cycle(all.clone(), false, now).unwrap().0.is_empty(),
                 "{name}"
@@ -1123,7 +1331,7 @@ mod tests {
     fn camera_events_raise_enforcement_tasks_masked_in_the_subject() {
         for (name, a, b, _keep) in towns() {
             let now = T0 + 30 * MIN;
-            let mut r = Runner::open(a, setup(), now).unwrap();
+            let mut r = Runner::open(a, setup(), crate::cluster::only_hub(), now).unwrap();
             for (id, at) in [(1, T0), (2, T0 + 7 * MIN)] {
                 r.conn
                     .execute(
@@ -1161,7 +1369,7 @@ mod tests {
             // The event cursor is kept: after a restart (or in another process) the same captures
             // raise nothing.
             drop(r);
-            let mut r = Runner::open(b, setup(), now).unwrap();
+            let mut r = Runner::open(b, setup(), crate::cluster::only_hub(), now).unwrap();
             assert!(
                 r.cycle(HashSet::new(), true, now).unwrap().0.is_empty(),
                 "{name}"
@@ -1174,7 +1382,7 @@ mod tests {
         for (name, a, b, _keep) in towns() {
             let now = T0 + 6 * MIN;
             depth(&*a, 0..6, 16.0);
-            let mut r = Runner::open(a, setup(), now).unwrap();
+            let mut r = Runner::open(a, setup(), crate::cluster::only_hub(), now).unwrap();
             let all = r.all_series().unwrap();
             r.cycle(all, false, now).unwrap();
             let rules = setup().rules;

@@ -132,6 +132,15 @@ impl Store {
             .await
     }
 
+    /// The cluster's partitions and hubs, with what `own` holds (`GET /api/v1/cluster`).
+    pub async fn cluster_status(
+        &self,
+        own: std::sync::Arc<crate::cluster::Owned>,
+    ) -> Result<serde_json::Value, StoreError> {
+        self.read(move |c| Ok(crate::cluster::status(c, &own)?))
+            .await
+    }
+
     pub async fn gateways(&self) -> Result<Vec<GatewayView>, StoreError> {
         self.read(list_gateways).await
     }

@@ -310,6 +310,21 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE UNIQUE INDEX notifications_once ON notifications (event, channel);
     "#,
+    // 15: several hub processes (crate::cluster): who owns which partition of the gateways, until
+    // when; the processes alive; the camera event cursor per partition.
+    r#"
+    CREATE TABLE cluster_partitions (
+        part         INTEGER PRIMARY KEY,
+        owner        TEXT,
+        lease_until  INTEGER NOT NULL DEFAULT 0,
+        -- Bumped at every change of owner: a fencing token for what the owner writes.
+        epoch        INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE cluster_hubs (
+        hub      TEXT PRIMARY KEY,
+        seen_at  INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the database to the newest schema version.
@@ -638,6 +653,21 @@ const PG_MIGRATIONS: &[&str] = &[
     // 14
     r#"
     CREATE UNIQUE INDEX notifications_once ON notifications (event, channel);
+    "#,
+    // 15: several hub processes (crate::cluster): who owns which partition of the gateways, until
+    // when; the processes alive; the camera event cursor per partition.
+    r#"
+    CREATE TABLE cluster_partitions (
+        part         BIGINT PRIMARY KEY,
+        owner        TEXT,
+        lease_until  BIGINT NOT NULL DEFAULT 0,
+        -- Bumped at every change of owner: a fencing token for what the owner writes.
+        epoch        BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE cluster_hubs (
+        hub      TEXT PRIMARY KEY,
+        seen_at  BIGINT NOT NULL
+    );
     "#,
 ];
 
