@@ -251,6 +251,18 @@ fn start_hub(
     mqtt: hub::MqttMode,
     gateways: usize,
 ) -> hub::RunningHub {
+    start_hub_in(rt, data, postgres, mqtt, gateways, None)
+}
+
+/// [`start_hub`], as one process of a cluster when `cluster` is given.
+fn start_hub_in(
+    rt: &tokio::runtime::Runtime,
+    data: PathBuf,
+    postgres: Option<&str>,
+    mqtt: hub::MqttMode,
+    gateways: usize,
+    cluster: Option<hub::cluster::ClusterConfig>,
+) -> hub::RunningHub {
     let admin = hub::keys::KeyAdmin::open(&hub::store::Database::new(&data, postgres)).unwrap();
     for g in 0..gateways {
         admin.import(&gateway(g), &key(g)).unwrap();
@@ -261,6 +273,7 @@ fn start_hub(
             client_id: "hub-bench".into(),
             rate_limit: None,
             postgres: postgres.map(str::to_owned),
+            cluster,
             ..hub::HubConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), data, mqtt)
         }))
         .unwrap();
@@ -845,6 +858,97 @@ fn postgres_compare(readings: usize) {
     );
 }
 
+/// `ingest_bench cluster READINGS`: 8 gateways through one Mosquitto into one PostgreSQL, taken
+/// in by one cluster hub, then by two sharing the partitions (same run; in one process here, so
+/// the two share its runtime's two workers as two processes would share the two cores).
+fn cluster_compare(readings: usize) {
+    const GATEWAYS: usize = 8;
+    let envelopes = (readings / PER_ENVELOPE).max(GATEWAYS) / GATEWAYS * GATEWAYS;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let pg = PgServer::start(dir.path());
+    let mut rows = Vec::new();
+    for hubs in [1usize, 2] {
+        let db = pg.database(&format!("cluster{hubs}"));
+        let port = free_port();
+        let broker = mosquitto(dir.path(), port);
+        let started: Vec<hub::RunningHub> = (0..hubs)
+            .map(|i| {
+                let data = dir.path().join(format!("cluster-{hubs}-{i}"));
+                let cluster = hub::cluster::ClusterConfig {
+                    hub: format!("bench-{i}"),
+                    partitions: 8,
+                    lease: Duration::from_secs(3),
+                };
+                // The keys are in the shared database once.
+                let keys = if i == 0 { GATEWAYS } else { 0 };
+                start_hub_in(&rt, data, Some(&db), external(port), keys, Some(cluster))
+            })
+            .collect();
+        // Until the partitions are shared out, and a moment for the sessions to subscribe.
+        let end = Instant::now() + Duration::from_secs(60);
+        while started.iter().any(|h| h.owned().parts.len() != 8 / hubs) {
+            assert!(Instant::now() < end, "the partitions were never shared out");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let t0 = Instant::now();
+        let publish_secs = rt
+            .block_on(publish(port, GATEWAYS, envelopes, false))
+            .as_secs_f64();
+        let stored = || {
+            started
+                .iter()
+                .map(|h| h.metrics.envelopes_stored.load(Relaxed))
+                .sum::<u64>()
+        };
+        let end = Instant::now() + Duration::from_secs(600);
+        while stored() < envelopes as u64 {
+            assert!(
+                Instant::now() < end,
+                "only {} of {envelopes} stored",
+                stored()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let per_hub: Vec<(usize, usize)> = started
+            .iter()
+            .map(|h| {
+                let own = h.owned();
+                let gws = (0..GATEWAYS)
+                    .filter(|g| own.owns(gateway(*g).as_str()))
+                    .count();
+                (gws, h.metrics.readings_stored.load(Relaxed) as usize)
+            })
+            .collect();
+        for h in started {
+            rt.block_on(h.stop());
+        }
+        drop(broker);
+        rows.push((hubs, secs, publish_secs, per_hub));
+    }
+    println!(
+        "{envelopes} envelopes of {PER_ENVELOPE} readings from {GATEWAYS} gateways per case\n"
+    );
+    println!(
+        "| hub processes | readings/s in all | seconds | publisher done (s) | per process: gateways, readings/s |"
+    );
+    println!("|---|---|---|---|---|");
+    for (hubs, secs, publish_secs, per_hub) in &rows {
+        let total: usize = per_hub.iter().map(|p| p.1).sum();
+        let each: Vec<String> = per_hub
+            .iter()
+            .map(|(g, r)| format!("{g} gw, {:.0}", *r as f64 / secs))
+            .collect();
+        println!(
+            "| {hubs} | {:.0} | {secs:.2} | {publish_secs:.2} | {} |",
+            total as f64 / secs,
+            each.join("; ")
+        );
+    }
+}
+
 fn main() {
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()
@@ -858,6 +962,13 @@ fn main() {
             .map(|a| a.parse().expect("READINGS must be a number"))
             .unwrap_or(200_000);
         return postgres_compare(readings);
+    }
+    if std::env::args().nth(1).as_deref() == Some("cluster") {
+        let readings = std::env::args()
+            .nth(2)
+            .map(|a| a.parse().expect("READINGS must be a number"))
+            .unwrap_or(400_000);
+        return cluster_compare(readings);
     }
     if std::env::args().nth(1).as_deref() == Some("soak") {
         let rate: f64 = std::env::args()

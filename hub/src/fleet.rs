@@ -384,6 +384,7 @@ pub async fn run(
     outgoing: tokio::sync::mpsc::Sender<Outgoing>,
     topics: protocol::TopicScheme,
     metrics: Arc<crate::metrics::Metrics>,
+    own: crate::cluster::Ownership,
     shutdown: CancellationToken,
 ) {
     // Pushes made here; an upload counts as a push made at its upload time.
@@ -429,7 +430,13 @@ pub async fn run(
             }
         };
         let now_ms = Timestamp::now().unix_millis();
+        let owned = own.borrow().clone();
         for (gw, hb, version, online_at, uploaded_at) in rows {
+            // In a cluster, the holder of the gateway's partition pushes again (it sees the
+            // gateway's heartbeats first).
+            if !owned.owns(&gw) {
+                continue;
+            }
             let report = running(hb);
             // Only a gateway that reports its configuration (and so understands pushes), and
             // whose state says it still needs this version.

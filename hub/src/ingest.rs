@@ -157,6 +157,102 @@ pub async fn run_partitions(
     let _ = commands.await;
 }
 
+/// A cluster hub's live feed of the gateways it does not hold: while someone listens to this
+/// process's `/api/v1/stream`, a session of its own (`<client-id>-<hub>-live`, QoS 0, nothing kept
+/// by the broker) takes in every gateway's messages, checks and decodes them as ingest does, and
+/// puts those of other processes' partitions on the feed. Nothing is stored here: the partition's
+/// holder stores it. Between a change of partitions and this process noticing it, an item may
+/// show twice or not at all on this feed; the store is not affected.
+pub async fn live_session(
+    cfg: IngestConfig,
+    hub: String,
+    live: crate::live::Live,
+    own: crate::cluster::Ownership,
+    shutdown: CancellationToken,
+) {
+    let mut opts = MqttOptions::new(
+        format!("{}-{hub}-live", cfg.client_id),
+        cfg.host.clone(),
+        cfg.port,
+    );
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_clean_session(true);
+    opts.set_max_packet_size(cfg.limits.max_payload + 4096, cfg.limits.max_payload + 4096);
+    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    if let Some(tls) = &cfg.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let filters = all_filters(&cfg.topics);
+    // Counts of this session's rejects would count the holder's messages twice: kept apart.
+    let uncounted = Metrics::default();
+    let mut subscribed = false;
+    let mut connected = false;
+    let mut failures = 0u32;
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = check.tick() => {
+                let wanted = live.wanted();
+                if connected && wanted != subscribed {
+                    for f in &filters {
+                        let r = if wanted {
+                            client.try_subscribe(f.clone(), QoS::AtMostOnce)
+                        } else {
+                            client.try_unsubscribe(f.clone())
+                        };
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "live feed session: cannot (un)subscribe");
+                        }
+                    }
+                    subscribed = wanted;
+                }
+            }
+            ev = eventloop.poll() => match ev {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    failures = 0;
+                    connected = true;
+                    // A clean session has no subscriptions: the next check makes them.
+                    subscribed = false;
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let Ok((gateway, _)) = cfg.topics.parse(&p.topic) else { continue };
+                    if own.borrow().owns(gateway.as_str()) {
+                        continue;
+                    }
+                    let mut authenticated = None;
+                    match classify(&cfg, &p, &uncounted, &mut authenticated) {
+                        Some(WriteOp::Envelope { env, .. }) => live.envelope(&env),
+                        Some(WriteOp::Presence { presence, .. }) => live.presence(&presence),
+                        Some(WriteOp::Reply { reply, .. }) => live.reply(&reply),
+                        _ => {}
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    connected = false;
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(error = %e, "live feed session lost the broker; reconnecting");
+                    }
+                    let wait = protocol::reconnect::delay(failures, fastrand::f64());
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+    let _ = client.try_disconnect();
+}
+
 /// One session, on everything (the only hub), until `shutdown` is cancelled; it also publishes
 /// the hub's commands.
 pub async fn run(

@@ -128,6 +128,7 @@ pub struct RunningHub {
     cluster: Option<(std::thread::JoinHandle<()>, CancellationToken)>,
     store: store::Store,
     pub metrics: Arc<metrics::Metrics>,
+    own: cluster::Ownership,
 }
 
 /// A password for the hub's own login to its embedded broker, new at every start.
@@ -168,7 +169,11 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     }
     let limits = Limits::default();
     let metrics = Arc::new(metrics::Metrics::default());
-    let live = live::Live::default();
+    let live = if cfg.cluster.is_some() {
+        live::Live::for_cluster()
+    } else {
+        live::Live::default()
+    };
     let feed = rules::Feed::default();
     let database = store::Database::new(&cfg.data_dir, cfg.postgres.as_deref());
     let (store, writer) = store::Store::open(
@@ -293,6 +298,21 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         outgoing_tx.clone(),
         shutdown.clone(),
     )?;
+    if let Some(c) = &cfg.cluster {
+        // The live feed shows the whole city whichever process serves it.
+        tokio::spawn(ingest::live_session(
+            ingest_cfg.clone(),
+            c.hub.clone(),
+            live.clone(),
+            own.clone(),
+            shutdown.clone(),
+        ));
+        tokio::spawn(live::follow_tasks(
+            store.clone(),
+            live.clone(),
+            shutdown.clone(),
+        ));
+    }
     let ingest = match &cfg.cluster {
         Some(c) => tokio::spawn(ingest::run_partitions(
             ingest_cfg,
@@ -316,6 +336,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         outgoing_tx.clone(),
         topics.clone(),
         metrics.clone(),
+        own.clone(),
         shutdown.clone(),
     ));
     let app = api::router(api::ApiState {
@@ -330,7 +351,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         stopping: http_stop.clone(),
         rules: cfg.rules.rules.clone(),
         profiles: profiles.clone(),
-        own,
+        own: own.clone(),
     });
     let stop = http_stop.clone();
     let http = tokio::spawn(async move {
@@ -355,6 +376,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
         cluster,
         store,
         metrics,
+        own,
     })
 }
 
@@ -370,6 +392,11 @@ impl RunningHub {
 
     pub fn store(&self) -> &store::Store {
         &self.store
+    }
+
+    /// The partitions this process holds now (everything without `--cluster`).
+    pub fn owned(&self) -> Arc<cluster::Owned> {
+        self.own.borrow().clone()
     }
 
     /// Ordered shutdown: ingest stops taking messages, the HTTP server stops (it holds store

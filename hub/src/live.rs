@@ -47,17 +47,66 @@ pub struct LiveItem {
 #[derive(Debug, Clone)]
 pub struct Live {
     tx: broadcast::Sender<Arc<LiveItem>>,
+    /// In a cluster, task changes come from the audit trail ([`follow_tasks`]) for every
+    /// process's tasks alike, not from the code that made them.
+    tasks_from_audit: bool,
 }
 
 impl Default for Live {
     fn default() -> Self {
         Self {
             tx: broadcast::channel(CAPACITY).0,
+            tasks_from_audit: false,
         }
     }
 }
 
 impl Live {
+    /// The feed of one hub of a cluster (see [`crate::cluster`]).
+    pub fn for_cluster() -> Self {
+        Self {
+            tasks_from_audit: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether task changes are announced where they are made (not in a cluster).
+    pub fn announces_tasks_in_place(&self) -> bool {
+        !self.tasks_from_audit
+    }
+
+    /// A gateway's presence.
+    pub fn presence(&self, presence: &protocol::Presence) {
+        self.send(LiveItem {
+            kind: "presence",
+            gateway: presence.gateway.to_string(),
+            device: None,
+            data: serde_json::json!({
+                "gateway": presence.gateway.as_str(),
+                "state": presence.state,
+                "boot": presence.boot.to_string(),
+                "ts": presence.sent_at.to_rfc3339(),
+            }),
+        });
+    }
+
+    /// A command's reply.
+    pub fn reply(&self, reply: &protocol::Reply) {
+        self.send(LiveItem {
+            kind: "reply",
+            gateway: reply.gateway.to_string(),
+            device: Some(reply.device.to_string()),
+            data: serde_json::json!({
+                "gateway": reply.gateway.as_str(),
+                "device": reply.device.as_str(),
+                "command": reply.id.to_string(),
+                "outcome": reply.outcome,
+                "detail": reply.detail,
+                "ts": reply.at.to_rfc3339(),
+            }),
+        });
+    }
+
     /// True when someone listens (the writer builds nothing otherwise).
     pub fn wanted(&self) -> bool {
         self.tx.receiver_count() > 0
@@ -105,6 +154,66 @@ impl Live {
                 },
             };
             self.send(li);
+        }
+    }
+}
+
+/// In a cluster: puts every task change on this process's feed, whichever process made it, from
+/// the audit trail (`task_events`), once a second while someone listens. Until `shutdown`.
+pub async fn follow_tasks(
+    store: crate::store::Store,
+    live: Live,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use crate::db::{self, args};
+    let mut cursor: Option<i64> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !live.wanted() {
+            // Nobody listens: nothing is read, and a new listener starts from now.
+            cursor = None;
+            continue;
+        }
+        let after = cursor;
+        let read = store
+            .read(move |c| {
+                let after = match after {
+                    Some(a) => a,
+                    None => db::one(
+                        c,
+                        "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM task_events",
+                        &[],
+                    )?,
+                };
+                let mut out = Vec::new();
+                let rows = c.query(
+                    "SELECT id, task, action FROM task_events WHERE id > $1 ORDER BY id LIMIT 500",
+                    args![after],
+                )?;
+                let mut last = after;
+                for r in &rows {
+                    last = r.get(0)?;
+                    if let Some(t) = crate::tasks::load(c, r.get(1)?)? {
+                        out.push((t, r.get::<String>(2)?));
+                    }
+                }
+                Ok((last, out))
+            })
+            .await;
+        match read {
+            Ok((last, changed)) => {
+                cursor = Some(last);
+                for (t, action) in changed {
+                    crate::tasks::announce_now(&live, &t, &action);
+                }
+            }
+            Err(crate::store::StoreError::Closed) => return,
+            Err(e) => tracing::warn!(error = %e, "live feed: cannot read task changes"),
         }
     }
 }

@@ -487,6 +487,13 @@ pub(crate) fn apply(
 
 /// Puts a task change on the live feed.
 pub(crate) fn announce(live: &crate::live::Live, t: &TaskView, action: &str) {
+    if live.announces_tasks_in_place() {
+        announce_now(live, t, action);
+    }
+}
+
+/// Puts a task change on the live feed, wherever it was made.
+pub(crate) fn announce_now(live: &crate::live::Live, t: &TaskView, action: &str) {
     live.send(crate::live::LiveItem {
         kind: "task",
         gateway: String::new(),

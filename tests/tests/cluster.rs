@@ -782,9 +782,34 @@ actions = ["file"]
     // 4. A condition in progress on every gateway: water above 15 cm for minutes 0, 1 and 2 (the
     // rule needs five), observed 20 minutes ago (inside the hour the rules look back and the
     // readings API shows). Proves: both hubs store their gateways' readings; no task yet.
+    // The operators' live feed on hub B (opened before anything is published, and kept open to
+    // the end): it must show the whole city, not only B's partitions.
+    let feed_b = tests::sse_subscribe(&format!("{base_b}/api/v1/stream"), tests::TEST_TOKEN);
+    // The feed subscribes to other hubs' gateways within a second of a listener arriving.
+    std::thread::sleep(Duration::from_secs(3));
     let t0 = Timestamp::now().add_millis(-20 * 60_000);
     publish_minutes(&rt, broker, &mut gateways, t0, 0..3);
     assert_readings_stored_once(&base_b, &gateways);
+    // Proves: B's feed carries the readings of A's gateways too (taken in by A, seen by B's live
+    // session), as well as its own.
+    let mut seen_live: BTreeSet<String> = BTreeSet::new();
+    wait_until(
+        WAIT,
+        "readings of every gateway on hub b's live feed",
+        || {
+            while let Ok((kind, data)) = feed_b.try_recv() {
+                if kind == "reading" {
+                    seen_live.insert(data["gateway"].as_str().unwrap_or_default().to_owned());
+                }
+            }
+            let missing: Vec<&String> = names.iter().filter(|g| !seen_live.contains(*g)).collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("no live reading yet from {missing:?}"))
+            }
+        },
+    );
     // A moment for hub A's rule cycle to record the condition in PostgreSQL (not asserted: if A
     // had not evaluated, B evaluates the stored readings from the cursor; either way the
     // condition must carry on).
@@ -804,8 +829,11 @@ actions = ["file"]
         sole_owner(&hub_b, &names)
     });
     // Minutes 5 and 6, with B alone: the water has now stood for six minutes on every gateway.
-    // Published after the kill are only minutes 3 to 6 — three minutes, not enough on their own:
-    // a task for one of A's gateways proves B continued A's condition from the shared rule state.
+    // Published after the kill are only minutes 3 to 6, four minutes, not enough on their own: a
+    // task for one of A's gateways shows that B carried on A's condition, from the rule state A
+    // saved or (had A not evaluated yet) from the stored readings after A's cursor. The unit test
+    // `rules::tests::only_the_holder_of_a_partition_evaluates_it_and_a_new_holder_continues`
+    // proves the first case alone.
     publish_minutes(&rt, broker, &mut gateways, t0, 5..7);
 
     // 6. Proves: nothing lost or doubled in the handover — every reading published is stored
@@ -838,6 +866,17 @@ actions = ["file"]
     std::thread::sleep(SETTLE);
     assert_eq!(assert_one_open_task_each(&base_b, &gateways), first_tasks);
     assert_one_delivery_each(&hook_log, &first_tasks);
+    // Proves: B's live feed announced each new task once (from the shared audit trail).
+    let mut filed: Vec<i64> = Vec::new();
+    while let Ok((kind, data)) = feed_b.try_recv() {
+        if kind == "task" && data["action"] == "file" {
+            filed.push(data["id"].as_i64().unwrap_or_default());
+        }
+    }
+    filed.sort_unstable();
+    let mut expected: Vec<i64> = first_tasks.values().copied().collect();
+    expected.sort_unstable();
+    assert_eq!(filed, expected, "task announcements on hub b's live feed");
 
     // 7. Hub A comes back (same data directory, a fresh API port: the old one may linger). Proves:
     // the partitions are shared out again (A takes back some from B without both running one)...

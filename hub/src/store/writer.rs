@@ -132,30 +132,8 @@ fn publish_live(live: &crate::live::Live, batch: &[(WriteOp, Option<Ack>)], fres
     }
     for (op, _) in batch {
         match op {
-            WriteOp::Presence { presence, .. } => live.send(crate::live::LiveItem {
-                kind: "presence",
-                gateway: presence.gateway.to_string(),
-                device: None,
-                data: serde_json::json!({
-                    "gateway": presence.gateway.as_str(),
-                    "state": presence.state,
-                    "boot": presence.boot.to_string(),
-                    "ts": presence.sent_at.to_rfc3339(),
-                }),
-            }),
-            WriteOp::Reply { reply, .. } => live.send(crate::live::LiveItem {
-                kind: "reply",
-                gateway: reply.gateway.to_string(),
-                device: Some(reply.device.to_string()),
-                data: serde_json::json!({
-                    "gateway": reply.gateway.as_str(),
-                    "device": reply.device.as_str(),
-                    "command": reply.id.to_string(),
-                    "outcome": reply.outcome,
-                    "detail": reply.detail,
-                    "ts": reply.at.to_rfc3339(),
-                }),
-            }),
+            WriteOp::Presence { presence, .. } => live.presence(presence),
+            WriteOp::Reply { reply, .. } => live.reply(reply),
             _ => {}
         }
     }
