@@ -131,6 +131,12 @@ impl Owned {
 /// Ownership as it changes: the supervisor sends, ingest and the rules watch.
 pub type Ownership = watch::Receiver<Arc<Owned>>;
 
+/// The partitions whose MQTT sessions are running in this process: ingest adds one when its
+/// session starts and removes it once the session has stopped (what it took stored and
+/// acknowledged, disconnected). A partition handed back is released only once out of here, so the
+/// next holder's session never overlaps this one's.
+pub type Serving = Arc<std::sync::Mutex<BTreeSet<u32>>>;
+
 /// The only hub's ownership: everything, for good.
 pub fn only_hub() -> Ownership {
     watch::channel(Arc::new(Owned::everything())).1
@@ -238,14 +244,16 @@ fn known_gateways(c: &dyn Sql) -> db::Result<Vec<String>> {
     .collect()
 }
 
-/// One round of the supervisor: heartbeat, renew, release what is over the fair share (marked in
-/// the round before), claim free or expired partitions up to it. Returns the partitions held and
-/// those to release next round.
+/// The supervisor's leases: each round records this hub alive, releases what was handed back and
+/// has stopped, renews, and claims free or expired partitions up to the fair share, or hands
+/// back what is over it.
 struct Lease {
     cfg: ClusterConfig,
     held: BTreeSet<u32>,
-    /// Over the fair share: no longer served (ingest and rules stopped), released next round.
+    /// Over the fair share: no longer served (ingest stops their sessions, the rules their
+    /// evaluation), still leased until their sessions have stopped, then released.
     releasing: BTreeSet<u32>,
+    serving: Serving,
 }
 
 impl Lease {
@@ -287,12 +295,21 @@ impl Lease {
             args![now - lease_ms],
         )?;
         let share = (i64::from(self.cfg.partitions) + live.max(1) - 1) / live.max(1);
-        // Release what was marked last round: its ingest and rules have stopped since.
-        for p in std::mem::take(&mut self.releasing) {
+        // Release what was handed back and whose session has stopped.
+        let stopped: Vec<u32> = {
+            let serving = self.serving.lock().unwrap_or_else(|p| p.into_inner());
+            self.releasing
+                .iter()
+                .filter(|p| !serving.contains(p))
+                .copied()
+                .collect()
+        };
+        for p in stopped {
             tx.execute(
                 "UPDATE cluster_partitions SET owner = NULL, lease_until = 0 WHERE part = $1 AND owner = $2",
                 args![p, self.cfg.hub],
             )?;
+            self.releasing.remove(&p);
         }
         // Renew; a lease that ran out is lost even if nobody took it yet (claimed again below).
         let renewed: BTreeSet<u32> = tx
@@ -310,8 +327,13 @@ impl Lease {
                 "lease on a partition lost (ran out before renewal); no longer served here"
             );
         }
-        let mut held = renewed;
-        let want = share - held.len() as i64;
+        // Still handed back and stopping: leased, not held.
+        self.releasing.retain(|p| renewed.contains(p));
+        let mut held: BTreeSet<u32> = renewed.difference(&self.releasing).copied().collect();
+        // Partitions still stopping count as this hub's until released: they are already on
+        // their way back.
+        let want = share - held.len() as i64 - self.releasing.len() as i64;
+        let more_back = (held.len() as i64 - share).max(0);
         if want > 0 {
             let lock = db::for_update(&tx);
             let skip = if lock.is_empty() { "" } else { " SKIP LOCKED" };
@@ -339,12 +361,18 @@ impl Lease {
                 tracing::info!(partition = p, from = ?prev, "partition taken");
                 held.insert(p as u32);
             }
-        } else if want < 0 {
+        } else if more_back > 0 {
             // Over the fair share (another hub joined): stop serving the highest ones now,
-            // release them next round.
-            self.releasing = held.iter().rev().take((-want) as usize).copied().collect();
-            for p in &self.releasing {
+            // release them once stopped.
+            let over: Vec<u32> = held
+                .iter()
+                .rev()
+                .take(more_back as usize)
+                .copied()
+                .collect();
+            for p in &over {
                 held.remove(p);
+                self.releasing.insert(*p);
                 tracing::info!(
                     partition = p,
                     "partition handed back (over this hub's share)"
@@ -364,6 +392,7 @@ pub fn start(
     database: crate::store::Database,
     cfg: ClusterConfig,
     rules: Arc<crate::rules::Rules>,
+    serving: Serving,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(Ownership, std::thread::JoinHandle<()>)> {
     cfg.validate()?;
@@ -372,6 +401,7 @@ pub fn start(
         cfg: cfg.clone(),
         held: BTreeSet::new(),
         releasing: BTreeSet::new(),
+        serving,
     };
     let snapshot = move |lease: &Lease, c: &dyn Sql| -> db::Result<Owned> {
         let links = crate::rules::gateway_links(c, &rules)?;
@@ -482,8 +512,11 @@ mod tests {
 
     #[test]
     fn partitions_are_stable_and_spread() {
-        // Fixed values: a change of hash would move every gateway at an upgrade.
-        assert_eq!(partition_of("gw-1", 32), partition_of("gw-1", 32));
+        // Fixed values (FNV-1a 64, computed independently): a change of hash would move every
+        // gateway to another partition at an upgrade.
+        assert_eq!(partition_of("gw-1", 32), 1);
+        assert_eq!(partition_of("gw-zhongshan-01", 32), 10);
+        assert_eq!(partition_of("", 8), 5);
         let mut seen = BTreeSet::new();
         for i in 0..200 {
             seen.insert(partition_of(&format!("gw-{i}"), 8));
@@ -500,6 +533,7 @@ mod tests {
             },
             held: BTreeSet::new(),
             releasing: BTreeSet::new(),
+            serving: Serving::default(),
         }
     }
 
@@ -517,7 +551,16 @@ mod tests {
             assert_eq!(a.releasing.len(), 4, "{name}");
             b.round(&*cb).unwrap();
             assert!(b.held.is_empty(), "{name}: not handed back yet");
+            // One handed-back partition's session is still stopping: it stays a's until it has.
+            let slow = *a.releasing.iter().next().unwrap();
+            a.serving.lock().unwrap().insert(slow);
             a.round(&*ca).unwrap();
+            assert_eq!(a.releasing, BTreeSet::from([slow]), "{name}");
+            b.round(&*cb).unwrap();
+            assert_eq!(b.held.len(), 3, "{name}");
+            a.serving.lock().unwrap().remove(&slow);
+            a.round(&*ca).unwrap();
+            assert!(a.releasing.is_empty(), "{name}");
             b.round(&*cb).unwrap();
             assert_eq!(b.held.len(), 4, "{name}");
             assert!(a.held.is_disjoint(&b.held), "{name}");
@@ -545,8 +588,8 @@ mod tests {
                 &[],
             )
             .unwrap();
-            // a took 8, b 4 from a; after the pause b's own 4 had run out too and were taken
-            // again, with a's 4.
+            // a took 8, b 3 and 1 from a; after the pause b's own 4 had run out too and were
+            // taken again, with a's 4.
             assert_eq!(epochs, 8 + 4 + 8, "{name}: one epoch per taking");
         }
     }

@@ -80,8 +80,12 @@ pub async fn run_partitions(
     metrics: Arc<Metrics>,
     outgoing: mpsc::Receiver<Outgoing>,
     mut own: crate::cluster::Ownership,
+    serving: crate::cluster::Serving,
     shutdown: CancellationToken,
 ) {
+    let serving_set = |f: &dyn Fn(&mut std::collections::BTreeSet<u32>)| {
+        f(&mut serving.lock().unwrap_or_else(|p| p.into_inner()))
+    };
     let base = cfg.client_id.clone();
     let commands = IngestConfig {
         client_id: format!("{base}-{hub}"),
@@ -114,6 +118,9 @@ pub async fn run_partitions(
             if let Some((stop, _, handle)) = running.remove(&p) {
                 stop.cancel();
                 let _ = handle.await;
+                serving_set(&|s| {
+                    s.remove(&p);
+                });
                 tracing::info!(partition = p, "ingest session of the partition stopped");
             }
         }
@@ -144,6 +151,9 @@ pub async fn run_partitions(
                 stop.clone(),
             ));
             tracing::info!(partition = p, "ingest session of the partition started");
+            serving_set(&|s| {
+                s.insert(p);
+            });
             running.insert(p, (stop, tx, handle));
         }
         tokio::select! {
@@ -186,7 +196,8 @@ pub async fn live_session(
             rumqttc::TlsConfiguration::Rustls(tls.clone()),
         ));
     }
-    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    let (client, eventloop) = AsyncClient::new(opts, 64);
+    let (mut events, driver) = drive(eventloop);
     let filters = all_filters(&cfg.topics);
     // Counts of this session's rejects would count the holder's messages twice: kept apart.
     let uncounted = Metrics::default();
@@ -214,14 +225,15 @@ pub async fn live_session(
                     subscribed = wanted;
                 }
             }
-            ev = eventloop.poll() => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            ev = events.recv() => match ev {
+                None => break,
+                Some(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                     failures = 0;
                     connected = true;
                     // A clean session has no subscriptions: the next check makes them.
                     subscribed = false;
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
+                Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
                     let Ok((gateway, _)) = cfg.topics.parse(&p.topic) else { continue };
                     if own.borrow().owns(gateway.as_str()) {
                         continue;
@@ -234,23 +246,18 @@ pub async fn live_session(
                         _ => {}
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
                     connected = false;
                     failures += 1;
                     if failures == 1 {
                         tracing::warn!(error = %e, "live feed session lost the broker; reconnecting");
                     }
-                    let wait = protocol::reconnect::delay(failures, fastrand::f64());
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
                 }
             }
         }
     }
-    let _ = client.try_disconnect();
+    leave(&client, &mut events, driver).await;
 }
 
 /// One session, on everything (the only hub), until `shutdown` is cancelled; it also publishes
@@ -290,7 +297,8 @@ pub async fn session(
             rumqttc::TlsConfiguration::Rustls(tls.clone()),
         ));
     }
-    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    let (client, eventloop) = AsyncClient::new(opts, 4096);
+    let (mut events, driver) = drive(eventloop);
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Publish>();
     let mut filters: Vec<String> = filter_rx.borrow_and_update().clone();
     let mut failures = 0u32;
@@ -364,8 +372,9 @@ pub async fn session(
                     break;
                 }
             }
-            ev = eventloop.poll(), if decoding.len() < DECODING_MAX => match ev {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            ev = events.recv(), if decoding.len() < DECODING_MAX => match ev {
+                None => break,
+                Some(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
                     failures = 0;
                     metrics.mqtt_connections.fetch_add(1, Relaxed);
                     tracing::info!(host = %cfg.host, port = cfg.port, client_id = %cfg.client_id, session_present = ack.session_present, "ingest connected to broker");
@@ -378,12 +387,12 @@ pub async fn session(
                         }
                     }
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                Some(Ok(Event::Incoming(Packet::SubAck(_)))) => {
                     if !metrics.ingest_ready.swap(true, Relaxed) {
                         tracing::info!(client_id = %cfg.client_id, "ingest subscribed");
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
+                Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
                     // Verified and decoded on the runtime's workers, several at once; the results
                     // are taken in arrival order below.
                     let (cfg, metrics) = (cfg.clone(), metrics.clone());
@@ -393,18 +402,14 @@ pub async fn session(
                         (p, op, authenticated)
                     }));
                 }
-                Ok(_) => {}
-                Err(e) => {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    // The driver waits before it connects again.
                     failures += 1;
                     metrics.ingest_ready.store(false, Relaxed);
                     metrics.mqtt_errors.fetch_add(1, Relaxed);
                     if failures == 1 {
                         tracing::warn!(error = %e, host = %cfg.host, port = cfg.port, "ingest lost the broker; reconnecting");
-                    }
-                    let wait = protocol::reconnect::delay(failures, fastrand::f64());
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(wait) => {}
                     }
                 }
             }
@@ -415,16 +420,58 @@ pub async fn session(
         let _ = client.try_ack(&p);
     }
     metrics.ingest_ready.store(false, Relaxed);
+    leave(&client, &mut events, driver).await;
+    tracing::info!(client_id = %cfg.client_id, "ingest stopped");
+}
+
+type Polled = Result<Event, rumqttc::ConnectionError>;
+
+/// Polls `eventloop` on a task of its own and passes on what it yields, so that no `select!`
+/// ever drops a poll half-way: rumqttc's poll is not cancel-safe while it connects (a dropped
+/// connect is made again, and the broker takes the second as a takeover of the first). After an
+/// error it waits (backoff with jitter) before polling, which connects again. The small channel
+/// keeps the backpressure: while the receiver takes nothing, the broker is not read.
+fn drive(
+    mut eventloop: rumqttc::EventLoop,
+) -> (mpsc::Receiver<Polled>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(16);
+    let handle = tokio::spawn(async move {
+        let mut failures = 0u32;
+        loop {
+            let ev = eventloop.poll().await;
+            let failed = ev.is_err();
+            if matches!(ev, Ok(Event::Incoming(Packet::ConnAck(_)))) {
+                failures = 0;
+            }
+            if tx.send(ev).await.is_err() {
+                return;
+            }
+            if failed {
+                failures += 1;
+                tokio::time::sleep(protocol::reconnect::delay(failures, fastrand::f64())).await;
+            }
+        }
+    });
+    (rx, handle)
+}
+
+/// Disconnects cleanly (up to half a second for the DISCONNECT to go out), then stops the driver.
+async fn leave(
+    client: &AsyncClient,
+    events: &mut mpsc::Receiver<Polled>,
+    driver: tokio::task::JoinHandle<()>,
+) {
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while let Ok(ev) = eventloop.poll().await {
+        while let Some(Ok(ev)) = events.recv().await {
             if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
                 break;
             }
         }
     })
     .await;
-    tracing::info!("ingest stopped");
+    driver.abort();
+    let _ = driver.await;
 }
 
 /// Applies the rate limit of the gateway a message was authenticated as, in arrival order.

@@ -270,6 +270,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let shutdown = CancellationToken::new();
     let http_stop = CancellationToken::new();
     let (outgoing_tx, outgoing_rx) = tokio::sync::mpsc::channel(256);
+    let serving = cluster::Serving::default();
     let (own, cluster) = match &cfg.cluster {
         Some(c) => {
             let stop = CancellationToken::new();
@@ -277,6 +278,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
                 database.clone(),
                 c.clone(),
                 cfg.rules.rules.clone(),
+                serving.clone(),
                 stop.clone(),
             )?;
             (own, Some((handle, stop)))
@@ -321,6 +323,7 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
             metrics.clone(),
             outgoing_rx,
             own.clone(),
+            serving,
             shutdown.clone(),
         )),
         None => tokio::spawn(ingest::run(
