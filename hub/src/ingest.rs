@@ -68,6 +68,17 @@ pub fn gateway_filters(topics: &TopicScheme, gateways: &[String]) -> Vec<String>
         .collect()
 }
 
+/// This process in the cluster, as ingest sees it.
+#[derive(Debug)]
+pub struct Member {
+    /// This process's name.
+    pub hub: String,
+    /// The partitions held.
+    pub own: crate::cluster::Ownership,
+    /// Where ingest records the partitions whose sessions run.
+    pub serving: crate::cluster::Serving,
+}
+
 /// A cluster hub's ingest (see [`crate::cluster`]): one session per partition held, whose client
 /// id is the partition's (`<client-id>-pNN`), subscribed to that partition's gateways; and one
 /// session of this process's own (`<client-id>-<hub>`) that publishes commands. A partition no
@@ -75,14 +86,17 @@ pub fn gateway_filters(topics: &TopicScheme, gateways: &[String]) -> Vec<String>
 /// had not acknowledged the broker gives to the next holder).
 pub async fn run_partitions(
     cfg: IngestConfig,
-    hub: String,
+    member: Member,
     store: Store,
     metrics: Arc<Metrics>,
     outgoing: mpsc::Receiver<Outgoing>,
-    mut own: crate::cluster::Ownership,
-    serving: crate::cluster::Serving,
     shutdown: CancellationToken,
 ) {
+    let Member {
+        hub,
+        mut own,
+        serving,
+    } = member;
     let serving_set = |f: &dyn Fn(&mut std::collections::BTreeSet<u32>)| {
         f(&mut serving.lock().unwrap_or_else(|p| p.into_inner()))
     };

@@ -318,12 +318,14 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let ingest = match &cfg.cluster {
         Some(c) => tokio::spawn(ingest::run_partitions(
             ingest_cfg,
-            c.hub.clone(),
+            ingest::Member {
+                hub: c.hub.clone(),
+                own: own.clone(),
+                serving,
+            },
             store.clone(),
             metrics.clone(),
             outgoing_rx,
-            own.clone(),
-            serving,
             shutdown.clone(),
         )),
         None => tokio::spawn(ingest::run(
