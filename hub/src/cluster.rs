@@ -1,27 +1,26 @@
 //! Several hub processes on one PostgreSQL and one external broker (`hub serve --cluster NAME`).
 //!
 //! The gateways are divided into a fixed number of partitions (`--partitions`, the same in every
-//! process). Each process holds leases on a fair share of them in `cluster_partitions`, renews them
-//! every third of the lease, and takes over the partitions of a process whose leases ran out. For
-//! every partition it holds, a process:
+//! process) by the FNV-1a hash of their id; a zone's camera events by the hash of `zone:<id>`.
+//! Each process holds leases on a fair share of the partitions in `cluster_partitions`, renews
+//! them every third of the lease on the database's clock (the hubs' own clocks may differ), and
+//! takes over the partitions of a process whose leases ran out. For every partition it holds, a
+//! process:
 //!
-//! - runs one MQTT session whose client id is the partition's, `<client-id>-pNN`, subscribed to the
-//!   topics of that partition's gateways. The session belongs to the partition, not to the process:
-//!   the next holder connects with the same id and the broker hands it everything queued for the
-//!   dead one (its persistent session), so nothing published meanwhile is lost; and if the old
-//!   holder is still alive, the broker disconnects it;
-//! - evaluates the rules for those gateways, and only those (their state and cursors are in
-//!   PostgreSQL, so the next holder continues a condition in progress). Every rules transaction
-//!   checks, under a share lock of the partitions' rows, that the leases are still this process's:
-//!   a process that stalled past its lease writes nothing.
+//! - runs one MQTT session whose client id is the partition's, `<client-id>-pNN`, subscribed to
+//!   the topics of that partition's gateways. The session belongs to the partition, not to the
+//!   process: the next holder connects with the same id and the broker hands it everything queued
+//!   for the dead one (its persistent session), so nothing published meanwhile is lost; and if the
+//!   old holder is still alive, the broker disconnects it;
+//! - evaluates the rules of that partition's gateways' assets and of its zones (their state and
+//!   cursors are in PostgreSQL, so the next holder continues a condition in progress). Every rules
+//!   transaction checks, under a share lock of the partitions' rows, that the leases are still
+//!   this process's: a process that stalled past its lease writes nothing.
 //!
-//! A gateway's partition is the hash of its group's smallest gateway id: gateways whose assets share
-//! a zone, or whose dust monitor measures against another's background monitor, are in one group,
-//! because the rules keep state across them. Lease times are the database's clock, so the hubs'
-//! own clocks may differ.
-//!
-//! Work over every gateway (the silence rule, escalation, the lighting rate) is done by the holder
-//! of partition 0. Without `--cluster` a hub holds everything and takes no leases.
+//! A dust monitor measured against a background monitor of another partition reads the
+//! background's state as its holder last saved it. Work over every gateway (the silence rule,
+//! escalation, the lighting rate) is done by the holder of partition 0. Without `--cluster` a hub
+//! holds everything and takes no leases.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -86,6 +85,10 @@ pub struct Owned {
     pub count: u32,
     /// Every gateway known, with its partition.
     pub gateways: HashMap<String, u32>,
+    /// Until when (this machine's monotonic clock) the leases are surely still this process's,
+    /// counted from the start of the renewal that took them. Ingest stops serving past it even
+    /// if the supervisor is stuck. `None`: the only hub.
+    pub valid_until: Option<std::time::Instant>,
 }
 
 impl Owned {
@@ -96,18 +99,36 @@ impl Owned {
             parts: BTreeSet::from([0]),
             count: 1,
             gateways: HashMap::new(),
+            valid_until: None,
         }
     }
 
-    pub fn part_of(&self, gateway: &str) -> u32 {
-        match self.gateways.get(gateway) {
-            Some(p) => *p,
-            None => partition_of(gateway, self.count),
+    /// The partitions to serve now: none once the leases may have run out.
+    pub fn serve_now(&self) -> BTreeSet<u32> {
+        match self.valid_until {
+            Some(v) if std::time::Instant::now() >= v => BTreeSet::new(),
+            _ => self.parts.clone(),
         }
+    }
+
+    /// A gateway's partition: its readings, presence and configuration, and the state of its
+    /// assets.
+    pub fn part_of(&self, gateway: &str) -> u32 {
+        partition_of(gateway, self.count)
+    }
+
+    /// A zone's partition: its camera events and their state (plate sightings, street trading),
+    /// whichever gateways its cameras are on.
+    pub fn part_of_zone(&self, zone: &str) -> u32 {
+        partition_of(&format!("zone:{zone}"), self.count)
     }
 
     pub fn owns(&self, gateway: &str) -> bool {
         self.hub.is_none() || self.parts.contains(&self.part_of(gateway))
+    }
+
+    pub fn owns_zone(&self, zone: &str) -> bool {
+        self.hub.is_none() || self.parts.contains(&self.part_of_zone(zone))
     }
 
     /// Whether this process does the work over all gateways (silence, escalation, lighting).
@@ -151,52 +172,6 @@ pub fn partition_of(key: &str, count: u32) -> u32 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     (h % u64::from(count.max(1))) as u32
-}
-
-/// Every gateway with its partition: groups joined by `links` (gateway pairs the rules keep state
-/// across), each group hashed by its smallest id.
-pub fn assign(
-    gateways: impl IntoIterator<Item = String>,
-    links: &[(String, String)],
-    count: u32,
-) -> HashMap<String, u32> {
-    let mut parent: HashMap<String, String> = HashMap::new();
-    fn root(parent: &mut HashMap<String, String>, g: &str) -> String {
-        let mut r = g.to_owned();
-        while let Some(p) = parent.get(&r).filter(|p| **p != r) {
-            r = p.clone();
-        }
-        // Path compression.
-        let mut g = g.to_owned();
-        while g != r {
-            let next = parent.get(&g).cloned().unwrap_or_else(|| r.clone());
-            parent.insert(g, r.clone());
-            g = next;
-        }
-        r
-    }
-    for g in gateways {
-        parent.entry(g.clone()).or_insert(g);
-    }
-    for (a, b) in links {
-        for g in [a, b] {
-            parent.entry(g.clone()).or_insert_with(|| g.clone());
-        }
-        let (ra, rb) = (root(&mut parent, a), root(&mut parent, b));
-        // The smaller id is the root, so a group's key is its smallest gateway id.
-        match ra.cmp(&rb) {
-            std::cmp::Ordering::Less => parent.insert(rb, ra),
-            std::cmp::Ordering::Greater => parent.insert(ra, rb),
-            std::cmp::Ordering::Equal => None,
-        };
-    }
-    let all: Vec<String> = parent.keys().cloned().collect();
-    all.into_iter()
-        .map(|g| {
-            let r = root(&mut parent, &g);
-            (g, partition_of(&r, count))
-        })
-        .collect()
 }
 
 /// The database's clock in milliseconds, as SQL: leases are compared on one clock.
@@ -261,6 +236,14 @@ impl Lease {
         let lease_ms = self.cfg.lease.as_millis() as i64;
         let now_sql = db_now(c);
         let tx = Tx::begin(c, Begin::Write)?;
+        // This hub's rows first, in partition order: the order the rules' share locks take them
+        // in (see still_holds), so the two never wait on each other in a circle.
+        if let db::Engine::Postgres = tx.engine() {
+            tx.query(
+                "SELECT part FROM cluster_partitions WHERE owner = $1 ORDER BY part FOR UPDATE",
+                args![self.cfg.hub],
+            )?;
+        }
         let now: i64 = db::one(&tx, &format!("SELECT {now_sql}"), &[])?;
         let have: i64 = db::one(
             &tx,
@@ -391,29 +374,46 @@ impl Lease {
 pub fn start(
     database: crate::store::Database,
     cfg: ClusterConfig,
-    rules: Arc<crate::rules::Rules>,
     serving: Serving,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<(Ownership, std::thread::JoinHandle<()>)> {
     cfg.validate()?;
     let conn = database.connect()?;
+    if let db::Engine::Postgres = conn.engine() {
+        // A stuck statement must not hold the supervisor past the leases it should renew.
+        conn.batch(&format!(
+            "SET statement_timeout = {}",
+            cfg.renew_every().as_millis().max(500)
+        ))?;
+    }
+    wait_for_namesake(&*conn, &cfg, &stop)?;
     let mut lease = Lease {
         cfg: cfg.clone(),
         held: BTreeSet::new(),
         releasing: BTreeSet::new(),
         serving,
     };
-    let snapshot = move |lease: &Lease, c: &dyn Sql| -> db::Result<Owned> {
-        let links = crate::rules::gateway_links(c, &rules)?;
-        Ok(Owned {
-            hub: Some(lease.cfg.hub.clone()),
-            parts: lease.held.clone(),
-            count: lease.cfg.partitions,
-            gateways: assign(known_gateways(c)?, &links, lease.cfg.partitions),
-        })
-    };
+    let snapshot =
+        move |lease: &Lease, c: &dyn Sql, began: std::time::Instant| -> db::Result<Owned> {
+            let count = lease.cfg.partitions;
+            Ok(Owned {
+                hub: Some(lease.cfg.hub.clone()),
+                parts: lease.held.clone(),
+                // The lease less one renewal interval of slack for stopping.
+                valid_until: Some(began + lease.cfg.lease - lease.cfg.renew_every()),
+                count,
+                gateways: known_gateways(c)?
+                    .into_iter()
+                    .map(|g| {
+                        let p = partition_of(&g, count);
+                        (g, p)
+                    })
+                    .collect(),
+            })
+        };
+    let began = std::time::Instant::now();
     lease.round(&*conn)?;
-    let first = snapshot(&lease, &*conn)?;
+    let first = snapshot(&lease, &*conn, began)?;
     tracing::info!(hub = %cfg.hub, partitions = ?first.parts, of = cfg.partitions, "cluster: partitions held");
     let (tx, rx) = watch::channel(Arc::new(first));
     let handle = std::thread::Builder::new()
@@ -439,11 +439,17 @@ pub fn start(
                             Ok(n) => tracing::info!(partitions = n, "cluster: partitions handed back"),
                             Err(e) => tracing::warn!(error = %e, "cluster: cannot hand the partitions back; they move when their leases run out"),
                         }
+                        // Gone, so that the others' fair share counts without this hub at once.
+                        let _ = conn.execute("DELETE FROM cluster_hubs WHERE hub = $1", args![cfg.hub]);
                         return;
                     }
                     std::thread::sleep(Duration::from_millis(100).min(wait));
                 }
-                match lease.round(&*conn).and_then(|()| snapshot(&lease, &*conn)) {
+                let began = std::time::Instant::now();
+                match lease
+                    .round(&*conn)
+                    .and_then(|()| snapshot(&lease, &*conn, began))
+                {
                     Ok(now) => {
                         failures = 0;
                         if **tx.borrow() != now {
@@ -470,6 +476,42 @@ pub fn start(
             }
         })?;
     Ok((rx, handle))
+}
+
+/// Waits while another process with this hub's name is alive (renewed within the lease): a hub
+/// restarted right after it died waits for its old leases to run out; two live hubs with one name
+/// are refused, because they would renew each other's leases.
+fn wait_for_namesake(
+    c: &dyn Sql,
+    cfg: &ClusterConfig,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    let lease_ms = cfg.lease.as_millis() as i64;
+    let deadline = std::time::Instant::now() + cfg.lease + Duration::from_secs(2);
+    loop {
+        let age: Option<i64> = c
+            .query_opt(
+                &format!(
+                    "SELECT {} - seen_at FROM cluster_hubs WHERE hub = $1",
+                    db_now(c)
+                ),
+                args![cfg.hub],
+            )?
+            .map(|r| r.get(0))
+            .transpose()?;
+        match age {
+            Some(age) if age < lease_ms => {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline && !stop.is_cancelled(),
+                    "another hub named {:?} is alive (renewed {age} ms ago): each hub of a cluster needs a --cluster name of its own",
+                    cfg.hub
+                );
+                tracing::warn!(hub = %cfg.hub, age_ms = age, "a hub with this name was alive moments ago; waiting for its leases to run out");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// What `GET /api/v1/cluster` shows.
@@ -592,22 +634,5 @@ mod tests {
             // taken again, with a's 4.
             assert_eq!(epochs, 8 + 4 + 8, "{name}: one epoch per taking");
         }
-    }
-
-    #[test]
-    fn linked_gateways_share_a_partition() {
-        let gws = (0..50).map(|i| format!("gw-{i:02}"));
-        let links = vec![
-            ("gw-07".to_owned(), "gw-31".to_owned()),
-            ("gw-31".to_owned(), "gw-44".to_owned()),
-            ("gw-02".to_owned(), "gw-03".to_owned()),
-        ];
-        let m = assign(gws, &links, 16);
-        assert_eq!(m.len(), 50);
-        assert_eq!(m["gw-07"], m["gw-31"]);
-        assert_eq!(m["gw-44"], m["gw-07"]);
-        assert_eq!(m["gw-07"], partition_of("gw-07", 16));
-        assert_eq!(m["gw-03"], partition_of("gw-02", 16));
-        assert_eq!(m["gw-10"], partition_of("gw-10", 16));
     }
 }

@@ -123,22 +123,35 @@ pub async fn run_partitions(
     let mut watching = true;
     loop {
         let owned = own.borrow_and_update().clone();
+        // Past the leases' safe time (the supervisor could not renew): serve nothing.
+        let serve = owned.serve_now();
+        if serve.is_empty() && !owned.parts.is_empty() {
+            tracing::warn!("leases not renewed in time: ingest of every partition stops");
+        }
         let gone: Vec<u32> = running
             .keys()
-            .filter(|p| !owned.parts.contains(p))
+            .filter(|p| !serve.contains(p))
             .copied()
             .collect();
-        for p in gone {
-            if let Some((stop, _, handle)) = running.remove(&p) {
+        // All stopped at once (each takes what it handed to the store to the end first).
+        let stopping: Vec<_> = gone
+            .iter()
+            .filter_map(|p| running.remove(p).map(|r| (*p, r)))
+            .map(|(p, (stop, _, handle))| {
                 stop.cancel();
-                let _ = handle.await;
-                serving_set(&|s| {
-                    s.remove(&p);
-                });
-                tracing::info!(partition = p, "ingest session of the partition stopped");
-            }
+                async move {
+                    let _ = handle.await;
+                    p
+                }
+            })
+            .collect();
+        for p in futures_util::future::join_all(stopping).await {
+            serving_set(&|s| {
+                s.remove(&p);
+            });
+            tracing::info!(partition = p, "ingest session of the partition stopped");
         }
-        for &p in &owned.parts {
+        for &p in &serve {
             let filters = gateway_filters(&cfg.topics, &owned.gateways_of(p));
             if let Some((_, tx, _)) = running.get(&p) {
                 tx.send_if_modified(|cur| {
@@ -170,9 +183,14 @@ pub async fn run_partitions(
             });
             running.insert(p, (stop, tx, handle));
         }
+        let expiry = owned.valid_until.filter(|_| !serve.is_empty());
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = own.changed(), if watching => watching = changed.is_ok(),
+            _ = async { match expiry {
+                Some(v) => tokio::time::sleep_until(v.into()).await,
+                None => std::future::pending().await,
+            } } => {}
         }
     }
     for (_, (_, _, handle)) in running {
@@ -298,6 +316,10 @@ pub async fn session(
     mut filter_rx: tokio::sync::watch::Receiver<Vec<String>>,
     shutdown: CancellationToken,
 ) {
+    // The session that publishes (the only hub's, or a cluster hub's own) says whether ingest is
+    // ready (`/healthz`); partition sessions come and go with the partitions held.
+    let report_ready = outgoing.is_some();
+    let mut in_flight = 0usize;
     let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_clean_session(false);
@@ -359,6 +381,7 @@ pub async fn session(
                 }
             }
             Some(p) = ack_rx.recv() => {
+                in_flight -= 1;
                 if let Err(e) = client.try_ack(&p) {
                     // The message stays unacknowledged and comes again after a reconnect; the store
                     // recognises it then.
@@ -381,10 +404,12 @@ pub async fn session(
                     None if ack.is_none() => continue,
                     None => WriteOp::Skip,
                 };
+                let acked = ack.is_some();
                 if store.write(op, ack).await.is_err() {
                     tracing::error!("store closed; ingest stops");
                     break;
                 }
+                in_flight += usize::from(acked);
             }
             ev = events.recv(), if decoding.len() < DECODING_MAX => match ev {
                 None => break,
@@ -392,7 +417,7 @@ pub async fn session(
                     failures = 0;
                     metrics.mqtt_connections.fetch_add(1, Relaxed);
                     tracing::info!(host = %cfg.host, port = cfg.port, client_id = %cfg.client_id, session_present = ack.session_present, "ingest connected to broker");
-                    if filters.is_empty() {
+                    if filters.is_empty() && report_ready {
                         metrics.ingest_ready.store(true, Relaxed);
                     }
                     for f in &filters {
@@ -402,7 +427,7 @@ pub async fn session(
                     }
                 }
                 Some(Ok(Event::Incoming(Packet::SubAck(_)))) => {
-                    if !metrics.ingest_ready.swap(true, Relaxed) {
+                    if report_ready && !metrics.ingest_ready.swap(true, Relaxed) {
                         tracing::info!(client_id = %cfg.client_id, "ingest subscribed");
                     }
                 }
@@ -420,7 +445,9 @@ pub async fn session(
                 Some(Err(e)) => {
                     // The driver waits before it connects again.
                     failures += 1;
-                    metrics.ingest_ready.store(false, Relaxed);
+                    if report_ready {
+                        metrics.ingest_ready.store(false, Relaxed);
+                    }
                     metrics.mqtt_errors.fetch_add(1, Relaxed);
                     if failures == 1 {
                         tracing::warn!(error = %e, host = %cfg.host, port = cfg.port, "ingest lost the broker; reconnecting");
@@ -429,11 +456,22 @@ pub async fn session(
             }
         }
     }
-    // Acknowledge what the store committed meanwhile, then leave cleanly.
-    while let Ok(p) = ack_rx.try_recv() {
-        let _ = client.try_ack(&p);
+    // What was handed to the store is committed and acknowledged before leaving (for a while:
+    // what is not, the broker sends again to whoever resumes this session), then leave cleanly.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while in_flight > 0 {
+            let Some(p) = ack_rx.recv().await else { break };
+            in_flight -= 1;
+            let _ = client.try_ack(&p);
+        }
+    })
+    .await;
+    if in_flight > 0 {
+        tracing::warn!(client_id = %cfg.client_id, in_flight, "left with messages not yet stored; the broker sends them again");
     }
-    metrics.ingest_ready.store(false, Relaxed);
+    if report_ready {
+        metrics.ingest_ready.store(false, Relaxed);
+    }
     leave(&client, &mut events, driver).await;
     tracing::info!(client_id = %cfg.client_id, "ingest stopped");
 }

@@ -274,13 +274,8 @@ pub async fn start(cfg: HubConfig) -> anyhow::Result<RunningHub> {
     let (own, cluster) = match &cfg.cluster {
         Some(c) => {
             let stop = CancellationToken::new();
-            let (own, handle) = cluster::start(
-                database.clone(),
-                c.clone(),
-                cfg.rules.rules.clone(),
-                serving.clone(),
-                stop.clone(),
-            )?;
+            let (own, handle) =
+                cluster::start(database.clone(), c.clone(), serving.clone(), stop.clone())?;
             (own, Some((handle, stop)))
         }
         None => (cluster::only_hub(), None),

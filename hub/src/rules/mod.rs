@@ -48,6 +48,8 @@ pub use offline::{
 pub const LOOKBACK_MS: i64 = 3_600_000;
 /// Readings read per series and cycle; the rest next cycle.
 const CHUNK: i64 = 20_000;
+/// In a cluster, how old a camera event must be before the rules take it (see [`Runner::cycle`]).
+const EVENT_SETTLE_MS: i64 = 5_000;
 /// A task not accepted this long after dispatch goes to the supervisor (DOMAIN.md).
 pub const ACCEPT_WITHIN_MS: i64 = 15 * 60_000;
 
@@ -491,44 +493,6 @@ impl Catalogue {
     }
 }
 
-/// Pairs of gateways the rules keep state across: gateways with assets in one zone (the zone's
-/// sightings), a dust monitor's and its background monitor's. The cluster puts each such group in
-/// one partition (see [`crate::cluster`]).
-pub fn gateway_links(c: &dyn Sql, rules: &Rules) -> db::Result<Vec<(String, String)>> {
-    let cat = Catalogue::load(c, rules)?;
-    let mut first_in_zone: HashMap<&str, &str> = HashMap::new();
-    let mut links = Vec::new();
-    let mut ids: Vec<&String> = cat.assets.keys().collect();
-    ids.sort();
-    for id in ids {
-        let (asset, Some(gw)) = (&cat.assets[id], cat.gateway.get(id)) else {
-            continue;
-        };
-        if let Some(zone) = asset.place.zone.as_deref() {
-            match first_in_zone.get(zone) {
-                Some(first) if *first != gw.as_str() => {
-                    links.push(((*first).to_owned(), gw.clone()))
-                }
-                Some(_) => {}
-                None => {
-                    first_in_zone.insert(zone, gw);
-                }
-            }
-        }
-        if let Some(bg) = asset
-            .th
-            .dust
-            .background
-            .as_deref()
-            .and_then(|b| cat.gateway.get(b))
-            && bg != gw
-        {
-            links.push((gw.clone(), bg.clone()));
-        }
-    }
-    Ok(links)
-}
-
 /// Feeds `engine` the good readings of one asset's `series` in `(after, to]` (per series), merged
 /// in time order; returns the newest timestamp read per series and whether a series had more.
 fn feed_asset(
@@ -602,6 +566,9 @@ struct Runner {
     cursors: HashMap<i64, i64>,
     /// The camera event cursor of each partition held.
     event_cursors: HashMap<u32, i64>,
+    /// Whether state, catalogue and cursors are loaded (a failed reload leaves this false, and
+    /// nothing is evaluated until one succeeds).
+    loaded: bool,
     /// The partitions this process holds (all, for the only hub), as last seen.
     own: Ownership,
     owned: Arc<Owned>,
@@ -626,6 +593,7 @@ impl Runner {
             cat: Catalogue::default(),
             cursors: HashMap::new(),
             event_cursors: HashMap::new(),
+            loaded: false,
             own,
             owned,
             started_with: HashSet::new(),
@@ -637,26 +605,15 @@ impl Runner {
 
     /// (Re)loads everything from the store: what a restart does.
     fn reload(&mut self) -> db::Result<()> {
+        // Nothing is evaluated on half-loaded state: set again at the end.
+        self.loaded = false;
         let c = &*self.conn;
         self.cat = Catalogue::load(c, &self.setup.rules)?;
         self.engine = Engine::new(Arc::clone(&self.setup.rules));
         // Only the state of what this process evaluates: another process writes the rest.
-        let owned = &self.owned;
-        let zones: HashSet<&str> = self
-            .cat
-            .assets
-            .iter()
-            .filter(|(id, _)| self.cat.gateway.get(*id).is_some_and(|g| owned.owns(g)))
-            .filter_map(|(_, a)| a.place.zone.as_deref())
-            .collect();
         for r in c.query("SELECT key, state FROM rule_state", &[])? {
             let key: String = r.get(0)?;
-            let mine = match key.split_once(':') {
-                Some(("asset", id)) => self.cat.gateway.get(id).is_none_or(|g| owned.owns(g)),
-                Some(("zone", z)) => owned.hub.is_none() || zones.contains(z),
-                _ => true,
-            };
-            if mine {
+            if self.mine(&key) {
                 self.engine.restore(&key, &r.get::<String>(1)?);
             }
         }
@@ -691,6 +648,7 @@ impl Runner {
             };
             self.event_cursors.insert(p, cursor);
         }
+        self.loaded = true;
         Ok(())
     }
 
@@ -701,12 +659,44 @@ impl Runner {
             return Ok(false);
         }
         let now = self.own.borrow_and_update().clone();
-        if now.parts == self.owned.parts && now.gateways == self.owned.gateways {
+        // New gateways change nothing here (a gateway's partition is its hash).
+        if now.parts == self.owned.parts {
+            self.owned = now;
             return Ok(false);
         }
         self.owned = now;
         self.reload()?;
         Ok(true)
+    }
+
+    /// Whether this process evaluates (and so writes) the rule state under `key`.
+    fn mine(&self, key: &str) -> bool {
+        match key.split_once(':') {
+            Some(("asset", id)) => self.cat.gateway.get(id).is_none_or(|g| self.owned.owns(g)),
+            Some(("zone", z)) => self.owned.owns_zone(z),
+            _ => true,
+        }
+    }
+
+    /// A dust monitor's background monitor in another partition: its state as its holder last
+    /// saved it (read, never written here).
+    fn foreign_backgrounds(&mut self, assets: &HashSet<&String>) -> db::Result<()> {
+        let wanted: Vec<String> = assets
+            .iter()
+            .filter_map(|a| self.cat.assets.get(*a))
+            .filter_map(|a| a.th.dust.background.clone())
+            .filter(|b| !self.mine(&format!("asset:{b}")))
+            .collect();
+        for b in wanted {
+            let key = format!("asset:{b}");
+            if let Some(r) = self
+                .conn
+                .query_opt("SELECT state FROM rule_state WHERE key = $1", args![key])?
+            {
+                self.engine.restore(&key, &r.get::<String>(0)?);
+            }
+        }
+        Ok(())
     }
 
     /// The key in `rule_meta` of partition `p`'s event cursor.
@@ -734,6 +724,11 @@ impl Runner {
     ) -> db::Result<(Vec<(i64, &'static str)>, bool)> {
         let rules = Arc::clone(&self.setup.rules);
         let clock = self.setup.clock;
+        if !self.loaded {
+            return Err(db::DbError::Other(
+                "the rules' state is not loaded; loading it again".into(),
+            ));
+        }
         if self.owned.parts.is_empty() {
             // Nothing held (a cluster hub between leases): nothing to evaluate.
             return Ok((Vec::new(), false));
@@ -762,6 +757,10 @@ impl Runner {
         // Never past a minute ahead of now: a reading from a gateway whose clock runs ahead must not
         // carry a cursor into the future.
         let to = now_ms + 60_000;
+        let dirty_assets: HashSet<&String> = by_asset.keys().collect();
+        if self.owned.hub.is_some() {
+            self.foreign_backgrounds(&dirty_assets)?;
+        }
         for (asset_id, series) in &by_asset {
             let Some(asset) = self.cat.assets.get(asset_id) else {
                 continue;
@@ -781,32 +780,51 @@ impl Runner {
         let mut event_cursors = self.event_cursors.clone();
         if events || more {
             let from = event_cursors.values().copied().min().unwrap_or(0);
-            let evs: Vec<(CameraEvent, String, String)> = self
-                .conn
-                .query(
-                    "SELECT id, gateway, device, event, ts, attributes, evidence FROM events
-                     WHERE id > $1 ORDER BY id LIMIT 2000",
-                    args![from],
-                )?
-                .iter()
-                .map(camera_event)
-                .collect::<db::Result<_>>()?;
-            more |= evs.len() == 2000;
-            let last = evs.last().map(|e| e.0.id);
-            for (mut ev, gw, dev) in evs {
-                // Another partition's, or one this partition has seen.
-                let part = self.owned.part_of(&gw);
-                if !self.owned.owns(&gw) || event_cursors.get(&part).is_some_and(|&c| ev.id <= c) {
-                    continue;
+            let rows = self.conn.query(
+                "SELECT id, gateway, device, event, ts, attributes, evidence, received FROM events
+                 WHERE id > $1 ORDER BY id LIMIT 2000",
+                args![from],
+            )?;
+            let full = rows.len() == 2000;
+            let mut cut = false;
+            // Several processes store events: one can commit after another's with a higher id.
+            // Events are taken in id order only once EVENT_SETTLE_MS old, so that an id left
+            // behind has committed by then.
+            let settled = match self.owned.hub {
+                Some(_) => now_ms - EVENT_SETTLE_MS,
+                None => i64::MAX,
+            };
+            let mut last = None;
+            for row in &rows {
+                if row.get::<i64>(7)? > settled {
+                    cut = true;
+                    break;
                 }
-                ev.at = clock.at(ev.at);
+                let (mut ev, gw, dev) = camera_event(row)?;
+                last = Some(ev.id);
                 let asset = self
                     .cat
                     .by_device
                     .get(&(gw, dev))
                     .and_then(|a| self.cat.assets.get(a));
+                // Camera rules keep state per zone: the zone's partition evaluates them.
+                let zone = ev
+                    .attributes
+                    .get("zone")
+                    .and_then(|z| z.as_str())
+                    .map(str::to_owned)
+                    .or_else(|| asset.and_then(|a| a.place.zone.clone()));
+                let part = zone.as_deref().map(|z| self.owned.part_of_zone(z));
+                let seen = |p: u32| event_cursors.get(&p).is_none_or(|&c| ev.id <= c);
+                match part {
+                    Some(p) if self.owned.parts.contains(&p) && !seen(p) => {}
+                    // No zone: no camera rule applies. Another partition's, or seen.
+                    _ => continue,
+                }
+                ev.at = clock.at(ev.at);
                 self.engine.camera(asset, &ev, &mut actions);
             }
+            more |= full && !cut;
             if let Some(last) = last {
                 for c in event_cursors.values_mut() {
                     *c = (*c).max(last);
@@ -815,8 +833,14 @@ impl Runner {
         }
         // What went quiet (street trading not seen again) ends on the clock, data or not.
         self.engine.tick(clock.at(now_ms), &mut actions);
-        // Everything in one transaction: tasks, state and cursors.
-        let changed = self.engine.take_changed();
+        // Everything in one transaction: tasks, state and cursors (only this process's state:
+        // a background monitor's read from another partition is not written back).
+        let changed: Vec<String> = self
+            .engine
+            .take_changed()
+            .into_iter()
+            .filter(|k| self.mine(k))
+            .collect();
         let tx = Tx::begin(&*self.conn, Begin::Write)?;
         if let Some(hub) = &self.owned.hub
             && !crate::cluster::still_holds(&tx, hub, &self.owned.parts)?
@@ -1040,7 +1064,12 @@ pub fn start(
                         }
                     }
                 }
-                if last_tick.elapsed() >= Duration::from_secs(10) {
+                // In a cluster other processes store events for this one's zones: look every 2 s.
+                let tick_every = match runner.owned.hub {
+                    Some(_) => Duration::from_secs(2),
+                    None => Duration::from_secs(10),
+                };
+                if last_tick.elapsed() >= tick_every {
                     // A cycle now and then without new data, for what ends with time alone.
                     last_tick = Instant::now();
                     events = true;
@@ -1201,20 +1230,24 @@ mod tests {
         use std::collections::BTreeSet;
         for (name, a, b, _keep) in towns() {
             let now = T0 + 30 * MIN;
+            // gw-a's partition (of two) is a's, the other b's.
+            let pa = crate::cluster::partition_of("gw-a", 2);
+            let pb = 1 - pa;
             let owned = |hub: &str, parts: &[u32]| Owned {
                 hub: Some(hub.into()),
                 parts: parts.iter().copied().collect::<BTreeSet<u32>>(),
                 count: 2,
-                gateways: HashMap::from([("gw-a".to_owned(), 0)]),
+                gateways: HashMap::from([("gw-a".to_owned(), pa)]),
+                valid_until: None,
             };
             let far = T0 + 1000 * HOUR_MS;
             a.execute(
-                "INSERT INTO cluster_partitions (part, owner, lease_until) VALUES (0, 'a', $1), (1, 'b', $1)",
-                args![far],
+                "INSERT INTO cluster_partitions (part, owner, lease_until) VALUES ($1, 'a', $3), ($2, 'b', $3)",
+                args![pa, pb, far],
             )
             .unwrap();
-            let (_a_tx, a_own) = tokio::sync::watch::channel(Arc::new(owned("a", &[0])));
-            let (b_tx, b_own) = tokio::sync::watch::channel(Arc::new(owned("b", &[1])));
+            let (_a_tx, a_own) = tokio::sync::watch::channel(Arc::new(owned("a", &[pa])));
+            let (b_tx, b_own) = tokio::sync::watch::channel(Arc::new(owned("b", &[pb])));
             let mut ra = Runner::open(a, setup(), a_own, now).unwrap();
             let mut rb = Runner::open(b, setup(), b_own, now).unwrap();
             let all = ra.all_series().unwrap();
@@ -1230,11 +1263,11 @@ mod tests {
                 "{name}"
             );
             assert!(tasks(&*rb.conn).is_empty(), "{name}");
-            // a stalls past its lease; b takes partition 0 over.
+            // a stalls past its lease; b takes gw-a's partition over.
             rb.conn
                 .execute(
-                    "UPDATE cluster_partitions SET owner = 'b' WHERE part = 0",
-                    &[],
+                    "UPDATE cluster_partitions SET owner = 'b' WHERE part = $1",
+                    args![pa],
                 )
                 .unwrap();
             let e = ra.cycle(all.clone(), false, now).unwrap_err();
@@ -1250,6 +1283,73 @@ mod tests {
                 rb.cycle(all.clone(), false, now).unwrap().0.is_empty(),
                 "{name}"
             );
+        }
+    }
+
+    /// In a cluster, camera events are evaluated by the holder of their zone's partition, once
+    /// they are old enough that no earlier id can still commit; the others move past them.
+    #[test]
+    fn camera_events_go_to_the_holder_of_their_zone() {
+        use crate::cluster::Owned;
+        use std::collections::BTreeSet;
+        for (name, a, b, _keep) in towns() {
+            let now = T0 + 30 * MIN;
+            let probe = Owned {
+                count: 2,
+                ..Owned::everything()
+            };
+            let pz = probe.part_of_zone("np-1");
+            let owned = |hub: &str, parts: &[u32]| Owned {
+                hub: Some(hub.into()),
+                parts: parts.iter().copied().collect::<BTreeSet<u32>>(),
+                count: 2,
+                gateways: HashMap::new(),
+                valid_until: None,
+            };
+            a.execute(
+                "INSERT INTO cluster_partitions (part, owner, lease_until) VALUES ($1, 'a', $3), ($2, 'b', $3)",
+                args![pz, 1 - pz, T0 + 1000 * HOUR_MS],
+            )
+            .unwrap();
+            let (_ta, own_a) = tokio::sync::watch::channel(Arc::new(owned("a", &[pz])));
+            let (_tb, own_b) = tokio::sync::watch::channel(Arc::new(owned("b", &[1 - pz])));
+            let mut ra = Runner::open(a, setup(), own_a, now).unwrap();
+            let mut rb = Runner::open(b, setup(), own_b, now).unwrap();
+            let plate = |c: &dyn Sql, id: i64, at: i64, received: i64| {
+                c.execute(
+                    "INSERT INTO events (id, gateway, device, event, ts, phase, attributes, evidence, received)
+                     VALUES ($1, 'gw-a', 'cam-1', 'plate', $2, 'instant', $3, '[]', $4)",
+                    args![
+                        id,
+                        at,
+                        r#"{"plate":"苏A8HK52","plateColor":"blue","confidence":0.95}"#,
+                        received
+                    ],
+                )
+                .unwrap();
+            };
+            plate(&*ra.conn, 1, T0, T0);
+            // Just received: not taken yet (an earlier id might still commit elsewhere).
+            plate(&*ra.conn, 2, T0 + 7 * MIN, now - 1_000);
+            assert!(
+                rb.cycle(HashSet::new(), true, now).unwrap().0.is_empty(),
+                "{name}"
+            );
+            assert!(
+                ra.cycle(HashSet::new(), true, now).unwrap().0.is_empty(),
+                "{name}"
+            );
+            // Five seconds on, the zone's holder makes the case; the other makes none.
+            let later = now + EVENT_SETTLE_MS;
+            assert!(
+                rb.cycle(HashSet::new(), true, later).unwrap().0.is_empty(),
+                "{name}"
+            );
+            let (changed, _) = ra.cycle(HashSet::new(), true, later).unwrap();
+            assert_eq!(changed.len(), 1, "{name}");
+            assert_eq!(tasks(&*ra.conn).len(), 1, "{name}");
+            // b moved its cursor past both.
+            assert_eq!(rb.event_cursors[&(1 - pz)], 2, "{name}");
         }
     }
 
