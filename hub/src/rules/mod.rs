@@ -632,11 +632,23 @@ impl Runner {
         // A partition's own cursor; else the one hub's cursor (a hub that became a cluster);
         // else events of the last LOOKBACK_MS.
         let global = meta("event_cursor")?;
+        // The only hub after a cluster: where the cluster's partitions had got to (the furthest;
+        // the one hub's own key stopped moving when the cluster began).
+        let after_cluster: Option<i64> = c
+            .query_opt(
+                "SELECT MAX(value) FROM rule_meta WHERE key LIKE 'event_cursor:%'",
+                &[],
+            )?
+            .and_then(|r| r.get::<Option<i64>>(0).transpose())
+            .transpose()?;
         self.event_cursors.clear();
         for &p in &self.owned.parts {
             let cursor = match self.owned.hub {
                 Some(_) => meta(&format!("event_cursor:{p}"))?.or(global),
-                None => global,
+                None => match (global, after_cluster) {
+                    (Some(g), Some(c)) => Some(g.max(c)),
+                    (g, c) => g.or(c),
+                },
             };
             let cursor = match cursor {
                 Some(v) => v,
