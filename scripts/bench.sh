@@ -34,6 +34,11 @@ for run in 1 2 3; do
   ./target/release/examples/ingest_bench postgres 400000 2>/dev/null
 done
 echo
+echo "### Several hub processes (--cluster) on one PostgreSQL and one Mosquitto"
+for run in 1 2 3; do
+  ./target/release/examples/ingest_bench cluster 400000 2>/dev/null
+done
+echo
 echo "### Hub ingest latency at paced rates"
 for rate in 10000 25000 50000; do
   ./target/release/examples/ingest_bench paced "$rate" 60 2>/dev/null

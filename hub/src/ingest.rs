@@ -212,22 +212,8 @@ pub async fn live_session(
     own: crate::cluster::Ownership,
     shutdown: CancellationToken,
 ) {
-    let mut opts = MqttOptions::new(
-        format!("{}-{hub}-live", cfg.client_id),
-        cfg.host.clone(),
-        cfg.port,
-    );
-    opts.set_keep_alive(Duration::from_secs(30));
+    let mut opts = options(&cfg, format!("{}-{hub}-live", cfg.client_id));
     opts.set_clean_session(true);
-    opts.set_max_packet_size(cfg.limits.max_payload + 4096, cfg.limits.max_payload + 4096);
-    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-        opts.set_credentials(u.clone(), p.clone());
-    }
-    if let Some(tls) = &cfg.tls {
-        opts.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls.clone()),
-        ));
-    }
     let (client, eventloop) = AsyncClient::new(opts, 64);
     let (mut events, driver) = drive(eventloop);
     let filters = all_filters(&cfg.topics);
@@ -320,19 +306,9 @@ pub async fn session(
     // ready (`/healthz`); partition sessions come and go with the partitions held.
     let report_ready = outgoing.is_some();
     let mut in_flight = 0usize;
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-    opts.set_keep_alive(Duration::from_secs(30));
+    let mut opts = options(&cfg, cfg.client_id.clone());
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
-    opts.set_max_packet_size(cfg.limits.max_payload + 4096, cfg.limits.max_payload + 4096);
-    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
-        opts.set_credentials(u.clone(), p.clone());
-    }
-    if let Some(tls) = &cfg.tls {
-        opts.set_transport(rumqttc::Transport::tls_with_config(
-            rumqttc::TlsConfiguration::Rustls(tls.clone()),
-        ));
-    }
     let (client, eventloop) = AsyncClient::new(opts, 4096);
     let (mut events, driver) = drive(eventloop);
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Publish>();
@@ -474,6 +450,22 @@ pub async fn session(
     }
     leave(&client, &mut events, driver).await;
     tracing::info!(client_id = %cfg.client_id, "ingest stopped");
+}
+
+/// The broker connection's options as `cfg` says, under `client_id`.
+fn options(cfg: &IngestConfig, client_id: String) -> MqttOptions {
+    let mut opts = MqttOptions::new(client_id, cfg.host.clone(), cfg.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(cfg.limits.max_payload + 4096, cfg.limits.max_payload + 4096);
+    if let (Some(u), Some(p)) = (&cfg.username, &cfg.password) {
+        opts.set_credentials(u.clone(), p.clone());
+    }
+    if let Some(tls) = &cfg.tls {
+        opts.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls.clone()),
+        ));
+    }
+    opts
 }
 
 type Polled = Result<Event, rumqttc::ConnectionError>;

@@ -738,3 +738,82 @@ pub mod wire {
         protocol::encode(&p, &Limits::default()).unwrap()
     }
 }
+
+/// One request a [`webhook`] receiver got.
+#[derive(Debug, Clone)]
+pub struct HookRequest {
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HookRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (`Null` if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A webhook receiver on a free port keeping every request in `log`: it answers 503 to the first
+/// `refuse_first` requests and 200 after. Returns its URL.
+pub fn webhook(
+    log: std::sync::Arc<std::sync::Mutex<Vec<HookRequest>>>,
+    refuse_first: usize,
+) -> String {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let Some(request) = read_http_request(&stream) else {
+                continue;
+            };
+            let seen = {
+                let mut log = log.lock().unwrap();
+                log.push(request);
+                log.len()
+            };
+            let answer = if seen <= refuse_first {
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy"
+            } else {
+                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+            };
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    url
+}
+
+/// Headers and body of one HTTP request; `None` if the connection broke first.
+fn read_http_request(stream: &std::net::TcpStream) -> Option<HookRequest> {
+    use std::io::{BufRead, Read};
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = std::io::BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':')?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map_or(Some(0), |(_, v)| v.parse().ok())?;
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(HookRequest { headers, body })
+}

@@ -21,8 +21,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -521,70 +520,6 @@ fn assert_one_open_task_each(base: &str, gateways: &[Gateway]) -> BTreeMap<Strin
         .collect()
 }
 
-/// One request the webhook received.
-#[derive(Debug, Clone)]
-struct Received {
-    headers: Vec<(String, String)>,
-    body: serde_json::Value,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A webhook receiver answering 200 to everything and keeping what it got; returns its URL.
-fn receiver(log: Arc<Mutex<Vec<Received>>>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let Some((headers, body)) = read_request(&stream) else {
-                continue;
-            };
-            let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-            log.lock().unwrap().push(Received { headers, body });
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
-    url
-}
-
-/// Headers and body of one HTTP request; `None` if the connection broke first.
-/// A request's headers and body.
-type Request = (Vec<(String, String)>, Vec<u8>);
-
-fn read_request(stream: &std::net::TcpStream) -> Option<Request> {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line).ok()?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':')?;
-        headers.push((k.trim().to_owned(), v.trim().to_owned()));
-    }
-    let len: usize = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .map_or(Some(0), |(_, v)| v.parse().ok())?;
-    let mut body = vec![0; len];
-    reader.read_exact(&mut body).ok()?;
-    Some((headers, body))
-}
-
 /// Waits until every task's drainage webhook delivery is recorded as delivered.
 fn wait_delivered(base: &str, tasks: &BTreeMap<String, i64>) {
     for (asset, id) in tasks {
@@ -609,16 +544,16 @@ fn wait_delivered(base: &str, tasks: &BTreeMap<String, i64>) {
 }
 
 /// Asserts the webhook received exactly one delivery (action `file`) per task and nothing else.
-fn assert_one_delivery_each(log: &Mutex<Vec<Received>>, tasks: &BTreeMap<String, i64>) {
+fn assert_one_delivery_each(log: &Mutex<Vec<tests::HookRequest>>, tasks: &BTreeMap<String, i64>) {
     let received = log.lock().unwrap().clone();
-    let bodies: Vec<&serde_json::Value> = received.iter().map(|r| &r.body).collect();
+    let bodies: Vec<serde_json::Value> = received.iter().map(|r| r.json()).collect();
     let mut per_task: BTreeMap<i64, usize> = BTreeMap::new();
-    for r in &received {
-        let id = r.body["task"]["id"]
+    for body in &bodies {
+        let id = body["task"]["id"]
             .as_i64()
-            .unwrap_or_else(|| panic!("a delivery without a task id: {:?}", r.body));
-        assert_eq!(r.body["action"], "file", "{:?}", r.body);
-        assert_eq!(r.body["task"]["rule"], "waterlogging", "{:?}", r.body);
+            .unwrap_or_else(|| panic!("a delivery without a task id: {body:?}"));
+        assert_eq!(body["action"], "file", "{body:?}");
+        assert_eq!(body["task"]["rule"], "waterlogging", "{body:?}");
         *per_task.entry(id).or_default() += 1;
     }
     let want: BTreeMap<i64, usize> = tasks.values().map(|&id| (id, 1)).collect();
@@ -654,7 +589,7 @@ fn two_hubs_split_the_gateways_and_one_takes_over_when_the_other_dies() {
     std::fs::create_dir_all(&mosq_dir).unwrap();
     let _mosquitto = tests::mosquitto_with(broker, &mosq_dir, true);
     let hook_log = Arc::new(Mutex::new(Vec::new()));
-    let hook = receiver(hook_log.clone());
+    let hook = tests::webhook(hook_log.clone(), 0);
     let rules_text = format!(
         r#"
 [[route]]

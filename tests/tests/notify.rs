@@ -4,71 +4,12 @@
 //! down keeps the error in the task's delivery state. Filing never waits for any of it.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use tests::{TEST_TOKEN, free_addr, post_json_as};
-
-#[derive(Debug, Clone)]
-struct Received {
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Received {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A webhook receiver answering 503 to its first request and 200 after; returns its URL.
-fn receiver(log: Arc<Mutex<Vec<Received>>>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut headers = Vec::new();
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            loop {
-                line.clear();
-                reader.read_line(&mut line).unwrap();
-                let l = line.trim_end();
-                if l.is_empty() {
-                    break;
-                }
-                let (k, v) = l.split_once(':').unwrap();
-                headers.push((k.trim().to_owned(), v.trim().to_owned()));
-            }
-            let len: usize = headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-                .map_or(0, |(_, v)| v.parse().unwrap());
-            let mut body = vec![0; len];
-            reader.read_exact(&mut body).unwrap();
-            let first = {
-                let mut log = log.lock().unwrap();
-                log.push(Received { headers, body });
-                log.len() == 1
-            };
-            let answer = if first {
-                "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy"
-            } else {
-                "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-            };
-            let _ = stream.write_all(answer.as_bytes());
-        }
-    });
-    url
-}
 
 #[test]
 fn a_filed_task_reaches_its_departments_webhook_signed_and_retried() {
@@ -76,7 +17,7 @@ fn a_filed_task_reaches_its_departments_webhook_signed_and_retried() {
     let dir = tempfile::tempdir().unwrap();
     tests::provision_admin(dir.path());
     let log = Arc::new(Mutex::new(Vec::new()));
-    let url = receiver(log.clone());
+    let url = tests::webhook(log.clone(), 1);
     let down = format!("http://{}/hook", free_addr());
     std::fs::write(
         dir.path().join("hook.secret"),
