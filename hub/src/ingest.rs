@@ -125,6 +125,7 @@ pub async fn run_partitions(
         let owned = own.borrow_and_update().clone();
         // Past the leases' safe time (the supervisor could not renew): serve nothing.
         let serve = owned.serve_now();
+        metrics.partitions_served.store(serve.len() as u64, Relaxed);
         if serve.is_empty() && !owned.parts.is_empty() {
             tracing::warn!("leases not renewed in time: ingest of every partition stops");
         }
@@ -196,6 +197,7 @@ pub async fn run_partitions(
     for (_, (_, _, handle)) in running {
         let _ = handle.await;
     }
+    metrics.partitions_served.store(0, Relaxed);
     let _ = commands.await;
 }
 
@@ -305,6 +307,18 @@ pub async fn session(
     // The session that publishes (the only hub's, or a cluster hub's own) says whether ingest is
     // ready (`/healthz`); partition sessions come and go with the partitions held.
     let report_ready = outgoing.is_some();
+    // A partition session counts itself in hub_cluster_partition_sessions_connected.
+    let mut counted = false;
+    let count = |on: bool, counted: &mut bool| {
+        if !report_ready && on != *counted {
+            *counted = on;
+            if on {
+                metrics.partition_sessions_connected.fetch_add(1, Relaxed);
+            } else {
+                metrics.partition_sessions_connected.fetch_sub(1, Relaxed);
+            }
+        }
+    };
     let mut in_flight = 0usize;
     let mut opts = options(&cfg, cfg.client_id.clone());
     opts.set_clean_session(false);
@@ -396,6 +410,7 @@ pub async fn session(
                     if filters.is_empty() && report_ready {
                         metrics.ingest_ready.store(true, Relaxed);
                     }
+                    count(true, &mut counted);
                     for f in &filters {
                         if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
                             tracing::error!(error = %e, filter = %f, "cannot subscribe");
@@ -424,6 +439,7 @@ pub async fn session(
                     if report_ready {
                         metrics.ingest_ready.store(false, Relaxed);
                     }
+                    count(false, &mut counted);
                     metrics.mqtt_errors.fetch_add(1, Relaxed);
                     if failures == 1 {
                         tracing::warn!(error = %e, host = %cfg.host, port = cfg.port, "ingest lost the broker; reconnecting");
@@ -448,6 +464,7 @@ pub async fn session(
     if report_ready {
         metrics.ingest_ready.store(false, Relaxed);
     }
+    count(false, &mut counted);
     leave(&client, &mut events, driver).await;
     tracing::info!(client_id = %cfg.client_id, "ingest stopped");
 }

@@ -28,6 +28,9 @@ pub struct Metrics {
     pub unsigned_accepted: AtomicU64,
     /// Ingest is connected and its subscriptions are acknowledged.
     pub ingest_ready: AtomicBool,
+    /// A cluster hub (`--cluster`): partitions it serves, and their MQTT sessions connected now.
+    pub partitions_served: AtomicU64,
+    pub partition_sessions_connected: AtomicU64,
     /// Age of each envelope (now − its `sentAt`) when its batch commits: transit, broker queueing,
     /// ingest and store together; a gateway's backlog after an outage shows as a long tail.
     pub commit_age: Histogram,
@@ -243,6 +246,16 @@ impl Metrics {
             out,
             "# HELP hub_ingest_ready 1 when ingest is connected and subscribed\n# TYPE hub_ingest_ready gauge\nhub_ingest_ready {}",
             u8::from(self.ingest_ready.load(Relaxed))
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hub_cluster_partitions_served Partitions this hub serves (--cluster; 0 otherwise)\n# TYPE hub_cluster_partitions_served gauge\nhub_cluster_partitions_served {}",
+            self.partitions_served.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP hub_cluster_partition_sessions_connected Partition MQTT sessions connected now; below partitions_served, a partition's gateways are not being taken in\n# TYPE hub_cluster_partition_sessions_connected gauge\nhub_cluster_partition_sessions_connected {}",
+            self.partition_sessions_connected.load(Relaxed)
         );
         let _ = writeln!(
             out,

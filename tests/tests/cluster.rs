@@ -763,6 +763,25 @@ actions = ["file"]
     wait_until(WAIT, "hub b owning all partitions", || {
         sole_owner(&hub_b, &names)
     });
+    // ... and its /metrics says it serves all eight, each partition's session connected.
+    wait_until(
+        WAIT,
+        "hub b's metrics: 8 partitions served, 8 sessions",
+        || {
+            let text = tests::metrics_text(&base_b);
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            };
+            match (
+                value("hub_cluster_partitions_served "),
+                value("hub_cluster_partition_sessions_connected "),
+            ) {
+                (Some(8), Some(8)) => Ok(()),
+                other => Err(format!("served, connected: {other:?}")),
+            }
+        },
+    );
     // Minutes 5 and 6, with B alone: the water has now stood for six minutes on every gateway.
     // Published after the kill are only minutes 3 to 6, four minutes, not enough on their own: a
     // task for one of A's gateways shows that B carried on A's condition, from the rule state A

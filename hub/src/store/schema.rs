@@ -311,7 +311,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX notifications_once ON notifications (event, channel);
     "#,
     // 15: several hub processes (crate::cluster): who owns which partition of the gateways, until
-    // when; the processes alive; the camera event cursor per partition.
+    // when; the processes alive (the camera event cursor of each partition is in rule_meta).
     r#"
     CREATE TABLE cluster_partitions (
         part         INTEGER PRIMARY KEY,
@@ -655,7 +655,7 @@ const PG_MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX notifications_once ON notifications (event, channel);
     "#,
     // 15: several hub processes (crate::cluster): who owns which partition of the gateways, until
-    // when; the processes alive; the camera event cursor per partition.
+    // when; the processes alive (the camera event cursor of each partition is in rule_meta).
     r#"
     CREATE TABLE cluster_partitions (
         part         BIGINT PRIMARY KEY,
