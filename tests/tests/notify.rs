@@ -76,13 +76,27 @@ fn a_filed_task_reaches_its_departments_webhook_signed_and_retried() {
     let id = task["id"].as_i64().unwrap();
 
     // Delivered on the second attempt (the first got 503), a couple of seconds later.
-    let detail = tests::eventually(Duration::from_secs(20), "the delivery", || {
-        let t = tests::get_json(&format!("{base}/api/v1/tasks/{id}"))?;
-        let n = t["notifications"].as_array()?;
-        n.iter()
-            .any(|d| d["channel"] == "drainage-hook" && d["state"] == "delivered")
-            .then_some(t)
-    });
+    let mut last = serde_json::Value::Null;
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    let detail = loop {
+        if let Some(t) = tests::get_json(&format!("{base}/api/v1/tasks/{id}")) {
+            let delivered = t["notifications"].as_array().is_some_and(|n| {
+                n.iter()
+                    .any(|d| d["channel"] == "drainage-hook" && d["state"] == "delivered")
+            });
+            if delivered {
+                break t;
+            }
+            last = t;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "not delivered within 20 s; the task's deliveries: {:#}; the receiver got {} request(s)",
+            last["notifications"],
+            log.lock().unwrap().len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let deliveries = detail["notifications"].as_array().unwrap();
     let hook = deliveries
         .iter()

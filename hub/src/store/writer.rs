@@ -123,15 +123,13 @@ pub(super) fn run(
     tracing::info!("store writer stopped: queue closed and drained");
 }
 
-/// Puts what a committed batch stored on the live feed.
+/// Puts what a committed batch stored on the live feed, in the order it came (a gateway's presence
+/// before the readings it sent after it).
 fn publish_live(live: &crate::live::Live, batch: &[(WriteOp, Option<Ack>)], fresh: &[usize]) {
-    for &i in fresh {
-        if let WriteOp::Envelope { env, .. } = &batch[i].0 {
-            live.envelope(env);
-        }
-    }
-    for (op, _) in batch {
+    let fresh: std::collections::HashSet<usize> = fresh.iter().copied().collect();
+    for (i, (op, _)) in batch.iter().enumerate() {
         match op {
+            WriteOp::Envelope { env, .. } if fresh.contains(&i) => live.envelope(env),
             WriteOp::Presence { presence, .. } => live.presence(presence),
             WriteOp::Reply { reply, .. } => live.reply(reply),
             _ => {}
