@@ -22,7 +22,7 @@
 //! escalation, the lighting rate) is done by the holder of partition 0. Without `--cluster` a hub
 //! holds everything and takes no leases.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,8 +83,8 @@ pub struct Owned {
     /// Partitions held (all of `0..count` for the only hub).
     pub parts: BTreeSet<u32>,
     pub count: u32,
-    /// Every gateway known, with its partition.
-    pub gateways: HashMap<String, u32>,
+    /// Every gateway known (its partition is [`Owned::part_of`]).
+    pub gateways: BTreeSet<String>,
     /// Until when (this machine's monotonic clock) the leases are surely still this process's,
     /// counted from the start of the renewal that took them. Ingest stops serving past it even
     /// if the supervisor is stuck. `None`: the only hub.
@@ -98,7 +98,7 @@ impl Owned {
             hub: None,
             parts: BTreeSet::from([0]),
             count: 1,
-            gateways: HashMap::new(),
+            gateways: BTreeSet::new(),
             valid_until: None,
         }
     }
@@ -138,14 +138,11 @@ impl Owned {
 
     /// The gateways of partition `part`, sorted.
     pub fn gateways_of(&self, part: u32) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .gateways
+        self.gateways
             .iter()
-            .filter(|(_, p)| **p == part)
-            .map(|(g, _)| g.clone())
-            .collect();
-        v.sort();
-        v
+            .filter(|g| self.part_of(g) == part)
+            .cloned()
+            .collect()
     }
 }
 
@@ -369,8 +366,8 @@ impl Lease {
 }
 
 /// Runs the supervisor on a thread of its own until `stop`: leases every [`ClusterConfig::renew_every`],
-/// and the gateways' partitions (new gateways, changed groups). Sends what is held whenever it
-/// changes. The first round is done before this returns.
+/// and the gateways known (new ones are subscribed by their partition's holder). Sends what is
+/// held whenever it changes. The first round is done before this returns.
 pub fn start(
     database: crate::store::Database,
     cfg: ClusterConfig,
@@ -402,13 +399,7 @@ pub fn start(
                 // The lease less one renewal interval of slack for stopping.
                 valid_until: Some(began + lease.cfg.lease - lease.cfg.renew_every()),
                 count,
-                gateways: known_gateways(c)?
-                    .into_iter()
-                    .map(|g| {
-                        let p = partition_of(&g, count);
-                        (g, p)
-                    })
-                    .collect(),
+                gateways: known_gateways(c)?.into_iter().collect(),
             })
         };
     let began = std::time::Instant::now();
@@ -536,7 +527,8 @@ pub fn status(c: &dyn Sql, own: &Owned) -> db::Result<serde_json::Value> {
         .iter()
         .map(|r| Ok(serde_json::json!({"hub": r.get::<String>(0)?, "seenAt": r.get::<i64>(1)?})))
         .collect::<db::Result<_>>()?;
-    let gateways: std::collections::BTreeMap<&String, &u32> = own.gateways.iter().collect();
+    let gateways: std::collections::BTreeMap<&String, u32> =
+        own.gateways.iter().map(|g| (g, own.part_of(g))).collect();
     Ok(serde_json::json!({
         "hub": own.hub,
         "partitionCount": own.count,

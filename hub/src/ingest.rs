@@ -97,8 +97,13 @@ pub async fn run_partitions(
         mut own,
         serving,
     } = member;
-    let serving_set = |f: &dyn Fn(&mut std::collections::BTreeSet<u32>)| {
-        f(&mut serving.lock().unwrap_or_else(|p| p.into_inner()))
+    let serving = |p: u32, running: bool| {
+        let mut set = serving.lock().unwrap_or_else(|e| e.into_inner());
+        if running {
+            set.insert(p);
+        } else {
+            set.remove(&p);
+        }
     };
     let base = cfg.client_id.clone();
     let commands = IngestConfig {
@@ -147,9 +152,7 @@ pub async fn run_partitions(
             })
             .collect();
         for p in futures_util::future::join_all(stopping).await {
-            serving_set(&|s| {
-                s.remove(&p);
-            });
+            serving(p, false);
             tracing::info!(partition = p, "ingest session of the partition stopped");
         }
         for &p in &serve {
@@ -179,9 +182,7 @@ pub async fn run_partitions(
                 stop.clone(),
             ));
             tracing::info!(partition = p, "ingest session of the partition started");
-            serving_set(&|s| {
-                s.insert(p);
-            });
+            serving(p, true);
             running.insert(p, (stop, tx, handle));
         }
         let expiry = owned.valid_until.filter(|_| !serve.is_empty());

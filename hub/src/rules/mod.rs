@@ -642,21 +642,25 @@ impl Runner {
             .and_then(|r| r.get::<Option<i64>>(0).transpose())
             .transpose()?;
         self.event_cursors.clear();
+        let mut lookback: Option<i64> = None;
         for &p in &self.owned.parts {
             let cursor = match self.owned.hub {
                 Some(_) => meta(&format!("event_cursor:{p}"))?.or(global),
-                None => match (global, after_cluster) {
-                    (Some(g), Some(c)) => Some(g.max(c)),
-                    (g, c) => g.or(c),
-                },
+                // None < Some: the furthest of the two that exist.
+                None => global.max(after_cluster),
             };
-            let cursor = match cursor {
-                Some(v) => v,
-                None => db::one(
-                    c,
-                    "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM events WHERE received < $1",
-                    args![self.started_at - LOOKBACK_MS],
-                )?,
+            let cursor = match (cursor, lookback) {
+                (Some(v), _) | (None, Some(v)) => v,
+                (None, None) => {
+                    // Read once for every partition without a cursor.
+                    let v = db::one(
+                        c,
+                        "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM events WHERE received < $1",
+                        args![self.started_at - LOOKBACK_MS],
+                    )?;
+                    lookback = Some(v);
+                    v
+                }
             };
             self.event_cursors.insert(p, cursor);
         }
@@ -1249,7 +1253,7 @@ mod tests {
                 hub: Some(hub.into()),
                 parts: parts.iter().copied().collect::<BTreeSet<u32>>(),
                 count: 2,
-                gateways: HashMap::from([("gw-a".to_owned(), pa)]),
+                gateways: BTreeSet::from(["gw-a".to_owned()]),
                 valid_until: None,
             };
             let far = T0 + 1000 * HOUR_MS;
@@ -1315,7 +1319,7 @@ mod tests {
                 hub: Some(hub.into()),
                 parts: parts.iter().copied().collect::<BTreeSet<u32>>(),
                 count: 2,
-                gateways: HashMap::new(),
+                gateways: BTreeSet::new(),
                 valid_until: None,
             };
             a.execute(
