@@ -319,6 +319,17 @@ pub trait Sql {
     fn query_opt(&self, sql: &str, params: &[Value]) -> Result<Option<Row>> {
         Ok(self.query(sql, params)?.into_iter().next())
     }
+
+    /// Runs one statement once per `width` parameters (`params` holding several such sets, in
+    /// order); the rows changed in all. SQLite looks the prepared statement up once for all of
+    /// them, where calling [`Sql::execute`] for each would look it up each time.
+    fn execute_each(&self, sql: &str, params: &[Value], width: usize) -> Result<usize> {
+        let mut changed = 0;
+        for p in params.chunks(width.max(1)) {
+            changed += self.execute(sql, p)?;
+        }
+        Ok(changed)
+    }
 }
 
 impl fmt::Debug for dyn Sql + Send {
@@ -402,6 +413,9 @@ impl Sql for Tx<'_> {
     fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
         self.conn.execute(sql, params)
     }
+    fn execute_each(&self, sql: &str, params: &[Value], width: usize) -> Result<usize> {
+        self.conn.execute_each(sql, params, width)
+    }
     fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         self.conn.query(sql, params)
     }
@@ -426,16 +440,15 @@ fn sqlite_sql(sql: &str) -> std::borrow::Cow<'_, str> {
     if !sql.contains('$') {
         return sql.into();
     }
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-            out.push('?');
-        } else {
-            out.push(c);
+    // Byte for byte: this runs for every statement the writer executes.
+    let mut out = sql.as_bytes().to_vec();
+    for i in 0..out.len().saturating_sub(1) {
+        if out[i] == b'$' && out[i + 1].is_ascii_digit() {
+            out[i] = b'?';
         }
     }
-    out.into()
+    // One ASCII byte replaced by another: still UTF-8.
+    String::from_utf8(out).map_or_else(|_| sql.into(), Into::into)
 }
 
 impl rusqlite::ToSql for Value {
@@ -474,6 +487,14 @@ impl Sql for rusqlite::Connection {
         let mut stmt = self.prepare_cached(&sqlite_sql(sql))?;
         Ok(stmt.execute(rusqlite::params_from_iter(params))?)
     }
+    fn execute_each(&self, sql: &str, params: &[Value], width: usize) -> Result<usize> {
+        let mut stmt = self.prepare_cached(&sqlite_sql(sql))?;
+        let mut changed = 0;
+        for p in params.chunks(width.max(1)) {
+            changed += stmt.execute(rusqlite::params_from_iter(p))?;
+        }
+        Ok(changed)
+    }
     fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let mut stmt = self.prepare_cached(&sqlite_sql(sql))?;
         let columns = stmt.column_count();
@@ -494,6 +515,9 @@ impl Sql for rusqlite::Transaction<'_> {
     }
     fn execute(&self, sql: &str, params: &[Value]) -> Result<usize> {
         Sql::execute(&**self, sql, params)
+    }
+    fn execute_each(&self, sql: &str, params: &[Value], width: usize) -> Result<usize> {
+        Sql::execute_each(&**self, sql, params, width)
     }
     fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         Sql::query(&**self, sql, params)

@@ -190,6 +190,86 @@ fn unknown_item_kind_is_rejected() {
     assert!(e.to_string().contains("alarm"), "{e}");
 }
 
+/// Items are read straight into their variant when `kind` comes first (as encoders write them) and
+/// through a buffer otherwise (`json!` sorts keys, so the other tests here put `kind` elsewhere):
+/// both ways give the same item and refuse the same items.
+#[test]
+fn an_item_reads_the_same_wherever_its_kind_is() {
+    let envelope = |items: &str| {
+        format!(
+            r#"{{"v":1,"gateway":"gw-01","boot":"67e55044-10b1-426f-9247-bb680e5fe0c8","seq":7,"sentAt":"2026-11-22T05:53:15.123Z","clock":"synced","items":[{items}]}}"#
+        )
+    };
+    let decode_str = |s: String| decode::<Envelope>(s.as_bytes(), &limits());
+    let first = decode_str(envelope(
+        r#"{"kind":"reading","device":"lamp-1","metric":"activePower","observedAt":"2026-11-22T05:53:14.000Z","value":87.5,"unit":"W"},
+           {"kind":"event","device":"cam-3","event":"parkingCapture","observedAt":"2026-11-22T05:50:00.000Z","phase":"instant","attributes":{"plate":"苏A8HK52"}}"#,
+    ))
+    .unwrap();
+    let last = decode_str(envelope(
+        r#"{"device":"lamp-1","metric":"activePower","observedAt":"2026-11-22T05:53:14.000Z","value":87.5,"unit":"W","kind":"reading"},
+           {"device":"cam-3","event":"parkingCapture","observedAt":"2026-11-22T05:50:00.000Z","phase":"instant","attributes":{"plate":"苏A8HK52"},"kind":"event"}"#,
+    ))
+    .unwrap();
+    assert_eq!(first, last);
+    assert!(
+        matches!(&first.items[0], Item::Reading(r) if r.value == Some(protocol::Value::Number(87.5)))
+    );
+    assert!(matches!(&first.items[1], Item::Event(e) if e.attributes.len() == 1));
+    // Encoding writes `kind` first.
+    let bytes = protocol::encode(&first, &limits()).unwrap();
+    assert!(
+        String::from_utf8(bytes)
+            .unwrap()
+            .contains(r#"[{"kind":"reading","#)
+    );
+    for (items, wanted) in [
+        (r#"{"kind":"alarm","device":"d"}"#, "alarm"),
+        (r#"{"device":"d","kind":"alarm"}"#, "alarm"),
+        (
+            r#"{"kind":"reading","device":"d","metric":"m","observedAt":"2026-11-22T05:53:14.000Z","value":1,"valeu":2}"#,
+            "valeu",
+        ),
+        (
+            r#"{"device":"d","metric":"m","observedAt":"2026-11-22T05:53:14.000Z","value":1,"valeu":2,"kind":"reading"}"#,
+            "valeu",
+        ),
+        (
+            r#"{"kind":"reading","device":"d","observedAt":"2026-11-22T05:53:14.000Z","value":1}"#,
+            "metric",
+        ),
+        (
+            r#"{"device":"d","metric":"m","observedAt":"2026-11-22T05:53:14.000Z","value":1}"#,
+            "kind",
+        ),
+        (
+            r#"{"kind":"reading","kind":"event","device":"d"}"#,
+            "unknown field `kind`",
+        ),
+        (
+            r#"{"device":"d","kind":"reading","kind":"event"}"#,
+            "duplicate field `kind`",
+        ),
+        (r#"{}"#, "missing field `kind`"),
+        (r#"["reading"]"#, "an object"),
+        (r#"{"kind":1,"device":"d"}"#, "variant identifier"),
+        (r#"{"device":"d","kind":1}"#, "variant identifier"),
+        (r#"{"kind":null,"device":"d"}"#, "variant identifier"),
+        (
+            r#"{"kind":{"reading":null},"device":"d"}"#,
+            "variant identifier",
+        ),
+        (
+            r#"{"device":"d","kind":{"reading":null}}"#,
+            "variant identifier",
+        ),
+    ] {
+        let e = decode_str(envelope(items)).unwrap_err();
+        assert!(matches!(e, DecodeError::Schema { .. }), "{items}: {e:?}");
+        assert!(e.to_string().contains(wanted), "{items}: {e}");
+    }
+}
+
 #[test]
 fn unknown_field_is_rejected() {
     let e = mutate(|v| v["items"][0]["valeu"] = 3.into());

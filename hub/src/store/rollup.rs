@@ -402,9 +402,9 @@ fn recompute_dirty(tx: &dyn Sql, watermark: i64) -> db::Result<bool> {
 
 /// Records that these (series, minute) rollups must be recomputed; called in the writer's
 /// transaction for readings that came in behind the watermark.
-pub(super) fn mark_dirty(
+pub(super) fn mark_dirty<S>(
     tx: &dyn Sql,
-    minutes: &std::collections::HashSet<(i64, i64)>,
+    minutes: &std::collections::HashSet<(i64, i64), S>,
 ) -> db::Result<()> {
     for (series, ts) in minutes {
         tx.execute(

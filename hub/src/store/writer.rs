@@ -13,6 +13,12 @@ use tokio::sync::mpsc;
 use super::{Ack, WriteOp};
 use crate::metrics::Metrics;
 
+/// The writer's maps are looked up once or more per reading: a fast hash instead of SipHash. Their
+/// keys are series ids and the gateway's own device and metric names (authenticated unless the hub
+/// takes unsigned messages); foldhash seeds each map at random, which is the flood resistance kept.
+type Fast = foldhash::fast::RandomState;
+type FastMap<K, V> = HashMap<K, V, Fast>;
+
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 512;
 /// Dead letters kept; older ones are deleted.
@@ -137,12 +143,65 @@ fn publish_live(live: &crate::live::Live, batch: &[(WriteOp, Option<Ack>)], fres
     }
 }
 
+/// What a batch stored, added to the metrics once it is committed (a batch tried again after a
+/// failure is not counted twice).
+#[derive(Debug, Default)]
+struct Counts {
+    envelopes: u64,
+    duplicates: u64,
+    readings: u64,
+    events: u64,
+    refused: u64,
+}
+
+/// Writes a batch in one transaction. First without savepoints: a savepoint makes SQLite copy every
+/// page an operation touches into a sub-journal first, and an envelope of 500 series touches some
+/// 500 pages, so a savepoint per operation halved the writer's rate (BENCHMARKS.md). Only if that
+/// fails for a reason other than the disk or the connection (the database refusing something) is
+/// the batch written again with one savepoint per operation, setting aside just what is refused.
+/// A failure that is not an operation's own fails that second pass too and is retried by the
+/// caller, as before.
 fn write_batch(
     conn: &dyn Sql,
     series: &mut SeriesCache,
     batch: &[(WriteOp, Option<Ack>)],
     metrics: &Metrics,
+    late: Late,
+) -> db::Result<(Vec<usize>, Vec<i64>)> {
+    let retry = late.fresh();
+    let mut counts = Counts::default();
+    let done = match try_batch(conn, series, batch, late, false, &mut counts) {
+        Err(e) if !e.is_transient() => {
+            // Rolled back: ids of series created in it are gone.
+            series.clear();
+            tracing::debug!(error = %e, ops = batch.len(), "batch refused; writing it again an operation at a time");
+            counts = Counts::default();
+            try_batch(conn, series, batch, retry, true, &mut counts)?
+        }
+        other => other?,
+    };
+    metrics
+        .envelopes_stored
+        .fetch_add(counts.envelopes, Relaxed);
+    metrics
+        .envelopes_duplicate
+        .fetch_add(counts.duplicates, Relaxed);
+    metrics.readings_stored.fetch_add(counts.readings, Relaxed);
+    metrics.events_stored.fetch_add(counts.events, Relaxed);
+    for _ in 0..counts.refused {
+        metrics.rejected("store_refused");
+    }
+    Ok(done)
+}
+
+/// One attempt at a batch; with `isolate`, each operation in a savepoint of its own.
+fn try_batch(
+    conn: &dyn Sql,
+    series: &mut SeriesCache,
+    batch: &[(WriteOp, Option<Ack>)],
     mut late: Late,
+    isolate: bool,
+    counts: &mut Counts,
 ) -> db::Result<(Vec<usize>, Vec<i64>)> {
     let tx = Tx::begin(conn, Begin::Deferred)?;
     let mut dead_letters = 0;
@@ -152,23 +211,32 @@ fn write_batch(
     let mut staged = LatestMap::default();
     let mut fresh = Vec::new();
     for (i, (op, _)) in batch.iter().enumerate() {
-        // Each operation in a savepoint: one that the database refuses is set aside as a dead letter
-        // instead of failing the whole batch forever.
-        tx.batch("SAVEPOINT op")?;
+        // Isolated, each operation in a savepoint: one that the database refuses is set aside as a
+        // dead letter instead of failing the whole batch forever.
+        if isolate {
+            tx.batch("SAVEPOINT op")?;
+        }
         staged.clear();
         let mut new_envelope = false;
+        let mut op_counts = Counts::default();
         let result = apply(
             &tx,
             series,
             op,
             &mut staged,
             &mut new_envelope,
-            metrics,
+            &mut op_counts,
             &mut late,
         );
         match result {
             Ok(()) => {
-                tx.batch("RELEASE SAVEPOINT op")?;
+                if isolate {
+                    tx.batch("RELEASE SAVEPOINT op")?;
+                }
+                counts.envelopes += op_counts.envelopes;
+                counts.duplicates += op_counts.duplicates;
+                counts.readings += op_counts.readings;
+                counts.events += op_counts.events;
                 if new_envelope {
                     fresh.push(i);
                 }
@@ -176,12 +244,12 @@ fn write_batch(
                     merge_latest(&mut latest, id, l);
                 }
             }
-            Err(e) if e.is_transient() => return Err(e),
+            Err(e) if e.is_transient() || !isolate => return Err(e),
             Err(e) => {
                 tx.batch("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")?;
                 series.clear();
                 tracing::warn!(error = %e, op = ?op, "write refused by the database; set aside as a dead letter");
-                metrics.rejected("store_refused");
+                counts.refused += 1;
                 insert_dead_letter(
                     &tx,
                     crate::now_ms(),
@@ -215,7 +283,7 @@ struct Late {
     watermark: i64,
     /// Older than raw retention: not kept long enough to recompute a minute from.
     raw_cutoff: i64,
-    minutes: std::collections::HashSet<(i64, i64)>,
+    minutes: std::collections::HashSet<(i64, i64), Fast>,
 }
 
 impl Late {
@@ -223,6 +291,15 @@ impl Late {
         Self {
             watermark: m.watermark(),
             raw_cutoff: m.raw_cutoff(crate::now_ms()),
+            minutes: Default::default(),
+        }
+    }
+
+    /// The same bounds with nothing noted, for a batch written again.
+    fn fresh(&self) -> Self {
+        Self {
+            watermark: self.watermark,
+            raw_cutoff: self.raw_cutoff,
             minutes: Default::default(),
         }
     }
@@ -252,7 +329,7 @@ type LatestValue = (
     &'static str,
 );
 
-type LatestMap = HashMap<i64, Latest>;
+type LatestMap = FastMap<i64, Latest>;
 
 /// Keeps the newer of two: the later receive time, and the reading with the larger timestamp
 /// (on a tie, the one written later, as row-by-row updates would).
@@ -313,7 +390,7 @@ fn apply(
     op: &WriteOp,
     latest: &mut LatestMap,
     fresh: &mut bool,
-    metrics: &Metrics,
+    counts: &mut Counts,
     late: &mut Late,
 ) -> db::Result<()> {
     match op {
@@ -324,7 +401,7 @@ fn apply(
                 env,
                 received.unix_millis(),
                 latest,
-                metrics,
+                counts,
                 late,
             )?;
             Ok(())
@@ -454,7 +531,7 @@ fn write_envelope(
     env: &Envelope,
     received: i64,
     latest: &mut LatestMap,
-    metrics: &Metrics,
+    counts: &mut Counts,
     late: &mut Late,
 ) -> db::Result<bool> {
     let gw = env.gateway.as_str();
@@ -464,7 +541,7 @@ fn write_envelope(
         args![gw, env.boot.to_string(), env.seq, received, env.items.len()],
     )?;
     if fresh == 0 {
-        metrics.envelopes_duplicate.fetch_add(1, Relaxed);
+        counts.duplicates += 1;
         return Ok(false);
     }
     tx.execute(
@@ -474,7 +551,7 @@ fn write_envelope(
         args![gw, env.boot.to_string(), clock_str(env.clock), received],
     )?;
     let (mut readings, mut events) = (0u64, 0u64);
-    // The envelope's readings go in as multi-row inserts (see `insert_readings`).
+    // The envelope's readings go in together (see `insert_readings`).
     let mut rows: Vec<ReadingRow> = Vec::with_capacity(env.items.len());
     for item in &env.items {
         match item {
@@ -563,32 +640,44 @@ fn write_envelope(
         }
     }
     insert_readings(tx, rows)?;
-    metrics.readings_stored.fetch_add(readings, Relaxed);
-    metrics.events_stored.fetch_add(events, Relaxed);
-    metrics.envelopes_stored.fetch_add(1, Relaxed);
+    counts.readings += readings;
+    counts.events += events;
+    counts.envelopes += 1;
     Ok(true)
 }
 
 /// (series, ts, value, text, quality) of a reading to store.
 type ReadingRow<'a> = (i64, i64, Option<f64>, Option<&'a str>, Option<&'a str>);
 
-/// Rows per multi-row insert, largest first: any count is a sum of these, and the statements
-/// stay few (each engine caches its prepared statements by text).
+/// Rows per multi-row insert on PostgreSQL, largest first: any count is a sum of these, and the
+/// statements stay few (prepared statements are cached by text).
 const READING_CHUNKS: [usize; 5] = [128, 32, 8, 2, 1];
 
 /// Inserts readings, a reading stored again replacing the one of the same series and
-/// millisecond. Many rows per statement: on PostgreSQL every statement is a round trip to the
-/// server, so one per reading would cap the hub at a few thousand readings a second.
+/// millisecond. On PostgreSQL many rows per statement: every statement is a round trip to the
+/// server, so one per reading would cap the hub at a few thousand readings a second. On SQLite one
+/// row per statement: a statement that writes several rows and may fail gets a statement journal,
+/// into which SQLite first copies every page the statement changes (for 128 readings of as many
+/// series, some 128 pages), and those copies cost more than the inserts; a prepared one-row insert
+/// costs no round trip.
 fn insert_readings(tx: &dyn Sql, mut rows: Vec<ReadingRow<'_>>) -> db::Result<()> {
     // One statement may not touch a row twice (PostgreSQL refuses it): of readings of the same
     // series and millisecond in one envelope the last one stays, as row by row.
-    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    let mut seen = std::collections::HashSet::with_capacity_and_hasher(rows.len(), Fast::default());
     let mut keep = vec![false; rows.len()];
     for (i, r) in rows.iter().enumerate().rev() {
         keep[i] = seen.insert((r.0, r.1));
     }
     let mut k = keep.into_iter();
     rows.retain(|_| k.next().unwrap_or(false));
+    if tx.engine() == db::Engine::Sqlite {
+        let mut params = Vec::with_capacity(5 * rows.len());
+        for (id, ts, value, text, quality) in &rows {
+            params.extend_from_slice(args![id, ts, value, text, quality]);
+        }
+        tx.execute_each(reading_insert(1), &params, 5)?;
+        return Ok(());
+    }
     let mut rest = &rows[..];
     while !rest.is_empty() {
         let n = READING_CHUNKS
@@ -688,7 +777,7 @@ fn write_presence(tx: &dyn Sql, p: &Presence, received: i64) -> db::Result<()> {
 /// (nested maps so a hit needs no allocation).
 #[derive(Default)]
 struct SeriesCache {
-    ids: HashMap<String, HashMap<String, HashMap<String, i64>>>,
+    ids: FastMap<String, FastMap<String, FastMap<String, i64>>>,
 }
 
 impl SeriesCache {
@@ -842,6 +931,12 @@ mod tests {
                 write_batch(c, &mut series, &batch, &metrics, Late::new(&m)).unwrap();
             assert_eq!(fresh, [3, 7], "{name}: the repeated envelope is not fresh");
             assert_eq!(touched.len(), 3, "{name}: {touched:?}");
+            // The refused command made the batch go again an operation at a time; what it stored
+            // is counted once.
+            assert_eq!(metrics.envelopes_stored.load(Relaxed), 2, "{name}");
+            assert_eq!(metrics.readings_stored.load(Relaxed), 10, "{name}");
+            assert_eq!(metrics.events_stored.load(Relaxed), 2, "{name}");
+            assert_eq!(metrics.rejected_total(), 1, "{name}");
             // A redelivery in a later batch (after a restart: a new series cache) is skipped too.
             let again = write_batch(
                 c,
