@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --bins
 cargo build --release -p edge-agent --example spool_bench
 cargo build --release -p hub --example ingest_bench
+cargo build --release -p protocol --example decode_bench
 work=$(mktemp -d "${TMPDIR:-/tmp}/city-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
@@ -28,6 +29,9 @@ done
 echo
 echo "## Hub ingest vs a bare subscriber"
 ./target/release/examples/ingest_bench "${INGEST_READINGS:-1000000}" 2>/dev/null
+echo
+echo "### Envelope decoding"
+./target/release/examples/decode_bench 9
 echo
 echo "### The hub on SQLite and on PostgreSQL (one gateway, Mosquitto; a throwaway local server)"
 for run in 1 2 3; do

@@ -290,7 +290,7 @@ impl Envelope {
                 ViolationKind::UnsupportedVersion { found: self.v },
             ));
         }
-        check_time("sentAt", self.sent_at, self.clock)?;
+        check_time(|| "sentAt".into(), self.sent_at, self.clock)?;
         if self.items.is_empty() {
             return Err(Violation::new("items", ViolationKind::Empty));
         }
@@ -306,7 +306,7 @@ impl Envelope {
         for (i, item) in self.items.iter().enumerate() {
             let at = |field: &str| format!("items[{i}].{field}");
             let ts = item.observed_at();
-            check_time(&at("observedAt"), ts, self.clock)?;
+            check_time(|| at("observedAt"), ts, self.clock)?;
             let ahead = ts.millis_since(self.sent_at);
             if ahead > MAX_ITEM_AHEAD_MS || -ahead > MAX_ITEM_BEHIND_MS {
                 return Err(Violation::new(
@@ -329,14 +329,19 @@ impl Envelope {
     }
 }
 
-fn check_time(path: &str, ts: Timestamp, clock: ClockState) -> Result<(), Violation> {
+/// `path` is only built for a violation: this runs for every item of every envelope.
+fn check_time(
+    path: impl FnOnce() -> String,
+    ts: Timestamp,
+    clock: ClockState,
+) -> Result<(), Violation> {
     let min = match clock {
         ClockState::Synced => Timestamp::SANE_SYNCED_MIN,
         ClockState::Unsynced => Timestamp::MIN,
     };
     if ts < min || ts >= Timestamp::MAX {
         return Err(Violation::new(
-            path,
+            path(),
             ViolationKind::TimeOutOfBounds {
                 found: ts,
                 reason: format!(
