@@ -132,10 +132,10 @@ pub(super) fn run(
 /// Puts what a committed batch stored on the live feed, in the order it came (a gateway's presence
 /// before the readings it sent after it).
 fn publish_live(live: &crate::live::Live, batch: &[(WriteOp, Option<Ack>)], fresh: &[usize]) {
-    let fresh: std::collections::HashSet<usize> = fresh.iter().copied().collect();
     for (i, (op, _)) in batch.iter().enumerate() {
         match op {
-            WriteOp::Envelope { env, .. } if fresh.contains(&i) => live.envelope(env),
+            // `fresh` is in batch order.
+            WriteOp::Envelope { env, .. } if fresh.binary_search(&i).is_ok() => live.envelope(env),
             WriteOp::Presence { presence, .. } => live.presence(presence),
             WriteOp::Reply { reply, .. } => live.reply(reply),
             _ => {}
@@ -152,6 +152,17 @@ struct Counts {
     readings: u64,
     events: u64,
     refused: u64,
+}
+
+impl Counts {
+    /// Adds what one operation stored.
+    fn add(&mut self, op: Counts) {
+        self.envelopes += op.envelopes;
+        self.duplicates += op.duplicates;
+        self.readings += op.readings;
+        self.events += op.events;
+        self.refused += op.refused;
+    }
 }
 
 /// Writes a batch in one transaction. First without savepoints: a savepoint makes SQLite copy every
@@ -233,10 +244,7 @@ fn try_batch(
                 if isolate {
                     tx.batch("RELEASE SAVEPOINT op")?;
                 }
-                counts.envelopes += op_counts.envelopes;
-                counts.duplicates += op_counts.duplicates;
-                counts.readings += op_counts.readings;
-                counts.events += op_counts.events;
+                counts.add(op_counts);
                 if new_envelope {
                     fresh.push(i);
                 }
@@ -661,35 +669,38 @@ const READING_CHUNKS: [usize; 5] = [128, 32, 8, 2, 1];
 /// series, some 128 pages), and those copies cost more than the inserts; a prepared one-row insert
 /// costs no round trip.
 fn insert_readings(tx: &dyn Sql, mut rows: Vec<ReadingRow<'_>>) -> db::Result<()> {
-    // One statement may not touch a row twice (PostgreSQL refuses it): of readings of the same
-    // series and millisecond in one envelope the last one stays, as row by row.
-    let mut seen = std::collections::HashSet::with_capacity_and_hasher(rows.len(), Fast::default());
-    let mut keep = vec![false; rows.len()];
-    for (i, r) in rows.iter().enumerate().rev() {
-        keep[i] = seen.insert((r.0, r.1));
-    }
-    let mut k = keep.into_iter();
-    rows.retain(|_| k.next().unwrap_or(false));
-    if tx.engine() == db::Engine::Sqlite {
-        let mut params = Vec::with_capacity(5 * rows.len());
-        for (id, ts, value, text, quality) in &rows {
-            params.extend_from_slice(args![id, ts, value, text, quality]);
+    /// Parameters per row.
+    const WIDTH: usize = 5;
+    let sqlite = tx.engine() == db::Engine::Sqlite;
+    if !sqlite {
+        // One statement may not touch a row twice (PostgreSQL refuses it): of readings of the
+        // same series and millisecond in one envelope the last one stays, as row by row. (One
+        // row per statement on SQLite: the later upsert replaces the earlier, in order.)
+        let mut seen =
+            std::collections::HashSet::with_capacity_and_hasher(rows.len(), Fast::default());
+        let mut keep = vec![false; rows.len()];
+        for (i, r) in rows.iter().enumerate().rev() {
+            keep[i] = seen.insert((r.0, r.1));
         }
-        tx.execute_each(reading_insert(1), &params, 5)?;
+        let mut k = keep.into_iter();
+        rows.retain(|_| k.next().unwrap_or(false));
+    }
+    let mut params = Vec::with_capacity(WIDTH * rows.len());
+    for (id, ts, value, text, quality) in &rows {
+        params.extend_from_slice(args![id, ts, value, text, quality]);
+    }
+    if sqlite {
+        tx.execute_each(reading_insert(1), &params, WIDTH)?;
         return Ok(());
     }
-    let mut rest = &rows[..];
+    let mut rest = &params[..];
     while !rest.is_empty() {
         let n = READING_CHUNKS
             .into_iter()
-            .find(|&c| c <= rest.len())
+            .find(|&c| WIDTH * c <= rest.len())
             .unwrap_or(1);
-        let (chunk, tail) = rest.split_at(n);
-        let mut params = Vec::with_capacity(5 * n);
-        for (id, ts, value, text, quality) in chunk {
-            params.extend_from_slice(args![id, ts, value, text, quality]);
-        }
-        tx.execute(reading_insert(n), &params)?;
+        let (chunk, tail) = rest.split_at(WIDTH * n);
+        tx.execute(reading_insert(n), chunk)?;
         rest = tail;
     }
     Ok(())
