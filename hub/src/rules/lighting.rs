@@ -89,21 +89,17 @@ pub fn measure(c: &dyn Sql, rules: &Rules, clock: RuleClock, night: i64) -> db::
         let rated = lamp.rated.filter(|r| *r > 0.0).unwrap_or(th.rated_w);
         let (n, lit): (i64, i64) = match lamp.power {
             Some(series) => {
-                let r = c.query(
-                    "SELECT COUNT(*), CAST(COALESCE(SUM(CASE WHEN value >= $4 THEN 1 ELSE 0 END), 0) AS BIGINT)
-                     FROM readings
-                     WHERE series = $1 AND ts >= $2 AND ts < $3 AND quality IS NULL AND value IS NOT NULL",
-                    args![
-                        series,
-                        clock.real_at(from),
-                        clock.real_at(to),
-                        th.lit_ratio * rated
-                    ],
+                let points = crate::store::raw::range(
+                    c,
+                    series,
+                    clock.real_at(from),
+                    clock.real_at(to),
+                    None,
                 )?;
-                match r.first() {
-                    Some(r) => (r.get(0)?, r.get(1)?),
-                    None => (0, 0),
-                }
+                let watts = points.iter().filter_map(|p| p.good());
+                watts.fold((0, 0), |(n, lit), w| {
+                    (n + 1, lit + i64::from(w >= th.lit_ratio * rated))
+                })
             }
             None => (0, 0),
         };
@@ -260,7 +256,7 @@ pub fn day_text(day: i64) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use rusqlite::{Connection, params};
+    use rusqlite::Connection;
 
     #[test]
     fn a_night_with_a_dark_lamp_is_a_kpi_task_and_a_good_night_closes_it() {
@@ -288,11 +284,8 @@ mod tests {
             let mut t = set;
             while t < rise {
                 for (series, lit) in [(1, true), (2, !dark_lamp)] {
-                    c.execute(
-                        "INSERT INTO readings (series, ts, value) VALUES (?1, ?2, ?3)",
-                        params![series, t, if lit { 95.0 } else { 0.5 }],
-                    )
-                    .unwrap();
+                    let p = crate::store::raw::good(t, if lit { 95.0 } else { 0.5 });
+                    crate::store::raw::insert(&c, series, &[p]).unwrap();
                 }
                 t += 10 * MIN;
             }

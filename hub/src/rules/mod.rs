@@ -508,20 +508,23 @@ fn feed_asset(
     let mut newest = Vec::new();
     let mut more = false;
     for (i, (id, _, after)) in series.iter().enumerate() {
-        let rows: Vec<(i64, f64)> = c
-            .query(
-                "SELECT ts, value FROM readings
-                 WHERE series = $1 AND ts > $2 AND ts <= $3 AND quality IS NULL AND value IS NOT NULL
-                 ORDER BY ts LIMIT $4",
-                args![id, after, to, CHUNK],
-            )?
-            .iter()
-            .map(|r| Ok((r.get(0)?, r.get(1)?)))
-            .collect::<db::Result<_>>()?;
-        more |= rows.len() as i64 == CHUNK;
-        if let Some(last) = rows.last() {
-            newest.push((*id, last.0));
+        // CHUNK readings at most; the rules see the good numeric ones, and the series is read up to
+        // the last one, whatever it is (so a run of bad readings cannot stall it).
+        let points = crate::store::raw::range(
+            c,
+            *id,
+            after.saturating_add(1),
+            to.saturating_add(1),
+            Some(CHUNK as usize),
+        )?;
+        more |= points.len() as i64 == CHUNK;
+        if let Some(last) = points.last() {
+            newest.push((*id, last.ts));
         }
+        let rows: Vec<(i64, f64)> = points
+            .iter()
+            .filter_map(|p| Some((p.ts, p.good()?)))
+            .collect();
         merged.extend(rows.into_iter().map(|(ts, v)| (ts, i, v)));
     }
     merged.sort_by_key(|x| (x.0, x.1));
@@ -1188,13 +1191,10 @@ mod tests {
     }
 
     fn depth(c: &dyn Sql, minutes: std::ops::Range<i64>, cm: f64) {
-        for m in minutes {
-            c.execute(
-                "INSERT INTO readings (series, ts, value) VALUES (1, $1, $2)",
-                args![T0 + m * MIN, cm],
-            )
-            .unwrap();
-        }
+        let points: Vec<_> = minutes
+            .map(|m| crate::store::raw::good(T0 + m * MIN, cm))
+            .collect();
+        crate::store::raw::insert(c, 1, &points).unwrap();
     }
 
     fn setup() -> Setup {

@@ -3,6 +3,7 @@
 
 mod events;
 pub(crate) mod query;
+pub(crate) mod raw;
 mod rollup;
 pub(crate) mod schema;
 mod writer;

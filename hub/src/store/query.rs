@@ -271,6 +271,8 @@ fn readings(
             Err(StoreError::UnknownAsset(q.asset.clone()))
         };
     };
+    // The raw readings, when few enough are asked for (read with a limit, and used as they are).
+    let mut raw = Vec::new();
     let step_ms = match q.step_ms {
         Some(step) => Some(step),
         None => {
@@ -288,15 +290,16 @@ fn readings(
                     ],
                 )?
                 .is_none();
-            let few = raw_kept
-                && {
-                    let n: i64 = db::one(
-                        c,
-                        "SELECT COUNT(*) FROM (SELECT 1 FROM readings WHERE series = $1 AND ts >= $2 AND ts <= $3 LIMIT $4) AS x",
-                        args![series, q.from_ms, q.to_ms, q.max_points as i64 + 1],
-                    )?;
-                    n as usize <= q.max_points
-                };
+            let few = raw_kept && {
+                raw = super::raw::range(
+                    c,
+                    series,
+                    q.from_ms,
+                    q.to_ms.saturating_add(1),
+                    Some(q.max_points + 1),
+                )?;
+                raw.len() <= q.max_points
+            };
             (!few).then(|| {
                 auto_step(
                     q.to_ms - q.from_ms,
@@ -311,16 +314,14 @@ fn readings(
     let mut points = Vec::new();
     match step_ms {
         None => {
-            let rows = c.query(
-                "SELECT ts, value, text, quality FROM readings
-                 WHERE series = $1 AND ts >= $2 AND ts <= $3 AND (value IS NOT NULL OR text IS NOT NULL) ORDER BY ts",
-                args![series, q.from_ms, q.to_ms],
-            )?;
-            for r in &rows {
+            for r in raw {
+                if r.value.is_none() && r.text.is_none() {
+                    continue;
+                }
                 points.push(ReadingPoint {
-                    ts: rfc3339(r.get(0)?),
-                    value: json_value(r.get(1)?, r.get(2)?, vtype.as_deref()),
-                    quality: r.get(3)?,
+                    ts: rfc3339(r.ts),
+                    value: json_value(r.value, r.text, vtype.as_deref()),
+                    quality: r.quality,
                     min: None,
                     max: None,
                     count: None,
@@ -454,13 +455,10 @@ mod tests {
             )
             .unwrap();
             // An hour of pm10 a minute apart, the first half hour also rolled up.
-            for m in 0..60_i64 {
-                c.execute(
-                    "INSERT INTO readings (series, ts, value) VALUES (1, $1, $2)",
-                    crate::db::args![T0 + m * MINUTE_MS, 50.0 + m as f64],
-                )
-                .unwrap();
-            }
+            let hour: Vec<_> = (0..60_i64)
+                .map(|m| super::super::raw::good(T0 + m * MINUTE_MS, 50.0 + m as f64))
+                .collect();
+            super::super::raw::insert(c, 1, &hour).unwrap();
             let assets = list_assets(c).unwrap();
             assert_eq!(assets.len(), 2, "{name}");
             assert_eq!(assets[0].latest["pm10"], serde_json::json!(80.0), "{name}");

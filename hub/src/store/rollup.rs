@@ -36,6 +36,8 @@ const STEP_MAX_MS: i64 = HOUR_MS;
 const DIRTY_PER_STEP: usize = 2_000;
 /// How long one retention pass may hold the writer before it yields to ingest.
 const RETENTION_BUDGET: Duration = Duration::from_millis(200);
+/// How long one rollup step may spend merging chunks: the writer waits meanwhile.
+const COMPACT_BUDGET: Duration = Duration::from_millis(100);
 /// Between retention passes once everything due is deleted.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
@@ -99,6 +101,8 @@ pub(super) struct Maintenance {
     next_retention: Instant,
     /// The series a retention pass continues from.
     retention_cursor: i64,
+    /// The hour being compacted and the series it continues after.
+    compact_cursor: (i64, i64),
     evidence_dir: PathBuf,
 }
 
@@ -109,11 +113,8 @@ impl Maintenance {
             stored
         } else {
             // A new store (or one from before rollups): start at the oldest reading.
-            let oldest: Option<i64> = db::one(
-                conn,
-                "SELECT MIN((SELECT MIN(ts) FROM readings WHERE series = s.id)) FROM series s",
-                &[],
-            )?;
+            // (The hour of the oldest chunk: minutes before its first reading roll up empty.)
+            let oldest = super::raw::oldest(conn)?;
             let start = oldest.unwrap_or_else(|| crate::now_ms() - HORIZON_MS);
             let start = floor(start, MINUTE_MS);
             conn.execute("UPDATE rollup_state SET watermark = $1", args![start])?;
@@ -125,6 +126,7 @@ impl Maintenance {
             next_rollup: Instant::now(),
             next_retention: Instant::now(),
             retention_cursor: 0,
+            compact_cursor: (0, 0),
             evidence_dir,
         })
     }
@@ -210,10 +212,51 @@ impl Maintenance {
             tx.execute("UPDATE rollup_state SET watermark = $1", args![to])?;
         }
         let watermark = self.watermark.max(to);
-        let dirty_left = recompute_dirty(&tx, watermark)?;
+        let compacted: i64 = db::one(&tx, "SELECT compacted FROM rollup_state", &[])?;
+        let dirty_left = recompute_dirty(&tx, watermark, compacted)?;
+        let compact_left = self.compact_step(&tx, compacted, floor(watermark, HOUR_MS))?;
         tx.commit()?;
         self.watermark = watermark;
-        Ok(self.watermark < horizon || dirty_left)
+        Ok(self.watermark < horizon || dirty_left || compact_left)
+    }
+
+    /// Merges the chunks of each series in the hours before `until` (rolled up: few readings
+    /// still come for them) into one per hour (see [`super::raw::compact`]), from the hour
+    /// `compacted` on and within [`COMPACT_BUDGET`]. Returns whether hours are left.
+    fn compact_step(&mut self, tx: &dyn Sql, compacted: i64, until: i64) -> db::Result<bool> {
+        let started = Instant::now();
+        let mut hour = match compacted {
+            0 => super::raw::oldest(tx)?.unwrap_or(until).min(until),
+            h => h,
+        };
+        if self.compact_cursor.0 != hour {
+            self.compact_cursor = (hour, 0);
+        }
+        let mut left = false;
+        'hours: while hour < until {
+            let ids: Vec<i64> = tx
+                .query(
+                    "SELECT id FROM series WHERE id > $1 ORDER BY id",
+                    args![self.compact_cursor.1],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<db::Result<_>>()?;
+            for id in ids {
+                super::raw::compact(tx, id, hour)?;
+                self.compact_cursor.1 = id;
+                if started.elapsed() > COMPACT_BUDGET {
+                    left = true;
+                    break 'hours;
+                }
+            }
+            hour += HOUR_MS;
+            self.compact_cursor = (hour, 0);
+        }
+        if hour != compacted {
+            tx.execute("UPDATE rollup_state SET compacted = $1", args![hour])?;
+        }
+        Ok(left)
     }
 
     /// Deletes what is past its period, within the time budget. Returns whether it finished.
@@ -242,11 +285,8 @@ impl Maintenance {
                 .map(|r| r.get(0))
                 .collect::<db::Result<_>>()?;
             for id in ids {
-                let n = tx.execute(
-                    "DELETE FROM readings WHERE series = $1 AND ts < $2",
-                    args![id, raw_cutoff],
-                )?;
-                metrics.retention_deleted("reading", n as u64);
+                let n = super::raw::delete_before(&tx, id, raw_cutoff)?;
+                metrics.retention_deleted("reading", n);
                 let n = tx.execute(
                     "DELETE FROM rollup_1m WHERE series = $1 AND ts < $2",
                     args![id, minute_cutoff],
@@ -320,17 +360,16 @@ impl Maintenance {
 /// Rolls the minutes in `[from, to)` up from the raw readings, and adds them into their hours.
 /// Those minutes were never rolled up before (they were past the watermark), so adding is right.
 fn roll_new_minutes(tx: &dyn Sql, from: i64, to: i64) -> db::Result<()> {
-    tx.execute(
-        "INSERT INTO rollup_1m (series, ts, n, sum, min, max)
-         SELECT series, ts - ts % 60000, COUNT(*), SUM(value), MIN(value), MAX(value)
-         FROM readings
-         WHERE series IN (SELECT id FROM series) AND ts >= $1 AND ts < $2
-           AND value IS NOT NULL AND quality IS NULL
-         GROUP BY series, ts - ts % 60000
-         ON CONFLICT (series, ts) DO UPDATE SET
-            n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max",
-        args![from, to],
-    )?;
+    for (series, points) in super::raw::range_all(tx, from, to)? {
+        for (ts, n, sum, min, max) in super::raw::buckets(&points, MINUTE_MS) {
+            tx.execute(
+                "INSERT INTO rollup_1m (series, ts, n, sum, min, max) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (series, ts) DO UPDATE SET
+                    n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max",
+                args![series, ts, n, sum, min, max],
+            )?;
+        }
+    }
     tx.execute(
         "INSERT INTO rollup_1h (series, ts, n, sum, min, max)
          SELECT series, ts - ts % 3600000, SUM(n), SUM(sum), MIN(min), MAX(max)
@@ -349,7 +388,10 @@ fn roll_new_minutes(tx: &dyn Sql, from: i64, to: i64) -> db::Result<()> {
 /// Recomputes up to [`DIRTY_PER_STEP`] dirty minutes and their hours from what is stored.
 /// Returns whether dirty minutes are left. A minute at or past the watermark is not rolled up
 /// yet (its hour will be added to when it is), so it is only unmarked.
-fn recompute_dirty(tx: &dyn Sql, watermark: i64) -> db::Result<bool> {
+///
+/// The late readings are in chunks of their own; those of hours already compacted (before
+/// `compacted`) are merged again.
+fn recompute_dirty(tx: &dyn Sql, watermark: i64, compacted: i64) -> db::Result<bool> {
     let dirty: Vec<(i64, i64)> = tx
         .query(
             "SELECT series, ts FROM rollup_dirty ORDER BY series, ts LIMIT $1",
@@ -372,19 +414,19 @@ fn recompute_dirty(tx: &dyn Sql, watermark: i64) -> db::Result<bool> {
             "DELETE FROM rollup_1m WHERE series = $1 AND ts = $2",
             args![series, ts],
         )?;
-        // CAST: typed parameters in a SELECT list (PostgreSQL cannot infer them there).
-        tx.execute(
-            "INSERT INTO rollup_1m (series, ts, n, sum, min, max)
-             SELECT CAST($1 AS BIGINT), CAST($2 AS BIGINT), COUNT(*), SUM(value), MIN(value), MAX(value)
-             FROM readings
-             WHERE series = $1 AND ts >= $2 AND ts < CAST($2 AS BIGINT) + 60000
-               AND value IS NOT NULL AND quality IS NULL
-             HAVING COUNT(*) > 0",
-            args![series, ts],
-        )?;
+        let points = super::raw::range(tx, series, ts, ts + MINUTE_MS, None)?;
+        for (ts, n, sum, min, max) in super::raw::buckets(&points, MINUTE_MS) {
+            tx.execute(
+                "INSERT INTO rollup_1m (series, ts, n, sum, min, max) VALUES ($1, $2, $3, $4, $5, $6)",
+                args![series, ts, n, sum, min, max],
+            )?;
+        }
         hours.insert((series, floor(ts, HOUR_MS)));
     }
     for (series, ts) in hours {
+        if ts < compacted {
+            super::raw::compact(tx, series, ts)?;
+        }
         tx.execute(
             "DELETE FROM rollup_1h WHERE series = $1 AND ts = $2",
             args![series, ts],
@@ -465,7 +507,6 @@ pub(super) fn buckets(
     to: i64,
     step_ms: i64,
 ) -> crate::db::Result<Vec<Bucket>> {
-    use crate::db::args;
     let source = Source::for_step(step_ms);
     let watermark: i64 = match c.query_opt("SELECT watermark FROM rollup_state", &[])? {
         Some(r) => r.get(0)?,
@@ -507,14 +548,15 @@ pub(super) fn buckets(
         }
     };
     if end > raw_from {
-        let rows = c.query(
-            "SELECT (ts / $4) * $4, COUNT(*), SUM(value), MIN(value), MAX(value) FROM readings
-             WHERE series = $1 AND ts >= $2 AND ts < $3 AND value IS NOT NULL AND quality IS NULL
-             GROUP BY 1 ORDER BY 1",
-            args![series, raw_from, end, step_ms],
-        )?;
-        for r in &rows {
-            parts.push(bucket_row(r)?);
+        let points = super::raw::range(c, series, raw_from, end, None)?;
+        for (ts, n, sum, min, max) in super::raw::buckets(&points, step_ms) {
+            parts.push(Bucket {
+                ts,
+                n,
+                sum,
+                min,
+                max,
+            });
         }
     }
     // Parts arrive in time order per source; merge those of the same bucket.
@@ -586,12 +628,11 @@ mod tests {
 
     /// A reading as the writer stores it, marking its minute dirty when it is late.
     fn put(c: &dyn Sql, m: &Maintenance, series: i64, ts: i64, v: f64, bad: bool) {
-        c.execute(
-            "INSERT INTO readings (series, ts, value, quality) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (series, ts) DO UPDATE SET value = excluded.value, quality = excluded.quality",
-            args![series, ts, v, bad.then_some("out_of_range")],
-        )
-        .unwrap();
+        let point = super::super::raw::Point {
+            quality: bad.then(|| "out_of_range".to_owned()),
+            ..super::super::raw::good(ts, v)
+        };
+        super::super::raw::insert(c, series, &[point]).unwrap();
         if ts < m.watermark() {
             let mut set = HashSet::new();
             set.insert((series, floor(ts, MINUTE_MS)));
@@ -722,6 +763,43 @@ mod tests {
             // The hours come from the hour table (not recomputed from raw).
             let hours: i64 = db::one(c, "SELECT COUNT(*) FROM rollup_1h", &[]).unwrap();
             assert!(hours >= 10, "{name}: {hours}");
+            // Every reading was a chunk of its own; the rolled-up hours are one chunk per series,
+            // late readings included, and hold what was stored (the later of two of a millisecond).
+            let until = floor(m.watermark(), HOUR_MS);
+            let split: i64 = db::one(
+                c,
+                "SELECT COUNT(*) FROM (SELECT series, hour FROM reading_chunks WHERE hour < $1
+                 GROUP BY series, hour HAVING COUNT(*) > 1) AS x",
+                args![until],
+            )
+            .unwrap();
+            assert_eq!(split, 0, "{name}: hours left in several chunks");
+            let merged: i64 = db::one(
+                c,
+                "SELECT COUNT(*) FROM reading_chunks WHERE hour < $1",
+                args![until],
+            )
+            .unwrap();
+            let hours: HashSet<(i64, i64)> = data
+                .iter()
+                .map(|&(s, ts, _, _)| (s, floor(ts, HOUR_MS)))
+                .filter(|&(_, h)| h < until)
+                .collect();
+            assert_eq!(merged, hours.len() as i64, "{name}");
+            for series in [1, 2] {
+                let mut want = std::collections::BTreeMap::new();
+                for &(s, ts, v, bad) in &data {
+                    if s == series {
+                        want.insert(ts, (v, bad));
+                    }
+                }
+                let got: Vec<_> = super::super::raw::range(c, series, T0, now + 1, None)
+                    .unwrap()
+                    .into_iter()
+                    .map(|p| (p.ts, (p.value.unwrap(), p.quality.is_some())))
+                    .collect();
+                assert_eq!(got, want.into_iter().collect::<Vec<_>>(), "{name}");
+            }
         }
     }
 
@@ -756,16 +834,13 @@ mod tests {
             let metrics = Metrics::default();
             // Before the rollups caught up, retention keeps raw readings that are not rolled up yet.
             m.retention_pass(c, now, &metrics).unwrap();
-            let raw: i64 = db::one(c, "SELECT COUNT(*) FROM readings", &[]).unwrap();
+            let raw = super::super::raw::count(c);
             assert_eq!(raw, n, "{name}: nothing deleted before it was rolled up");
             while m.rollup_step(c, now).unwrap() {}
             while !m.retention_pass(c, now, &metrics).unwrap() {}
             let count = |sql: &str| -> i64 { db::one(c, sql, &[]).unwrap() };
-            assert_eq!(
-                count("SELECT MIN(ts) FROM readings"),
-                now - 8 * DAY_MS,
-                "raw from 8 days back"
-            );
+            let oldest = super::super::raw::range(c, 1, 0, now, Some(1)).unwrap();
+            assert_eq!(oldest[0].ts, now - 8 * DAY_MS, "raw from 8 days back");
             assert_eq!(count("SELECT MIN(ts) FROM rollup_1m"), now - 9 * DAY_MS);
             assert_eq!(count("SELECT MIN(ts) FROM rollup_1h"), now - 10 * DAY_MS);
             // A query over the whole period still answers from the hours.

@@ -219,7 +219,7 @@ fn try_batch(
     // The latest value of each series written in this batch, applied once at its end: a series gets
     // one update per batch instead of one per reading.
     let mut latest = LatestMap::default();
-    let mut staged = LatestMap::default();
+    let mut staged = Staged::default();
     let mut fresh = Vec::new();
     for (i, (op, _)) in batch.iter().enumerate() {
         // Isolated, each operation in a savepoint: one that the database refuses is set aside as a
@@ -227,7 +227,7 @@ fn try_batch(
         if isolate {
             tx.batch("SAVEPOINT op")?;
         }
-        staged.clear();
+        staged.latest.clear();
         let mut new_envelope = false;
         let mut op_counts = Counts::default();
         let result = apply(
@@ -238,7 +238,12 @@ fn try_batch(
             &mut new_envelope,
             &mut op_counts,
             &mut late,
-        );
+        )
+        // Isolated, the operation's readings go in inside its savepoint.
+        .and_then(|()| match isolate {
+            true => staged.readings.flush(&tx),
+            false => Ok(()),
+        });
         match result {
             Ok(()) => {
                 if isolate {
@@ -248,13 +253,14 @@ fn try_batch(
                 if new_envelope {
                     fresh.push(i);
                 }
-                for (id, l) in staged.drain() {
+                for (id, l) in staged.latest.drain() {
                     merge_latest(&mut latest, id, l);
                 }
             }
             Err(e) if e.is_transient() || !isolate => return Err(e),
             Err(e) => {
                 tx.batch("ROLLBACK TO SAVEPOINT op; RELEASE SAVEPOINT op")?;
+                staged.readings.clear();
                 series.clear();
                 tracing::warn!(error = %e, op = ?op, "write refused by the database; set aside as a dead letter");
                 counts.refused += 1;
@@ -280,6 +286,8 @@ fn try_batch(
             args![DEAD_LETTERS_KEPT],
         )?;
     }
+    // All the batch's readings at once: a chunk per series and hour (see `super::raw`).
+    staged.readings.flush(&tx)?;
     write_latest(&tx, &latest)?;
     super::rollup::mark_dirty(&tx, &late.minutes)?;
     tx.commit()?;
@@ -339,6 +347,15 @@ type LatestValue = (
 
 type LatestMap = FastMap<i64, Latest>;
 
+/// What an operation leaves to be written after it.
+#[derive(Default)]
+struct Staged {
+    /// The latest value of each series it wrote.
+    latest: LatestMap,
+    /// Its readings (and, unless each operation is isolated, those of the operations before it).
+    readings: super::raw::Pending,
+}
+
 /// Keeps the newer of two: the later receive time, and the reading with the larger timestamp
 /// (on a tie, the one written later, as row-by-row updates would).
 fn merge_latest(map: &mut LatestMap, id: i64, new: Latest) {
@@ -396,7 +413,7 @@ fn apply(
     tx: &dyn Sql,
     series: &mut SeriesCache,
     op: &WriteOp,
-    latest: &mut LatestMap,
+    staged: &mut Staged,
     fresh: &mut bool,
     counts: &mut Counts,
     late: &mut Late,
@@ -408,7 +425,7 @@ fn apply(
                 series,
                 env,
                 received.unix_millis(),
-                latest,
+                staged,
                 counts,
                 late,
             )?;
@@ -538,7 +555,7 @@ fn write_envelope(
     series: &mut SeriesCache,
     env: &Envelope,
     received: i64,
-    latest: &mut LatestMap,
+    staged: &mut Staged,
     counts: &mut Counts,
     late: &mut Late,
 ) -> db::Result<bool> {
@@ -559,8 +576,6 @@ fn write_envelope(
         args![gw, env.boot.to_string(), clock_str(env.clock), received],
     )?;
     let (mut readings, mut events) = (0u64, 0u64);
-    // The envelope's readings go in together (see `insert_readings`).
-    let mut rows: Vec<ReadingRow> = Vec::with_capacity(env.items.len());
     for item in &env.items {
         match item {
             Item::Reading(r) => {
@@ -581,7 +596,7 @@ fn write_envelope(
                     Quality::Bad { reason, .. } => Some(reason.as_str()),
                 };
                 let ts = r.observed_at.unix_millis();
-                rows.push((id, ts, value, text, quality));
+                staged.readings.push(id, ts, value, text, quality);
                 if value.is_some() {
                     late.note(id, ts);
                 }
@@ -591,7 +606,7 @@ fn write_envelope(
                     Value::Text(_) => "text",
                 });
                 merge_latest(
-                    latest,
+                    &mut staged.latest,
                     id,
                     Latest {
                         received,
@@ -647,98 +662,10 @@ fn write_envelope(
             }
         }
     }
-    insert_readings(tx, rows)?;
     counts.readings += readings;
     counts.events += events;
     counts.envelopes += 1;
     Ok(true)
-}
-
-/// (series, ts, value, text, quality) of a reading to store.
-type ReadingRow<'a> = (i64, i64, Option<f64>, Option<&'a str>, Option<&'a str>);
-
-/// Rows per multi-row insert on PostgreSQL, largest first: any count is a sum of these, and the
-/// statements stay few (prepared statements are cached by text).
-const READING_CHUNKS: [usize; 5] = [128, 32, 8, 2, 1];
-
-/// Inserts readings, a reading stored again replacing the one of the same series and
-/// millisecond. On PostgreSQL many rows per statement: every statement is a round trip to the
-/// server, so one per reading would cap the hub at a few thousand readings a second. On SQLite one
-/// row per statement: a statement that writes several rows and may fail gets a statement journal,
-/// into which SQLite first copies every page the statement changes (for 128 readings of as many
-/// series, some 128 pages), and those copies cost more than the inserts; a prepared one-row insert
-/// costs no round trip.
-fn insert_readings(tx: &dyn Sql, mut rows: Vec<ReadingRow<'_>>) -> db::Result<()> {
-    /// Parameters per row.
-    const WIDTH: usize = 5;
-    let sqlite = tx.engine() == db::Engine::Sqlite;
-    if !sqlite {
-        // One statement may not touch a row twice (PostgreSQL refuses it): of readings of the
-        // same series and millisecond in one envelope the last one stays, as row by row. (One
-        // row per statement on SQLite: the later upsert replaces the earlier, in order.)
-        let mut seen =
-            std::collections::HashSet::with_capacity_and_hasher(rows.len(), Fast::default());
-        let mut keep = vec![false; rows.len()];
-        for (i, r) in rows.iter().enumerate().rev() {
-            keep[i] = seen.insert((r.0, r.1));
-        }
-        let mut k = keep.into_iter();
-        rows.retain(|_| k.next().unwrap_or(false));
-    }
-    let mut params = Vec::with_capacity(WIDTH * rows.len());
-    for (id, ts, value, text, quality) in &rows {
-        params.extend_from_slice(args![id, ts, value, text, quality]);
-    }
-    if sqlite {
-        tx.execute_each(reading_insert(1), &params, WIDTH)?;
-        return Ok(());
-    }
-    let mut rest = &params[..];
-    while !rest.is_empty() {
-        let n = READING_CHUNKS
-            .into_iter()
-            .find(|&c| WIDTH * c <= rest.len())
-            .unwrap_or(1);
-        let (chunk, tail) = rest.split_at(WIDTH * n);
-        tx.execute(reading_insert(n), chunk)?;
-        rest = tail;
-    }
-    Ok(())
-}
-
-/// The insert of `n` readings (built once per size).
-fn reading_insert(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        READING_CHUNKS
-            .iter()
-            .map(|&n| {
-                let values = (0..n)
-                    .map(|i| {
-                        let b = 5 * i;
-                        format!(
-                            "(${}, ${}, ${}, ${}, ${})",
-                            b + 1,
-                            b + 2,
-                            b + 3,
-                            b + 4,
-                            b + 5
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql = format!(
-                    "INSERT INTO readings (series, ts, value, text, quality) VALUES {values}
-                     ON CONFLICT (series, ts) DO UPDATE SET
-                        value = excluded.value, text = excluded.text, quality = excluded.quality"
-                );
-                (n, sql)
-            })
-            .collect()
-    });
-    all.iter()
-        .find(|(k, _)| *k == n)
-        .map_or(&all[all.len() - 1].1, |(_, sql)| sql)
 }
 
 fn write_presence(tx: &dyn Sql, p: &Presence, received: i64) -> db::Result<()> {
@@ -979,7 +906,7 @@ mod tests {
             assert_eq!(asset.get::<f64>(1).unwrap(), 32.04, "{name}");
             assert_eq!(asset.get::<i64>(3).unwrap(), 60, "{name}");
             assert_eq!(n("SELECT COUNT(*) FROM envelopes"), 2, "{name}");
-            assert_eq!(n("SELECT COUNT(*) FROM readings"), 4, "{name}");
+            assert_eq!(super::super::raw::count(c), 4, "{name}");
             assert_eq!(n("SELECT COUNT(*) FROM events"), 1, "{name}");
             assert_eq!(n("SELECT COUNT(*) FROM event_evidence"), 1, "{name}");
             assert_eq!(n("SELECT COUNT(*) FROM commands"), 1, "{name}");
@@ -991,15 +918,13 @@ mod tests {
                 .unwrap()
                 .unwrap();
             assert_eq!(latest.get::<f64>(0).unwrap(), 91.0, "{name}");
-            let stored: Vec<f64> = c
-                .query(
-                    "SELECT value FROM readings WHERE value > 2 ORDER BY value",
-                    &[],
-                )
+            let mut stored: Vec<f64> = super::super::raw::range_all(c, 0, i64::MAX)
                 .unwrap()
                 .iter()
-                .map(|r| r.get(0).unwrap())
+                .flat_map(|(_, p)| p.iter().filter_map(|p| p.value))
+                .filter(|v| *v > 2.0)
                 .collect();
+            stored.sort_by(f64::total_cmp);
             assert_eq!(
                 stored,
                 [91.0],
