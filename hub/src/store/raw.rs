@@ -89,9 +89,16 @@ impl Pending {
         c.first = c.first.min(ts);
         c.last = c.last.max(ts);
         c.n += 1;
-        let flags = u8::from(value.is_some()) * HAS_VALUE
-            | u8::from(text.is_some()) * HAS_TEXT
-            | u8::from(quality.is_some()) * HAS_QUALITY;
+        let mut flags = 0;
+        if value.is_some() {
+            flags |= HAS_VALUE;
+        }
+        if text.is_some() {
+            flags |= HAS_TEXT;
+        }
+        if quality.is_some() {
+            flags |= HAS_QUALITY;
+        }
         c.data.push(flags);
         if let Some(v) = value {
             c.data.extend_from_slice(&v.to_le_bytes());
