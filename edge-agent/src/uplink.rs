@@ -816,13 +816,14 @@ fn sign(key: Option<&protocol::auth::Key>, topic: &str, payload: Vec<u8>) -> Vec
 }
 
 /// The command inside a payload, if the hub sent it: signed with this gateway's key when it has
-/// one. Without a key only unsigned commands can be taken (a signed one cannot be checked).
+/// one. Without a key only unsigned commands can be taken (a signed one cannot be checked). Read
+/// strictly: commands are few, and a refused one is reported with its exact reason.
 fn command_bytes<'a>(
     payload: &'a [u8],
     key: Option<&protocol::auth::Key>,
     topic: &str,
 ) -> Result<&'a [u8], String> {
-    let opened = protocol::auth::open(payload).map_err(|e| e.to_string())?;
+    let opened = protocol::auth::open_strict(payload).map_err(|e| e.to_string())?;
     match (key, opened.kid()) {
         (None, None) => Ok(opened.msg()),
         (None, Some(kid)) => Err(format!(

@@ -308,6 +308,22 @@ impl KeyRing {
         topic: &str,
         payload: &'a [u8],
     ) -> Result<Verdict<'a>, AuthError> {
+        // A payload refused after the quick split (`open`) may be a malformed wrapper: that is
+        // the reason to give, as a strict reading of it would have.
+        self.check_opened(gateway, topic, payload).map_err(|e| {
+            match protocol::auth::open_strict(payload) {
+                Err(strict) => strict,
+                Ok(_) => e,
+            }
+        })
+    }
+
+    fn check_opened<'a>(
+        &self,
+        gateway: &GatewayId,
+        topic: &str,
+        payload: &'a [u8],
+    ) -> Result<Verdict<'a>, AuthError> {
         let opened = protocol::auth::open(payload)?;
         let ring = self.ring.read().unwrap_or_else(|p| p.into_inner());
         let keys = ring.keys.get(gateway.as_str());
@@ -437,6 +453,13 @@ mod tests {
             Err(AuthError::UnknownKey(_))
         ));
         assert_eq!(ring.check(&gw, topic, msg), Err(AuthError::Unsigned));
+        // In seal's layout with a field after the message: refused as a malformed wrapper (the
+        // quick split only sees a MAC that fails), as a strict reading says.
+        let p = protocol::auth::seal(&k1, topic, msg);
+        let mut extra = p[..p.len() - 1].to_vec();
+        extra.extend_from_slice(br#","extra":1}"#);
+        let e = ring.check(&gw, topic, &extra).unwrap_err();
+        assert_eq!(e.code(), "auth_malformed", "{e}");
 
         // Rotation: a second key works once reloaded; commands follow the key last used.
         let k2 = admin.add(&gw, Some(KeyId::new("k-two").unwrap())).unwrap();

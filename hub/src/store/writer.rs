@@ -217,7 +217,9 @@ fn try_batch(
     let tx = Tx::begin(conn, Begin::Deferred)?;
     let mut dead_letters = 0;
     // The latest value of each series written in this batch, applied once at its end: a series gets
-    // one update per batch instead of one per reading.
+    // one update per batch instead of one per reading. Not isolated, operations stage theirs
+    // straight into the batch's (a failure fails the batch); isolated, an operation's are kept
+    // once it succeeded.
     let mut latest = LatestMap::default();
     let mut staged = Staged::default();
     let mut fresh = Vec::new();
@@ -227,7 +229,9 @@ fn try_batch(
         if isolate {
             tx.batch("SAVEPOINT op")?;
         }
-        staged.latest.clear();
+        if isolate {
+            staged.latest.clear();
+        }
         let mut new_envelope = false;
         let mut op_counts = Counts::default();
         let result = apply(
@@ -253,8 +257,10 @@ fn try_batch(
                 if new_envelope {
                     fresh.push(i);
                 }
-                for (id, l) in staged.latest.drain() {
-                    merge_latest(&mut latest, id, l);
+                if isolate {
+                    for (id, l) in staged.latest.drain() {
+                        merge_latest(&mut latest, id, l);
+                    }
                 }
             }
             Err(e) if e.is_transient() || !isolate => return Err(e),
@@ -288,6 +294,9 @@ fn try_batch(
     }
     // All the batch's readings at once: a chunk per series and hour (see `super::raw`).
     staged.readings.flush(&tx)?;
+    if !isolate {
+        latest = staged.latest;
+    }
     write_latest(&tx, &latest)?;
     super::rollup::mark_dirty(&tx, &late.minutes)?;
     tx.commit()?;
@@ -385,27 +394,26 @@ fn write_latest(tx: &dyn Sql, latest: &LatestMap) -> db::Result<()> {
             last_quality = CASE WHEN $6 = 1 AND (last_ts IS NULL OR last_ts <= $3) THEN $7 ELSE last_quality END,
             vtype = COALESCE($8, vtype)
          WHERE id = $1";
+    // One statement, prepared once per batch (and on SQLite rewritten once).
+    let mut params = Vec::with_capacity(8 * latest.len());
     for (id, l) in latest {
         match &l.value {
-            Some((ts, value, text, quality, vtype)) => tx.execute(
-                UPDATE,
-                args![id, l.received, ts, value, text, 1_i64, quality, vtype],
-            )?,
-            None => tx.execute(
-                UPDATE,
-                args![
-                    id,
-                    l.received,
-                    None::<i64>,
-                    None::<f64>,
-                    None::<String>,
-                    0_i64,
-                    None::<String>,
-                    None::<String>
-                ],
-            )?,
+            Some((ts, value, text, quality, vtype)) => params.extend_from_slice(args![
+                id, l.received, ts, value, text, 1_i64, quality, vtype
+            ]),
+            None => params.extend_from_slice(args![
+                id,
+                l.received,
+                None::<i64>,
+                None::<f64>,
+                None::<String>,
+                0_i64,
+                None::<String>,
+                None::<String>
+            ]),
         };
     }
+    tx.execute_each(UPDATE, &params, 8)?;
     Ok(())
 }
 
