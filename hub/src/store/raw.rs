@@ -1,37 +1,53 @@
-//! Raw readings, stored in chunks: a row of `reading_chunks` holds the readings of one series, all
-//! within one hour, that one write put there, encoded into a blob. A batch of envelopes under load
-//! carries many readings of each series, and a row per reading cost a B-tree descent per reading
-//! (most of the store writer's time, BENCHMARKS.md); a chunk costs two per series per batch. The
-//! same is done by Prometheus (chunks), InfluxDB (TSM blocks) and TimescaleDB (compressed rows).
+//! Raw readings, stored in chunks. A row of `reading_chunks` holds the readings of one series in
+//! one minute that one write brought, encoded into a blob; once an hour is rolled up, its chunks
+//! are merged into one row of `reading_hours` per series. A batch of envelopes under load carries
+//! many readings of each series, and a row per reading cost a B-tree descent per reading (most of
+//! the store writer's time, BENCHMARKS.md); a chunk costs two per series per batch. Prometheus
+//! (head chunks, then blocks), InfluxDB (the cache, then TSM blocks) and TimescaleDB (rows, then
+//! compressed batches) store recent and settled data the same two ways.
 //!
-//! Chunks are only ever added and, by retention, deleted whole. A reading stored again (the same
-//! series and millisecond, say from a gateway that lost its boot id and sent its spool twice) is in
-//! two chunks; readers keep the one written later, which is what an upsert of rows did. Readers
-//! find chunks by (series, hour) and decode them here: every reader of raw readings goes through
-//! [`range`] or [`range_all`].
+//! A chunk spans at most a minute, so a query of a few minutes (a rollup, a recomputed minute, the
+//! rules) reads only the chunks of those minutes, however many small ones a slow series or a
+//! replayed spool left. An hour row spans its hour.
+//!
+//! Rows are only ever added, merged and, by retention, deleted whole. A reading stored again (the
+//! same series and millisecond, say from a gateway that lost its boot id and sent its spool twice)
+//! can be in two places; readers keep the one written later, which is what an upsert of rows did:
+//! an hour row holds what was written before any chunk of its hour, and chunks are in write order.
+//! Every reader of raw readings goes through [`range`] or [`range_all`].
 //!
 //! The blob is hand-encoded, not a serde format: it is a dozen lines, its layout must stay
 //! readable across versions (a format byte leads it), and a varint timestamp delta plus a flag
 //! byte is 3 to 12 bytes a reading against 30 or more in a self-describing format.
 //!
 //! Layout: the format byte (1), then per reading in write order: the timestamp as a zigzag varint
-//! delta from the previous reading's (the first from the chunk's hour), a flag byte (1: a number
-//! follows, 2: a text, 4: a bad-quality reason), the number as 8 little-endian bytes, and each text
-//! as a varint length and its UTF-8 bytes.
+//! delta from the previous reading's (the first from the start of the row's minute or hour), a flag
+//! byte (1: a number follows, 2: a text, 4: a bad-quality reason), the number as 8 little-endian
+//! bytes, and each text as a varint length and its UTF-8 bytes.
 
 use crate::db::{self, DbError, Sql, args};
 
-/// The time one chunk spans: all its readings are in the same hour (UTC, from the epoch).
+/// The time an hour row spans (UTC, from the epoch).
 pub const SPAN_MS: i64 = 3_600_000;
+/// The time a chunk spans at most.
+pub const CHUNK_MS: i64 = 60_000;
 
 const FORMAT: u8 = 1;
 const HAS_VALUE: u8 = 1;
 const HAS_TEXT: u8 = 2;
 const HAS_QUALITY: u8 = 4;
 
-/// The hour a reading's chunk starts at.
+fn floor(ts: i64, unit: i64) -> i64 {
+    ts.saturating_sub(ts.rem_euclid(unit))
+}
+
+/// The hour a reading's hour row starts at.
 pub fn hour_of(ts: i64) -> i64 {
-    ts.saturating_sub(ts.rem_euclid(SPAN_MS))
+    floor(ts, SPAN_MS)
+}
+
+fn minute_of(ts: i64) -> i64 {
+    floor(ts, CHUNK_MS)
 }
 
 /// One stored reading.
@@ -51,20 +67,60 @@ impl Point {
     }
 }
 
-/// A chunk being filled.
-struct Open {
-    /// The earliest and latest of its readings' times, and the time of the one pushed last.
-    first: i64,
-    last: i64,
+/// A blob being written: readings appended in write order.
+struct Blob {
     prev: i64,
     n: i64,
     data: Vec<u8>,
 }
 
-/// Readings waiting to be written, a chunk per (series, hour).
+impl Blob {
+    /// An empty blob for the row starting at `base`.
+    fn new(base: i64) -> Self {
+        Self {
+            prev: base,
+            n: 0,
+            data: vec![FORMAT],
+        }
+    }
+
+    fn push(&mut self, ts: i64, value: Option<f64>, text: Option<&str>, quality: Option<&str>) {
+        put_varint(&mut self.data, zigzag(ts.wrapping_sub(self.prev)));
+        self.prev = ts;
+        self.n += 1;
+        let mut flags = 0;
+        if value.is_some() {
+            flags |= HAS_VALUE;
+        }
+        if text.is_some() {
+            flags |= HAS_TEXT;
+        }
+        if quality.is_some() {
+            flags |= HAS_QUALITY;
+        }
+        self.data.push(flags);
+        if let Some(v) = value {
+            self.data.extend_from_slice(&v.to_le_bytes());
+        }
+        for s in [text, quality].into_iter().flatten() {
+            put_varint(&mut self.data, s.len() as u64);
+            self.data.extend_from_slice(s.as_bytes());
+        }
+    }
+
+    fn of(base: i64, points: &[Point]) -> Self {
+        let mut b = Self::new(base);
+        for p in points {
+            b.push(p.ts, p.value, p.text.as_deref(), p.quality.as_deref());
+        }
+        b
+    }
+}
+
+/// Readings waiting to be written, a chunk per (series, minute).
 #[derive(Default)]
 pub struct Pending {
-    chunks: std::collections::HashMap<(i64, i64), Open, foldhash::fast::RandomState>,
+    chunks: std::collections::HashMap<(i64, i64), Blob, foldhash::fast::RandomState>,
 }
 
 impl Pending {
@@ -76,53 +132,27 @@ impl Pending {
         text: Option<&str>,
         quality: Option<&str>,
     ) {
-        let hour = hour_of(ts);
-        let c = self.chunks.entry((series, hour)).or_insert_with(|| Open {
-            first: ts,
-            last: ts,
-            prev: hour,
-            n: 0,
-            data: vec![FORMAT],
-        });
-        put_varint(&mut c.data, zigzag(ts.wrapping_sub(c.prev)));
-        c.prev = ts;
-        c.first = c.first.min(ts);
-        c.last = c.last.max(ts);
-        c.n += 1;
-        let mut flags = 0;
-        if value.is_some() {
-            flags |= HAS_VALUE;
-        }
-        if text.is_some() {
-            flags |= HAS_TEXT;
-        }
-        if quality.is_some() {
-            flags |= HAS_QUALITY;
-        }
-        c.data.push(flags);
-        if let Some(v) = value {
-            c.data.extend_from_slice(&v.to_le_bytes());
-        }
-        for s in [text, quality].into_iter().flatten() {
-            put_varint(&mut c.data, s.len() as u64);
-            c.data.extend_from_slice(s.as_bytes());
-        }
+        let minute = minute_of(ts);
+        self.chunks
+            .entry((series, minute))
+            .or_insert_with(|| Blob::new(minute))
+            .push(ts, value, text, quality);
     }
 
     pub fn clear(&mut self) {
         self.chunks.clear();
     }
 
-    /// Writes the waiting chunks, in (series, hour) order, and empties this.
+    /// Writes the waiting chunks, in (series, minute) order, and empties this.
     pub fn flush(&mut self, tx: &dyn Sql) -> db::Result<()> {
         if self.chunks.is_empty() {
             return Ok(());
         }
-        let mut chunks: Vec<((i64, i64), Open)> = self.chunks.drain().collect();
+        let mut chunks: Vec<((i64, i64), Blob)> = self.chunks.drain().collect();
         chunks.sort_unstable_by_key(|(k, _)| *k);
         let mut params = Vec::with_capacity(WIDTH * chunks.len());
-        for ((series, hour), c) in chunks {
-            params.extend_from_slice(args![series, hour, c.first, c.last, c.n, c.data]);
+        for ((series, minute), c) in chunks {
+            params.extend_from_slice(args![series, minute, c.n, c.data]);
         }
         if tx.engine() == db::Engine::Sqlite {
             // One row per statement: no statement journal (see the writer's notes), and no round
@@ -146,7 +176,7 @@ impl Pending {
 }
 
 /// Parameters per chunk row.
-const WIDTH: usize = 6;
+const WIDTH: usize = 4;
 
 /// Rows per multi-row insert on PostgreSQL, largest first: any count is a sum of these.
 const ROWS: [usize; 4] = [64, 16, 4, 1];
@@ -165,9 +195,8 @@ fn insert_sql(n: usize) -> &'static str {
                     })
                     .collect::<Vec<_>>()
                     .join(", ");
-                let sql = format!(
-                    "INSERT INTO reading_chunks (series, hour, first_ts, last_ts, n, data) VALUES {values}"
-                );
+                let sql =
+                    format!("INSERT INTO reading_chunks (series, minute, n, data) VALUES {values}");
                 (n, sql)
             })
             .collect()
@@ -197,14 +226,14 @@ fn corrupt(what: &str) -> DbError {
     DbError::Other(format!("a stored reading chunk is corrupt: {what}"))
 }
 
-/// Reads a chunk's blob (of the chunk starting at `hour`), appending its readings in write order.
-pub fn decode(hour: i64, data: &[u8], out: &mut Vec<Point>) -> db::Result<()> {
+/// Reads a blob (of the row starting at `base`), appending its readings in write order.
+pub fn decode(base: i64, data: &[u8], out: &mut Vec<Point>) -> db::Result<()> {
     let mut r = Reader { data, at: 0 };
     match r.byte()? {
         FORMAT => {}
         other => return Err(corrupt(&format!("unknown format {other}"))),
     }
-    let mut ts = hour;
+    let mut ts = base;
     while r.at < data.len() {
         ts = ts.wrapping_add(unzigzag(r.varint()?));
         let flags = r.byte()?;
@@ -284,11 +313,37 @@ fn settle(points: &mut Vec<Point>, from: i64, to: i64) {
     points.truncate(keep);
 }
 
-/// Hours of chunks one query of [`range`] with a limit reads at a time.
+/// The readings of `series` in the rows that cover `[first_hour, last_hour]`, in write order.
+fn read_hours(
+    c: &dyn Sql,
+    series: i64,
+    first_hour: i64,
+    last_hour: i64,
+    minutes: (i64, i64),
+) -> db::Result<Vec<Point>> {
+    let mut points = Vec::new();
+    for r in &c.query(
+        "SELECT hour, data FROM reading_hours
+         WHERE series = $1 AND hour >= $2 AND hour <= $3 ORDER BY hour",
+        args![series, first_hour, last_hour],
+    )? {
+        decode(r.get(0)?, &r.get::<Vec<u8>>(1)?, &mut points)?;
+    }
+    for r in &c.query(
+        "SELECT minute, data FROM reading_chunks
+         WHERE series = $1 AND minute >= $2 AND minute <= $3 ORDER BY minute, id",
+        args![series, minutes.0, minutes.1],
+    )? {
+        decode(r.get(0)?, &r.get::<Vec<u8>>(1)?, &mut points)?;
+    }
+    Ok(points)
+}
+
+/// Hours one query of [`range`] with a limit reads at a time.
 const WINDOW_MS: i64 = 24 * SPAN_MS;
 
 /// The readings of `series` with `from <= ts < to`, in time order (of two of the same millisecond,
-/// the one stored later). With a limit, the earliest `limit` of them, reading no more chunks than
+/// the one stored later). With a limit, the earliest `limit` of them, reading no more rows than
 /// it takes.
 pub fn range(
     c: &dyn Sql,
@@ -301,43 +356,49 @@ pub fn range(
     if from >= to {
         return Ok(out);
     }
-    let last_hour = hour_of(to - 1);
-    let mut hour = hour_of(from);
-    while hour <= last_hour {
-        // The whole range at once, or a window from the next hour that has a chunk.
+    let last = to - 1;
+    let mut at = from;
+    while at <= last {
+        // The whole range at once, or a window from the next hour that has readings.
         let until = match limit {
-            None => last_hour,
+            None => last,
             Some(_) => {
                 let next: Option<i64> = db::one(
                     c,
-                    "SELECT MIN(hour) FROM reading_chunks
-                     WHERE series = $1 AND hour >= $2 AND hour <= $3 AND last_ts >= $4",
-                    args![series, hour, last_hour, from],
+                    "SELECT MIN(x) FROM (
+                        SELECT MIN(hour) AS x FROM reading_hours
+                        WHERE series = $1 AND hour >= $2 AND hour <= $4
+                        UNION ALL
+                        SELECT MIN(minute) AS x FROM reading_chunks
+                        WHERE series = $1 AND minute >= $3 AND minute <= $5
+                    ) AS t",
+                    args![
+                        series,
+                        hour_of(at),
+                        minute_of(at),
+                        hour_of(last),
+                        minute_of(last)
+                    ],
                 )?;
                 let Some(next) = next else { break };
-                hour = next;
-                next.saturating_add(WINDOW_MS - SPAN_MS).min(last_hour)
+                at = at.max(next);
+                (hour_of(at).saturating_add(WINDOW_MS) - 1).min(last)
             }
         };
-        // The chunks that overlap the range (`first_ts` and `last_ts` are checked before the blob,
-        // the last column, is read).
-        let rows = c.query(
-            "SELECT hour, data FROM reading_chunks
-             WHERE series = $1 AND hour >= $2 AND hour <= $3 AND last_ts >= $4 AND first_ts < $5
-             ORDER BY hour, id",
-            args![series, hour, until, from, to],
+        let mut points = read_hours(
+            c,
+            series,
+            hour_of(at),
+            hour_of(until),
+            (minute_of(at), minute_of(until)),
         )?;
-        let mut points = Vec::new();
-        for r in &rows {
-            decode(r.get(0)?, &r.get::<Vec<u8>>(1)?, &mut points)?;
-        }
-        settle(&mut points, from, to);
+        settle(&mut points, at, until.saturating_add(1));
         out.append(&mut points);
         if limit.is_some_and(|l| out.len() >= l) {
             break;
         }
-        match until.checked_add(SPAN_MS) {
-            Some(h) => hour = h,
+        match until.checked_add(1) {
+            Some(next) => at = next,
             None => break,
         }
     }
@@ -349,82 +410,145 @@ pub fn range(
 
 /// The readings of every series with `from <= ts < to`, as [`range`] gives them, by series.
 pub fn range_all(c: &dyn Sql, from: i64, to: i64) -> db::Result<Vec<(i64, Vec<Point>)>> {
-    let mut out: Vec<(i64, Vec<Point>)> = Vec::new();
+    let mut by: std::collections::BTreeMap<i64, Vec<Point>> = Default::default();
     if from >= to {
-        return Ok(out);
+        return Ok(Vec::new());
     }
-    let rows = c.query(
-        "SELECT series, hour, data FROM reading_chunks
+    // The hour rows first: anything in a chunk was written after them.
+    for r in &c.query(
+        "SELECT series, hour, data FROM reading_hours
          WHERE series IN (SELECT id FROM series) AND hour >= $1 AND hour <= $2
-           AND last_ts >= $3 AND first_ts < $4
-         ORDER BY series, hour, id",
-        args![hour_of(from), hour_of(to - 1), from, to],
-    )?;
-    for r in &rows {
-        let series: i64 = r.get(0)?;
-        if out.last().is_none_or(|(s, _)| *s != series) {
-            out.push((series, Vec::new()));
+         ORDER BY series, hour",
+        args![hour_of(from), hour_of(to - 1)],
+    )? {
+        decode(
+            r.get(1)?,
+            &r.get::<Vec<u8>>(2)?,
+            by.entry(r.get(0)?).or_default(),
+        )?;
+    }
+    for r in &c.query(
+        "SELECT series, minute, data FROM reading_chunks
+         WHERE series IN (SELECT id FROM series) AND minute >= $1 AND minute <= $2
+         ORDER BY series, minute, id",
+        args![minute_of(from), minute_of(to - 1)],
+    )? {
+        decode(
+            r.get(1)?,
+            &r.get::<Vec<u8>>(2)?,
+            by.entry(r.get(0)?).or_default(),
+        )?;
+    }
+    let mut out = Vec::with_capacity(by.len());
+    for (series, mut points) in by {
+        settle(&mut points, from, to);
+        if !points.is_empty() {
+            out.push((series, points));
         }
-        let points = &mut out.last_mut().expect("pushed").1;
-        decode(r.get(1)?, &r.get::<Vec<u8>>(2)?, points)?;
     }
-    for (_, points) in &mut out {
-        settle(points, from, to);
-    }
-    out.retain(|(_, p)| !p.is_empty());
     Ok(out)
 }
 
-/// Deletes the chunks of `series` that hold only readings older than `cutoff`; returns how many
-/// readings they held. A chunk that also holds newer readings stays whole, so a few raw readings
-/// (within the hour of `cutoff`) may be kept longer than asked.
+/// Deletes the rows of `series` that hold only readings older than `cutoff`; returns how many
+/// readings they held. The hour row of the hour `cutoff` is in stays whole until the hour has
+/// passed, so raw readings of that hour may be kept longer than asked.
 pub fn delete_before(c: &dyn Sql, series: i64, cutoff: i64) -> db::Result<u64> {
-    let rows = c.query(
-        "DELETE FROM reading_chunks WHERE series = $1 AND hour <= $2 AND last_ts < $3 RETURNING n",
-        args![series, hour_of(cutoff), cutoff],
-    )?;
-    rows.iter().map(|r| r.get::<i64>(0).map(|n| n as u64)).sum()
+    let mut n = 0;
+    for (sql, span) in [
+        (
+            "DELETE FROM reading_hours WHERE series = $1 AND hour <= $2 RETURNING n",
+            SPAN_MS,
+        ),
+        (
+            "DELETE FROM reading_chunks WHERE series = $1 AND minute <= $2 RETURNING n",
+            CHUNK_MS,
+        ),
+    ] {
+        for r in &c.query(sql, args![series, cutoff.saturating_sub(span)])? {
+            n += r.get::<i64>(0)? as u64;
+        }
+    }
+    Ok(n)
 }
 
-/// Merges the chunks of one series and hour into one, if there are several: the readings in time
-/// order, one per millisecond (the one stored last). Returns how many chunks it merged.
+/// Merges the chunks of one series in one hour into its hour row: the readings in time order, one
+/// per millisecond (the one stored last). Returns how many chunks it merged.
 ///
 /// At a few readings per series per batch (a town at its usual rate) a chunk holds a reading or
 /// two, and a row per reading costs more than the old row did; merged once the hour is rolled up,
-/// an hour of a series is one row again, smaller than rows (12 bytes or so a reading) and read
-/// in one go. Chunks written after the merge read its chunks keep their place (they have larger
-/// ids than those it deletes); the merged chunk's id is larger than theirs, which only matters
-/// for a reading of the same millisecond stored twice by two hub processes at once.
+/// an hour of a series is one row again (12 bytes or so a reading), read in one go. Chunks written
+/// after the merge read its chunks keep their place (they have larger ids than those it deletes).
 pub fn compact(c: &dyn Sql, series: i64, hour: i64) -> db::Result<usize> {
-    let rows = c.query(
-        "SELECT id, data FROM reading_chunks WHERE series = $1 AND hour = $2 ORDER BY id",
-        args![series, hour],
+    let chunks = c.query(
+        "SELECT id, minute, data FROM reading_chunks
+         WHERE series = $1 AND minute >= $2 AND minute < $3 ORDER BY minute, id",
+        args![series, hour, hour + SPAN_MS],
     )?;
-    if rows.len() < 2 {
+    if chunks.is_empty() {
         return Ok(0);
     }
     let mut points = Vec::new();
-    let mut newest = 0;
-    for r in &rows {
-        newest = r.get(0)?;
-        decode(hour, &r.get::<Vec<u8>>(1)?, &mut points)?;
+    if let Some(r) = c.query_opt(
+        "SELECT data FROM reading_hours WHERE series = $1 AND hour = $2",
+        args![series, hour],
+    )? {
+        decode(hour, &r.get::<Vec<u8>>(0)?, &mut points)?;
+    }
+    let mut newest = i64::MIN;
+    for r in &chunks {
+        newest = newest.max(r.get(0)?);
+        decode(r.get(1)?, &r.get::<Vec<u8>>(2)?, &mut points)?;
     }
     settle(&mut points, hour, hour + SPAN_MS);
     c.execute(
-        "DELETE FROM reading_chunks WHERE series = $1 AND hour = $2 AND id <= $3",
-        args![series, hour, newest],
+        "DELETE FROM reading_chunks WHERE series = $1 AND minute >= $2 AND minute < $3 AND id <= $4",
+        args![series, hour, hour + SPAN_MS, newest],
     )?;
-    insert(c, series, &points)?;
-    Ok(rows.len())
+    write_hour(c, series, hour, &points)?;
+    Ok(chunks.len())
 }
 
-/// The hour of the oldest chunk, if any.
+/// Puts `points` (in time order, one per millisecond) as the hour row of `series` at `hour`.
+fn write_hour(c: &dyn Sql, series: i64, hour: i64, points: &[Point]) -> db::Result<()> {
+    let blob = Blob::of(hour, points);
+    c.execute(
+        "INSERT INTO reading_hours (series, hour, n, data) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (series, hour) DO UPDATE SET n = excluded.n, data = excluded.data",
+        args![series, hour, blob.n, blob.data],
+    )?;
+    Ok(())
+}
+
+/// Adds readings (of `series`, in time order) to its hour rows directly (the migration from rows).
+pub fn merge_into_hours(c: &dyn Sql, series: i64, points: &[Point]) -> db::Result<()> {
+    for group in points.chunk_by(|a, b| hour_of(a.ts) == hour_of(b.ts)) {
+        let hour = hour_of(group[0].ts);
+        let mut all = Vec::new();
+        if let Some(r) = c.query_opt(
+            "SELECT data FROM reading_hours WHERE series = $1 AND hour = $2",
+            args![series, hour],
+        )? {
+            decode(hour, &r.get::<Vec<u8>>(0)?, &mut all)?;
+        }
+        all.extend_from_slice(group);
+        settle(&mut all, hour, hour + SPAN_MS);
+        write_hour(c, series, hour, &all)?;
+    }
+    Ok(())
+}
+
+/// The start of the oldest hour that has readings, if any.
 pub fn oldest(c: &dyn Sql) -> db::Result<Option<i64>> {
-    db::one(
+    let oldest: Option<i64> = db::one(
         c,
-        "SELECT MIN((SELECT MIN(hour) FROM reading_chunks WHERE series = s.id)) FROM series s",
+        "SELECT MIN(x) FROM (
+            SELECT (SELECT MIN(hour) FROM reading_hours WHERE series = s.id) AS x FROM series s
+            UNION ALL
+            SELECT (SELECT MIN(minute) FROM reading_chunks WHERE series = s.id) AS x FROM series s
+        ) AS t",
         &[],
-    )
+    )?;
+    Ok(oldest.map(hour_of))
 }
 
 /// Aggregates of the good numeric readings in buckets of `step` ms aligned to the epoch: (bucket
@@ -447,7 +571,8 @@ pub fn buckets(points: &[Point], step: i64) -> Vec<(i64, i64, f64, f64, f64)> {
     out
 }
 
-/// Writes readings as one write would (tests and the migration from rows).
+/// Writes readings as one write would (tests).
+#[cfg(test)]
 pub fn insert(c: &dyn Sql, series: i64, points: &[Point]) -> db::Result<()> {
     let mut pending = Pending::default();
     for p in points {
@@ -462,7 +587,6 @@ pub fn insert(c: &dyn Sql, series: i64, points: &[Point]) -> db::Result<()> {
     pending.flush(c)
 }
 
-/// A good numeric reading (tests).
 #[cfg(test)]
 pub fn good(ts: i64, value: f64) -> Point {
     Point {
@@ -502,8 +626,8 @@ mod tests {
             p.push(7, x.ts, x.value, x.text.as_deref(), x.quality.as_deref());
         }
         assert_eq!(p.chunks.len(), 1);
-        let ((_, hour), c) = p.chunks.drain().next().unwrap();
-        (hour, c.data)
+        let ((_, minute), c) = p.chunks.drain().next().unwrap();
+        (minute, c.data)
     }
 
     #[test]
@@ -512,8 +636,8 @@ mod tests {
         let points = vec![
             point(h + 5_000, Some(1.5), None, None),
             point(h, Some(-0.0), None, None),
-            point(h + 3_599_999, None, Some("开"), None),
-            point(h + 3_599_999, Some(f64::MAX), None, Some("sensor_fault")),
+            point(h + 59_999, None, Some("开"), None),
+            point(h + 59_999, Some(f64::MAX), None, Some("sensor_fault")),
             point(h + 1, None, None, None),
             point(h + 2, Some(f64::NAN), Some(""), Some("")),
         ];
@@ -532,15 +656,15 @@ mod tests {
     }
 
     #[test]
-    fn readings_of_one_series_split_at_the_hour() {
+    fn readings_of_one_series_split_at_the_minute() {
         let mut p = Pending::default();
-        p.push(1, SPAN_MS - 1, Some(1.0), None, None);
-        p.push(1, SPAN_MS, Some(2.0), None, None);
-        p.push(2, SPAN_MS, Some(3.0), None, None);
+        p.push(1, CHUNK_MS - 1, Some(1.0), None, None);
+        p.push(1, CHUNK_MS, Some(2.0), None, None);
+        p.push(2, CHUNK_MS, Some(3.0), None, None);
         p.push(1, -1, Some(4.0), None, None);
         let mut keys: Vec<_> = p.chunks.keys().copied().collect();
         keys.sort();
-        assert_eq!(keys, [(1, -SPAN_MS), (1, 0), (1, SPAN_MS), (2, SPAN_MS)]);
+        assert_eq!(keys, [(1, -CHUNK_MS), (1, 0), (1, CHUNK_MS), (2, CHUNK_MS)]);
     }
 
     #[test]

@@ -38,6 +38,10 @@ const DIRTY_PER_STEP: usize = 2_000;
 const RETENTION_BUDGET: Duration = Duration::from_millis(200);
 /// How long one rollup step may spend merging chunks: the writer waits meanwhile.
 const COMPACT_BUDGET: Duration = Duration::from_millis(100);
+/// How long after the last late reading for an hour of a series its chunks are merged again: a
+/// spool replayed after an outage brings an hour's readings over many batches, and merging after
+/// each would rewrite the hour again and again.
+const LATE_QUIET_MS: i64 = 5 * MINUTE_MS;
 /// Between retention passes once everything due is deleted.
 const RETENTION_EVERY: Duration = Duration::from_secs(600);
 
@@ -213,8 +217,8 @@ impl Maintenance {
         }
         let watermark = self.watermark.max(to);
         let compacted: i64 = db::one(&tx, "SELECT compacted FROM rollup_state", &[])?;
-        let dirty_left = recompute_dirty(&tx, watermark, compacted)?;
-        let compact_left = self.compact_step(&tx, compacted, floor(watermark, HOUR_MS))?;
+        let dirty_left = recompute_dirty(&tx, watermark, compacted, now_ms)?;
+        let compact_left = self.compact_step(&tx, compacted, floor(watermark, HOUR_MS), now_ms)?;
         tx.commit()?;
         self.watermark = watermark;
         Ok(self.watermark < horizon || dirty_left || compact_left)
@@ -222,9 +226,34 @@ impl Maintenance {
 
     /// Merges the chunks of each series in the hours before `until` (rolled up: few readings
     /// still come for them) into one per hour (see [`super::raw::compact`]), from the hour
-    /// `compacted` on and within [`COMPACT_BUDGET`]. Returns whether hours are left.
-    fn compact_step(&mut self, tx: &dyn Sql, compacted: i64, until: i64) -> db::Result<bool> {
+    /// `compacted` on, and again those that late readings came for once none have come for
+    /// [`LATE_QUIET_MS`]; within [`COMPACT_BUDGET`]. Returns whether work is left.
+    fn compact_step(
+        &mut self,
+        tx: &dyn Sql,
+        compacted: i64,
+        until: i64,
+        now_ms: i64,
+    ) -> db::Result<bool> {
         let started = Instant::now();
+        let quiet: Vec<(i64, i64)> = tx
+            .query(
+                "SELECT series, hour FROM chunks_late WHERE touched < $1 ORDER BY touched LIMIT 500",
+                args![now_ms - LATE_QUIET_MS],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect::<db::Result<_>>()?;
+        for &(series, hour) in &quiet {
+            super::raw::compact(tx, series, hour)?;
+            tx.execute(
+                "DELETE FROM chunks_late WHERE series = $1 AND hour = $2",
+                args![series, hour],
+            )?;
+            if started.elapsed() > COMPACT_BUDGET {
+                return Ok(true);
+            }
+        }
         let mut hour = match compacted {
             0 => super::raw::oldest(tx)?.unwrap_or(until).min(until),
             h => h,
@@ -232,7 +261,7 @@ impl Maintenance {
         if self.compact_cursor.0 != hour {
             self.compact_cursor = (hour, 0);
         }
-        let mut left = false;
+        let mut left = quiet.len() == 500;
         'hours: while hour < until {
             let ids: Vec<i64> = tx
                 .query(
@@ -389,9 +418,9 @@ fn roll_new_minutes(tx: &dyn Sql, from: i64, to: i64) -> db::Result<()> {
 /// Returns whether dirty minutes are left. A minute at or past the watermark is not rolled up
 /// yet (its hour will be added to when it is), so it is only unmarked.
 ///
-/// The late readings are in chunks of their own; those of hours already compacted (before
-/// `compacted`) are merged again.
-fn recompute_dirty(tx: &dyn Sql, watermark: i64, compacted: i64) -> db::Result<bool> {
+/// The late readings are in chunks of their own; hours already compacted (before `compacted`) are
+/// noted in `chunks_late`, to be merged again once late readings stop coming for them.
+fn recompute_dirty(tx: &dyn Sql, watermark: i64, compacted: i64, now_ms: i64) -> db::Result<bool> {
     let dirty: Vec<(i64, i64)> = tx
         .query(
             "SELECT series, ts FROM rollup_dirty ORDER BY series, ts LIMIT $1",
@@ -425,7 +454,11 @@ fn recompute_dirty(tx: &dyn Sql, watermark: i64, compacted: i64) -> db::Result<b
     }
     for (series, ts) in hours {
         if ts < compacted {
-            super::raw::compact(tx, series, ts)?;
+            tx.execute(
+                "INSERT INTO chunks_late (series, hour, touched) VALUES ($1, $2, $3)
+                 ON CONFLICT (series, hour) DO UPDATE SET touched = excluded.touched",
+                args![series, ts, now_ms],
+            )?;
         }
         tx.execute(
             "DELETE FROM rollup_1h WHERE series = $1 AND ts = $2",
@@ -764,19 +797,25 @@ mod tests {
             let hours: i64 = db::one(c, "SELECT COUNT(*) FROM rollup_1h", &[]).unwrap();
             assert!(hours >= 10, "{name}: {hours}");
             // Every reading was a chunk of its own; the rolled-up hours are one chunk per series,
-            // late readings included, and hold what was stored (the later of two of a millisecond).
+            // late readings included once none came for a while, and hold what was stored (the
+            // later of two of a millisecond).
+            let late: i64 = db::one(c, "SELECT COUNT(*) FROM chunks_late", &[]).unwrap();
+            assert!(late > 0, "{name}: late readings into merged hours wait");
+            let quiet = now + LATE_QUIET_MS + MINUTE_MS;
+            while m.rollup_step(c, quiet).unwrap() {}
+            let late: i64 = db::one(c, "SELECT COUNT(*) FROM chunks_late", &[]).unwrap();
+            assert_eq!(late, 0, "{name}");
             let until = floor(m.watermark(), HOUR_MS);
-            let split: i64 = db::one(
+            let left: i64 = db::one(
                 c,
-                "SELECT COUNT(*) FROM (SELECT series, hour FROM reading_chunks WHERE hour < $1
-                 GROUP BY series, hour HAVING COUNT(*) > 1) AS x",
+                "SELECT COUNT(*) FROM reading_chunks WHERE minute < $1",
                 args![until],
             )
             .unwrap();
-            assert_eq!(split, 0, "{name}: hours left in several chunks");
+            assert_eq!(left, 0, "{name}: chunks left in rolled-up hours");
             let merged: i64 = db::one(
                 c,
-                "SELECT COUNT(*) FROM reading_chunks WHERE hour < $1",
+                "SELECT COUNT(*) FROM reading_hours WHERE hour < $1",
                 args![until],
             )
             .unwrap();
