@@ -725,4 +725,70 @@ mod tests {
             [(0, 2, 4.0, 1.0, 3.0), (120_000, 1, -1.0, -1.0, -1.0)]
         );
     }
+
+    /// Readings in hour rows and chunks, with a gap of days and readings stored twice, read back
+    /// whole, by windows with a limit, for all series, and deleted by retention, on both engines.
+    #[test]
+    fn ranges_read_hours_and_chunks_as_one_series() {
+        for (name, c) in crate::db::testing::migrated() {
+            let c = &*c;
+            c.batch("INSERT INTO series (id, gateway, device, metric) VALUES (1, 'gw', 'd', 'a'), (2, 'gw', 'd', 'b');")
+                .unwrap();
+            let t0 = 1_790_000_000_000 - 1_790_000_000_000 % SPAN_MS;
+            let day = 24 * SPAN_MS;
+            // Day 0 in hour rows (as a migration writes them), day 3 in chunks, a few written twice.
+            let old: Vec<Point> = (0..200).map(|i| good(t0 + i * 37_000, i as f64)).collect();
+            merge_into_hours(c, 1, &old).unwrap();
+            let new: Vec<Point> = (0..200)
+                .map(|i| good(t0 + 3 * day + i * 41_000, 1000.0 + i as f64))
+                .collect();
+            insert(c, 1, &new).unwrap();
+            let again: Vec<Point> = [5, 150].iter().map(|&i| good(new[i].ts, -1.0)).collect();
+            insert(c, 1, &again).unwrap();
+            insert(c, 2, &[good(t0 + day, 7.0)]).unwrap();
+            // A merged hour then gets a chunk that rewrites one of its readings.
+            insert(c, 1, &[good(old[3].ts, -3.0)]).unwrap();
+            let mut want: Vec<(i64, f64)> = old
+                .iter()
+                .chain(&new)
+                .map(|p| (p.ts, p.value.unwrap()))
+                .collect();
+            want[3].1 = -3.0;
+            want[200 + 5].1 = -1.0;
+            want[200 + 150].1 = -1.0;
+            let got = |from, to, limit| -> Vec<(i64, f64)> {
+                range(c, 1, from, to, limit)
+                    .unwrap()
+                    .iter()
+                    .map(|p| (p.ts, p.value.unwrap()))
+                    .collect()
+            };
+            assert_eq!(got(0, i64::MAX / 2, None), want, "{name}");
+            for limit in [1, 2, 199, 200, 201, 399, 400, 401] {
+                let n = limit.min(want.len());
+                assert_eq!(
+                    got(0, i64::MAX / 2, Some(limit)),
+                    want[..n],
+                    "{name} {limit}"
+                );
+            }
+            // From inside a minute and an hour, to the millisecond before a reading.
+            let (from, to) = (want[10].0 - 1, want[300].0);
+            let inside: Vec<_> = want
+                .iter()
+                .filter(|w| w.0 >= from && w.0 < to)
+                .copied()
+                .collect();
+            assert_eq!(got(from, to, None), inside, "{name}");
+            assert_eq!(got(from, to, Some(50)), inside[..50], "{name}");
+            let all = range_all(c, 0, i64::MAX / 2).unwrap();
+            assert_eq!(all.len(), 2, "{name}");
+            assert_eq!(all[0].1.len(), want.len(), "{name}");
+            assert_eq!(all[1].1[0].value, Some(7.0), "{name}");
+            // Retention: the whole of day 0 goes; rows are counted by what they held.
+            let gone = delete_before(c, 1, t0 + day).unwrap();
+            assert_eq!(gone, 201, "{name}: 200 in hour rows and the chunk of one");
+            assert_eq!(got(0, i64::MAX / 2, None), want[200..], "{name}");
+        }
+    }
 }
