@@ -13,8 +13,12 @@
 //! Rows are only ever added, merged and, by retention, deleted whole. A reading stored again (the
 //! same series and millisecond, say from a gateway that lost its boot id and sent its spool twice)
 //! can be in two places; readers keep the one written later, which is what an upsert of rows did:
-//! an hour row holds what was written before any chunk of its hour, and chunks are in write order.
-//! Every reader of raw readings goes through [`range`] or [`range_all`].
+//! an hour row holds what was written before any chunk of its hour, and chunks are in write order
+//! (their ids). On PostgreSQL with several hub processes ids are handed out at insert, not at
+//! commit, so two processes writing the same series and millisecond at the same moment may be
+//! ordered either way; a gateway's series are written by one process at a time. Every reader of
+//! raw readings goes through [`range`] or [`for_each_series`], each window in one statement (one
+//! snapshot), so a merge committing meanwhile cannot hide readings.
 //!
 //! The blob is hand-encoded, not a serde format: it is a dozen lines, its layout must stay
 //! readable across versions (a format byte leads it), and a varint timestamp delta plus a flag
@@ -150,60 +154,18 @@ impl Pending {
         }
         let mut chunks: Vec<((i64, i64), Blob)> = self.chunks.drain().collect();
         chunks.sort_unstable_by_key(|(k, _)| *k);
-        let mut params = Vec::with_capacity(WIDTH * chunks.len());
+        let mut params = Vec::with_capacity(4 * chunks.len());
         for ((series, minute), c) in chunks {
             params.extend_from_slice(args![series, minute, c.n, c.data]);
         }
-        if tx.engine() == db::Engine::Sqlite {
-            // One row per statement: no statement journal (see the writer's notes), and no round
-            // trip to pay for.
-            tx.execute_each(insert_sql(1), &params, WIDTH)?;
-            return Ok(());
-        }
-        // PostgreSQL: every statement is a round trip, so many rows per statement.
-        let mut rest = &params[..];
-        while !rest.is_empty() {
-            let n = ROWS
-                .into_iter()
-                .find(|&r| WIDTH * r <= rest.len())
-                .unwrap_or(1);
-            let (now, tail) = rest.split_at(WIDTH * n);
-            tx.execute(insert_sql(n), now)?;
-            rest = tail;
-        }
-        Ok(())
+        db::insert_rows(
+            tx,
+            "INSERT INTO reading_chunks (series, minute, n, data)",
+            4,
+            "",
+            &params,
+        )
     }
-}
-
-/// Parameters per chunk row.
-const WIDTH: usize = 4;
-
-/// Rows per multi-row insert on PostgreSQL, largest first: any count is a sum of these.
-const ROWS: [usize; 4] = [64, 16, 4, 1];
-
-/// The insert of `n` chunks (built once per size).
-fn insert_sql(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        ROWS.iter()
-            .map(|&n| {
-                let values = (0..n)
-                    .map(|i| {
-                        let p: Vec<String> =
-                            (1..=WIDTH).map(|k| format!("${}", WIDTH * i + k)).collect();
-                        format!("({})", p.join(", "))
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                let sql =
-                    format!("INSERT INTO reading_chunks (series, minute, n, data) VALUES {values}");
-                (n, sql)
-            })
-            .collect()
-    });
-    all.iter()
-        .find(|(k, _)| *k == n)
-        .map_or(&all[all.len() - 1].1, |(_, sql)| sql)
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -313,30 +275,64 @@ fn settle(points: &mut Vec<Point>, from: i64, to: i64) {
     points.truncate(keep);
 }
 
-/// The readings of `series` in the rows that cover `[first_hour, last_hour]`, in write order.
-fn read_hours(
+/// `$from, …` for `n` parameters from `$from` on: an `IN` list.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Decodes one stored row into `out`; a corrupt one is logged and left out (its readings are
+/// lost either way, and one bad row must not stop every rollup and query of its series).
+fn decode_row(series: i64, base: i64, data: &[u8], out: &mut Vec<Point>) {
+    let before = out.len();
+    if let Err(e) = decode(base, data, out) {
+        out.truncate(before);
+        tracing::error!(series, base, error = %e, "a stored row of raw readings is corrupt; left out");
+    }
+}
+
+/// The readings of the series in `ids` in the hour rows and chunks covering `[from, to)`, in write
+/// order per series: the hour rows, then the chunks by (minute, id). One statement, so one
+/// snapshot: a merge committing meanwhile cannot hide the chunks it moved.
+fn read_rows(
     c: &dyn Sql,
-    series: i64,
-    first_hour: i64,
-    last_hour: i64,
-    minutes: (i64, i64),
-) -> db::Result<Vec<Point>> {
-    let mut points = Vec::new();
-    for r in &c.query(
-        "SELECT hour, data FROM reading_hours
-         WHERE series = $1 AND hour >= $2 AND hour <= $3 ORDER BY hour",
-        args![series, first_hour, last_hour],
-    )? {
-        decode(r.get(0)?, &r.get::<Vec<u8>>(1)?, &mut points)?;
+    ids: &[i64],
+    from: i64,
+    to: i64,
+) -> db::Result<std::collections::BTreeMap<i64, Vec<Point>>> {
+    let mut by: std::collections::BTreeMap<i64, Vec<Point>> = Default::default();
+    if ids.is_empty() || from >= to {
+        return Ok(by);
     }
-    for r in &c.query(
-        "SELECT minute, data FROM reading_chunks
-         WHERE series = $1 AND minute >= $2 AND minute <= $3 ORDER BY minute, id",
-        args![series, minutes.0, minutes.1],
-    )? {
-        decode(r.get(0)?, &r.get::<Vec<u8>>(1)?, &mut points)?;
+    let list = placeholders(5, ids.len());
+    let sql = format!(
+        "SELECT series, 0 AS src, hour AS base, 0 AS id, data FROM reading_hours
+         WHERE series IN ({list}) AND hour >= $1 AND hour <= $2
+         UNION ALL
+         SELECT series, 1 AS src, minute AS base, id, data FROM reading_chunks
+         WHERE series IN ({list}) AND minute >= $3 AND minute <= $4
+         ORDER BY 1, 2, 3, 4"
+    );
+    let mut params = args![
+        hour_of(from),
+        hour_of(to - 1),
+        minute_of(from),
+        minute_of(to - 1)
+    ]
+    .to_vec();
+    params.extend(ids.iter().map(db::ToValue::to_value));
+    for r in &c.query(&sql, &params)? {
+        let series: i64 = r.get(0)?;
+        decode_row(
+            series,
+            r.get(2)?,
+            &r.get::<Vec<u8>>(4)?,
+            by.entry(series).or_default(),
+        );
     }
-    Ok(points)
+    Ok(by)
 }
 
 /// Hours one query of [`range`] with a limit reads at a time.
@@ -385,14 +381,11 @@ pub fn range(
                 (hour_of(at).saturating_add(WINDOW_MS) - 1).min(last)
             }
         };
-        let mut points = read_hours(
-            c,
-            series,
-            hour_of(at),
-            hour_of(until),
-            (minute_of(at), minute_of(until)),
-        )?;
-        settle(&mut points, at, until.saturating_add(1));
+        let end = until.saturating_add(1);
+        let mut points = read_rows(c, &[series], at, end)?
+            .remove(&series)
+            .unwrap_or_default();
+        settle(&mut points, at, end);
         out.append(&mut points);
         if limit.is_some_and(|l| out.len() >= l) {
             break;
@@ -408,44 +401,44 @@ pub fn range(
     Ok(out)
 }
 
-/// The readings of every series with `from <= ts < to`, as [`range`] gives them, by series.
-pub fn range_all(c: &dyn Sql, from: i64, to: i64) -> db::Result<Vec<(i64, Vec<Point>)>> {
-    let mut by: std::collections::BTreeMap<i64, Vec<Point>> = Default::default();
+/// Series read at once by [`for_each_series`]: what it holds in memory is their readings.
+const SERIES_AT_ONCE: usize = 128;
+
+/// Calls `f` with the readings of each series with `from <= ts < to`, as [`range`] gives them, a
+/// few series at a time (a rollup step of a busy town holds millions of readings).
+pub fn for_each_series(
+    c: &dyn Sql,
+    from: i64,
+    to: i64,
+    mut f: impl FnMut(i64, Vec<Point>) -> db::Result<()>,
+) -> db::Result<()> {
     if from >= to {
-        return Ok(Vec::new());
+        return Ok(());
     }
-    // The hour rows first: anything in a chunk was written after them.
-    for r in &c.query(
-        "SELECT series, hour, data FROM reading_hours
-         WHERE series IN (SELECT id FROM series) AND hour >= $1 AND hour <= $2
-         ORDER BY series, hour",
-        args![hour_of(from), hour_of(to - 1)],
-    )? {
-        decode(
-            r.get(1)?,
-            &r.get::<Vec<u8>>(2)?,
-            by.entry(r.get(0)?).or_default(),
-        )?;
-    }
-    for r in &c.query(
-        "SELECT series, minute, data FROM reading_chunks
-         WHERE series IN (SELECT id FROM series) AND minute >= $1 AND minute <= $2
-         ORDER BY series, minute, id",
-        args![minute_of(from), minute_of(to - 1)],
-    )? {
-        decode(
-            r.get(1)?,
-            &r.get::<Vec<u8>>(2)?,
-            by.entry(r.get(0)?).or_default(),
-        )?;
-    }
-    let mut out = Vec::with_capacity(by.len());
-    for (series, mut points) in by {
-        settle(&mut points, from, to);
-        if !points.is_empty() {
-            out.push((series, points));
+    let ids: Vec<i64> = c
+        .query("SELECT id FROM series ORDER BY id", &[])?
+        .iter()
+        .map(|r| r.get(0))
+        .collect::<db::Result<_>>()?;
+    for group in ids.chunks(SERIES_AT_ONCE) {
+        for (series, mut points) in read_rows(c, group, from, to)? {
+            settle(&mut points, from, to);
+            if !points.is_empty() {
+                f(series, points)?;
+            }
         }
     }
+    Ok(())
+}
+
+/// [`for_each_series`], collected (tests).
+#[cfg(test)]
+pub fn range_all(c: &dyn Sql, from: i64, to: i64) -> db::Result<Vec<(i64, Vec<Point>)>> {
+    let mut out = Vec::new();
+    for_each_series(c, from, to, |s, p| {
+        out.push((s, p));
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -476,8 +469,8 @@ pub fn delete_before(c: &dyn Sql, series: i64, cutoff: i64) -> db::Result<u64> {
 ///
 /// At a few readings per series per batch (a town at its usual rate) a chunk holds a reading or
 /// two, and a row per reading costs more than the old row did; merged once the hour is rolled up,
-/// an hour of a series is one row again (12 bytes or so a reading), read in one go. Chunks written
-/// after the merge read its chunks keep their place (they have larger ids than those it deletes).
+/// an hour of a series is one row again (10 to 12 bytes a numeric reading), read in one go. Only
+/// the chunks read are deleted: one another process commits meanwhile stays, to be merged later.
 pub fn compact(c: &dyn Sql, series: i64, hour: i64) -> db::Result<usize> {
     let chunks = c.query(
         "SELECT id, minute, data FROM reading_chunks
@@ -491,19 +484,32 @@ pub fn compact(c: &dyn Sql, series: i64, hour: i64) -> db::Result<usize> {
     if let Some(r) = c.query_opt(
         "SELECT data FROM reading_hours WHERE series = $1 AND hour = $2",
         args![series, hour],
-    )? {
-        decode(hour, &r.get::<Vec<u8>>(0)?, &mut points)?;
+    )? && let Err(e) = decode(hour, &r.get::<Vec<u8>>(0)?, &mut points)
+    {
+        tracing::error!(series, hour, error = %e, "an hour of raw readings is corrupt; not merged");
+        return Ok(0);
     }
-    let mut newest = i64::MIN;
+    let mut ids = Vec::with_capacity(chunks.len());
     for r in &chunks {
-        newest = newest.max(r.get(0)?);
-        decode(r.get(1)?, &r.get::<Vec<u8>>(2)?, &mut points)?;
+        ids.push(r.get::<i64>(0)?);
+        // A corrupt row stops the merge of this hour (it stays as it is, left out by readers).
+        if let Err(e) = decode(r.get(1)?, &r.get::<Vec<u8>>(2)?, &mut points) {
+            tracing::error!(series, hour, error = %e, "a chunk of raw readings is corrupt; its hour is not merged");
+            return Ok(0);
+        }
     }
     settle(&mut points, hour, hour + SPAN_MS);
-    c.execute(
-        "DELETE FROM reading_chunks WHERE series = $1 AND minute >= $2 AND minute < $3 AND id <= $4",
-        args![series, hour, hour + SPAN_MS, newest],
-    )?;
+    // Exactly the chunks read: on PostgreSQL another hub process may commit a chunk of this hour
+    // meanwhile, with any id; it stays, to be merged later.
+    for group in ids.chunks(256) {
+        c.execute(
+            &format!(
+                "DELETE FROM reading_chunks WHERE id IN ({})",
+                placeholders(1, group.len())
+            ),
+            &group.iter().map(db::ToValue::to_value).collect::<Vec<_>>(),
+        )?;
+    }
     write_hour(c, series, hour, &points)?;
     Ok(chunks.len())
 }
@@ -789,6 +795,32 @@ mod tests {
             let gone = delete_before(c, 1, t0 + day).unwrap();
             assert_eq!(gone, 201, "{name}: 200 in hour rows and the chunk of one");
             assert_eq!(got(0, i64::MAX / 2, None), want[200..], "{name}");
+        }
+    }
+
+    /// A corrupt row is left out of reads and not merged; the rest of its series reads on.
+    #[test]
+    fn a_corrupt_row_is_left_out_not_fatal() {
+        for (name, c) in crate::db::testing::migrated() {
+            let c = &*c;
+            c.batch("INSERT INTO series (id, gateway, device, metric) VALUES (1, 'gw', 'd', 'a');")
+                .unwrap();
+            let t0 = 1_790_000_000_000 - 1_790_000_000_000 % SPAN_MS;
+            insert(c, 1, &[good(t0 + 1, 1.0), good(t0 + 120_001, 2.0)]).unwrap();
+            c.execute(
+                "INSERT INTO reading_chunks (series, minute, n, data) VALUES (1, $1, 1, $2)",
+                args![t0 + 60_000, vec![FORMAT, 0x80]],
+            )
+            .unwrap();
+            let got = range(c, 1, t0, t0 + SPAN_MS, None).unwrap();
+            assert_eq!(
+                got.iter().map(|p| p.ts).collect::<Vec<_>>(),
+                [t0 + 1, t0 + 120_001],
+                "{name}"
+            );
+            assert_eq!(compact(c, 1, t0).unwrap(), 0, "{name}: not merged");
+            let chunks: i64 = db::one(c, "SELECT COUNT(*) FROM reading_chunks", &[]).unwrap();
+            assert_eq!(chunks, 3, "{name}");
         }
     }
 }

@@ -218,74 +218,19 @@ impl Maintenance {
         let watermark = self.watermark.max(to);
         let compacted: i64 = db::one(&tx, "SELECT compacted FROM rollup_state", &[])?;
         let dirty_left = recompute_dirty(&tx, watermark, compacted, now_ms)?;
-        let compact_left = self.compact_step(&tx, compacted, floor(watermark, HOUR_MS), now_ms)?;
+        // The merge cursor moves on only with the transaction that did the work.
+        let mut cursor = self.compact_cursor;
+        let compact_left = compact_step(
+            &tx,
+            &mut cursor,
+            compacted,
+            floor(watermark, HOUR_MS),
+            now_ms,
+        )?;
         tx.commit()?;
+        self.compact_cursor = cursor;
         self.watermark = watermark;
         Ok(self.watermark < horizon || dirty_left || compact_left)
-    }
-
-    /// Merges the chunks of each series in the hours before `until` (rolled up: few readings
-    /// still come for them) into one per hour (see [`super::raw::compact`]), from the hour
-    /// `compacted` on, and again those that late readings came for once none have come for
-    /// [`LATE_QUIET_MS`]; within [`COMPACT_BUDGET`]. Returns whether work is left.
-    fn compact_step(
-        &mut self,
-        tx: &dyn Sql,
-        compacted: i64,
-        until: i64,
-        now_ms: i64,
-    ) -> db::Result<bool> {
-        let started = Instant::now();
-        let quiet: Vec<(i64, i64)> = tx
-            .query(
-                "SELECT series, hour FROM chunks_late WHERE touched < $1 ORDER BY touched LIMIT 500",
-                args![now_ms - LATE_QUIET_MS],
-            )?
-            .iter()
-            .map(|r| Ok((r.get(0)?, r.get(1)?)))
-            .collect::<db::Result<_>>()?;
-        for &(series, hour) in &quiet {
-            super::raw::compact(tx, series, hour)?;
-            tx.execute(
-                "DELETE FROM chunks_late WHERE series = $1 AND hour = $2",
-                args![series, hour],
-            )?;
-            if started.elapsed() > COMPACT_BUDGET {
-                return Ok(true);
-            }
-        }
-        let mut hour = match compacted {
-            0 => super::raw::oldest(tx)?.unwrap_or(until).min(until),
-            h => h,
-        };
-        if self.compact_cursor.0 != hour {
-            self.compact_cursor = (hour, 0);
-        }
-        let mut left = quiet.len() == 500;
-        'hours: while hour < until {
-            let ids: Vec<i64> = tx
-                .query(
-                    "SELECT id FROM series WHERE id > $1 ORDER BY id",
-                    args![self.compact_cursor.1],
-                )?
-                .iter()
-                .map(|r| r.get(0))
-                .collect::<db::Result<_>>()?;
-            for id in ids {
-                super::raw::compact(tx, id, hour)?;
-                self.compact_cursor.1 = id;
-                if started.elapsed() > COMPACT_BUDGET {
-                    left = true;
-                    break 'hours;
-                }
-            }
-            hour += HOUR_MS;
-            self.compact_cursor = (hour, 0);
-        }
-        if hour != compacted {
-            tx.execute("UPDATE rollup_state SET compacted = $1", args![hour])?;
-        }
-        Ok(left)
     }
 
     /// Deletes what is past its period, within the time budget. Returns whether it finished.
@@ -386,19 +331,91 @@ impl Maintenance {
     }
 }
 
+/// Merges the chunks of each series in the hours before `until` (rolled up: few readings
+/// still come for them) into one per hour (see [`super::raw::compact`]), from the hour
+/// `compacted` on, and again those that late readings came for once none have come for
+/// [`LATE_QUIET_MS`]; within [`COMPACT_BUDGET`]. Returns whether work is left.
+fn compact_step(
+    tx: &dyn Sql,
+    cursor: &mut (i64, i64),
+    compacted: i64,
+    until: i64,
+    now_ms: i64,
+) -> db::Result<bool> {
+    let started = Instant::now();
+    let quiet: Vec<(i64, i64)> = tx
+        .query(
+            "SELECT series, hour FROM chunks_late WHERE touched < $1 ORDER BY touched LIMIT 500",
+            args![now_ms - LATE_QUIET_MS],
+        )?
+        .iter()
+        .map(|r| Ok((r.get(0)?, r.get(1)?)))
+        .collect::<db::Result<_>>()?;
+    for &(series, hour) in &quiet {
+        super::raw::compact(tx, series, hour)?;
+        tx.execute(
+            "DELETE FROM chunks_late WHERE series = $1 AND hour = $2",
+            args![series, hour],
+        )?;
+        if started.elapsed() > COMPACT_BUDGET {
+            return Ok(true);
+        }
+    }
+    let mut hour = match compacted {
+        0 => super::raw::oldest(tx)?.unwrap_or(until).min(until),
+        h => h,
+    };
+    if cursor.0 != hour {
+        *cursor = (hour, 0);
+    }
+    let mut left = quiet.len() == 500;
+    'hours: while hour < until {
+        // The series that have chunks in this hour (one index seek per series).
+        let ids: Vec<i64> = tx
+            .query(
+                "SELECT DISTINCT series FROM reading_chunks
+                 WHERE series IN (SELECT id FROM series WHERE id > $1)
+                   AND minute >= $2 AND minute < $3
+                 ORDER BY series",
+                args![cursor.1, hour, hour + HOUR_MS],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect::<db::Result<_>>()?;
+        for id in ids {
+            super::raw::compact(tx, id, hour)?;
+            cursor.1 = id;
+            if started.elapsed() > COMPACT_BUDGET {
+                left = true;
+                break 'hours;
+            }
+        }
+        hour += HOUR_MS;
+        *cursor = (hour, 0);
+    }
+    if hour != compacted {
+        tx.execute("UPDATE rollup_state SET compacted = $1", args![hour])?;
+    }
+    Ok(left)
+}
+
 /// Rolls the minutes in `[from, to)` up from the raw readings, and adds them into their hours.
 /// Those minutes were never rolled up before (they were past the watermark), so adding is right.
 fn roll_new_minutes(tx: &dyn Sql, from: i64, to: i64) -> db::Result<()> {
-    for (series, points) in super::raw::range_all(tx, from, to)? {
+    super::raw::for_each_series(tx, from, to, |series, points| {
+        let mut rows = Vec::new();
         for (ts, n, sum, min, max) in super::raw::buckets(&points, MINUTE_MS) {
-            tx.execute(
-                "INSERT INTO rollup_1m (series, ts, n, sum, min, max) VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (series, ts) DO UPDATE SET
-                    n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max",
-                args![series, ts, n, sum, min, max],
-            )?;
+            rows.extend_from_slice(args![series, ts, n, sum, min, max]);
         }
-    }
+        db::insert_rows(
+            tx,
+            "INSERT INTO rollup_1m (series, ts, n, sum, min, max)",
+            6,
+            "ON CONFLICT (series, ts) DO UPDATE SET
+                n = excluded.n, sum = excluded.sum, min = excluded.min, max = excluded.max",
+            &rows,
+        )
+    })?;
     tx.execute(
         "INSERT INTO rollup_1h (series, ts, n, sum, min, max)
          SELECT series, ts - ts % 3600000, SUM(n), SUM(sum), MIN(min), MAX(max)
@@ -453,7 +470,8 @@ fn recompute_dirty(tx: &dyn Sql, watermark: i64, compacted: i64, now_ms: i64) ->
         hours.insert((series, floor(ts, HOUR_MS)));
     }
     for (series, ts) in hours {
-        if ts < compacted {
+        // `<=`: the hour being merged may have passed this series already.
+        if ts <= compacted {
             tx.execute(
                 "INSERT INTO chunks_late (series, hour, touched) VALUES ($1, $2, $3)
                  ON CONFLICT (series, hour) DO UPDATE SET touched = excluded.touched",

@@ -398,6 +398,11 @@ fn readings_to_chunks(tx: &dyn crate::db::Sql) -> crate::db::Result<()> {
             }
         }
     }
+    // What moved is in hour rows already: merging starts from now, not from the oldest hour.
+    tx.execute(
+        "UPDATE rollup_state SET compacted = $1",
+        args![super::raw::hour_of(crate::now_ms())],
+    )?;
     tx.batch("DROP TABLE readings")
 }
 

@@ -292,7 +292,7 @@ fn try_batch(
             args![DEAD_LETTERS_KEPT],
         )?;
     }
-    // All the batch's readings at once: a chunk per series and hour (see `super::raw`).
+    // All the batch's readings at once: a chunk per series and minute (see `super::raw`).
     staged.readings.flush(&tx)?;
     if !isolate {
         latest = staged.latest;
