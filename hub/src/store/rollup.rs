@@ -447,28 +447,40 @@ fn recompute_dirty(tx: &dyn Sql, watermark: i64, compacted: i64, now_ms: i64) ->
         .map(|r| Ok((r.get(0)?, r.get(1)?)))
         .collect::<db::Result<_>>()?;
     let more = dirty.len() > DIRTY_PER_STEP;
-    let mut hours = BTreeSet::new();
+    // The dirty minutes of a series in one hour are read in one go (a replayed hour would
+    // otherwise read its hour row once per minute).
+    let mut hours: std::collections::BTreeMap<(i64, i64), Vec<i64>> = Default::default();
     for &(series, ts) in dirty.iter().take(DIRTY_PER_STEP) {
         tx.execute(
             "DELETE FROM rollup_dirty WHERE series = $1 AND ts = $2",
             args![series, ts],
         )?;
-        if ts >= watermark {
-            continue;
+        if ts < watermark {
+            hours
+                .entry((series, floor(ts, HOUR_MS)))
+                .or_default()
+                .push(ts);
         }
-        tx.execute(
-            "DELETE FROM rollup_1m WHERE series = $1 AND ts = $2",
-            args![series, ts],
-        )?;
-        let points = super::raw::range(tx, series, ts, ts + MINUTE_MS, None)?;
-        for (ts, n, sum, min, max) in super::raw::buckets(&points, MINUTE_MS) {
-            tx.execute(
-                "INSERT INTO rollup_1m (series, ts, n, sum, min, max) VALUES ($1, $2, $3, $4, $5, $6)",
-                args![series, ts, n, sum, min, max],
-            )?;
-        }
-        hours.insert((series, floor(ts, HOUR_MS)));
     }
+    for (&(series, _), minutes) in &hours {
+        let (first, last) = (minutes[0], minutes[minutes.len() - 1]);
+        let points = super::raw::range(tx, series, first, last + MINUTE_MS, None)?;
+        let buckets = super::raw::buckets(&points, MINUTE_MS);
+        for &ts in minutes {
+            tx.execute(
+                "DELETE FROM rollup_1m WHERE series = $1 AND ts = $2",
+                args![series, ts],
+            )?;
+            if let Ok(i) = buckets.binary_search_by_key(&ts, |b| b.0) {
+                let (ts, n, sum, min, max) = buckets[i];
+                tx.execute(
+                    "INSERT INTO rollup_1m (series, ts, n, sum, min, max) VALUES ($1, $2, $3, $4, $5, $6)",
+                    args![series, ts, n, sum, min, max],
+                )?;
+            }
+        }
+    }
+    let hours: BTreeSet<(i64, i64)> = hours.into_keys().collect();
     for (series, ts) in hours {
         // `<=`: the hour being merged may have passed this series already.
         if ts <= compacted {
