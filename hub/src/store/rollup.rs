@@ -37,7 +37,7 @@ const DIRTY_PER_STEP: usize = 2_000;
 /// How long one retention pass may hold the writer before it yields to ingest.
 const RETENTION_BUDGET: Duration = Duration::from_millis(200);
 /// How long one rollup step may spend merging chunks: the writer waits meanwhile.
-const COMPACT_BUDGET: Duration = Duration::from_millis(100);
+const COMPACT_BUDGET: Duration = Duration::from_millis(50);
 /// How long after the last late reading for an hour of a series its chunks are merged again: a
 /// spool replayed after an outage brings an hour's readings over many batches, and merging after
 /// each would rewrite the hour again and again.
@@ -107,6 +107,8 @@ pub(super) struct Maintenance {
     retention_cursor: i64,
     /// The hour being compacted and the series it continues after.
     compact_cursor: (i64, i64),
+    /// Whether the last rollup step left only merging to do.
+    only_merging: bool,
     evidence_dir: PathBuf,
 }
 
@@ -131,6 +133,7 @@ impl Maintenance {
             next_retention: Instant::now(),
             retention_cursor: 0,
             compact_cursor: (0, 0),
+            only_merging: false,
             evidence_dir,
         })
     }
@@ -163,12 +166,13 @@ impl Maintenance {
                     metrics
                         .rollup_micros
                         .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
-                    // Catching up: another step soon, but let a batch or two through first.
+                    // Catching up: another step soon, but let a batch or two through first. Only
+                    // merging left: at a slower pace (ingest first; nothing waits on merges).
                     self.next_rollup = now
-                        + if more {
-                            Duration::from_millis(50)
-                        } else {
-                            Duration::from_secs(5)
+                        + match (more, self.only_merging) {
+                            (true, false) => Duration::from_millis(50),
+                            (true, true) => Duration::from_millis(500),
+                            (false, _) => Duration::from_secs(5),
                         };
                 }
                 Err(e) => {
@@ -230,7 +234,9 @@ impl Maintenance {
         tx.commit()?;
         self.compact_cursor = cursor;
         self.watermark = watermark;
-        Ok(self.watermark < horizon || dirty_left || compact_left)
+        let behind = self.watermark < horizon || dirty_left;
+        self.only_merging = compact_left && !behind;
+        Ok(behind || compact_left)
     }
 
     /// Deletes what is past its period, within the time budget. Returns whether it finished.
