@@ -31,19 +31,17 @@
 
 use crate::db::{self, DbError, Sql, args};
 
-/// The time an hour row spans (UTC, from the epoch).
-pub const SPAN_MS: i64 = 3_600_000;
-/// The time a chunk spans at most.
-pub const CHUNK_MS: i64 = 60_000;
+use super::rollup::floor;
+
+/// The time an hour row spans (UTC, from the epoch): the rollups' hour.
+pub const SPAN_MS: i64 = super::rollup::HOUR_MS;
+/// The time a chunk spans at most: the rollups' minute.
+pub const CHUNK_MS: i64 = super::rollup::MINUTE_MS;
 
 const FORMAT: u8 = 1;
 const HAS_VALUE: u8 = 1;
 const HAS_TEXT: u8 = 2;
 const HAS_QUALITY: u8 = 4;
-
-fn floor(ts: i64, unit: i64) -> i64 {
-    ts.saturating_sub(ts.rem_euclid(unit))
-}
 
 /// The hour a reading's hour row starts at.
 pub fn hour_of(ts: i64) -> i64 {
@@ -189,7 +187,7 @@ fn corrupt(what: &str) -> DbError {
 }
 
 /// Reads a blob (of the row starting at `base`), appending its readings in write order.
-pub fn decode(base: i64, data: &[u8], out: &mut Vec<Point>) -> db::Result<()> {
+fn decode(base: i64, data: &[u8], out: &mut Vec<Point>) -> db::Result<()> {
     let mut r = Reader { data, at: 0 };
     match r.byte()? {
         FORMAT => {}

@@ -92,8 +92,8 @@ impl Retention {
     }
 }
 
-fn floor(ms: i64, unit: i64) -> i64 {
-    ms - ms.rem_euclid(unit)
+pub(super) fn floor(ms: i64, unit: i64) -> i64 {
+    ms.saturating_sub(ms.rem_euclid(unit))
 }
 
 /// The rollup and retention state the writer thread keeps.
