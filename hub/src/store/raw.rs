@@ -122,7 +122,7 @@ impl Blob {
 /// Readings waiting to be written, a chunk per (series, minute).
 #[derive(Default)]
 pub struct Pending {
-    chunks: std::collections::HashMap<(i64, i64), Blob, foldhash::fast::RandomState>,
+    chunks: super::writer::FastMap<(i64, i64), Blob>,
 }
 
 impl Pending {

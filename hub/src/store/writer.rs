@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 /// keys are series ids and the gateway's own device and metric names (authenticated unless the hub
 /// takes unsigned messages); foldhash seeds each map at random, which is the flood resistance kept.
 type Fast = foldhash::fast::RandomState;
-type FastMap<K, V> = HashMap<K, V, Fast>;
+pub(super) type FastMap<K, V> = HashMap<K, V, Fast>;
 
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 512;
@@ -228,8 +228,6 @@ fn try_batch(
         // dead letter instead of failing the whole batch forever.
         if isolate {
             tx.batch("SAVEPOINT op")?;
-        }
-        if isolate {
             staged.latest.clear();
         }
         let mut new_envelope = false;
