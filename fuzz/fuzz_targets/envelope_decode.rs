@@ -3,7 +3,8 @@
 //! agent accept (envelope on `up`, presence, heartbeat, reply, and the agent's command).
 //!
 //! Properties: nothing panics; a message that decodes also re-encodes (given room for the
-//! re-serialisation, which may be longer than the input) and decodes back to an equal message.
+//! re-serialisation, which may be longer than the input) and decodes back to an equal message;
+//! whatever `decode`'s fast reader (sonic-rs) accepts, serde_json accepts and reads the same.
 #![no_main]
 
 use std::sync::OnceLock;
@@ -27,6 +28,12 @@ fn check<M>(msg: &[u8], limits: &Limits)
 where
     M: protocol::codec::Message + PartialEq + std::fmt::Debug,
 {
+    if let Some(fast) = protocol::codec::fast_read::<M>(msg) {
+        match serde_json::from_slice::<M>(msg) {
+            Ok(slow) => assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "readers differ"),
+            Err(e) => panic!("sonic-rs accepts what serde_json refuses: {e}"),
+        }
+    }
     let Ok(m) = protocol::decode::<M>(msg, limits) else {
         return;
     };

@@ -140,6 +140,27 @@ proptest! {
         let _ = decode::<Envelope>(&bytes, &limits());
     }
 
+    /// A good envelope damaged in up to four places (bytes replaced, inserted or removed, where
+    /// strings and numbers are): what sonic-rs accepts, serde_json accepts and reads the same.
+    #[test]
+    fn sonic_rs_is_no_looser_than_serde_json_on_damaged_envelopes(
+        env in envelope(),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<u8>()), 1..5),
+    ) {
+        let mut bytes = encode(&env, &limits()).unwrap();
+        for (at, how, byte) in edits {
+            let i = at.index(bytes.len());
+            match how {
+                0 => bytes[i] = byte,
+                1 => bytes.insert(i, byte),
+                _ => {
+                    bytes.remove(i);
+                }
+            }
+        }
+        fast_reads_as_reference(&bytes);
+    }
+
     #[test]
     fn timestamps_round_trip(ms in 0i64..4_102_444_800_000) {
         let t = Timestamp::from_unix_millis(ms);
@@ -443,4 +464,149 @@ fn command_round_trips_and_rejects_expired_window() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("expiresAt"), "{e}");
+}
+
+/// `decode` reads with sonic-rs first and falls back to serde_json, the reference, on whatever
+/// sonic-rs refuses. So the protocol's language stays serde_json's only if sonic-rs accepts
+/// nothing that serde_json refuses, and reads what it accepts the same way.
+fn fast_reads_as_reference(bytes: &[u8]) {
+    let input = String::from_utf8_lossy(bytes);
+    let reference = serde_json::from_slice::<Envelope>(bytes);
+    if let Some(fast) = protocol::codec::fast_read::<Envelope>(bytes) {
+        match &reference {
+            Ok(slow) => assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{input}"),
+            Err(e) => panic!("sonic-rs accepts what serde_json refuses ({e}): {input}"),
+        }
+    }
+    assert_eq!(
+        decode::<Envelope>(bytes, &limits()).is_ok(),
+        reference.is_ok_and(|e| e.check(&limits()).is_ok()),
+        "{input}"
+    );
+}
+
+fn one_reading_envelope(value: &str) -> Vec<u8> {
+    format!(
+        r#"{{"v":1,"gateway":"gw-01","boot":"67e55044-10b1-426f-9247-bb680e5fe0c8","seq":7,"sentAt":"2026-11-22T05:53:15.123Z","clock":"synced","items":[{{"kind":"reading","device":"d","metric":"m","observedAt":"2026-11-22T05:53:14.000Z","value":{value}}}]}}"#
+    )
+    .into_bytes()
+}
+
+/// The corners of JSON where parsers differ, each in an otherwise good envelope.
+#[test]
+fn sonic_rs_is_no_looser_than_serde_json_at_the_corners() {
+    let values = [
+        "1",
+        "-0",
+        "-0.0",
+        "1E5",
+        "1e+5",
+        "0.1e1",
+        "2.2250738585072011e-308",
+        "5e-324",
+        "1.7976931348623157e308",
+        "-0e5",
+        "-0.000",
+        "-0.0e-3",
+        "-0.01",
+        "-0.5",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "01",
+        "1.",
+        ".5",
+        "+1",
+        "NaN",
+        "Infinity",
+        "-",
+        "1e",
+        "123456789012345678901234567890",
+        "0x10",
+        "true",
+        "tru",
+        "null",
+        r#""text""#,
+        r#""\ud800""#,
+        r#""\udc00""#,
+        r#""\ud83d\ude00""#,
+        r#""\ud800\u0041""#,
+        r#""a\u0000b""#,
+        "\"a\tb\"",
+        "\"a\nb\"",
+        r#""\x""#,
+        r#""\u12""#,
+        r#""\/""#,
+        r#""é""#,
+        r#""unterminated"#,
+        "[1]",
+        "{}",
+    ];
+    for v in values {
+        fast_reads_as_reference(&one_reading_envelope(v));
+    }
+    let good = String::from_utf8(one_reading_envelope("1")).unwrap();
+    let mut inputs: Vec<Vec<u8>> = vec![
+        format!("{good} x").into_bytes(),
+        format!("{good},").into_bytes(),
+        format!("{good}\n\t ").into_bytes(),
+        format!("{good}{good}").into_bytes(),
+        format!("\u{feff}{good}").into_bytes(),
+        good.replace(r#""seq":7"#, r#""seq":7,"seq":8"#)
+            .into_bytes(),
+        good.replace(r#""seq":7"#, r#""seq":18446744073709551615"#)
+            .into_bytes(),
+        good.replace(r#""seq":7"#, r#""seq":18446744073709551616"#)
+            .into_bytes(),
+        good.replace(r#""seq":7"#, r#""seq":-1"#).into_bytes(),
+        good.replace(r#""seq":7"#, r#""seq":7.0"#).into_bytes(),
+        good.replace(r#""seq":7"#, r#""seq":7e0"#).into_bytes(),
+        good.replace(r#""v":1"#, r#""v":1.0"#).into_bytes(),
+        good.replace(r#""v":1"#, r#""v" : 1 "#).into_bytes(),
+        good.replace(
+            r#""kind":"reading""#,
+            r#""kind":"reading","kind":"reading""#,
+        )
+        .into_bytes(),
+        good.replace("}]}", "},]}").into_bytes(),
+        good.replace(r#""device":"d""#, r#""device":"d","extra":1"#)
+            .into_bytes(),
+        good.replace(r#""clock":"synced""#, r#""clock":"Synced""#)
+            .into_bytes(),
+    ];
+    // Bad UTF-8 in a string: a stray byte, a cut sequence, an overlong form, a surrogate.
+    for bad in [&[0xff][..], &[0xc3], &[0xc0, 0xaf], &[0xed, 0xa0, 0x80]] {
+        let at = good.find(r#""d""#).unwrap() + 1;
+        let mut b = good.clone().into_bytes();
+        b.splice(at..at + 1, bad.iter().copied());
+        inputs.push(b);
+    }
+    for input in &inputs {
+        fast_reads_as_reference(input);
+    }
+}
+
+/// Nothing in an envelope nests deeply, so a deep nest anywhere must be an error, never a stack
+/// overflow, on a thread with a worker's 2 MiB stack.
+#[test]
+fn deep_nesting_is_an_error_not_a_crash() {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(|| {
+            for depth in [200, 10_000, 100_000] {
+                let nest = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+                let bytes = format!(
+                    r#"{{"v":1,"gateway":"gw-01","boot":"67e55044-10b1-426f-9247-bb680e5fe0c8","seq":7,"sentAt":"2026-11-22T05:53:15.123Z","clock":"synced","items":[{{"kind":"event","device":"cam-3","event":"parkingCapture","observedAt":"2026-11-22T05:50:00.000Z","phase":"instant","attributes":{{"a":{nest}}}}}]}}"#
+                );
+                assert!(decode::<Envelope>(bytes.as_bytes(), &limits()).is_err());
+                fast_reads_as_reference(bytes.as_bytes());
+                let items = format!(r#"{{"v":1,"items":{nest}}}"#);
+                assert!(decode::<Envelope>(items.as_bytes(), &limits()).is_err());
+                // sonic-rs itself, reading any JSON: an error or a value, not a crash.
+                let _ = sonic_rs::from_str::<serde_json::Value>(&items);
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }
