@@ -1,7 +1,8 @@
 //! Hub ingest end to end (MQTT → verified → decoded → deduped → committed to SQLite), against a bare
 //! `mosquitto_sub` reading the same stream from the same Mosquitto in the same run.
 //!
-//! `cargo run --release -p hub --example ingest_bench -- [READINGS]` (default 1,000,000). Needs
+//! `cargo run --release -p hub --example ingest_bench -- [READINGS [GATEWAYS]]` (default 1,000,000;
+//! GATEWAYS, 1 or 4, runs only that pair, for a profile or an A/B of two builds). Needs
 //! `mosquitto` and `mosquitto_sub` (./test.sh installs them). For 1 and for 4 publishing gateways:
 //! 1. a fresh Mosquitto; `mosquitto_sub -q 1 -C N` subscribes; the publisher sends N envelopes of 500
 //!    readings (encoded and signed as an agent does, QoS 1); time until the subscriber has them all;
@@ -1008,16 +1009,24 @@ fn main() {
         .nth(1)
         .map(|a| a.parse().expect("READINGS must be a number"))
         .unwrap_or(1_000_000);
+    let only: Option<usize> = std::env::args()
+        .nth(2)
+        .map(|a| a.parse().expect("GATEWAYS must be a number"));
     let envelopes = (readings / PER_ENVELOPE).max(4) / 4 * 4;
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let mut rows = Vec::new();
     for gateways in [1, 4] {
+        if only.is_some_and(|g| g != gateways) {
+            continue;
+        }
         let b = bare(dir.path(), &rt, gateways, envelopes);
         let h = hub_case(dir.path(), &rt, gateways, envelopes, false);
         rows.push((b, Some(h)));
     }
-    rows.push((hub_case(dir.path(), &rt, 1, envelopes, true), None));
+    if only.is_none() {
+        rows.push((hub_case(dir.path(), &rt, 1, envelopes, true), None));
+    }
     println!(
         "{} envelopes of {PER_ENVELOPE} readings per case; {} cores\n",
         envelopes,

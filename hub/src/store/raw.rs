@@ -119,13 +119,30 @@ impl Blob {
     }
 }
 
-/// Readings waiting to be written, a chunk per (series, minute).
-#[derive(Default)]
-pub struct Pending {
-    chunks: super::writer::FastMap<(i64, i64), Blob>,
+/// Readings waiting to be written: per series a chunk per minute, and beside them what the
+/// caller keeps per series (`T`; the writer keeps the series' latest value there), so that a
+/// reading costs one lookup.
+pub struct Pending<T = ()> {
+    series: super::writer::FastMap<i64, Waiting<T>>,
 }
 
-impl Pending {
+#[derive(Default)]
+struct Waiting<T> {
+    /// (minute, its chunk); nearly always one.
+    chunks: Vec<(i64, Blob)>,
+    kept: T,
+}
+
+impl<T> Default for Pending<T> {
+    fn default() -> Self {
+        Self {
+            series: Default::default(),
+        }
+    }
+}
+
+impl<T: Default> Pending<T> {
+    /// Adds a reading; returns what is kept beside the series' readings.
     pub fn push(
         &mut self,
         series: i64,
@@ -133,28 +150,40 @@ impl Pending {
         value: Option<f64>,
         text: Option<&str>,
         quality: Option<&str>,
-    ) {
+    ) -> &mut T {
         let minute = minute_of(ts);
-        self.chunks
-            .entry((series, minute))
-            .or_insert_with(|| Blob::new(minute))
-            .push(ts, value, text, quality);
+        let w = self.series.entry(series).or_default();
+        let at = match w.chunks.iter().rposition(|(m, _)| *m == minute) {
+            Some(at) => at,
+            None => {
+                w.chunks.push((minute, Blob::new(minute)));
+                w.chunks.len() - 1
+            }
+        };
+        w.chunks[at].1.push(ts, value, text, quality);
+        &mut w.kept
     }
 
     pub fn clear(&mut self) {
-        self.chunks.clear();
+        self.series.clear();
     }
 
-    /// Writes the waiting chunks, in (series, minute) order, and empties this.
-    pub fn flush(&mut self, tx: &dyn Sql) -> db::Result<()> {
-        if self.chunks.is_empty() {
-            return Ok(());
+    /// Writes the waiting chunks, in (series, minute) order, and empties this; returns what was
+    /// kept per series, in series order.
+    pub fn flush(&mut self, tx: &dyn Sql) -> db::Result<Vec<(i64, T)>> {
+        if self.series.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut chunks: Vec<((i64, i64), Blob)> = self.chunks.drain().collect();
-        chunks.sort_unstable_by_key(|(k, _)| *k);
-        let mut params = Vec::with_capacity(4 * chunks.len());
-        for ((series, minute), c) in chunks {
-            params.extend_from_slice(args![series, minute, c.n, c.data]);
+        let mut series: Vec<(i64, Waiting<T>)> = self.series.drain().collect();
+        series.sort_unstable_by_key(|(id, _)| *id);
+        let mut params = Vec::with_capacity(4 * series.len());
+        let mut kept = Vec::with_capacity(series.len());
+        for (id, mut w) in series {
+            w.chunks.sort_unstable_by_key(|(minute, _)| *minute);
+            for (minute, c) in w.chunks {
+                params.extend_from_slice(args![id, minute, c.n, c.data]);
+            }
+            kept.push((id, w.kept));
         }
         db::insert_rows(
             tx,
@@ -162,7 +191,8 @@ impl Pending {
             4,
             "",
             &params,
-        )
+        )?;
+        Ok(kept)
     }
 }
 
@@ -578,7 +608,7 @@ pub fn buckets(points: &[Point], step: i64) -> Vec<(i64, i64, f64, f64, f64)> {
 /// Writes readings as one write would (tests).
 #[cfg(test)]
 pub fn insert(c: &dyn Sql, series: i64, points: &[Point]) -> db::Result<()> {
-    let mut pending = Pending::default();
+    let mut pending = Pending::<()>::default();
     for p in points {
         pending.push(
             series,
@@ -588,7 +618,7 @@ pub fn insert(c: &dyn Sql, series: i64, points: &[Point]) -> db::Result<()> {
             p.quality.as_deref(),
         );
     }
-    pending.flush(c)
+    pending.flush(c).map(drop)
 }
 
 #[cfg(test)]
@@ -625,12 +655,13 @@ mod tests {
     }
 
     fn encode(points: &[Point]) -> (i64, Vec<u8>) {
-        let mut p = Pending::default();
+        let mut p = Pending::<()>::default();
         for x in points {
             p.push(7, x.ts, x.value, x.text.as_deref(), x.quality.as_deref());
         }
-        assert_eq!(p.chunks.len(), 1);
-        let ((_, minute), c) = p.chunks.drain().next().unwrap();
+        let mut chunks = p.series.remove(&7).unwrap().chunks;
+        assert_eq!(chunks.len(), 1);
+        let (minute, c) = chunks.pop().unwrap();
         (minute, c.data)
     }
 
@@ -661,12 +692,16 @@ mod tests {
 
     #[test]
     fn readings_of_one_series_split_at_the_minute() {
-        let mut p = Pending::default();
+        let mut p = Pending::<()>::default();
         p.push(1, CHUNK_MS - 1, Some(1.0), None, None);
         p.push(1, CHUNK_MS, Some(2.0), None, None);
         p.push(2, CHUNK_MS, Some(3.0), None, None);
         p.push(1, -1, Some(4.0), None, None);
-        let mut keys: Vec<_> = p.chunks.keys().copied().collect();
+        let mut keys: Vec<_> = p
+            .series
+            .iter()
+            .flat_map(|(s, w)| w.chunks.iter().map(|(m, _)| (*s, *m)))
+            .collect();
         keys.sort();
         assert_eq!(keys, [(1, -CHUNK_MS), (1, 0), (1, CHUNK_MS), (2, CHUNK_MS)]);
     }

@@ -218,9 +218,9 @@ fn try_batch(
     let mut dead_letters = 0;
     // The latest value of each series written in this batch, applied once at its end: a series gets
     // one update per batch instead of one per reading. Not isolated, operations stage theirs
-    // straight into the batch's (a failure fails the batch); isolated, an operation's are kept
-    // once it succeeded.
-    let mut latest = LatestMap::default();
+    // beside the batch's readings (a failure fails the batch); isolated, an operation's are kept
+    // here once it succeeded.
+    let mut kept = LatestMap::default();
     let mut staged = Staged::default();
     let mut fresh = Vec::new();
     for (i, (op, _)) in batch.iter().enumerate() {
@@ -228,7 +228,6 @@ fn try_batch(
         // dead letter instead of failing the whole batch forever.
         if isolate {
             tx.batch("SAVEPOINT op")?;
-            staged.latest.clear();
         }
         let mut new_envelope = false;
         let mut op_counts = Counts::default();
@@ -244,10 +243,10 @@ fn try_batch(
         // Isolated, the operation's readings go in inside its savepoint.
         .and_then(|()| match isolate {
             true => staged.readings.flush(&tx),
-            false => Ok(()),
+            false => Ok(Vec::new()),
         });
         match result {
-            Ok(()) => {
+            Ok(op_latest) => {
                 if isolate {
                     tx.batch("RELEASE SAVEPOINT op")?;
                 }
@@ -255,10 +254,8 @@ fn try_batch(
                 if new_envelope {
                     fresh.push(i);
                 }
-                if isolate {
-                    for (id, l) in staged.latest.drain() {
-                        merge_latest(&mut latest, id, l);
-                    }
+                for (id, l) in op_latest {
+                    merge_latest(&mut kept, id, l);
                 }
             }
             Err(e) if e.is_transient() || !isolate => return Err(e),
@@ -291,14 +288,14 @@ fn try_batch(
         )?;
     }
     // All the batch's readings at once: a chunk per series and minute (see `super::raw`).
-    staged.readings.flush(&tx)?;
-    if !isolate {
-        latest = staged.latest;
+    let mut latest = staged.readings.flush(&tx)?;
+    if isolate {
+        latest = kept.into_iter().collect();
     }
     write_latest(&tx, &latest)?;
     super::rollup::mark_dirty(&tx, &late.minutes)?;
     tx.commit()?;
-    Ok((fresh, latest.into_keys().collect()))
+    Ok((fresh, latest.into_iter().map(|(id, _)| id).collect()))
 }
 
 /// Readings of a batch that fall in minutes already rolled up (see [`super::rollup`]).
@@ -336,7 +333,7 @@ impl Late {
 }
 
 /// The newest reading of a series seen in a batch, and when the batch received the series.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Latest {
     received: i64,
     /// The newest reading that has a value.
@@ -354,13 +351,39 @@ type LatestValue = (
 
 type LatestMap = FastMap<i64, Latest>;
 
-/// What an operation leaves to be written after it.
+/// What an operation leaves to be written after it: its readings and beside them the latest value
+/// of each series it wrote (and, unless each operation is isolated, those of the operations
+/// before it).
 #[derive(Default)]
 struct Staged {
-    /// The latest value of each series it wrote.
-    latest: LatestMap,
-    /// Its readings (and, unless each operation is isolated, those of the operations before it).
-    readings: super::raw::Pending,
+    readings: super::raw::Pending<Latest>,
+}
+
+impl Latest {
+    /// Takes in one reading received at `received`: the reading with the larger timestamp wins,
+    /// and on a tie the one written later, as row-by-row updates would.
+    fn note(
+        &mut self,
+        received: i64,
+        ts: i64,
+        value: Option<f64>,
+        text: Option<&str>,
+        quality: Option<&str>,
+        vtype: Option<&'static str>,
+    ) {
+        self.received = self.received.max(received);
+        if let Some(vt) = vtype
+            && self.value.as_ref().is_none_or(|o| o.0 <= ts)
+        {
+            self.value = Some((
+                ts,
+                value,
+                text.map(str::to_owned),
+                quality.map(str::to_owned),
+                vt,
+            ));
+        }
+    }
 }
 
 /// Keeps the newer of two: the later receive time, and the reading with the larger timestamp
@@ -381,7 +404,7 @@ fn merge_latest(map: &mut LatestMap, id: i64, new: Latest) {
     }
 }
 
-fn write_latest(tx: &dyn Sql, latest: &LatestMap) -> db::Result<()> {
+fn write_latest(tx: &dyn Sql, latest: &[(i64, Latest)]) -> db::Result<()> {
     // CASE, not MAX(a, b) or GREATEST(a, b): the one spelling both engines know. $6 is 1 when the
     // batch has a value for the series.
     const UPDATE: &str = "UPDATE series SET
@@ -582,6 +605,7 @@ fn write_envelope(
         args![gw, env.boot.to_string(), clock_str(env.clock), received],
     )?;
     let (mut readings, mut events) = (0u64, 0u64);
+    let series = series.of_gateway(gw);
     for item in &env.items {
         match item {
             Item::Reading(r) => {
@@ -602,7 +626,6 @@ fn write_envelope(
                     Quality::Bad { reason, .. } => Some(reason.as_str()),
                 };
                 let ts = r.observed_at.unix_millis();
-                staged.readings.push(id, ts, value, text, quality);
                 if value.is_some() {
                     late.note(id, ts);
                 }
@@ -611,22 +634,10 @@ fn write_envelope(
                     Value::Number(_) => "number",
                     Value::Text(_) => "text",
                 });
-                merge_latest(
-                    &mut staged.latest,
-                    id,
-                    Latest {
-                        received,
-                        value: vtype.map(|vt| {
-                            (
-                                ts,
-                                value,
-                                text.map(str::to_owned),
-                                quality.map(str::to_owned),
-                                vt,
-                            )
-                        }),
-                    },
-                );
+                staged
+                    .readings
+                    .push(id, ts, value, text, quality)
+                    .note(received, ts, value, text, quality, vtype);
                 readings += 1;
             }
             Item::Event(e) => {
@@ -718,10 +729,16 @@ fn write_presence(tx: &dyn Sql, p: &Presence, received: i64) -> db::Result<()> {
 }
 
 /// Series ids by gateway, device and metric, so a reading costs a lookup in memory, not a query
-/// (nested maps so a hit needs no allocation).
+/// (nested maps so a hit needs no allocation; the gateway's looked up once per envelope).
 #[derive(Default)]
 struct SeriesCache {
-    ids: FastMap<String, FastMap<String, FastMap<String, i64>>>,
+    ids: FastMap<String, GatewaySeries>,
+}
+
+/// One gateway's series ids, by device and metric.
+#[derive(Default)]
+struct GatewaySeries {
+    ids: FastMap<String, FastMap<String, i64>>,
 }
 
 impl SeriesCache {
@@ -730,6 +747,13 @@ impl SeriesCache {
         self.ids.clear();
     }
 
+    fn of_gateway(&mut self, gw: &str) -> &mut GatewaySeries {
+        // A key allocated per envelope (not per reading), to use the entry API.
+        self.ids.entry(gw.to_owned()).or_default()
+    }
+}
+
+impl GatewaySeries {
     fn id(
         &mut self,
         tx: &dyn Sql,
@@ -738,12 +762,7 @@ impl SeriesCache {
         metric: &str,
         unit: Option<&str>,
     ) -> db::Result<i64> {
-        if let Some(id) = self
-            .ids
-            .get(gw)
-            .and_then(|d| d.get(device))
-            .and_then(|m| m.get(metric))
-        {
+        if let Some(id) = self.ids.get(device).and_then(|m| m.get(metric)) {
             return Ok(*id);
         }
         let id = db::one(
@@ -754,8 +773,6 @@ impl SeriesCache {
             args![gw, device, metric, unit],
         )?;
         self.ids
-            .entry(gw.to_owned())
-            .or_default()
             .entry(device.to_owned())
             .or_default()
             .insert(metric.to_owned(), id);
