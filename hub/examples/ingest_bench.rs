@@ -10,7 +10,10 @@
 //!    publisher; time until the hub has committed every envelope, and the envelopes' age at commit
 //!    (p50, p99: upper bounds of the histogram buckets the hub exports).
 //!
-//! Then the same into the hub's embedded broker (rumqttd), which has no bare-subscriber twin.
+//! Then the same into the hub's embedded broker (rumqttd), which has no bare-subscriber twin, and
+//! the 4-gateway hub case again with readings an hour old (a spool's replay: minutes already
+//! rolled up, noted for a recompute), against the 4-gateway bare run. Elsewhere readings are
+//! stamped live (see [`publish_with`]).
 //! Prints a markdown table. Each case is timed from the first publish.
 //!
 //! `... --example ingest_bench -- postgres [READINGS]` (default 200,000): the hub storing into
@@ -118,13 +121,33 @@ fn key(i: usize) -> Key {
 
 /// Publishes `envelopes` envelopes round-robin from `gateways` gateways at QoS 1, encoding and
 /// signing each just before it goes (so `sentAt` is the real send time). Returns when every one is
-/// acknowledged by the broker.
-async fn publish(port: u16, gateways: usize, envelopes: usize, embedded: bool) -> Duration {
-    publish_with(port, gateways, envelopes, PER_ENVELOPE, None, embedded).await
+/// acknowledged by the broker. `late`: readings an hour old, as a spool replays an outage.
+async fn publish(
+    port: u16,
+    gateways: usize,
+    envelopes: usize,
+    embedded: bool,
+    late: bool,
+) -> Duration {
+    publish_with(
+        port,
+        gateways,
+        envelopes,
+        PER_ENVELOPE,
+        None,
+        embedded,
+        late,
+    )
+    .await
 }
 
 /// Publishes `envelopes` of `per_envelope` readings round-robin from `gateways`; with `rate`
 /// (envelopes/s) paced evenly, otherwise as fast as the broker takes them.
+///
+/// Live (not `late`), a gateway's readings are stamped from now on, a millisecond apart in a
+/// burst and as far apart as its envelopes go when paced: live data, the hub's usual case. `late`,
+/// from an hour ago and a second apart in a burst: the minutes they fall in are already rolled
+/// up, so the hub notes each batch's (series, minute) pairs for a recompute, as in a replay.
 async fn publish_with(
     port: u16,
     gateways: usize,
@@ -132,6 +155,7 @@ async fn publish_with(
     per_envelope: usize,
     rate: Option<f64>,
     embedded: bool,
+    late: bool,
 ) -> Duration {
     let mut opts = MqttOptions::new(format!("bench-pub-{port}"), "127.0.0.1", port);
     opts.set_max_packet_size(1 << 20, 1 << 20);
@@ -150,11 +174,14 @@ async fn publish_with(
         .collect();
     let keys: Vec<Key> = (0..gateways).map(key).collect();
     let started = Instant::now();
-    let base = Timestamp::now().add_millis(-3_600_000);
-    // Each gateway's readings a step apart: a second in a burst; paced, as far apart as its
-    // envelopes are sent, so the readings' time keeps pace with the clock in a long run (the hub
-    // refuses readings from more than five minutes ahead).
-    let step_ms = rate.map_or(1000.0, |r| 1000.0 * gateways as f64 / r);
+    // Each gateway's readings a step apart; paced, as far apart as its envelopes are sent, so the
+    // readings' time keeps pace with the clock in a long run (the hub refuses readings from more
+    // than five minutes ahead).
+    let (base, burst_step) = match late {
+        true => (Timestamp::now().add_millis(-3_600_000), 1000.0),
+        false => (Timestamp::now(), 1.0),
+    };
+    let step_ms = rate.map_or(burst_step, |r| 1000.0 * gateways as f64 / r);
     let producer = tokio::spawn(async move {
         let limits = Limits::default();
         let start = tokio::time::Instant::now();
@@ -206,6 +233,7 @@ async fn publish_with(
     started.elapsed()
 }
 
+#[derive(Clone)]
 struct Row {
     case: String,
     readings: usize,
@@ -230,7 +258,7 @@ fn bare(dir: &Path, rt: &tokio::runtime::Runtime, gateways: usize, envelopes: us
     std::thread::sleep(Duration::from_millis(700)); // let it subscribe
     let started = Instant::now();
     let publish_secs = rt
-        .block_on(publish(port, gateways, envelopes, false))
+        .block_on(publish(port, gateways, envelopes, false, false))
         .as_secs_f64();
     let status = sub.0.wait().unwrap();
     assert!(status.success(), "mosquitto_sub failed: {status}");
@@ -302,8 +330,9 @@ fn hub_case(
     gateways: usize,
     envelopes: usize,
     embedded: bool,
+    late: bool,
 ) -> Row {
-    hub_case_on(dir, rt, None, gateways, envelopes, embedded)
+    hub_case_on(dir, rt, None, gateways, envelopes, embedded, late)
 }
 
 /// [`hub_case`] with the hub's state in PostgreSQL when `postgres` is given.
@@ -314,8 +343,12 @@ fn hub_case_on(
     gateways: usize,
     envelopes: usize,
     embedded: bool,
+    late: bool,
 ) -> Row {
-    let data = dir.join(format!("hub-{gateways}-{embedded}-{}", postgres.is_some()));
+    let data = dir.join(format!(
+        "hub-{gateways}-{embedded}-{}-{late}",
+        postgres.is_some()
+    ));
     let port = free_port();
     let broker = (!embedded).then(|| mosquitto(dir, port));
     let mqtt = if embedded {
@@ -328,7 +361,7 @@ fn hub_case_on(
     let hub = start_hub(rt, data, postgres, mqtt, gateways);
     let started = Instant::now();
     let publish_secs = rt
-        .block_on(publish(port, gateways, envelopes, embedded))
+        .block_on(publish(port, gateways, envelopes, embedded, late))
         .as_secs_f64();
     let end = Instant::now() + Duration::from_secs(600);
     while hub.metrics.envelopes_stored.load(Relaxed) < envelopes as u64 {
@@ -351,7 +384,7 @@ fn hub_case_on(
     );
     let row = Row {
         case: format!(
-            "hub{}, {gateways} gateway(s), {}",
+            "hub{}, {gateways} gateway(s), {}{}",
             if postgres.is_some() {
                 " on PostgreSQL"
             } else {
@@ -361,6 +394,11 @@ fn hub_case_on(
                 "embedded broker"
             } else {
                 "Mosquitto"
+            },
+            if late {
+                ", readings an hour late (a replay)"
+            } else {
+                ""
             }
         ),
         readings: hub.metrics.readings_stored.load(Relaxed) as usize,
@@ -399,6 +437,7 @@ fn publish_paced(
         envelopes,
         per,
         Some(env_rate),
+        false,
         false,
     ))
     .as_secs_f64()
@@ -836,9 +875,9 @@ fn postgres_compare(readings: usize) {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
     let pg = PgServer::start(dir.path());
-    let lite = hub_case(dir.path(), &rt, 1, envelopes, false);
+    let lite = hub_case(dir.path(), &rt, 1, envelopes, false, false);
     let db = pg.database("bench");
-    let post = hub_case_on(dir.path(), &rt, Some(&db), 1, envelopes, false);
+    let post = hub_case_on(dir.path(), &rt, Some(&db), 1, envelopes, false, false);
     println!("{envelopes} envelopes of {PER_ENVELOPE} readings per case\n");
     println!("| case | readings/s | seconds | age at commit p50 / p99 |");
     println!("|---|---|---|---|");
@@ -897,7 +936,7 @@ fn cluster_compare(readings: usize) {
         std::thread::sleep(Duration::from_secs(2));
         let t0 = Instant::now();
         let publish_secs = rt
-            .block_on(publish(port, GATEWAYS, envelopes, false))
+            .block_on(publish(port, GATEWAYS, envelopes, false, false))
             .as_secs_f64();
         let stored = || {
             started
@@ -1021,11 +1060,16 @@ fn main() {
             continue;
         }
         let b = bare(dir.path(), &rt, gateways, envelopes);
-        let h = hub_case(dir.path(), &rt, gateways, envelopes, false);
+        let h = hub_case(dir.path(), &rt, gateways, envelopes, false, false);
         rows.push((b, Some(h)));
     }
     if only.is_none() {
-        rows.push((hub_case(dir.path(), &rt, 1, envelopes, true), None));
+        rows.push((hub_case(dir.path(), &rt, 1, envelopes, true, false), None));
+        // The replay case, against the last bare run (4 gateways).
+        let late = hub_case(dir.path(), &rt, 4, envelopes, false, true);
+        if let Some((b, _)) = rows.iter().rev().find(|(_, h)| h.is_some()) {
+            rows.push((b.clone(), Some(late)));
+        }
     }
     println!(
         "{} envelopes of {PER_ENVELOPE} readings per case; {} cores\n",
@@ -1038,6 +1082,7 @@ fn main() {
     println!("|---|---|---|---|---|---|");
     let rate = |r: &Row| r.readings as f64 / r.secs;
     let ms = |v: Option<u64>| v.map_or("-".into(), |v| format!("≤ {v} ms"));
+    let mut printed = std::collections::HashSet::new();
     for (first, hub_row) in &rows {
         let print = |r: &Row, ratio: String| {
             println!(
@@ -1051,7 +1096,10 @@ fn main() {
                 ratio
             );
         };
-        print(first, String::new());
+        // A bare run a second hub case is compared with is printed once.
+        if printed.insert(first.case.clone()) {
+            print(first, String::new());
+        }
         if let Some(h) = hub_row {
             print(h, format!("{:.2}", rate(h) / rate(first)));
         }

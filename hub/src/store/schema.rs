@@ -356,6 +356,13 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (series, hour)
     ) WITHOUT ROWID;
     "#,
+    // 17
+    r#"
+    -- Set while the writer carries latest values not yet written to `series` (SQLite only, see
+    -- store::writer::Carry): chunks after this id may hold newer readings than `series` says, and
+    -- a start after a crash writes them (store::writer::repair_latest).
+    ALTER TABLE rollup_state ADD COLUMN latest_from INTEGER;
+    "#,
 ];
 
 /// The index in [`MIGRATIONS`] (and [`PG_MIGRATIONS`]) of version 16, after which the rows of the
@@ -776,6 +783,10 @@ const PG_MIGRATIONS: &[&str] = &[
         touched  BIGINT NOT NULL,
         PRIMARY KEY (series, hour)
     );
+    "#,
+    // 17 (never set on PostgreSQL: its writers write latest values with every batch)
+    r#"
+    ALTER TABLE rollup_state ADD COLUMN latest_from BIGINT;
     "#,
 ];
 

@@ -36,6 +36,10 @@ pub(super) fn run(
     feed: crate::rules::Feed,
 ) {
     let mut series = SeriesCache::default();
+    if let Err(e) = repair_latest(&*conn) {
+        tracing::error!(error = %e, "latest values after a crash not repaired; each series' is right again at its next reading");
+    }
+    let mut carry = Carry::new(conn.engine() == db::Engine::Sqlite);
     maintenance.run_due(&*conn, &metrics);
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Waiting for the next write with a timeout, so rollups and retention run on an idle hub too
@@ -51,11 +55,16 @@ pub(super) fn run(
         }
     };
     loop {
-        let wait = maintenance.next_due();
+        let wait = maintenance.next_due().min(carry.due());
         let first = match idle.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
             Ok(Some(op)) => op,
             Ok(None) => break,
             Err(_) => {
+                if carry.due().is_zero()
+                    && let Err(e) = carry.write(&*conn)
+                {
+                    tracing::error!(error = %e, "latest values not written; tried again with the next batch");
+                }
                 maintenance.run_due(&*conn, &metrics);
                 continue;
             }
@@ -73,8 +82,13 @@ pub(super) fn run(
         // is lost, and the queue in front of us fills up and slows the broker down meanwhile.
         let (fresh, touched) = loop {
             let late = Late::new(&maintenance);
-            match write_batch(&*conn, &mut series, &batch, &metrics, late) {
-                Ok(done) => break done,
+            // Latest values wait for a later batch only while the hub is busy, and not for long.
+            let defer = carry.may_defer(!rx.is_empty());
+            match write_batch(&*conn, &mut series, &batch, &metrics, late, &carry, defer) {
+                Ok((fresh, touched, latest)) => {
+                    carry.after_commit(latest);
+                    break (fresh, touched);
+                }
                 Err(e) => {
                     attempt += 1;
                     series.clear();
@@ -123,10 +137,156 @@ pub(super) fn run(
                 ack();
             }
         }
+        carry.last_batch = Some(Instant::now());
         // Between batches (never holding an acknowledgement back): rollups and retention.
         maintenance.run_due(&*conn, &metrics);
     }
+    if let Err(e) = carry.write(&*conn) {
+        tracing::error!(error = %e, "latest values not written at stop; the next start repairs them");
+    }
     tracing::info!("store writer stopped: queue closed and drained");
+}
+
+/// How long latest values may wait for a later batch.
+const CARRY_MAX: Duration = Duration::from_millis(250);
+/// A batch that starts within this of the last one's end finds the hub busy.
+const BUSY_GAP: Duration = Duration::from_millis(5);
+
+/// Latest values committed with their readings in a batch but not yet written to `series`.
+///
+/// A batch of 100 envelopes from four gateways updates some 2,000 series rows, about a sixth of
+/// the writer's time. While the hub is busy (more writes are queued, or the batch comes within
+/// [`BUSY_GAP`] of the last) a batch leaves its latest values to a later one, which writes them
+/// all at once; after [`CARRY_MAX`] the next batch writes them, or the writer does on its own
+/// when none comes. Readers see latest values up to that much older under load, and as before
+/// at light load; the readings themselves are committed as before. `rollup_state.latest_from`, committed with the first batch that carries,
+/// says which chunks hold readings `series` may not show yet, so a start after a crash writes
+/// them ([`repair_latest`]). SQLite only: PostgreSQL's writers (one per hub of a cluster) write
+/// latest values with every batch.
+struct Carry {
+    enabled: bool,
+    values: LatestMap,
+    since: Option<Instant>,
+    /// When the last batch was done.
+    last_batch: Option<Instant>,
+}
+
+/// What a committed batch did with its latest values.
+enum LatestWrite {
+    Written,
+    Carried(Vec<(i64, Latest)>),
+}
+
+impl Carry {
+    fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            values: LatestMap::default(),
+            since: None,
+            last_batch: None,
+        }
+    }
+
+    fn may_defer(&self, queued: bool) -> bool {
+        let busy = queued || self.last_batch.is_some_and(|t| t.elapsed() < BUSY_GAP);
+        self.enabled && busy && self.since.is_none_or(|s| s.elapsed() < CARRY_MAX)
+    }
+
+    /// How long until what is carried must be written.
+    fn due(&self) -> Duration {
+        match self.since {
+            Some(s) => CARRY_MAX.saturating_sub(s.elapsed()),
+            None => Duration::MAX,
+        }
+    }
+
+    fn after_commit(&mut self, latest: LatestWrite) {
+        match latest {
+            LatestWrite::Written => {
+                self.values.clear();
+                self.since = None;
+            }
+            LatestWrite::Carried(latest) => {
+                self.since.get_or_insert_with(Instant::now);
+                for (id, l) in latest {
+                    merge_latest(&mut self.values, id, l);
+                }
+            }
+        }
+    }
+
+    /// In a batch's transaction: writes the carried values with the batch's own `latest` (or,
+    /// carrying, notes where the carried readings start); returns what to do after the commit.
+    fn in_batch(
+        &self,
+        tx: &dyn Sql,
+        latest: Vec<(i64, Latest)>,
+        defer: bool,
+    ) -> db::Result<LatestWrite> {
+        if defer {
+            return Ok(LatestWrite::Carried(latest));
+        }
+        if self.values.is_empty() {
+            write_latest(tx, &latest)?;
+        } else {
+            let mut all = self.values.clone();
+            for (id, l) in latest {
+                merge_latest(&mut all, id, l);
+            }
+            let mut all: Vec<(i64, Latest)> = all.into_iter().collect();
+            all.sort_unstable_by_key(|(id, _)| *id);
+            write_latest(tx, &all)?;
+            tx.execute("UPDATE rollup_state SET latest_from = NULL", &[])?;
+        }
+        Ok(LatestWrite::Written)
+    }
+
+    /// Writes what is carried in a transaction of its own (when the writer stops).
+    fn write(&mut self, conn: &dyn Sql) -> db::Result<()> {
+        if self.values.is_empty() {
+            return Ok(());
+        }
+        let tx = Tx::begin(conn, Begin::Write)?;
+        let done = self.in_batch(&tx, Vec::new(), false)?;
+        tx.commit()?;
+        self.after_commit(done);
+        Ok(())
+    }
+}
+
+/// After a crash while latest values were carried ([`Carry`]): writes each series' newest reading
+/// among the chunks after `rollup_state.latest_from` into `series`. The receive time is not in the
+/// chunks: `last_received` becomes at least the reading's time (a lower bound, with a synced
+/// clock), and a series' value type is left as it was.
+fn repair_latest(conn: &dyn Sql) -> db::Result<()> {
+    let tx = Tx::begin(conn, Begin::Write)?;
+    let from: Option<i64> = db::one(&tx, "SELECT latest_from FROM rollup_state", &[])?;
+    let Some(from) = from else {
+        return Ok(());
+    };
+    let newest = super::raw::newest_since(&tx, from)?;
+    let latest: Vec<(i64, Latest)> = newest
+        .into_iter()
+        .map(|(id, p)| {
+            let vtype = p.text.is_some().then_some("text");
+            let value = (p.ts, p.value, p.text, p.quality, vtype);
+            (
+                id,
+                Latest {
+                    received: p.ts,
+                    value: Some(value),
+                },
+            )
+        })
+        .collect();
+    write_latest(&tx, &latest)?;
+    tx.execute("UPDATE rollup_state SET latest_from = NULL", &[])?;
+    tx.commit()?;
+    tracing::warn!(
+        series = latest.len(),
+        "latest values carried at a crash written from the stored readings"
+    );
+    Ok(())
 }
 
 /// Puts what a committed batch stored on the live feed, in the order it came (a gateway's presence
@@ -178,16 +338,19 @@ fn write_batch(
     batch: &[(WriteOp, Option<Ack>)],
     metrics: &Metrics,
     late: Late,
-) -> db::Result<(Vec<usize>, Vec<i64>)> {
+    carry: &Carry,
+    defer: bool,
+) -> db::Result<(Vec<usize>, Vec<i64>, LatestWrite)> {
     let retry = late.fresh();
     let mut counts = Counts::default();
-    let done = match try_batch(conn, series, batch, late, false, &mut counts) {
+    let done = match try_batch(conn, series, batch, late, carry, defer, false, &mut counts) {
         Err(e) if !e.is_transient() => {
             // Rolled back: ids of series created in it are gone.
             series.clear();
             tracing::debug!(error = %e, ops = batch.len(), "batch refused; writing it again an operation at a time");
             counts = Counts::default();
-            try_batch(conn, series, batch, retry, true, &mut counts)?
+            // Isolated, latest values are written with the batch.
+            try_batch(conn, series, batch, retry, carry, false, true, &mut counts)?
         }
         other => other?,
     };
@@ -205,15 +368,19 @@ fn write_batch(
     Ok(done)
 }
 
-/// One attempt at a batch; with `isolate`, each operation in a savepoint of its own.
+/// One attempt at a batch; with `isolate`, each operation in a savepoint of its own; with `defer`,
+/// its latest values are left to a later batch ([`Carry`]).
+#[allow(clippy::too_many_arguments)]
 fn try_batch(
     conn: &dyn Sql,
     series: &mut SeriesCache,
     batch: &[(WriteOp, Option<Ack>)],
     mut late: Late,
+    carry: &Carry,
+    defer: bool,
     isolate: bool,
     counts: &mut Counts,
-) -> db::Result<(Vec<usize>, Vec<i64>)> {
+) -> db::Result<(Vec<usize>, Vec<i64>, LatestWrite)> {
     let tx = Tx::begin(conn, Begin::Deferred)?;
     let mut dead_letters = 0;
     // The latest value of each series written in this batch, applied once at its end: a series gets
@@ -287,15 +454,24 @@ fn try_batch(
             args![DEAD_LETTERS_KEPT],
         )?;
     }
+    if defer && carry.values.is_empty() {
+        // The first batch that carries: its chunks and every later one's may hold readings newer
+        // than `series` shows, until a batch writes what is carried.
+        tx.execute(
+            "UPDATE rollup_state SET latest_from = (SELECT COALESCE(MAX(id), 0) FROM reading_chunks)",
+            &[],
+        )?;
+    }
     // All the batch's readings at once: a chunk per series and minute (see `super::raw`).
     let mut latest = staged.readings.flush(&tx)?;
     if isolate {
         latest = kept.into_iter().collect();
     }
-    write_latest(&tx, &latest)?;
+    let touched = latest.iter().map(|(id, _)| *id).collect();
+    let latest = carry.in_batch(&tx, latest, defer)?;
     super::rollup::mark_dirty(&tx, &late.minutes)?;
     tx.commit()?;
-    Ok((fresh, latest.into_iter().map(|(id, _)| id).collect()))
+    Ok((fresh, touched, latest))
 }
 
 /// Readings of a batch that fall in minutes already rolled up (see [`super::rollup`]).
@@ -340,13 +516,13 @@ struct Latest {
     value: Option<LatestValue>,
 }
 
-/// (ts, number, text, quality, value type) of a reading.
+/// (ts, number, text, quality, value type) of a reading; no value type leaves the series' as it is.
 type LatestValue = (
     i64,
     Option<f64>,
     Option<String>,
     Option<String>,
-    &'static str,
+    Option<&'static str>,
 );
 
 type LatestMap = FastMap<i64, Latest>;
@@ -380,7 +556,7 @@ impl Latest {
                 value,
                 text.map(str::to_owned),
                 quality.map(str::to_owned),
-                vt,
+                Some(vt),
             ));
         }
     }
@@ -859,6 +1035,92 @@ mod tests {
     /// comes, the latest value per series, events with their evidence, and an operation the
     /// database refuses set aside as a dead letter without losing the rest of its batch.
     #[test]
+    fn latest_values_carried_are_written_by_a_later_batch_or_repaired_after_a_crash() {
+        for (name, c) in crate::db::testing::migrated() {
+            let c = &*c;
+            let dir = tempfile::tempdir().unwrap();
+            let m = super::super::rollup::Maintenance::load(
+                c,
+                super::super::Retention::default(),
+                dir.path().into(),
+            )
+            .unwrap();
+            let metrics = Metrics::default();
+            let mut series = SeriesCache::default();
+            let mut carry = Carry::new(true);
+            let mut write = |carry: &mut Carry, seq: u64, value: f64, defer: bool| {
+                let (_, touched, latest) = write_batch(
+                    c,
+                    &mut series,
+                    &[op(envelope(seq, value))],
+                    &metrics,
+                    Late::new(&m),
+                    carry,
+                    defer,
+                )
+                .unwrap();
+                assert_eq!(
+                    touched.len(),
+                    3,
+                    "{name}: the batch's series go to the rules"
+                );
+                let carried = matches!(latest, LatestWrite::Carried(_));
+                carry.after_commit(latest);
+                carried
+            };
+            let latest = || -> (Option<f64>, Option<String>, Option<i64>) {
+                let row = c
+                    .query_opt(
+                        "SELECT last_value, vtype, last_received FROM series WHERE metric = 'pm10'",
+                        &[],
+                    )
+                    .unwrap()
+                    .unwrap();
+                (
+                    row.get(0).unwrap(),
+                    row.get(1).unwrap(),
+                    row.get(2).unwrap(),
+                )
+            };
+            let mark = || -> Option<i64> {
+                db::one(c, "SELECT latest_from FROM rollup_state", &[]).unwrap()
+            };
+            // Carried: the readings are stored, `series` is not written yet, the mark is set.
+            assert!(write(&mut carry, 0, 80.0, true), "{name}");
+            assert_eq!(latest().0, None, "{name}");
+            assert!(mark().is_some(), "{name}");
+            assert_eq!(
+                super::super::raw::count(c),
+                4,
+                "{name}: the readings are stored (four: two of one millisecond are one)"
+            );
+            // The next batch that does not carry writes its values and the carried ones.
+            assert!(!write(&mut carry, 1, 90.0, false), "{name}");
+            assert_eq!(latest().0, Some(91.0), "{name}");
+            assert_eq!(latest().1.as_deref(), Some("number"), "{name}");
+            assert_eq!(mark(), None, "{name}");
+            assert!(carry.values.is_empty(), "{name}");
+            // A crash while carrying: the next start writes the newest stored reading, and
+            // keeps the value type.
+            assert!(write(&mut carry, 2, 100.0, true), "{name}");
+            assert_eq!(latest().0, Some(91.0), "{name}");
+            drop(carry);
+            repair_latest(c).unwrap();
+            let (value, vtype, received) = latest();
+            assert_eq!(value, Some(101.0), "{name}");
+            assert_eq!(vtype.as_deref(), Some("number"), "{name}");
+            let ts = protocol::Timestamp::parse_rfc3339("2026-11-22T06:00:00.000Z")
+                .unwrap()
+                .unix_millis();
+            assert!(received.unwrap() >= ts, "{name}");
+            assert_eq!(mark(), None, "{name}");
+            // Nothing carried: a start repairs nothing.
+            repair_latest(c).unwrap();
+            assert_eq!(latest().0, Some(101.0), "{name}");
+        }
+    }
+
+    #[test]
     fn a_batch_is_stored_once_on_both_engines() {
         for (name, c) in crate::db::testing::migrated() {
             let c = &*c;
@@ -888,8 +1150,16 @@ mod tests {
                 command(id),
                 op(envelope(1, 90.0)),
             ];
-            let (fresh, touched) =
-                write_batch(c, &mut series, &batch, &metrics, Late::new(&m)).unwrap();
+            let (fresh, touched, _) = write_batch(
+                c,
+                &mut series,
+                &batch,
+                &metrics,
+                Late::new(&m),
+                &Carry::new(false),
+                false,
+            )
+            .unwrap();
             assert_eq!(fresh, [3, 7], "{name}: the repeated envelope is not fresh");
             assert_eq!(touched.len(), 3, "{name}: {touched:?}");
             // The refused command made the batch go again an operation at a time; what it stored
@@ -905,6 +1175,8 @@ mod tests {
                 &[op(envelope(1, 90.0))],
                 &metrics,
                 Late::new(&m),
+                &Carry::new(false),
+                false,
             )
             .unwrap();
             assert!(again.0.is_empty(), "{name}");
