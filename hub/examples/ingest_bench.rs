@@ -21,10 +21,11 @@
 //! durability), one gateway through Mosquitto each, in the same run; prints both rates and their
 //! ratio.
 //!
-//! `... --example ingest_bench -- paced RATE [SECONDS]`: latency at a sustainable rate instead. Ten
-//! gateways publish envelopes of 100 readings, RATE readings/s in all, for SECONDS (default 60),
-//! into the hub on Mosquitto; prints the envelopes' age at commit (publish to committed, p50 / p90 /
-//! p99 as histogram bucket bounds) and whether the hub kept up.
+//! `... --example ingest_bench -- paced RATE [SECONDS [late]]`: latency at a sustainable rate
+//! instead. Ten gateways publish envelopes of 100 readings, RATE readings/s in all, for SECONDS
+//! (default 60), into the hub on Mosquitto; prints the envelopes' age at commit (publish to
+//! committed, p50 / p90 / p99 as histogram bucket bounds) and whether the hub kept up. `late`:
+//! the readings an hour old, a replay at that pace.
 //!
 //! `... --example ingest_bench -- tasks [RATE [SECONDS]]` (default 10,000 readings/s for 60 s):
 //! reading-to-task latency under that load through Mosquitto, the hub and its rules (see
@@ -430,6 +431,7 @@ fn publish_paced(
     envelopes: usize,
     per: usize,
     env_rate: f64,
+    late: bool,
 ) -> f64 {
     rt.block_on(publish_with(
         port,
@@ -438,13 +440,14 @@ fn publish_paced(
         per,
         Some(env_rate),
         false,
-        false,
+        late,
     ))
     .as_secs_f64()
 }
 
-/// Latency at a paced rate: `readings_per_s` from 10 gateways in envelopes of 100, for `secs`.
-fn paced(readings_per_s: f64, secs: f64) {
+/// Latency at a paced rate: `readings_per_s` from 10 gateways in envelopes of 100, for `secs`;
+/// `late`, the readings an hour old (a replay at that pace).
+fn paced(readings_per_s: f64, secs: f64, late: bool) {
     const GATEWAYS: usize = 10;
     const PER: usize = 100;
     let dir = tempfile::tempdir().unwrap();
@@ -460,7 +463,7 @@ fn paced(readings_per_s: f64, secs: f64) {
     );
     let env_rate = readings_per_s / PER as f64;
     let envelopes = ((env_rate * secs) as usize).max(GATEWAYS);
-    let took = publish_paced(&rt, port, GATEWAYS, envelopes, PER, env_rate);
+    let took = publish_paced(&rt, port, GATEWAYS, envelopes, PER, env_rate, late);
     let end = Instant::now() + Duration::from_secs(120);
     while hub.metrics.envelopes_stored.load(Relaxed) < envelopes as u64 {
         assert!(Instant::now() < end, "the hub fell behind for good");
@@ -473,7 +476,8 @@ fn paced(readings_per_s: f64, secs: f64) {
             .map_or("> 300 s".into(), |v| format!("≤ {v} ms"))
     };
     println!(
-        "| {readings_per_s:.0} readings/s ({env_rate:.0} envelopes/s of {PER}, {GATEWAYS} gateways) | {secs:.0} s | {} / {} / {} | publisher took {took:.1} s |",
+        "| {readings_per_s:.0} readings/s ({env_rate:.0} envelopes/s of {PER}, {GATEWAYS} gateways{}) | {secs:.0} s | {} / {} / {} | publisher took {took:.1} s |",
+        if late { ", an hour late" } else { "" },
         q(0.5),
         q(0.9),
         q(0.99)
@@ -790,7 +794,7 @@ fn soak(readings_per_s: f64, secs: f64) {
         })
     };
     let rt = runtime();
-    let took = publish_paced(&rt, port, GATEWAYS, envelopes, PER, env_rate);
+    let took = publish_paced(&rt, port, GATEWAYS, envelopes, PER, env_rate, false);
     sampling.store(false, Relaxed);
     let samples = sampler.join().unwrap();
     let end = Instant::now() + Duration::from_secs(120);
@@ -1037,11 +1041,15 @@ fn main() {
         let rate: f64 = std::env::args()
             .nth(2)
             .and_then(|a| a.parse().ok())
-            .expect("paced RATE [SECONDS]: RATE in readings/s");
+            .expect("paced RATE [SECONDS [late]]: RATE in readings/s");
         let secs: f64 = std::env::args()
             .nth(3)
             .map_or(60.0, |a| a.parse().expect("SECONDS must be a number"));
-        paced(rate, secs);
+        paced(
+            rate,
+            secs,
+            std::env::args().nth(4).as_deref() == Some("late"),
+        );
         return;
     }
     let readings: usize = std::env::args()
