@@ -241,6 +241,15 @@ impl Store {
                 c.batch(schema::STORE_CACHE)?;
             }
         }
+        // SQLite: pages go from the WAL into the database file on a thread of their own
+        // (writer::Checkpointer); the writer's own automatic checkpoint stays as a safety net.
+        let checkpoints = match wconn.engine() {
+            crate::db::Engine::Sqlite => {
+                wconn.batch(writer::WRITER_AUTOCHECKPOINT)?;
+                Some(database.connect()?)
+            }
+            crate::db::Engine::Postgres => None,
+        };
         let maintenance = rollup::Maintenance::load(&*wconn, retention, data_dir.join("evidence"))?;
         let sink =
             match influx {
@@ -258,7 +267,18 @@ impl Store {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer::run(wconn, rx, metrics, sink, live, maintenance, feed))
+            .spawn(move || {
+                writer::run(
+                    wconn,
+                    checkpoints,
+                    rx,
+                    metrics,
+                    sink,
+                    live,
+                    maintenance,
+                    feed,
+                )
+            })
             .map_err(|e| StoreError::DataDir {
                 path: data_dir.to_owned(),
                 source: e,
