@@ -31,6 +31,21 @@ fn scan_finds_exactly_the_present_units_and_probe_decodes_one() {
         &json!({ "3": tests::test_meter_registers(230.5), "7": tests::test_meter_registers(227.0) }),
         dir.path(),
     );
+    // pymodbus's first answer can take longer than the scan's 300 ms on a loaded machine (a CI run
+    // once saw no unit answer): wait until unit 3 answers a plain read, as the RTU test does.
+    tests::eventually(
+        std::time::Duration::from_secs(20),
+        "pymodbus answering over TCP",
+        || {
+            let out = edge_agent()
+                .args(["modbus", "read", "--link", &format!("tcp:{modbus}")])
+                .args(["--unit", "3", "--table", "input", "--address", "0"])
+                .args(["--timeout-ms", "1000"])
+                .output()
+                .unwrap();
+            out.status.success().then_some(())
+        },
+    );
 
     let out = edge_agent()
         .args([
