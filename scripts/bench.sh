@@ -10,6 +10,7 @@ cargo build --release --bins
 cargo build --release -p edge-agent --example spool_bench
 cargo build --release -p hub --example ingest_bench
 cargo build --release -p protocol --example decode_bench
+cargo build --release -p hub --example store_bench
 work=$(mktemp -d "${TMPDIR:-/tmp}/city-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
@@ -29,6 +30,10 @@ done
 echo
 echo "## Hub ingest vs a bare subscriber"
 ./target/release/examples/ingest_bench "${INGEST_READINGS:-1000000}" 2>/dev/null
+echo
+echo "### The store writer alone (1 and 4 gateways, live)"
+./target/release/examples/store_bench 1000000 1 100 5 live
+./target/release/examples/store_bench 1000000 4 100 5 live
 echo
 echo "### Envelope decoding"
 ./target/release/examples/decode_bench 9
