@@ -172,6 +172,10 @@ impl<T: Default> Pending<T> {
         self.series.clear();
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.series.is_empty()
+    }
+
     /// Writes the waiting chunks, in (series, minute) order, and empties this; returns what was
     /// kept per series, in series order.
     pub fn flush(&mut self, tx: &dyn Sql) -> db::Result<Vec<(i64, T)>> {
@@ -326,8 +330,9 @@ fn decode_row(series: i64, base: i64, data: &[u8], out: &mut Vec<Point>) {
 }
 
 /// The newest reading with a value (a number or a text) of each series among the chunks written
-/// after chunk `after` (ids on SQLite grow with each write), in series order; of two with the
-/// same time, the later written.
+/// after chunk `after`, in series order; of two with the same time, the later written. On SQLite
+/// a new chunk's id is one more than the largest: ids grow with each write as long as nothing
+/// deletes the newest chunks meanwhile (the writer runs no maintenance while it carries values).
 pub fn newest_since(c: &dyn Sql, after: i64) -> db::Result<Vec<(i64, Point)>> {
     let mut newest: std::collections::BTreeMap<i64, Point> = Default::default();
     let mut points = Vec::new();

@@ -156,6 +156,12 @@ impl Maintenance {
             .max(Duration::from_millis(10))
     }
 
+    /// Whether [`Self::run_due`] would do something now.
+    pub fn is_due(&self) -> bool {
+        let now = Instant::now();
+        now >= self.next_rollup || now >= self.next_retention
+    }
+
     /// Runs what is due; called by the writer between batches.
     pub fn run_due(&mut self, conn: &dyn Sql, metrics: &Metrics) {
         let now = Instant::now();

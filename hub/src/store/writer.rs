@@ -63,12 +63,10 @@ pub(super) fn run(
             Ok(Some(op)) => op,
             Ok(None) => break,
             Err(_) => {
-                if carry.due().is_zero()
-                    && let Err(e) = carry.write(&*conn)
-                {
-                    tracing::error!(error = %e, "latest values not written; tried again with the next batch");
+                if carry.due().is_zero() {
+                    carry.write_logged(&*conn);
                 }
-                maintenance.run_due(&*conn, &metrics);
+                carry.maintain(&mut maintenance, &*conn, &metrics);
                 continue;
             }
         };
@@ -145,7 +143,7 @@ pub(super) fn run(
         }
         carry.last_batch = Some(Instant::now());
         // Between batches (never holding an acknowledgement back): rollups and retention.
-        maintenance.run_due(&*conn, &metrics);
+        carry.maintain(&mut maintenance, &*conn, &metrics);
     }
     if let Err(e) = carry.write(&*conn) {
         tracing::error!(error = %e, "latest values not written at stop; the next start repairs them");
@@ -239,10 +237,14 @@ const BUSY_GAP: Duration = Duration::from_millis(5);
 /// [`BUSY_GAP`] of the last) a batch leaves its latest values to a later one, which writes them
 /// all at once; after [`CARRY_MAX`] the next batch writes them, or the writer does on its own
 /// when none comes. Readers see latest values up to that much older under load, and as before
-/// at light load; the readings themselves are committed as before. `rollup_state.latest_from`, committed with the first batch that carries,
-/// says which chunks hold readings `series` may not show yet, so a start after a crash writes
-/// them ([`repair_latest`]). SQLite only: PostgreSQL's writers (one per hub of a cluster) write
-/// latest values with every batch.
+/// at light load; the readings themselves are committed as before. A batch without readings
+/// carries nothing.
+///
+/// `rollup_state.latest_from`, committed with the first batch that carries, says which chunks
+/// hold readings `series` may not show yet, so a start after a crash writes them
+/// ([`repair_latest`]). Rollups, merges and retention, which move chunks, run only once nothing
+/// is carried ([`Carry::maintain`]). SQLite only: PostgreSQL's writers (one per hub of a
+/// cluster) write latest values with every batch.
 struct Carry {
     enabled: bool,
     values: LatestMap,
@@ -286,6 +288,8 @@ impl Carry {
                 self.values.clear();
                 self.since = None;
             }
+            // A batch without readings carries nothing, and starts no wait.
+            LatestWrite::Carried(latest) if latest.is_empty() => {}
             LatestWrite::Carried(latest) => {
                 self.since.get_or_insert_with(Instant::now);
                 for (id, l) in latest {
@@ -324,6 +328,7 @@ impl Carry {
     /// Writes what is carried in a transaction of its own (when the writer stops).
     fn write(&mut self, conn: &dyn Sql) -> db::Result<()> {
         if self.values.is_empty() {
+            self.since = None;
             return Ok(());
         }
         let tx = Tx::begin(conn, Begin::Write)?;
@@ -331,6 +336,37 @@ impl Carry {
         tx.commit()?;
         self.after_commit(done);
         Ok(())
+    }
+
+    /// [`Self::write`], logging a failure; the next try comes a [`CARRY_MAX`] later (or with the
+    /// next batch), not at once.
+    fn write_logged(&mut self, conn: &dyn Sql) {
+        if let Err(e) = self.write(conn) {
+            self.since = Some(Instant::now());
+            tracing::error!(error = %e, "latest values not written; tried again shortly");
+        }
+    }
+
+    /// Runs the rollups, merges and retention that are due. They move and delete chunks, and the
+    /// chunks after `rollup_state.latest_from` must stay as written while values are carried (the
+    /// repair reads them, and SQLite could hand a deleted top id out again): what is carried is
+    /// written first, and if it cannot be, maintenance waits.
+    fn maintain(
+        &mut self,
+        maintenance: &mut super::rollup::Maintenance,
+        conn: &dyn Sql,
+        metrics: &Metrics,
+    ) {
+        if !self.values.is_empty() {
+            if !maintenance.is_due() {
+                return;
+            }
+            self.write_logged(conn);
+            if !self.values.is_empty() {
+                return;
+            }
+        }
+        maintenance.run_due(conn, metrics);
     }
 }
 
@@ -534,7 +570,7 @@ fn try_batch(
             args![DEAD_LETTERS_KEPT],
         )?;
     }
-    if defer && carry.values.is_empty() {
+    if defer && carry.values.is_empty() && !staged.readings.is_empty() {
         // The first batch that carries: its chunks and every later one's may hold readings newer
         // than `series` shows, until a batch writes what is carried.
         tx.execute(
@@ -1114,6 +1150,15 @@ mod tests {
     /// What the writer stores, on SQLite and on PostgreSQL: once per envelope however often it
     /// comes, the latest value per series, events with their evidence, and an operation the
     /// database refuses set aside as a dead letter without losing the rest of its batch.
+    fn maintenance(c: &dyn Sql, dir: &tempfile::TempDir) -> super::super::rollup::Maintenance {
+        super::super::rollup::Maintenance::load(
+            c,
+            super::super::Retention::default(),
+            dir.path().into(),
+        )
+        .unwrap()
+    }
+
     /// What the writer commits reaches the database file itself (not only the WAL) within about
     /// a second, while every connection stays open, with the writer's own checkpoint far away.
     #[test]
@@ -1172,15 +1217,30 @@ mod tests {
         for (name, c) in crate::db::testing::migrated() {
             let c = &*c;
             let dir = tempfile::tempdir().unwrap();
-            let m = super::super::rollup::Maintenance::load(
-                c,
-                super::super::Retention::default(),
-                dir.path().into(),
-            )
-            .unwrap();
+            let mut m = maintenance(c, &dir);
             let metrics = Metrics::default();
             let mut series = SeriesCache::default();
             let mut carry = Carry::new(true);
+            let mark = || -> Option<i64> {
+                db::one(c, "SELECT latest_from FROM rollup_state", &[]).unwrap()
+            };
+            // A busy batch without readings carries nothing: no mark, and no wait to time out
+            // (the writer would wake at once, over and over, with nothing to write).
+            let (_, _, latest) = write_batch(
+                c,
+                &mut series,
+                &[heartbeat()],
+                &metrics,
+                Late::new(&m),
+                &carry,
+                true,
+            )
+            .unwrap();
+            carry.after_commit(latest);
+            assert_eq!(mark(), None, "{name}");
+            assert_eq!(carry.due(), Duration::MAX, "{name}");
+            carry.write(c).unwrap();
+            assert_eq!(carry.due(), Duration::MAX, "{name}");
             let mut write = |carry: &mut Carry, seq: u64, value: f64, defer: bool| {
                 let (_, touched, latest) = write_batch(
                     c,
@@ -1215,9 +1275,6 @@ mod tests {
                     row.get(2).unwrap(),
                 )
             };
-            let mark = || -> Option<i64> {
-                db::one(c, "SELECT latest_from FROM rollup_state", &[]).unwrap()
-            };
             // Carried: the readings are stored, `series` is not written yet, the mark is set.
             assert!(write(&mut carry, 0, 80.0, true), "{name}");
             assert_eq!(latest().0, None, "{name}");
@@ -1237,7 +1294,7 @@ mod tests {
             // keeps the value type.
             assert!(write(&mut carry, 2, 100.0, true), "{name}");
             assert_eq!(latest().0, Some(91.0), "{name}");
-            drop(carry);
+            carry = Carry::new(true); // the crash: what was carried is gone
             repair_latest(c).unwrap();
             let (value, vtype, received) = latest();
             assert_eq!(value, Some(101.0), "{name}");
@@ -1250,6 +1307,14 @@ mod tests {
             // Nothing carried: a start repairs nothing.
             repair_latest(c).unwrap();
             assert_eq!(latest().0, Some(101.0), "{name}");
+            // Carried when rollups are due (a new store's are): written before they run, since
+            // they move and delete chunks the repair would read.
+            assert!(write(&mut carry, 3, 110.0, true), "{name}");
+            assert!(m.is_due(), "{name}");
+            carry.maintain(&mut m, c, &metrics);
+            assert_eq!(latest().0, Some(111.0), "{name}");
+            assert_eq!(mark(), None, "{name}");
+            assert!(carry.values.is_empty(), "{name}");
         }
     }
 
@@ -1258,12 +1323,7 @@ mod tests {
         for (name, c) in crate::db::testing::migrated() {
             let c = &*c;
             let dir = tempfile::tempdir().unwrap();
-            let m = super::super::rollup::Maintenance::load(
-                c,
-                super::super::Retention::default(),
-                dir.path().into(),
-            )
-            .unwrap();
+            let m = maintenance(c, &dir);
             let metrics = Metrics::default();
             let mut series = SeriesCache::default();
             let id = "0b6e5a0e-7c83-4f4e-9a43-3c1c6a2b7d10";
