@@ -15,7 +15,7 @@ use std::time::Duration;
 use hub::access::Role;
 use serde_json::{Value, json};
 use tests::webdriver::{Browser, Viewport};
-use tests::{TEST_TOKEN, eventually, free_addr, get_json, get_json_as, post_json_as};
+use tests::{TEST_TOKEN, eventually, free_addr, get_json, get_json_as, get_status, post_json_as};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -405,7 +405,21 @@ fn console_in_a_real_browser() {
             .contains("无可执行操作"),
         "a crew does not work enforcement tasks"
     );
-    // The admin sees the plate in full, with the evidence images.
+    // The admin sees the plate in full, with the evidence images. The camera uploads its images
+    // over HTTP beside the event that raised the task, so a page opened first asks for an image
+    // the hub answers 404 "not uploaded yet", which the browser logs as an error: wait until every
+    // image of the task is stored. (A clean-clone CI run once opened the page first.)
+    eventually(WAIT, "the truck's evidence images uploaded", || {
+        let task = get_json(&format!("{base}/api/v1/tasks/{truck_id}"))?;
+        let shas: Vec<String> = task["detail"]["evidence"]
+            .as_array()?
+            .iter()
+            .flat_map(|e| e["images"].as_array().cloned().unwrap_or_default())
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect();
+        let stored = |sha: &String| get_status(&format!("{base}/api/v1/evidence/{sha}")).0 == 200;
+        (!shas.is_empty() && shas.iter().all(stored)).then_some(())
+    });
     admin.goto(&format!("{base}/#/tasks/{truck_id}"));
     admin.wait_text("#task-plate", WAIT, |t| t == plate);
     admin.wait(WAIT, "the evidence images loaded", |b| {
