@@ -299,8 +299,21 @@ impl Carry {
         }
     }
 
-    /// In a batch's transaction: writes the carried values with the batch's own `latest` (or,
-    /// carrying, notes where the carried readings start); returns what to do after the commit.
+    /// In a batch's transaction, before its chunks are written, when it will carry values: the
+    /// first batch that carries notes where the carried readings start (its chunks and every
+    /// later one's may hold readings newer than `series` shows, until a batch writes them).
+    fn mark_start(&self, tx: &dyn Sql, carries: bool) -> db::Result<()> {
+        if carries && self.values.is_empty() {
+            tx.execute(
+                "UPDATE rollup_state SET latest_from = (SELECT COALESCE(MAX(id), 0) FROM reading_chunks)",
+                &[],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// In a batch's transaction: writes the carried values with the batch's own `latest` and
+    /// clears the mark, or carries `latest` too; returns what to do after the commit.
     fn in_batch(
         &self,
         tx: &dyn Sql,
@@ -570,14 +583,7 @@ fn try_batch(
             args![DEAD_LETTERS_KEPT],
         )?;
     }
-    if defer && carry.values.is_empty() && !staged.readings.is_empty() {
-        // The first batch that carries: its chunks and every later one's may hold readings newer
-        // than `series` shows, until a batch writes what is carried.
-        tx.execute(
-            "UPDATE rollup_state SET latest_from = (SELECT COALESCE(MAX(id), 0) FROM reading_chunks)",
-            &[],
-        )?;
-    }
+    carry.mark_start(&tx, defer && !staged.readings.is_empty())?;
     // All the batch's readings at once: a chunk per series and minute (see `super::raw`).
     let mut latest = staged.readings.flush(&tx)?;
     if isolate {
