@@ -6,7 +6,8 @@
 //! has not stored is redelivered after a hub or connection restart, and deduplicated by the store.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -25,6 +26,17 @@ use crate::store::{Ack, Store, WriteOp};
 /// Messages being verified and decoded at once (on the runtime's worker threads); more wait in the
 /// broker connection.
 const DECODING_MAX: usize = 64;
+
+/// Events the broker connection's driver hands on ahead of the session.
+const EVENTS: usize = 16;
+
+/// Room in the broker connection's request queue (acknowledgements, subscriptions, commands).
+/// The acknowledgements the session owes are bounded only by what the broker sends before it
+/// hears back: Mosquitto 2.0.11, configured with `max_inflight_messages 100`, had more than 4,096
+/// messages unacknowledged with the hub in a 10-million-reading run, and rumqttc's poll takes one
+/// request per turn while it reads up to ten packets. So the queue is roomy, and what does not
+/// fit waits in [`Acks`] (commands: in the session) instead of being dropped.
+const REQUESTS: usize = 8192;
 
 /// A message the hub publishes (a command to a gateway).
 #[derive(Debug)]
@@ -218,7 +230,8 @@ pub async fn live_session(
     let mut opts = options(&cfg, format!("{}-{hub}-live", cfg.client_id));
     opts.set_clean_session(true);
     let (client, eventloop) = AsyncClient::new(opts, 64);
-    let (mut events, driver) = drive(eventloop);
+    // QoS 0: nothing to acknowledge, so no count of lost connections is needed.
+    let (mut events, driver) = drive(eventloop, Arc::default());
     let filters = all_filters(&cfg.topics);
     // Counts of this session's rejects would count the holder's messages twice: kept apart.
     let uncounted = Metrics::default();
@@ -324,9 +337,18 @@ pub async fn session(
     let mut opts = options(&cfg, cfg.client_id.clone());
     opts.set_clean_session(false);
     opts.set_manual_acks(true);
-    let (client, eventloop) = AsyncClient::new(opts, 4096);
-    let (mut events, driver) = drive(eventloop);
-    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Publish>();
+    let (client, eventloop) = AsyncClient::new(opts, REQUESTS);
+    let connection = Arc::new(AtomicU64::new(0));
+    let (mut events, driver) = drive(eventloop, connection.clone());
+    // The connection the events being handled came on (the driver's count of lost connections,
+    // as of the event: it counts ahead of the session).
+    let mut came_on = 0u64;
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Owed>();
+    let mut acks = Acks::default();
+    // A command that did not fit the request queue; no other is taken until it goes.
+    let mut command: Option<(String, Vec<u8>)> = None;
+    let mut retry_acks = tokio::time::interval(ACK_RETRY);
+    retry_acks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut filters: Vec<String> = filter_rx.borrow_and_update().clone();
     let mut failures = 0u32;
     let mut limiter = RateLimiter::new(cfg.rate_limit);
@@ -360,34 +382,41 @@ pub async fn session(
                 }
                 filters = now;
             }
-            Some(out) = async { match outgoing.as_mut() { Some(o) => o.recv().await, None => std::future::pending().await } } => {
+            Some(out) = async { match outgoing.as_mut() { Some(o) => o.recv().await, None => std::future::pending().await } }, if command.is_none() => {
                 // Commands to gateways, signed with the gateway's key (QoS 1; rumqttc keeps them
-                // while the broker is away).
+                // while the broker is away). Never awaiting room in the request queue: only the
+                // driver empties it, and the driver waits for this loop to take its events.
                 let payload = match cfg.topics.parse(&out.topic).ok().and_then(|(gw, _)| cfg.keys.signing_key(gw.as_str())) {
                     Some(key) => protocol::auth::seal(&key, &out.topic, &out.payload),
                     None => out.payload,
                 };
-                if let Err(e) = client.publish(out.topic, QoS::AtLeastOnce, false, payload).await {
-                    tracing::error!(error = %e, "cannot queue a command for the broker");
-                }
+                command = Some((out.topic, payload));
+                send_command(&client, &mut command);
             }
-            Some(p) = ack_rx.recv() => {
+            Some(owed) = ack_rx.recv() => {
                 in_flight -= 1;
-                if let Err(e) = client.try_ack(&p) {
-                    // The message stays unacknowledged and comes again after a reconnect; the store
-                    // recognises it then.
-                    tracing::warn!(error = %e, "could not queue a broker acknowledgement");
+                acks.push(owed);
+                while let Ok(owed) = ack_rx.try_recv() {
+                    in_flight -= 1;
+                    acks.push(owed);
                 }
+                acks.send(&client, &metrics, connection.load(SeqCst));
+            }
+            _ = retry_acks.tick(), if acks.waiting() || command.is_some() => {
+                acks.send(&client, &metrics, connection.load(SeqCst));
+                send_command(&client, &mut command);
             }
             Some(done) = decoding.next(), if !decoding.is_empty() => {
-                let Ok((p, op, authenticated)) = done else {
+                let Ok((p, op, authenticated, on)) = done else {
                     tracing::error!("a message's decoding panicked; ingest stops (the broker redelivers it)");
                     break;
                 };
                 let op = limit(op, authenticated, &p, &cfg, &metrics, &mut limiter);
                 let needs_ack = p.qos != QoS::AtMostOnce;
                 let tx = ack_tx.clone();
-                let ack: Option<Ack> = needs_ack.then(|| Box::new(move || { let _ = tx.send(p); }) as Ack);
+                // Only what the acknowledgement needs is kept until the commit, not the payload.
+                let owed = Owed { connection: on, pkid: p.pkid, qos: p.qos };
+                let ack: Option<Ack> = needs_ack.then(|| Box::new(move || { let _ = tx.send(owed); }) as Ack);
                 // Nothing to store still goes through the store's queue, so that every
                 // acknowledgement leaves in the order the messages came.
                 let op = match op {
@@ -426,16 +455,18 @@ pub async fn session(
                 Some(Ok(Event::Incoming(Packet::Publish(p)))) => {
                     // Verified and decoded on the runtime's workers, several at once; the results
                     // are taken in arrival order below.
-                    let (cfg, metrics) = (cfg.clone(), metrics.clone());
+                    let (cfg, metrics, on) = (cfg.clone(), metrics.clone(), came_on);
                     decoding.push_back(tokio::spawn(async move {
                         let mut authenticated = None;
                         let op = classify(&cfg, &p, &metrics, &mut authenticated);
-                        (p, op, authenticated)
+                        (p, op, authenticated, on)
                     }));
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    // The driver waits before it connects again.
+                    // The driver waits before it connects again. What came before this is owed to
+                    // the connection just lost: its acknowledgements are not sent on the next one.
+                    came_on += 1;
                     failures += 1;
                     if report_ready {
                         metrics.ingest_ready.store(false, Relaxed);
@@ -452,15 +483,24 @@ pub async fn session(
     // What was handed to the store is committed and acknowledged before leaving (for a while:
     // what is not, the broker sends again to whoever resumes this session), then leave cleanly.
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while in_flight > 0 {
-            let Some(p) = ack_rx.recv().await else { break };
-            in_flight -= 1;
-            let _ = client.try_ack(&p);
+        while in_flight > 0 || acks.waiting() {
+            tokio::select! {
+                owed = ack_rx.recv(), if in_flight > 0 => {
+                    let Some(owed) = owed else { break };
+                    in_flight -= 1;
+                    acks.push(owed);
+                }
+                _ = retry_acks.tick() => {}
+                // The driver goes on polling (and so sending) while the session leaves; what
+                // comes in now is not stored, and the broker sends it again.
+                Some(_) = events.recv() => {}
+            }
+            acks.send(&client, &metrics, connection.load(SeqCst));
         }
     })
     .await;
-    if in_flight > 0 {
-        tracing::warn!(client_id = %cfg.client_id, in_flight, "left with messages not yet stored; the broker sends them again");
+    if in_flight > 0 || acks.waiting() {
+        tracing::warn!(client_id = %cfg.client_id, in_flight, unsent = acks.len(), "left with messages not yet stored or acknowledged; the broker sends them again");
     }
     if report_ready {
         metrics.ingest_ready.store(false, Relaxed);
@@ -486,6 +526,85 @@ fn options(cfg: &IngestConfig, client_id: String) -> MqttOptions {
     opts
 }
 
+/// How often acknowledgements that did not fit the request queue are tried again.
+const ACK_RETRY: Duration = Duration::from_millis(5);
+
+/// An acknowledgement owed for a stored message, and the connection its message came on.
+#[derive(Debug, Clone, Copy)]
+struct Owed {
+    connection: u64,
+    pkid: u16,
+    qos: QoS,
+}
+
+/// Acknowledgements owed to the broker, in the order their messages were stored. One that does
+/// not fit the connection's request queue waits here for the next try. It was dropped before
+/// (2026-12-04): a dropped acknowledgement is a message the broker counts as in flight until the
+/// session reconnects, and under sustained load enough were lost that Mosquitto stopped sending
+/// while the connection looked healthy; ingest stalled for good.
+///
+/// One owed on a connection since lost is dropped instead: the broker sends its message again on
+/// the next connection (the store recognises it), and a stale packet id could acknowledge a
+/// different message there before it is stored. rumqttc drops the acknowledgements still in its
+/// queue when a connection fails, for the same reason, and the driver clears them once more
+/// before it connects again ([`drive`]).
+#[derive(Default)]
+struct Acks {
+    waiting: std::collections::VecDeque<Owed>,
+}
+
+impl Acks {
+    fn push(&mut self, owed: Owed) {
+        self.waiting.push_back(owed);
+    }
+
+    fn waiting(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Queues what fits, oldest first, for the connection `current`.
+    fn send(&mut self, client: &impl AckQueue, metrics: &Metrics, current: u64) {
+        while let Some(owed) = self.waiting.front() {
+            if owed.connection == current {
+                let mut p = Publish::new(String::new(), owed.qos, Vec::new());
+                p.pkid = owed.pkid;
+                if !client.try_ack(&p) {
+                    // Full (or the connection's driver gone, and the session with it).
+                    metrics.ack_waits.fetch_add(1, Relaxed);
+                    return;
+                }
+            }
+            self.waiting.pop_front();
+        }
+    }
+}
+
+/// Hands the waiting command to the connection if there is room.
+fn send_command(client: &AsyncClient, command: &mut Option<(String, Vec<u8>)>) {
+    if let Some((topic, payload)) = command.take()
+        && let Err(e) = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+    {
+        tracing::debug!(error = %e, "command waits for room in the broker connection's queue");
+        *command = Some((topic, payload));
+    }
+}
+
+/// Where [`Acks`] go: the broker connection's request queue.
+trait AckQueue {
+    /// Whether the acknowledgement was queued.
+    fn try_ack(&self, p: &Publish) -> bool;
+}
+
+impl AckQueue for AsyncClient {
+    fn try_ack(&self, p: &Publish) -> bool {
+        AsyncClient::try_ack(self, p).is_ok()
+    }
+}
+
 type Polled = Result<Event, rumqttc::ConnectionError>;
 
 /// Polls `eventloop` on a task of its own and passes on what it yields, so that no `select!`
@@ -495,8 +614,9 @@ type Polled = Result<Event, rumqttc::ConnectionError>;
 /// keeps the backpressure: while the receiver takes nothing, the broker is not read.
 fn drive(
     mut eventloop: rumqttc::EventLoop,
+    lost: Arc<AtomicU64>,
 ) -> (mpsc::Receiver<Polled>, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, rx) = mpsc::channel(EVENTS);
     let handle = tokio::spawn(async move {
         let mut failures = 0u32;
         loop {
@@ -505,12 +625,27 @@ fn drive(
             if matches!(ev, Ok(Event::Incoming(Packet::ConnAck(_)))) {
                 failures = 0;
             }
+            // What went out is not the session's business, but for the DISCONNECT it waits for
+            // when it leaves: acknowledgements go out without a turn of the session each.
+            if matches!(&ev, Ok(Event::Outgoing(o)) if !matches!(o, rumqttc::Outgoing::Disconnect))
+            {
+                continue;
+            }
+            if failed {
+                // Counted before the session hears of it, so that it stops sending the lost
+                // connection's acknowledgements at once (see [`Acks`]).
+                lost.fetch_add(1, SeqCst);
+            }
             if tx.send(ev).await.is_err() {
                 return;
             }
             if failed {
                 failures += 1;
                 tokio::time::sleep(protocol::reconnect::delay(failures, fastrand::f64())).await;
+                // Acknowledgements the session queued before it saw the loss go nowhere: rumqttc
+                // drops queued acknowledgements here (and keeps other requests for the next
+                // connection).
+                eventloop.clean();
             }
         }
     });
@@ -523,11 +658,21 @@ async fn leave(
     events: &mut mpsc::Receiver<Polled>,
     driver: tokio::task::JoinHandle<()>,
 ) {
-    let _ = client.try_disconnect();
+    // The DISCONNECT goes behind the acknowledgements already queued: once it is out, they are.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        while let Some(Ok(ev)) = events.recv().await {
-            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                break;
+        let mut queued = client.try_disconnect().is_ok();
+        loop {
+            tokio::select! {
+                // Room in the request queue comes as the driver goes on (events taken below).
+                r = client.disconnect(), if !queued => match r {
+                    Ok(()) => queued = true,
+                    Err(_) => break,
+                },
+                ev = events.recv() => match ev {
+                    Some(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))) => break,
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                },
             }
         }
     })
@@ -785,6 +930,75 @@ pub fn correct_clock(mut env: Envelope, received: Timestamp) -> Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request queue of `room` places, emptied by `drain`.
+    struct Queue {
+        room: usize,
+        queued: std::cell::RefCell<Vec<u16>>,
+    }
+
+    impl AckQueue for Queue {
+        fn try_ack(&self, p: &Publish) -> bool {
+            let mut q = self.queued.borrow_mut();
+            if q.len() == self.room {
+                return false;
+            }
+            q.push(p.pkid);
+            true
+        }
+    }
+
+    #[test]
+    fn acknowledgements_that_do_not_fit_wait_and_go_in_order() {
+        let q = Queue {
+            room: 2,
+            queued: Default::default(),
+        };
+        let metrics = Metrics::default();
+        let mut acks = Acks::default();
+        let owed = |connection, pkid| Owed {
+            connection,
+            pkid,
+            qos: QoS::AtLeastOnce,
+        };
+        for pkid in 1..=5 {
+            acks.push(owed(0, pkid));
+        }
+        acks.send(&q, &metrics, 0);
+        assert_eq!(*q.queued.borrow(), [1, 2]);
+        assert_eq!(acks.len(), 3, "none dropped");
+        assert_eq!(metrics.ack_waits.load(Relaxed), 1);
+        let mut sent = Vec::new();
+        while acks.waiting() {
+            // The connection takes the queued ones; the rest go at the next try.
+            sent.append(&mut q.queued.borrow_mut());
+            acks.send(&q, &metrics, 0);
+        }
+        sent.append(&mut q.queued.borrow_mut());
+        assert_eq!(sent, [1, 2, 3, 4, 5]);
+        assert_eq!(metrics.ack_waits.load(Relaxed), 2);
+    }
+
+    #[test]
+    fn acknowledgements_owed_on_a_lost_connection_are_not_sent_on_the_next() {
+        let q = Queue {
+            room: 10,
+            queued: Default::default(),
+        };
+        let metrics = Metrics::default();
+        let mut acks = Acks::default();
+        for (connection, pkid) in [(0, 7), (0, 8), (1, 7), (1, 9)] {
+            acks.push(Owed {
+                connection,
+                pkid,
+                qos: QoS::AtLeastOnce,
+            });
+        }
+        // Connection 0 was lost: its packet ids may name other messages on connection 1.
+        acks.send(&q, &metrics, 1);
+        assert_eq!(*q.queued.borrow(), [7, 9]);
+        assert!(!acks.waiting());
+    }
 
     #[test]
     fn rate_limit_is_a_token_bucket_per_gateway_with_sampled_dead_letters() {

@@ -20,6 +20,7 @@ pub struct Metrics {
     pub store_errors: AtomicU64,
     pub mqtt_connections: AtomicU64,
     pub mqtt_errors: AtomicU64,
+    pub ack_waits: AtomicU64,
     pub evidence_stored: AtomicU64,
     pub commands_issued: AtomicU64,
     /// Configuration pushes published to gateways (uploads and pushes again).
@@ -138,7 +139,7 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &AtomicU64); 19] = [
+        let counters: [(&str, &str, &AtomicU64); 20] = [
             (
                 "hub_messages_received_total",
                 "MQTT messages received on gateway topics",
@@ -213,6 +214,11 @@ impl Metrics {
                 "hub_mqtt_errors_total",
                 "MQTT connection errors of the ingest client",
                 &self.mqtt_errors,
+            ),
+            (
+                "hub_mqtt_ack_waits_total",
+                "Times broker acknowledgements found the MQTT client's request queue full and waited (tried again every 5 ms)",
+                &self.ack_waits,
             ),
             (
                 "hub_commands_issued_total",
