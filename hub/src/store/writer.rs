@@ -21,6 +21,14 @@ pub(super) type FastMap<K, V> = HashMap<K, V, Fast>;
 
 /// Most operations in one transaction.
 const MAX_BATCH: usize = 512;
+/// Longest a batch waits for more under load ([`linger`]).
+const LINGER_MAX: Duration = Duration::from_millis(20);
+/// A batch that lingers stops waiting once nothing has come for this long (tokio's timer rounds
+/// it up to the next millisecond: 2–3 ms).
+const LINGER_STALL: Duration = Duration::from_millis(2);
+/// A batch lingers only if at least this many operations were queued when the writer came back:
+/// a queue, not the one or two envelopes a sustainable rate leaves behind a commit.
+const LINGER_FROM: usize = 8;
 /// Dead letters kept; older ones are deleted.
 const DEAD_LETTERS_KEPT: i64 = 10_000;
 /// Payload bytes kept per dead letter.
@@ -77,6 +85,12 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
+        // Under load (a queue in front of it, and the writer came back at once), a batch waits a
+        // little for what keeps coming (see [`linger`]).
+        let busy = carry.last_batch.is_some_and(|t| t.elapsed() < BUSY_GAP);
+        if busy && batch.len() >= LINGER_FROM {
+            linger(&idle, &mut rx, &mut batch, LINGER_STALL, LINGER_MAX);
+        }
         let started = Instant::now();
         let mut attempt = 0u32;
         // A failed commit (disk full, I/O error) is retried: the batch is not acknowledged, so nothing
@@ -84,7 +98,8 @@ pub(super) fn run(
         let (fresh, touched) = loop {
             let late = Late::new(&maintenance);
             // Latest values wait for a later batch only while the hub is busy, and not for long.
-            let defer = carry.may_defer(!rx.is_empty());
+            // (Busy as the writer came back: a linger that stalled left the queue empty.)
+            let defer = carry.may_defer(busy || !rx.is_empty());
             match write_batch(&*conn, &mut series, &batch, &metrics, late, &carry, defer) {
                 Ok((fresh, touched, latest)) => {
                     carry.after_commit(latest);
@@ -149,6 +164,46 @@ pub(super) fn run(
         tracing::error!(error = %e, "latest values not written at stop; the next start repairs them");
     }
     tracing::info!("store writer stopped: queue closed and drained");
+}
+
+/// Under load (at least [`LINGER_FROM`] operations queued, and the writer came back within
+/// [`BUSY_GAP`] of its last batch),
+/// a batch takes in what keeps arriving for up to `max` ([`LINGER_MAX`]), and stops as soon as
+/// nothing has come for `stall` ([`LINGER_STALL`]: the load eased, or the broker stopped sending
+/// until it hears back) or it is full. Group commit, as PostgreSQL's `commit_delay` or Kafka's
+/// `linger.ms`. A batch costs the writer a share that does not grow with its size (the commit
+/// and its sync) and one that grows with the series it writes rather than their readings (a
+/// chunk row and a page of `reading_chunks_by_series` for each), so fewer, larger batches under
+/// load need less of the writer per reading (BENCHMARKS.md), leaving the CPU to decoding.
+///
+/// What it costs: under load, up to [`LINGER_MAX`] more before a batch is committed and
+/// acknowledged, and a [`LINGER_STALL`] of idling at the end of a linger that stalls. A short
+/// queue, or one that comes after a pause of [`BUSY_GAP`], is written at once.
+fn linger(
+    idle: &tokio::runtime::Runtime,
+    rx: &mut mpsc::Receiver<(WriteOp, Option<Ack>)>,
+    batch: &mut Vec<(WriteOp, Option<Ack>)>,
+    stall: Duration,
+    max: Duration,
+) {
+    let end = Instant::now() + max;
+    while batch.len() < MAX_BATCH {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match idle.block_on(async { tokio::time::timeout(stall.min(left), rx.recv()).await }) {
+            Ok(Some(op)) => batch.push(op),
+            // Stalled; or closed, which the writer's next wait sees.
+            Ok(None) | Err(_) => return,
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+    }
 }
 
 /// The writer's automatic checkpoint (SQLite's default is 1,000 pages): only a safety net, should
@@ -1105,6 +1160,83 @@ mod tests {
     fn op(env: Envelope) -> (WriteOp, Option<Ack>) {
         let received = env.sent_at;
         (WriteOp::Envelope { env, received }, None)
+    }
+
+    #[test]
+    fn a_lingering_batch_takes_what_comes_up_to_a_full_batch_and_stops_when_nothing_does() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(4 * MAX_BATCH);
+        for seq in 0..(MAX_BATCH as u64 + 10) {
+            tx.try_send(op(envelope(seq, 1.0))).unwrap();
+        }
+        // Full: the rest waits for the next batch.
+        let mut batch = vec![rx.try_recv().unwrap()];
+        linger(&rt, &mut rx, &mut batch, LINGER_STALL, LINGER_MAX);
+        assert_eq!(batch.len(), MAX_BATCH);
+        let seqs = |b: &[(WriteOp, Option<Ack>)]| -> Vec<u64> {
+            b.iter()
+                .map(|(o, _)| match o {
+                    WriteOp::Envelope { env, .. } => env.seq,
+                    _ => unreachable!(),
+                })
+                .collect()
+        };
+        assert_eq!(seqs(&batch), (0..MAX_BATCH as u64).collect::<Vec<_>>());
+        // Nothing more comes: it stops with what there is, in order (and well before
+        // LINGER_MAX, which is not asserted on a shared machine).
+        let mut batch = vec![rx.try_recv().unwrap()];
+        linger(&rt, &mut rx, &mut batch, LINGER_STALL, LINGER_MAX);
+        assert_eq!(
+            seqs(&batch),
+            (MAX_BATCH as u64..MAX_BATCH as u64 + 10).collect::<Vec<_>>()
+        );
+        // Closed: it returns, and the writer's next wait sees the end.
+        tx.try_send(op(envelope(1_000, 1.0))).unwrap();
+        drop(tx);
+        let mut batch = Vec::new();
+        linger(&rt, &mut rx, &mut batch, LINGER_STALL, LINGER_MAX);
+        assert_eq!(seqs(&batch), [1_000]);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_lingering_batch_waits_for_what_comes_and_not_past_a_stall() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (tx, mut rx) = mpsc::channel(16);
+        // One comes 20 ms into the linger, the next only after a pause longer than the stall.
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            tx.blocking_send(op(envelope(1, 1.0))).unwrap();
+            std::thread::sleep(Duration::from_secs(1));
+            tx.blocking_send(op(envelope(2, 1.0))).unwrap();
+        });
+        let mut batch = vec![op(envelope(0, 1.0))];
+        linger(
+            &rt,
+            &mut rx,
+            &mut batch,
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+        );
+        let seqs: Vec<u64> = batch
+            .iter()
+            .map(|(o, _)| match o {
+                WriteOp::Envelope { env, .. } => env.seq,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            [0, 1],
+            "waited for the second, stopped before the third"
+        );
+        sender.join().unwrap();
     }
 
     fn command(id: &str) -> (WriteOp, Option<Ack>) {
