@@ -104,6 +104,43 @@ fn mosquitto(dir: &Path, port: u16) -> Killed {
     Killed(child)
 }
 
+/// Nanoseconds the named thread of this process has spent on a CPU (0 if there is none).
+fn thread_cpu_ns(name: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+            return stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+        }
+    }
+    0
+}
+
+/// The machine's (busy, all) clock ticks so far, from `/proc/stat`.
+fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
+    let all: u64 = ticks.iter().take(8).sum();
+    (all - idle, all)
+}
+
 fn wait_port(port: u16) {
     let end = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -360,6 +397,8 @@ fn hub_case_on(
         external(port)
     };
     let hub = start_hub(rt, data, postgres, mqtt, gateways);
+    let writer_before = thread_cpu_ns("store-writer");
+    let machine_before = machine_ticks();
     let started = Instant::now();
     let publish_secs = rt
         .block_on(publish(port, gateways, envelopes, embedded, late))
@@ -376,12 +415,19 @@ fn hub_case_on(
     }
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(hub.metrics.rejected_total(), 0, "messages were rejected");
+    let (busy, total) = machine_ticks();
+    let writer_ns = thread_cpu_ns("store-writer") - writer_before;
     let batches = hub.metrics.store_batches.load(Relaxed).max(1);
+    let readings = hub.metrics.readings_stored.load(Relaxed).max(1) as f64;
     eprintln!(
-        "store: {batches} batches, {:.1} envelopes and {:.1} ms each; rollups {:.1} ms in all",
+        "store: {batches} batches, {:.1} envelopes and {:.1} ms each; rollups {:.1} ms in all; \
+         writer CPU {:.0} ns/reading; machine {:.0} % busy; acknowledgements waited {} times",
         envelopes as f64 / batches as f64,
         hub.metrics.store_batch_micros.load(Relaxed) as f64 / batches as f64 / 1000.0,
-        hub.metrics.rollup_micros.load(Relaxed) as f64 / 1000.0
+        hub.metrics.rollup_micros.load(Relaxed) as f64 / 1000.0,
+        writer_ns as f64 / readings,
+        100.0 * (busy - machine_before.0) as f64 / (total - machine_before.1).max(1) as f64,
+        hub.metrics.ack_waits.load(Relaxed),
     );
     let row = Row {
         case: format!(

@@ -44,6 +44,18 @@ fn thread_cpu_ns(name: &str) -> Option<u64> {
     None
 }
 
+/// Bytes this process has handed to `write` and the like (`wchar` of `/proc/self/io`): the
+/// writer's WAL frames and the checkpointer's copies into the database file.
+fn bytes_written() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("wchar: ").and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
 fn envelopes(count: usize, gateways: usize, late: bool) -> Vec<Envelope> {
     let boots: Vec<BootId> = (0..gateways)
         .map(|_| BootId::from_uuid(uuid::Uuid::new_v4()))
@@ -84,6 +96,7 @@ struct Run {
     rate: f64,
     cpu_ns_per_reading: f64,
     envelopes_per_batch: f64,
+    bytes_per_reading: f64,
 }
 
 fn run(count: usize, gateways: usize, inflight: usize, late: bool) -> Run {
@@ -100,6 +113,7 @@ fn run(count: usize, gateways: usize, inflight: usize, late: bool) -> Run {
     )
     .unwrap();
     let envs = envelopes(count, gateways, late);
+    let written_before = bytes_written();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -123,6 +137,7 @@ fn run(count: usize, gateways: usize, inflight: usize, late: bool) -> Run {
         let _all = window.acquire_many(inflight as u32).await.unwrap();
     });
     let secs = started.elapsed().as_secs_f64();
+    let written = bytes_written() - written_before;
     let cpu = thread_cpu_ns("store-writer").unwrap_or(0) - cpu_before;
     let readings = metrics.readings_stored.load(Relaxed) as f64;
     assert_eq!(
@@ -137,6 +152,7 @@ fn run(count: usize, gateways: usize, inflight: usize, late: bool) -> Run {
         rate: readings / secs,
         cpu_ns_per_reading: cpu as f64 / readings,
         envelopes_per_batch: count as f64 / batches,
+        bytes_per_reading: written as f64 / readings,
     }
 }
 
@@ -160,21 +176,24 @@ fn main() {
         "{count} envelopes of {PER_ENVELOPE} readings from {gateways} gateway(s), {inflight} in flight, {}\n",
         if late { "an hour late" } else { "live" }
     );
-    println!("| run | readings/s | writer CPU ns/reading | envelopes/batch |");
-    println!("|---|---|---|---|");
+    println!(
+        "| run | readings/s | writer CPU ns/reading | envelopes/batch | bytes written/reading |"
+    );
+    println!("|---|---|---|---|---|");
     let mut all = Vec::new();
     for i in 1..=runs {
         let r = run(count, gateways, inflight, late);
         println!(
-            "| {i} | {:.0} | {:.0} | {:.1} |",
-            r.rate, r.cpu_ns_per_reading, r.envelopes_per_batch
+            "| {i} | {:.0} | {:.0} | {:.1} | {:.1} |",
+            r.rate, r.cpu_ns_per_reading, r.envelopes_per_batch, r.bytes_per_reading
         );
         all.push(r);
     }
     println!(
-        "| median | {:.0} | {:.0} | {:.1} |",
+        "| median | {:.0} | {:.0} | {:.1} | {:.1} |",
         median(all.iter().map(|r| r.rate).collect()),
         median(all.iter().map(|r| r.cpu_ns_per_reading).collect()),
         median(all.iter().map(|r| r.envelopes_per_batch).collect()),
+        median(all.iter().map(|r| r.bytes_per_reading).collect()),
     );
 }
