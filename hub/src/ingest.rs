@@ -619,11 +619,16 @@ fn drive(
     let (tx, rx) = mpsc::channel(EVENTS);
     let handle = tokio::spawn(async move {
         let mut failures = 0u32;
+        // Requests taken off the queue while the connection was down, for the next one.
+        let mut held = std::collections::VecDeque::new();
         loop {
             let ev = eventloop.poll().await;
             let failed = ev.is_err();
             if matches!(ev, Ok(Event::Incoming(Packet::ConnAck(_)))) {
                 failures = 0;
+                // After the ConnAck: rumqttc empties its pending requests when the broker kept no
+                // session, and these (commands, subscriptions) were queued after the loss.
+                eventloop.pending.append(&mut held);
             }
             // What went out is not the session's business, but for the DISCONNECT it waits for
             // when it leaves: acknowledgements go out without a turn of the session each.
@@ -642,10 +647,14 @@ fn drive(
             if failed {
                 failures += 1;
                 tokio::time::sleep(protocol::reconnect::delay(failures, fastrand::f64())).await;
-                // Acknowledgements the session queued before it saw the loss go nowhere: rumqttc
-                // drops queued acknowledgements here (and keeps other requests for the next
-                // connection).
+                // Acknowledgements the session queued before it saw the loss go nowhere: rumqttc's
+                // clean drops queued acknowledgements (and moves other requests to its pending
+                // list, which are held for after the next ConnAck). Packets read from the lost
+                // connection and not yet handed out go too: the broker sends them again.
+                let before = eventloop.pending.len();
                 eventloop.clean();
+                held.extend(eventloop.pending.drain(before..));
+                eventloop.state.events.clear();
             }
         }
     });
@@ -660,11 +669,14 @@ async fn leave(
 ) {
     // The DISCONNECT goes behind the acknowledgements already queued: once it is out, they are.
     let _ = tokio::time::timeout(Duration::from_millis(500), async {
-        let mut queued = client.try_disconnect().is_ok();
+        // One request, polled until it is queued: room comes as the driver goes on (events are
+        // taken below).
+        let disconnect = client.disconnect();
+        tokio::pin!(disconnect);
+        let mut queued = false;
         loop {
             tokio::select! {
-                // Room in the request queue comes as the driver goes on (events taken below).
-                r = client.disconnect(), if !queued => match r {
+                r = &mut disconnect, if !queued => match r {
                     Ok(()) => queued = true,
                     Err(_) => break,
                 },
