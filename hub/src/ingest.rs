@@ -347,6 +347,8 @@ pub async fn session(
     let mut acks = Acks::default();
     // A command that did not fit the request queue; no other is taken until it goes.
     let mut command: Option<(String, Vec<u8>)> = None;
+    // Subscriptions (true) and unsubscriptions that did not fit it yet, in order.
+    let mut filter_ops: std::collections::VecDeque<(String, bool)> = Default::default();
     let mut retry_acks = tokio::time::interval(ACK_RETRY);
     retry_acks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut filters: Vec<String> = filter_rx.borrow_and_update().clone();
@@ -370,16 +372,9 @@ pub async fn session(
                 let now = filter_rx.borrow_and_update().clone();
                 let subscribe: Vec<_> = now.iter().filter(|f| !filters.contains(f)).cloned().collect();
                 let unsubscribe: Vec<_> = filters.iter().filter(|f| !now.contains(f)).cloned().collect();
-                for f in subscribe {
-                    if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                        tracing::error!(error = %e, filter = %f, "cannot subscribe");
-                    }
-                }
-                for f in unsubscribe {
-                    if let Err(e) = client.try_unsubscribe(f.clone()) {
-                        tracing::error!(error = %e, filter = %f, "cannot unsubscribe");
-                    }
-                }
+                filter_ops.extend(subscribe.into_iter().map(|f| (f, true)));
+                filter_ops.extend(unsubscribe.into_iter().map(|f| (f, false)));
+                send_filter_ops(&client, &mut filter_ops);
                 filters = now;
             }
             Some(out) = async { match outgoing.as_mut() { Some(o) => o.recv().await, None => std::future::pending().await } }, if command.is_none() => {
@@ -402,9 +397,10 @@ pub async fn session(
                 }
                 acks.send(&client, &metrics, connection.load(SeqCst));
             }
-            _ = retry_acks.tick(), if acks.waiting() || command.is_some() => {
+            _ = retry_acks.tick(), if acks.waiting() || command.is_some() || !filter_ops.is_empty() => {
                 acks.send(&client, &metrics, connection.load(SeqCst));
                 send_command(&client, &mut command);
+                send_filter_ops(&client, &mut filter_ops);
             }
             Some(done) = decoding.next(), if !decoding.is_empty() => {
                 let Ok((p, op, authenticated, on)) = done else {
@@ -441,11 +437,11 @@ pub async fn session(
                         metrics.ingest_ready.store(true, Relaxed);
                     }
                     count(true, &mut counted);
-                    for f in &filters {
-                        if let Err(e) = client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
-                            tracing::error!(error = %e, filter = %f, "cannot subscribe");
-                        }
-                    }
+                    // A new connection: every filter, after the unsubscriptions still waiting (a
+                    // resumed session keeps what it had).
+                    filter_ops.retain(|(_, subscribe)| !subscribe);
+                    filter_ops.extend(filters.iter().map(|f| (f.clone(), true)));
+                    send_filter_ops(&client, &mut filter_ops);
                 }
                 Some(Ok(Event::Incoming(Packet::SubAck(_)))) => {
                     if report_ready && !metrics.ingest_ready.swap(true, Relaxed) {
@@ -567,7 +563,7 @@ impl Acks {
     }
 
     /// Queues what fits, oldest first, for the connection `current`.
-    fn send(&mut self, client: &impl AckQueue, metrics: &Metrics, current: u64) {
+    fn send(&mut self, client: &impl RequestQueue, metrics: &Metrics, current: u64) {
         while let Some(owed) = self.waiting.front() {
             if owed.connection == current {
                 let mut p = Publish::new(String::new(), owed.qos, Vec::new());
@@ -593,15 +589,45 @@ fn send_command(client: &AsyncClient, command: &mut Option<(String, Vec<u8>)>) {
     }
 }
 
-/// Where [`Acks`] go: the broker connection's request queue.
-trait AckQueue {
-    /// Whether the acknowledgement was queued.
+/// The broker connection's request queue, as [`Acks`] and [`send_filter_ops`] use it: each
+/// returns whether the request was queued.
+trait RequestQueue {
     fn try_ack(&self, p: &Publish) -> bool;
+    fn try_subscribe(&self, filter: &str) -> bool;
+    fn try_unsubscribe(&self, filter: &str) -> bool;
 }
 
-impl AckQueue for AsyncClient {
+impl RequestQueue for AsyncClient {
     fn try_ack(&self, p: &Publish) -> bool {
         AsyncClient::try_ack(self, p).is_ok()
+    }
+
+    fn try_subscribe(&self, filter: &str) -> bool {
+        AsyncClient::try_subscribe(self, filter, QoS::AtLeastOnce).is_ok()
+    }
+
+    fn try_unsubscribe(&self, filter: &str) -> bool {
+        AsyncClient::try_unsubscribe(self, filter).is_ok()
+    }
+}
+
+/// Queues the waiting (un)subscriptions that fit, in order; the rest go at the next try. One that
+/// failed used to be lost until the next connection: a partition's gateways taken on under load
+/// would not have been subscribed.
+fn send_filter_ops(
+    client: &impl RequestQueue,
+    ops: &mut std::collections::VecDeque<(String, bool)>,
+) {
+    while let Some((filter, subscribe)) = ops.front() {
+        let queued = match subscribe {
+            true => client.try_subscribe(filter),
+            false => client.try_unsubscribe(filter),
+        };
+        if !queued {
+            tracing::debug!(filter = %filter, "(un)subscription waits for room in the broker connection's queue");
+            return;
+        }
+        ops.pop_front();
     }
 }
 
@@ -943,29 +969,80 @@ pub fn correct_clock(mut env: Envelope, received: Timestamp) -> Envelope {
 mod tests {
     use super::*;
 
-    /// A request queue of `room` places, emptied by `drain`.
+    /// A request queue of `room` places: acknowledgements' packet ids, and (un)subscriptions.
     struct Queue {
         room: usize,
         queued: std::cell::RefCell<Vec<u16>>,
+        filters: std::cell::RefCell<Vec<String>>,
     }
 
-    impl AckQueue for Queue {
+    impl Queue {
+        fn with_room(room: usize) -> Self {
+            Self {
+                room,
+                queued: Default::default(),
+                filters: Default::default(),
+            }
+        }
+
+        fn full(&self) -> bool {
+            self.queued.borrow().len() + self.filters.borrow().len() == self.room
+        }
+    }
+
+    impl RequestQueue for Queue {
         fn try_ack(&self, p: &Publish) -> bool {
-            let mut q = self.queued.borrow_mut();
-            if q.len() == self.room {
+            if self.full() {
                 return false;
             }
-            q.push(p.pkid);
+            self.queued.borrow_mut().push(p.pkid);
+            true
+        }
+
+        fn try_subscribe(&self, filter: &str) -> bool {
+            if self.full() {
+                return false;
+            }
+            self.filters.borrow_mut().push(format!("+{filter}"));
+            true
+        }
+
+        fn try_unsubscribe(&self, filter: &str) -> bool {
+            if self.full() {
+                return false;
+            }
+            self.filters.borrow_mut().push(format!("-{filter}"));
             true
         }
     }
 
     #[test]
+    fn subscriptions_that_do_not_fit_wait_and_go_in_order() {
+        let q = Queue::with_room(1);
+        let mut ops: std::collections::VecDeque<(String, bool)> = [
+            ("city/v1/gw/gw-a/#".to_owned(), true),
+            ("city/v1/gw/gw-b/#".to_owned(), false),
+            ("city/v1/gw/gw-b/#".to_owned(), true),
+        ]
+        .into();
+        let mut sent = Vec::new();
+        while !ops.is_empty() {
+            send_filter_ops(&q, &mut ops);
+            sent.append(&mut q.filters.borrow_mut());
+        }
+        assert_eq!(
+            sent,
+            [
+                "+city/v1/gw/gw-a/#",
+                "-city/v1/gw/gw-b/#",
+                "+city/v1/gw/gw-b/#"
+            ]
+        );
+    }
+
+    #[test]
     fn acknowledgements_that_do_not_fit_wait_and_go_in_order() {
-        let q = Queue {
-            room: 2,
-            queued: Default::default(),
-        };
+        let q = Queue::with_room(2);
         let metrics = Metrics::default();
         let mut acks = Acks::default();
         let owed = |connection, pkid| Owed {
@@ -993,10 +1070,7 @@ mod tests {
 
     #[test]
     fn acknowledgements_owed_on_a_lost_connection_are_not_sent_on_the_next() {
-        let q = Queue {
-            room: 10,
-            queued: Default::default(),
-        };
+        let q = Queue::with_room(10);
         let metrics = Metrics::default();
         let mut acks = Acks::default();
         for (connection, pkid) in [(0, 7), (0, 8), (1, 7), (1, 9)] {
