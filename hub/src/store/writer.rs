@@ -79,15 +79,10 @@ pub(super) fn run(
             }
         };
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
+        take_queued(&mut rx, &mut batch);
         // Under load (a queue in front of it, and the writer came back at once), a batch waits a
         // little for what keeps coming (see [`linger`]).
-        let busy = carry.last_batch.is_some_and(|t| t.elapsed() < BUSY_GAP);
+        let busy = carry.came_back_busy();
         if busy && batch.len() >= LINGER_FROM {
             linger(&idle, &mut rx, &mut batch, LINGER_STALL, LINGER_MAX);
         }
@@ -197,11 +192,19 @@ fn linger(
             // Stalled; or closed, which the writer's next wait sees.
             Ok(None) | Err(_) => return,
         }
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
+        take_queued(rx, batch);
+    }
+}
+
+/// Adds to `batch` what is queued, up to [`MAX_BATCH`].
+fn take_queued(
+    rx: &mut mpsc::Receiver<(WriteOp, Option<Ack>)>,
+    batch: &mut Vec<(WriteOp, Option<Ack>)>,
+) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
         }
     }
 }
@@ -324,8 +327,13 @@ impl Carry {
         }
     }
 
-    fn may_defer(&self, queued: bool) -> bool {
-        let busy = queued || self.last_batch.is_some_and(|t| t.elapsed() < BUSY_GAP);
+    /// Whether the writer came back within [`BUSY_GAP`] of its last batch.
+    fn came_back_busy(&self) -> bool {
+        self.last_batch.is_some_and(|t| t.elapsed() < BUSY_GAP)
+    }
+
+    /// Whether a batch may leave its latest values to a later one, the hub being `busy`.
+    fn may_defer(&self, busy: bool) -> bool {
         self.enabled && busy && self.since.is_none_or(|s| s.elapsed() < CARRY_MAX)
     }
 
@@ -1162,6 +1170,17 @@ mod tests {
         (WriteOp::Envelope { env, received }, None)
     }
 
+    /// The sequence numbers of a batch of envelopes.
+    fn seqs(batch: &[(WriteOp, Option<Ack>)]) -> Vec<u64> {
+        batch
+            .iter()
+            .map(|(o, _)| match o {
+                WriteOp::Envelope { env, .. } => env.seq,
+                _ => unreachable!(),
+            })
+            .collect()
+    }
+
     #[test]
     fn a_lingering_batch_takes_what_comes_up_to_a_full_batch_and_stops_when_nothing_does() {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -1176,14 +1195,6 @@ mod tests {
         let mut batch = vec![rx.try_recv().unwrap()];
         linger(&rt, &mut rx, &mut batch, LINGER_STALL, LINGER_MAX);
         assert_eq!(batch.len(), MAX_BATCH);
-        let seqs = |b: &[(WriteOp, Option<Ack>)]| -> Vec<u64> {
-            b.iter()
-                .map(|(o, _)| match o {
-                    WriteOp::Envelope { env, .. } => env.seq,
-                    _ => unreachable!(),
-                })
-                .collect()
-        };
         assert_eq!(seqs(&batch), (0..MAX_BATCH as u64).collect::<Vec<_>>());
         // Nothing more comes: it stops with what there is, in order (and well before
         // LINGER_MAX, which is not asserted on a shared machine).
@@ -1224,15 +1235,8 @@ mod tests {
             Duration::from_millis(500),
             Duration::from_secs(10),
         );
-        let seqs: Vec<u64> = batch
-            .iter()
-            .map(|(o, _)| match o {
-                WriteOp::Envelope { env, .. } => env.seq,
-                _ => unreachable!(),
-            })
-            .collect();
         assert_eq!(
-            seqs,
+            seqs(&batch),
             [0, 1],
             "waited for the second, stopped before the third"
         );
@@ -1285,9 +1289,6 @@ mod tests {
         )
     }
 
-    /// What the writer stores, on SQLite and on PostgreSQL: once per envelope however often it
-    /// comes, the latest value per series, events with their evidence, and an operation the
-    /// database refuses set aside as a dead letter without losing the rest of its batch.
     fn maintenance(c: &dyn Sql, dir: &tempfile::TempDir) -> super::super::rollup::Maintenance {
         super::super::rollup::Maintenance::load(
             c,
@@ -1456,6 +1457,9 @@ mod tests {
         }
     }
 
+    /// What the writer stores, on SQLite and on PostgreSQL: once per envelope however often it
+    /// comes, the latest value per series, events with their evidence, and an operation the
+    /// database refuses set aside as a dead letter without losing the rest of its batch.
     #[test]
     fn a_batch_is_stored_once_on_both_engines() {
         for (name, c) in crate::db::testing::migrated() {
