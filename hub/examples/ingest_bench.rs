@@ -421,13 +421,13 @@ fn hub_case_on(
     let readings = hub.metrics.readings_stored.load(Relaxed).max(1) as f64;
     eprintln!(
         "store: {batches} batches, {:.1} envelopes and {:.1} ms each; rollups {:.1} ms in all; \
-         writer CPU {:.0} ns/reading; machine {:.0} % busy; acknowledgements waited {} times",
+         writer CPU {:.0} ns/reading; machine {:.0} % busy; requests waited {} times",
         envelopes as f64 / batches as f64,
         hub.metrics.store_batch_micros.load(Relaxed) as f64 / batches as f64 / 1000.0,
         hub.metrics.rollup_micros.load(Relaxed) as f64 / 1000.0,
         writer_ns as f64 / readings,
         100.0 * (busy - machine_before.0) as f64 / (total - machine_before.1).max(1) as f64,
-        hub.metrics.ack_waits.load(Relaxed),
+        hub.metrics.request_waits.load(Relaxed),
     );
     let row = Row {
         case: format!(

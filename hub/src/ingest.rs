@@ -35,7 +35,7 @@ const EVENTS: usize = 16;
 /// hears back: Mosquitto 2.0.11, configured with `max_inflight_messages 100`, had more than 4,096
 /// messages unacknowledged with the hub in a 10-million-reading run, and rumqttc's poll takes one
 /// request per turn while it reads up to ten packets. So the queue is roomy, and what does not
-/// fit waits in [`Acks`] (commands: in the session) instead of being dropped.
+/// fit waits in [`Requests`] instead of being dropped.
 const REQUESTS: usize = 8192;
 
 /// A message the hub publishes (a command to a gateway).
@@ -344,13 +344,9 @@ pub async fn session(
     // as of the event: it counts ahead of the session).
     let mut came_on = 0u64;
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<Owed>();
-    let mut acks = Acks::default();
-    // A command that did not fit the request queue; no other is taken until it goes.
-    let mut command: Option<(String, Vec<u8>)> = None;
-    // Subscriptions (true) and unsubscriptions that did not fit it yet, in order.
-    let mut filter_ops: std::collections::VecDeque<(String, bool)> = Default::default();
-    let mut retry_acks = tokio::time::interval(ACK_RETRY);
-    retry_acks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut requests = Requests::default();
+    let mut retry = tokio::time::interval(REQUEST_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut filters: Vec<String> = filter_rx.borrow_and_update().clone();
     let mut failures = 0u32;
     let mut limiter = RateLimiter::new(cfg.rate_limit);
@@ -372,36 +368,36 @@ pub async fn session(
                 let now = filter_rx.borrow_and_update().clone();
                 let subscribe: Vec<_> = now.iter().filter(|f| !filters.contains(f)).cloned().collect();
                 let unsubscribe: Vec<_> = filters.iter().filter(|f| !now.contains(f)).cloned().collect();
-                filter_ops.extend(subscribe.into_iter().map(|f| (f, true)));
-                filter_ops.extend(unsubscribe.into_iter().map(|f| (f, false)));
-                send_filter_ops(&client, &mut filter_ops);
+                for f in subscribe {
+                    requests.push(Request::Subscribe(f));
+                }
+                for f in unsubscribe {
+                    requests.push(Request::Unsubscribe(f));
+                }
+                requests.send(&client, &metrics, connection.load(SeqCst));
                 filters = now;
             }
-            Some(out) = async { match outgoing.as_mut() { Some(o) => o.recv().await, None => std::future::pending().await } }, if command.is_none() => {
+            // While requests wait for room, commands wait in their channel (the API's backpressure).
+            Some(out) = async { match outgoing.as_mut() { Some(o) => o.recv().await, None => std::future::pending().await } }, if !requests.waiting() => {
                 // Commands to gateways, signed with the gateway's key (QoS 1; rumqttc keeps them
-                // while the broker is away). Never awaiting room in the request queue: only the
-                // driver empties it, and the driver waits for this loop to take its events.
+                // while the broker is away).
                 let payload = match cfg.topics.parse(&out.topic).ok().and_then(|(gw, _)| cfg.keys.signing_key(gw.as_str())) {
                     Some(key) => protocol::auth::seal(&key, &out.topic, &out.payload),
                     None => out.payload,
                 };
-                command = Some((out.topic, payload));
-                send_command(&client, &mut command);
+                requests.push(Request::Command { topic: out.topic, payload });
+                requests.send(&client, &metrics, connection.load(SeqCst));
             }
             Some(owed) = ack_rx.recv() => {
                 in_flight -= 1;
-                acks.push(owed);
+                requests.push(Request::Ack(owed));
                 while let Ok(owed) = ack_rx.try_recv() {
                     in_flight -= 1;
-                    acks.push(owed);
+                    requests.push(Request::Ack(owed));
                 }
-                acks.send(&client, &metrics, connection.load(SeqCst));
+                requests.send(&client, &metrics, connection.load(SeqCst));
             }
-            _ = retry_acks.tick(), if acks.waiting() || command.is_some() || !filter_ops.is_empty() => {
-                acks.send(&client, &metrics, connection.load(SeqCst));
-                send_command(&client, &mut command);
-                send_filter_ops(&client, &mut filter_ops);
-            }
+            _ = retry.tick(), if requests.waiting() => requests.send(&client, &metrics, connection.load(SeqCst)),
             Some(done) = decoding.next(), if !decoding.is_empty() => {
                 let Ok((p, op, authenticated, on)) = done else {
                     tracing::error!("a message's decoding panicked; ingest stops (the broker redelivers it)");
@@ -437,11 +433,8 @@ pub async fn session(
                         metrics.ingest_ready.store(true, Relaxed);
                     }
                     count(true, &mut counted);
-                    // A new connection: every filter, after the unsubscriptions still waiting (a
-                    // resumed session keeps what it had).
-                    filter_ops.retain(|(_, subscribe)| !subscribe);
-                    filter_ops.extend(filters.iter().map(|f| (f.clone(), true)));
-                    send_filter_ops(&client, &mut filter_ops);
+                    requests.resubscribe(&filters);
+                    requests.send(&client, &metrics, connection.load(SeqCst));
                 }
                 Some(Ok(Event::Incoming(Packet::SubAck(_)))) => {
                     if report_ready && !metrics.ingest_ready.swap(true, Relaxed) {
@@ -478,25 +471,26 @@ pub async fn session(
     }
     // What was handed to the store is committed and acknowledged before leaving (for a while:
     // what is not, the broker sends again to whoever resumes this session), then leave cleanly.
+    requests.keep_acks();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        while in_flight > 0 || acks.waiting() {
+        while in_flight > 0 || requests.waiting() {
             tokio::select! {
                 owed = ack_rx.recv(), if in_flight > 0 => {
                     let Some(owed) = owed else { break };
                     in_flight -= 1;
-                    acks.push(owed);
+                    requests.push(Request::Ack(owed));
                 }
-                _ = retry_acks.tick() => {}
+                _ = retry.tick() => {}
                 // The driver goes on polling (and so sending) while the session leaves; what
                 // comes in now is not stored, and the broker sends it again.
                 Some(_) = events.recv() => {}
             }
-            acks.send(&client, &metrics, connection.load(SeqCst));
+            requests.send(&client, &metrics, connection.load(SeqCst));
         }
     })
     .await;
-    if in_flight > 0 || acks.waiting() {
-        tracing::warn!(client_id = %cfg.client_id, in_flight, unsent = acks.len(), "left with messages not yet stored or acknowledged; the broker sends them again");
+    if in_flight > 0 || requests.waiting() {
+        tracing::warn!(client_id = %cfg.client_id, in_flight, unsent = requests.len(), "left with messages not yet stored or acknowledged; the broker sends them again");
     }
     if report_ready {
         metrics.ingest_ready.store(false, Relaxed);
@@ -522,8 +516,8 @@ fn options(cfg: &IngestConfig, client_id: String) -> MqttOptions {
     opts
 }
 
-/// How often acknowledgements that did not fit the request queue are tried again.
-const ACK_RETRY: Duration = Duration::from_millis(5);
+/// How often requests that did not fit the connection's request queue are tried again.
+const REQUEST_RETRY: Duration = Duration::from_millis(5);
 
 /// An acknowledgement owed for a stored message, and the connection its message came on.
 #[derive(Debug, Clone, Copy)]
@@ -533,25 +527,40 @@ struct Owed {
     qos: QoS,
 }
 
-/// Acknowledgements owed to the broker, in the order their messages were stored. One that does
-/// not fit the connection's request queue waits here for the next try. It was dropped before
-/// (2026-12-04): a dropped acknowledgement is a message the broker counts as in flight until the
-/// session reconnects, and under sustained load enough were lost that Mosquitto stopped sending
-/// while the connection looked healthy; ingest stalled for good.
-///
-/// One owed on a connection since lost is dropped instead: the broker sends its message again on
-/// the next connection (the store recognises it), and a stale packet id could acknowledge a
-/// different message there before it is stored. rumqttc drops the acknowledgements still in its
-/// queue when a connection fails, for the same reason, and the driver clears them once more
-/// before it connects again ([`drive`]).
-#[derive(Default)]
-struct Acks {
-    waiting: std::collections::VecDeque<Owed>,
+/// What the session hands the broker connection.
+#[derive(Debug)]
+enum Request {
+    Ack(Owed),
+    Subscribe(String),
+    Unsubscribe(String),
+    /// A command to a gateway (QoS 1).
+    Command {
+        topic: String,
+        payload: Vec<u8>,
+    },
 }
 
-impl Acks {
-    fn push(&mut self, owed: Owed) {
-        self.waiting.push_back(owed);
+/// Requests for the broker connection, in order, that did not fit its request queue yet: each
+/// waits here for the next try instead of being dropped. A dropped acknowledgement was a message
+/// the broker counts as in flight until the session reconnects: under sustained load enough were
+/// lost (2026-12-04) that Mosquitto stopped sending while the connection looked healthy, and
+/// ingest stalled for good. A dropped subscription was a partition's gateways not taken in until
+/// the next connection. Commands wait too: awaiting room in the queue could deadlock the
+/// session, since only the driver empties it and the driver waits for the session.
+///
+/// An acknowledgement owed on a connection since lost is dropped instead: the broker sends its
+/// message again on the next connection (the store recognises it), and a stale packet id could
+/// acknowledge a different message there before it is stored. rumqttc drops the acknowledgements
+/// still in its queue when a connection fails, for the same reason, and the driver clears them
+/// once more before it connects again ([`drive`]).
+#[derive(Default)]
+struct Requests {
+    waiting: std::collections::VecDeque<Request>,
+}
+
+impl Requests {
+    fn push(&mut self, r: Request) {
+        self.waiting.push_back(r);
     }
 
     fn waiting(&self) -> bool {
@@ -562,44 +571,53 @@ impl Acks {
         self.waiting.len()
     }
 
-    /// Queues what fits, oldest first, for the connection `current`.
+    /// On a new connection: every filter, after the unsubscriptions still waiting (a resumed
+    /// session keeps what it had).
+    fn resubscribe(&mut self, filters: &[String]) {
+        self.waiting.retain(|r| !matches!(r, Request::Subscribe(_)));
+        self.waiting
+            .extend(filters.iter().cloned().map(Request::Subscribe));
+    }
+
+    /// At shutdown only what is owed for stored messages still matters.
+    fn keep_acks(&mut self) {
+        self.waiting.retain(|r| matches!(r, Request::Ack(_)));
+    }
+
+    /// Queues what fits, oldest first, on the connection `current`.
     fn send(&mut self, client: &impl RequestQueue, metrics: &Metrics, current: u64) {
-        while let Some(owed) = self.waiting.front() {
-            if owed.connection == current {
-                let mut p = Publish::new(String::new(), owed.qos, Vec::new());
-                p.pkid = owed.pkid;
-                if !client.try_ack(&p) {
-                    // Full (or the connection's driver gone, and the session with it).
-                    metrics.ack_waits.fetch_add(1, Relaxed);
-                    return;
-                }
+        while let Some(r) = self.waiting.front() {
+            let queued = match r {
+                Request::Ack(owed) if owed.connection != current => true,
+                Request::Ack(owed) => client.try_ack(owed),
+                Request::Subscribe(filter) => client.try_subscribe(filter),
+                Request::Unsubscribe(filter) => client.try_unsubscribe(filter),
+                Request::Command { topic, payload } => client.try_command(topic, payload),
+            };
+            if !queued {
+                // Full (or the connection's driver gone, and the session with it).
+                metrics.request_waits.fetch_add(1, Relaxed);
+                return;
             }
             self.waiting.pop_front();
         }
     }
 }
 
-/// Hands the waiting command to the connection if there is room.
-fn send_command(client: &AsyncClient, command: &mut Option<(String, Vec<u8>)>) {
-    if let Some((topic, payload)) = command.take()
-        && let Err(e) = client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
-    {
-        tracing::debug!(error = %e, "command waits for room in the broker connection's queue");
-        *command = Some((topic, payload));
-    }
-}
-
-/// The broker connection's request queue, as [`Acks`] and [`send_filter_ops`] use it: each
-/// returns whether the request was queued.
+/// The broker connection's request queue, as [`Requests`] uses it: each returns whether the
+/// request was queued.
 trait RequestQueue {
-    fn try_ack(&self, p: &Publish) -> bool;
+    fn try_ack(&self, owed: &Owed) -> bool;
     fn try_subscribe(&self, filter: &str) -> bool;
     fn try_unsubscribe(&self, filter: &str) -> bool;
+    fn try_command(&self, topic: &str, payload: &[u8]) -> bool;
 }
 
 impl RequestQueue for AsyncClient {
-    fn try_ack(&self, p: &Publish) -> bool {
-        AsyncClient::try_ack(self, p).is_ok()
+    fn try_ack(&self, owed: &Owed) -> bool {
+        let mut p = Publish::new(String::new(), owed.qos, Vec::new());
+        p.pkid = owed.pkid;
+        AsyncClient::try_ack(self, &p).is_ok()
     }
 
     fn try_subscribe(&self, filter: &str) -> bool {
@@ -609,25 +627,9 @@ impl RequestQueue for AsyncClient {
     fn try_unsubscribe(&self, filter: &str) -> bool {
         AsyncClient::try_unsubscribe(self, filter).is_ok()
     }
-}
 
-/// Queues the waiting (un)subscriptions that fit, in order; the rest go at the next try. One that
-/// failed used to be lost until the next connection: a partition's gateways taken on under load
-/// would not have been subscribed.
-fn send_filter_ops(
-    client: &impl RequestQueue,
-    ops: &mut std::collections::VecDeque<(String, bool)>,
-) {
-    while let Some((filter, subscribe)) = ops.front() {
-        let queued = match subscribe {
-            true => client.try_subscribe(filter),
-            false => client.try_unsubscribe(filter),
-        };
-        if !queued {
-            tracing::debug!(filter = %filter, "(un)subscription waits for room in the broker connection's queue");
-            return;
-        }
-        ops.pop_front();
+    fn try_command(&self, topic: &str, payload: &[u8]) -> bool {
+        AsyncClient::try_publish(self, topic, QoS::AtLeastOnce, false, payload.to_vec()).is_ok()
     }
 }
 
@@ -664,7 +666,7 @@ fn drive(
             }
             if failed {
                 // Counted before the session hears of it, so that it stops sending the lost
-                // connection's acknowledgements at once (see [`Acks`]).
+                // connection's acknowledgements at once (see [`Requests`]).
                 lost.fetch_add(1, SeqCst);
             }
             if tx.send(ev).await.is_err() {
@@ -969,11 +971,10 @@ pub fn correct_clock(mut env: Envelope, received: Timestamp) -> Envelope {
 mod tests {
     use super::*;
 
-    /// A request queue of `room` places: acknowledgements' packet ids, and (un)subscriptions.
+    /// A request queue of `room` places, each request written as text.
     struct Queue {
         room: usize,
-        queued: std::cell::RefCell<Vec<u16>>,
-        filters: std::cell::RefCell<Vec<String>>,
+        queued: std::cell::RefCell<Vec<String>>,
     }
 
     impl Queue {
@@ -981,109 +982,124 @@ mod tests {
             Self {
                 room,
                 queued: Default::default(),
-                filters: Default::default(),
             }
         }
 
-        fn full(&self) -> bool {
-            self.queued.borrow().len() + self.filters.borrow().len() == self.room
+        fn put(&self, request: String) -> bool {
+            let mut q = self.queued.borrow_mut();
+            if q.len() == self.room {
+                return false;
+            }
+            q.push(request);
+            true
+        }
+
+        /// What the connection takes: the queue empties.
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut self.queued.borrow_mut())
         }
     }
 
     impl RequestQueue for Queue {
-        fn try_ack(&self, p: &Publish) -> bool {
-            if self.full() {
-                return false;
-            }
-            self.queued.borrow_mut().push(p.pkid);
-            true
+        fn try_ack(&self, owed: &Owed) -> bool {
+            self.put(format!("ack {}", owed.pkid))
         }
 
         fn try_subscribe(&self, filter: &str) -> bool {
-            if self.full() {
-                return false;
-            }
-            self.filters.borrow_mut().push(format!("+{filter}"));
-            true
+            self.put(format!("+{filter}"))
         }
 
         fn try_unsubscribe(&self, filter: &str) -> bool {
-            if self.full() {
-                return false;
-            }
-            self.filters.borrow_mut().push(format!("-{filter}"));
-            true
+            self.put(format!("-{filter}"))
+        }
+
+        fn try_command(&self, topic: &str, payload: &[u8]) -> bool {
+            self.put(format!("{topic} {}", String::from_utf8_lossy(payload)))
         }
     }
 
-    #[test]
-    fn subscriptions_that_do_not_fit_wait_and_go_in_order() {
-        let q = Queue::with_room(1);
-        let mut ops: std::collections::VecDeque<(String, bool)> = [
-            ("city/v1/gw/gw-a/#".to_owned(), true),
-            ("city/v1/gw/gw-b/#".to_owned(), false),
-            ("city/v1/gw/gw-b/#".to_owned(), true),
-        ]
-        .into();
-        let mut sent = Vec::new();
-        while !ops.is_empty() {
-            send_filter_ops(&q, &mut ops);
-            sent.append(&mut q.filters.borrow_mut());
-        }
-        assert_eq!(
-            sent,
-            [
-                "+city/v1/gw/gw-a/#",
-                "-city/v1/gw/gw-b/#",
-                "+city/v1/gw/gw-b/#"
-            ]
-        );
+    fn ack(connection: u64, pkid: u16) -> Request {
+        Request::Ack(Owed {
+            connection,
+            pkid,
+            qos: QoS::AtLeastOnce,
+        })
     }
 
     #[test]
     fn acknowledgements_that_do_not_fit_wait_and_go_in_order() {
         let q = Queue::with_room(2);
         let metrics = Metrics::default();
-        let mut acks = Acks::default();
-        let owed = |connection, pkid| Owed {
-            connection,
-            pkid,
-            qos: QoS::AtLeastOnce,
-        };
+        let mut requests = Requests::default();
         for pkid in 1..=5 {
-            acks.push(owed(0, pkid));
+            requests.push(ack(0, pkid));
         }
-        acks.send(&q, &metrics, 0);
-        assert_eq!(*q.queued.borrow(), [1, 2]);
-        assert_eq!(acks.len(), 3, "none dropped");
-        assert_eq!(metrics.ack_waits.load(Relaxed), 1);
+        requests.send(&q, &metrics, 0);
+        assert_eq!(*q.queued.borrow(), ["ack 1", "ack 2"]);
+        assert_eq!(requests.len(), 3, "none dropped");
+        assert_eq!(metrics.request_waits.load(Relaxed), 1);
         let mut sent = Vec::new();
-        while acks.waiting() {
+        while requests.waiting() {
             // The connection takes the queued ones; the rest go at the next try.
-            sent.append(&mut q.queued.borrow_mut());
-            acks.send(&q, &metrics, 0);
+            sent.append(&mut q.take());
+            requests.send(&q, &metrics, 0);
         }
-        sent.append(&mut q.queued.borrow_mut());
-        assert_eq!(sent, [1, 2, 3, 4, 5]);
-        assert_eq!(metrics.ack_waits.load(Relaxed), 2);
+        sent.append(&mut q.take());
+        assert_eq!(sent, ["ack 1", "ack 2", "ack 3", "ack 4", "ack 5"]);
+        assert_eq!(metrics.request_waits.load(Relaxed), 2);
     }
 
     #[test]
     fn acknowledgements_owed_on_a_lost_connection_are_not_sent_on_the_next() {
         let q = Queue::with_room(10);
         let metrics = Metrics::default();
-        let mut acks = Acks::default();
+        let mut requests = Requests::default();
         for (connection, pkid) in [(0, 7), (0, 8), (1, 7), (1, 9)] {
-            acks.push(Owed {
-                connection,
-                pkid,
-                qos: QoS::AtLeastOnce,
-            });
+            requests.push(ack(connection, pkid));
         }
         // Connection 0 was lost: its packet ids may name other messages on connection 1.
-        acks.send(&q, &metrics, 1);
-        assert_eq!(*q.queued.borrow(), [7, 9]);
-        assert!(!acks.waiting());
+        requests.send(&q, &metrics, 1);
+        assert_eq!(*q.queued.borrow(), ["ack 7", "ack 9"]);
+        assert!(!requests.waiting());
+    }
+
+    #[test]
+    fn subscriptions_and_commands_that_do_not_fit_wait_in_order() {
+        let q = Queue::with_room(1);
+        let metrics = Metrics::default();
+        let mut requests = Requests::default();
+        requests.push(Request::Subscribe("gw/a".into()));
+        requests.push(Request::Unsubscribe("gw/b".into()));
+        requests.push(Request::Subscribe("gw/b".into()));
+        requests.push(Request::Command {
+            topic: "gw/a/cmd".into(),
+            payload: b"on".to_vec(),
+        });
+        requests.push(ack(0, 3));
+        let mut sent = Vec::new();
+        while requests.waiting() {
+            requests.send(&q, &metrics, 0);
+            sent.append(&mut q.take());
+        }
+        assert_eq!(sent, ["+gw/a", "-gw/b", "+gw/b", "gw/a/cmd on", "ack 3"]);
+
+        // A new connection: the waiting unsubscription stays, then every current filter; at
+        // shutdown only acknowledgements are left to send.
+        let q = Queue::with_room(0);
+        requests.push(Request::Subscribe("gw/c".into()));
+        requests.push(Request::Unsubscribe("gw/d".into()));
+        requests.push(ack(1, 4));
+        requests.resubscribe(&["gw/a".into(), "gw/c".into()]);
+        requests.send(&q, &metrics, 1);
+        assert_eq!(requests.len(), 4);
+        let q = Queue::with_room(10);
+        requests.send(&q, &metrics, 1);
+        assert_eq!(q.take(), ["-gw/d", "ack 4", "+gw/a", "+gw/c"]);
+        requests.push(Request::Subscribe("gw/e".into()));
+        requests.push(ack(1, 5));
+        requests.keep_acks();
+        requests.send(&q, &metrics, 1);
+        assert_eq!(q.take(), ["ack 5"]);
     }
 
     #[test]

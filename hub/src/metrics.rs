@@ -20,7 +20,7 @@ pub struct Metrics {
     pub store_errors: AtomicU64,
     pub mqtt_connections: AtomicU64,
     pub mqtt_errors: AtomicU64,
-    pub ack_waits: AtomicU64,
+    pub request_waits: AtomicU64,
     pub evidence_stored: AtomicU64,
     pub commands_issued: AtomicU64,
     /// Configuration pushes published to gateways (uploads and pushes again).
@@ -216,9 +216,9 @@ impl Metrics {
                 &self.mqtt_errors,
             ),
             (
-                "hub_mqtt_ack_waits_total",
-                "Times broker acknowledgements found the MQTT client's request queue full and waited (tried again every 5 ms)",
-                &self.ack_waits,
+                "hub_mqtt_request_waits_total",
+                "Times requests to the broker (acknowledgements, subscriptions, commands) found the MQTT client's request queue full and waited (tried again every 5 ms)",
+                &self.request_waits,
             ),
             (
                 "hub_commands_issued_total",
