@@ -53,6 +53,10 @@ use protocol::auth::{Key, KeyId};
 use protocol::{BootId, ClockState, Envelope, GatewayId, Item, Limits, Reading, Timestamp, Value};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+#[path = "support/proc.rs"]
+mod procfs;
+use procfs::thread_cpu_ns;
+
 const PER_ENVELOPE: usize = 500;
 
 fn free_port() -> u16 {
@@ -102,26 +106,6 @@ fn mosquitto(dir: &Path, port: u16) -> Killed {
         .unwrap();
     wait_port(port);
     Killed(child)
-}
-
-/// Nanoseconds the named thread of this process has spent on a CPU (0 if there is none).
-fn thread_cpu_ns(name: &str) -> u64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0;
-    };
-    for task in tasks.flatten() {
-        let dir = task.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if comm.trim() == name {
-            let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
-            return stat
-                .split_whitespace()
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-        }
-    }
-    0
 }
 
 /// The machine's (busy, all) clock ticks so far, from `/proc/stat`.
@@ -397,7 +381,7 @@ fn hub_case_on(
         external(port)
     };
     let hub = start_hub(rt, data, postgres, mqtt, gateways);
-    let writer_before = thread_cpu_ns("store-writer");
+    let writer_before = thread_cpu_ns("store-writer").unwrap_or(0);
     let machine_before = machine_ticks();
     let started = Instant::now();
     let publish_secs = rt
@@ -416,7 +400,7 @@ fn hub_case_on(
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(hub.metrics.rejected_total(), 0, "messages were rejected");
     let (busy, total) = machine_ticks();
-    let writer_ns = thread_cpu_ns("store-writer") - writer_before;
+    let writer_ns = thread_cpu_ns("store-writer").unwrap_or(0) - writer_before;
     let batches = hub.metrics.store_batches.load(Relaxed).max(1);
     let readings = hub.metrics.readings_stored.load(Relaxed).max(1) as f64;
     eprintln!(

@@ -23,25 +23,16 @@ use std::time::Instant;
 use hub::store::{Database, Store, WriteOp};
 use protocol::{BootId, ClockState, Envelope, GatewayId, Item, Reading, Timestamp, Value};
 
+#[path = "support/proc.rs"]
+mod procfs;
+use procfs::thread_cpu_ns;
+
 const PER_ENVELOPE: usize = 500;
 
 fn arg(n: usize, default: usize) -> usize {
     std::env::args()
         .nth(n)
         .map_or(default, |a| a.parse().expect("arguments are numbers"))
-}
-
-/// Nanoseconds the named thread of this process has spent on a CPU.
-fn thread_cpu_ns(name: &str) -> Option<u64> {
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
-        let dir = task.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        if comm.trim() == name {
-            let stat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
-            return stat.split_whitespace().next()?.parse().ok();
-        }
-    }
-    None
 }
 
 /// Bytes this process has handed to `write` and the like (`wchar` of `/proc/self/io`): the

@@ -82,6 +82,11 @@ impl Peer {
         let _ = self.child.wait();
     }
 
+    /// Its exit status, if it has exited.
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+
     /// SIGKILL, as a power cut or the OOM killer would.
     pub fn kill(mut self) {
         let _ = self.child.kill();

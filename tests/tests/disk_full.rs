@@ -57,7 +57,7 @@ fn a_full_disk_drops_the_oldest_unsent_readings_not_the_new_ones() {
     // A small card, mostly taken by something else (logs, an old image).
     // Killed however the test ends: a failed assertion left it running, holding the test
     // runner's output open, and the whole suite waited for it.
-    let mut agent = KillOnDrop(Command::new("unshare")
+    let agent = Command::new("unshare")
         .args(["-Urm", "sh", "-c"])
         .arg(
             r#"mount -t tmpfs -o size=1m tmpfs "$1" && head -c 700000 /dev/zero > "$1/filler" && shift && exec "$@""#,
@@ -77,14 +77,15 @@ fn a_full_disk_drops_the_oldest_unsent_readings_not_the_new_ones() {
         .arg(status.to_string())
         .stdout(Stdio::null())
         .spawn()
-        .unwrap());
+        .unwrap();
+    let mut agent = tests::Peer::new("edge-agent", agent);
     let agent_status = || get_json(&format!("http://{status}/status"));
     let started = std::time::Instant::now();
     let full = eventually(
         Duration::from_secs(120),
         "the disk full and the oldest dropped",
         || {
-            if let Ok(Some(code)) = agent.0.try_wait() {
+            if let Ok(Some(code)) = agent.try_wait() {
                 panic!("the agent exited: {code}");
             }
             let s = agent_status()?;
@@ -127,37 +128,26 @@ fn a_full_disk_drops_the_oldest_unsent_readings_not_the_new_ones() {
     // here: the disk stays full, and the oldest keep making room, until the agent reconnects.)
     // The broker acknowledged the spool's last records before the hub committed them, and a busy
     // hub writes latest values up to a quarter second after the readings: so, eventually.
-    let with_data = || {
-        let assets = get_json(&format!("{base}/api/v1/assets"))?;
-        let n = assets
-            .as_array()?
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let assets = get_json(&format!("{base}/api/v1/assets")).unwrap();
+        let with_data = assets
+            .as_array()
+            .unwrap()
             .iter()
             .filter(|a| a["latest"].as_object().is_some_and(|m| !m.is_empty()))
             .count();
-        Some((n, assets))
-    };
-    eventually(
-        Duration::from_secs(30),
-        "every device's latest values at the hub",
-        || with_data().and_then(|(n, _)| (n == 20).then_some(())),
-    );
-    let (n, assets) = with_data().unwrap();
-    assert_eq!(n, 20, "{assets}");
+        if with_data == 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{with_data} of 20 devices with latest values: {assets}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let s = agent_status().unwrap();
     assert_eq!(s["spool"]["lostItems"], 0, "{s}");
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(agent.0.id()).unwrap()),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = agent.0.wait();
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    agent.terminate();
 }
